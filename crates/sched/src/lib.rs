@@ -1,0 +1,23 @@
+//! # suanli-sched: where does a task go?
+//!
+//! Placement is a pure function of (request, cluster snapshot, tie-break order):
+//! policies read the [`Ledger`](suanli_core::Ledger) and return a [`Placement`];
+//! only the caller commits it to the ledger.
+//!
+//! * [`policy`]: the [`PlacementPolicy`] trait, the [`Scorer`] trait for
+//!   filter-and-score policies, and [`ScoredPolicy`], which runs a scorer over
+//!   the feasible nodes with per-node memoisation keyed on node versions.
+//! * [`frag`]: the target workload ("typical pods") and the fragmentation
+//!   measure F(n) of the FGD paper.
+//! * [`policies`]: `random`, `dotprod`, `clustering`, `packing`, `bestfit`, `fgd`
+//!   (the published baselines) and `fgd-tiebreak` (Suanli's own default).
+//! * [`registry`]: policy names → constructors.
+
+pub mod frag;
+pub mod policies;
+pub mod policy;
+pub mod registry;
+
+pub use frag::{TypicalPod, Workload};
+pub use policy::{Placement, PlacementPolicy, ScoredPolicy, Scorer};
+pub use registry::{make_policy, PolicyError, DEFAULT_POLICY, POLICY_NAMES};
