@@ -251,3 +251,31 @@ impl Scorer for Fgd {
         (Score::int(s), g)
     }
 }
+
+/// `fgd-sa`, stranding-aware FGD: Suanli's default policy.
+///
+/// GPU requests are placed exactly as FGD places them. CPU-only requests go
+/// first to the node left with the fewest idle GPU milli, and only among
+/// those by FGD's score: CPU work that lands beside idle GPUs eats the CPU
+/// those GPUs need and strands them, and FGD cannot see that coming because
+/// F(n) only changes when a typical task's CPU threshold is crossed.
+pub struct FgdStrandAware {
+    pub fgd: Fgd,
+}
+
+impl Scorer for FgdStrandAware {
+    fn score(&self, spec: &NodeSpec, st: &NodeState, req: &Request) -> (Score, GpuMask) {
+        let (s, g) = self.fgd.score(spec, st, req);
+        if req.num_gpu > 0 {
+            return (s, g);
+        }
+        let idle_after = st.total_gpu_left() as f64;
+        (
+            Score {
+                primary: -idle_after,
+                secondary: s.primary,
+            },
+            g,
+        )
+    }
+}

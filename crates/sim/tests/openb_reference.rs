@@ -77,3 +77,73 @@ fn fgd_replays_reference_seed42_digit_for_digit() {
 fn bestfit_replays_reference_seed42_digit_for_digit() {
     replay_matches("bestfit", "bestfit_events.txt");
 }
+
+fn trace(name: &str) -> Option<OpenbTrace> {
+    let o = shared()?.join("traces/openb");
+    Some(
+        OpenbTrace::load(
+            &o.join("openb_node_list_gpu_node.csv"),
+            &o.join(format!("openb_pod_list_{name}.csv")),
+        )
+        .unwrap(),
+    )
+}
+
+fn mean_alloc_130(t: &OpenbTrace, policy: &str) -> f64 {
+    use rayon::prelude::*;
+    let reqs = t.requests();
+    let v: Vec<f64> = (42..=51u64)
+        .into_par_iter()
+        .map(|s| {
+            suanli_sim::fill::experiment(&t.nodes, &reqs, policy, s, 1.3)
+                .unwrap()
+                .run
+                .final_pct()
+                .0
+        })
+        .collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Spec §6: the mean over seeds 42..51 of each reproduced policy lies inside
+/// the published min–max range at 130%.
+#[test]
+fn six_policies_land_inside_the_published_ranges() {
+    let Some(t) = trace("default") else { return };
+    let published = [
+        ("random", 87.07, 88.03),
+        ("dotprod", 90.54, 91.28),
+        ("clustering", 90.81, 92.96),
+        ("packing", 91.29, 92.79),
+        ("bestfit", 92.87, 93.25),
+        ("fgd", 95.27, 95.49),
+    ];
+    for (p, lo, hi) in published {
+        let m = mean_alloc_130(&t, p);
+        eprintln!("{p}: mean alloc at 130% = {m:.2} (published range {lo}–{hi})");
+        assert!(m >= lo && m <= hi, "{p}: {m:.2} outside {lo}–{hi}");
+    }
+}
+
+/// Suanli's default policy allocates more than FGD at 130% on every openb trace.
+#[test]
+fn fgd_sa_beats_fgd_on_every_openb_trace() {
+    for name in [
+        "default",
+        "gpushare20",
+        "gpushare40",
+        "gpushare60",
+        "gpushare80",
+        "gpushare100",
+        "cpu050",
+        "cpu250",
+    ] {
+        let Some(t) = trace(name) else { return };
+        let (ours, fgd) = (mean_alloc_130(&t, "fgd-sa"), mean_alloc_130(&t, "fgd"));
+        eprintln!(
+            "{name}: fgd-sa {ours:.3} vs fgd {fgd:.3} ({:+.3} pp)",
+            ours - fgd
+        );
+        assert!(ours > fgd, "{name}: fgd-sa {ours:.3} <= fgd {fgd:.3}");
+    }
+}

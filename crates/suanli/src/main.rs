@@ -1,1 +1,85 @@
-fn main() {}
+//! The `suanli` binary: thin glue. Flags are parsed (clap), validated once into
+//! settings, then handed to the libraries.
+
+mod openb_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "suanli",
+    version,
+    about = "Suanli: run a multi-tenant GPU compute pool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Simulate: replay traces through the scheduler core.
+    #[command(subcommand)]
+    Sim(SimCmd),
+    /// Benchmarks that print figures (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// The openb GPU-packing experiment (USENIX ATC '23, "Beware of Fragmentation").
+    Openb(openb_cmd::OpenbArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Speed of the openb experiment: memoised vs unmemoised FGD, and the full grid.
+    Openb(openb_cmd::BenchArgs),
+}
+
+/// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace),
+/// 2 invalid command line.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Sim(SimCmd::Openb(a)) => openb_cmd::run(a),
+        Cmd::Bench(BenchCmd::Openb(a)) => openb_cmd::bench(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub msg: String,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+pub fn usage(msg: impl Into<String>) -> CliError {
+    CliError {
+        code: 2,
+        msg: msg.into(),
+    }
+}
+
+pub fn failure(msg: impl Into<String>) -> CliError {
+    CliError {
+        code: 1,
+        msg: msg.into(),
+    }
+}
