@@ -46,7 +46,7 @@ pub struct RandomPolicy {
 impl RandomPolicy {
     pub fn new(seed: u64) -> Self {
         RandomPolicy {
-            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_4a4d),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_4a4d),
         }
     }
 }

@@ -114,7 +114,7 @@ pub fn table(sums: &[Summary], tune: f64, baseline: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>5} | {:>7} {:>6} | {:>7} {:>5} {:>7} {:>7} | {:>7} | {:>8} {:>9} | {:>9}",
+        "{:<14} {:>5} | {:>9} {:>6} | {:>9} {:>5} {:>7} {:>7} | {:>9} | {:>8} {:>9} | {:>9}",
         "policy",
         "seeds",
         "alloc@100",
@@ -130,11 +130,11 @@ pub fn table(sums: &[Summary], tune: f64, baseline: Option<&str>) -> String {
     );
     for s in sums {
         let vs = base.map_or(String::new(), |b| {
-            format!("{:+.2} pp", s.alloc_end.mean - b.alloc_end.mean)
+            format!("{:+.3} pp", s.alloc_end.mean - b.alloc_end.mean)
         });
         let _ = writeln!(
             out,
-            "{:<14} {:>5} | {:>9.2} {:>6.2} | {:>9.2} {:>5.2} {:>7.2} {:>7.2} | {:>8.2} | {:>8.1} {:>9.1} | {:>9}",
+            "{:<14} {:>5} | {:>9.2} {:>6.2} | {:>9.2} {:>5.2} {:>7.2} {:>7.2} | {:>9.2} | {:>8.1} {:>9.1} | {:>9}",
             s.policy,
             s.seeds,
             s.alloc_100.mean,
