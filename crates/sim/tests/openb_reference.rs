@@ -12,7 +12,10 @@ fn shared() -> Option<PathBuf> {
     if p.join("traces/openb").is_dir() {
         Some(p)
     } else {
-        eprintln!(
+        // Written to the raw handle so that the test harness does not capture it.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "skipped: {} not found (the openb traces live in ../shared)",
             p.display()
         );
