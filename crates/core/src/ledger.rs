@@ -103,6 +103,17 @@ impl NodeState {
         self.lowest_free(req.num_gpu as usize)
     }
 
+    /// What-if: add back what `a` holds, on a copy of a node's state (the
+    /// ledger's own states are only reachable read-only). Used to ask "would
+    /// this fit if those tasks were preempted?".
+    pub fn credit(&mut self, a: &Allocation) {
+        self.cpu_free += a.cpu_milli;
+        self.mem_free += a.memory_mib;
+        for d in a.gpus.iter() {
+            self.gpu_free[d] += a.gpu_milli;
+        }
+    }
+
     /// The `k` lowest-index fully free devices.
     pub fn lowest_free(&self, k: usize) -> GpuMask {
         let mut mask = 0u16;

@@ -7,12 +7,15 @@
 //!   fragmentation after every pod; plus the replay mode that takes a fixed
 //!   order and node ranking.
 //! * [`report`]: summaries over seeds, tables, JSON, curve CSV and SVG charts.
+//! * [`jobs`]: the job-level discrete-event simulator (time, tenants, quotas,
+//!   queue policies, gangs, preemption) and its readers, generator and reports.
 //! * [`synthetic`]: a seeded generator of a heterogeneous cluster and workload,
 //!   for demos and machines without the traces.
 //!
 //! The same `suanli-sched` policies run here and in the live pool.
 
 pub mod fill;
+pub mod jobs;
 pub mod openb;
 pub mod replay;
 pub mod report;

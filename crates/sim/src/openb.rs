@@ -70,20 +70,20 @@ impl OpenbTrace {
 
 /// Streams the rows of a simple CSV (no quoting: openb has none) with the
 /// header resolved to column positions.
-struct Csv {
+pub(crate) struct Csv {
     file: PathBuf,
     lines: std::io::Lines<BufReader<File>>,
     header: Vec<String>,
     line: usize,
 }
 
-struct Row<'a> {
-    csv: &'a Csv,
+pub(crate) struct Row<'a> {
+    pub(crate) csv: &'a Csv,
     fields: Vec<String>,
 }
 
 impl Csv {
-    fn open(path: &Path, required: &[&str]) -> Result<Csv, TraceError> {
+    pub(crate) fn open(path: &Path, required: &[&str]) -> Result<Csv, TraceError> {
         let err = |line, message: String| TraceError {
             file: path.to_path_buf(),
             line,
@@ -123,7 +123,7 @@ impl Csv {
         })
     }
 
-    fn error(&self, column: Option<&str>, message: String) -> TraceError {
+    pub(crate) fn error(&self, column: Option<&str>, message: String) -> TraceError {
         TraceError {
             file: self.file.clone(),
             line: self.line,
@@ -132,7 +132,7 @@ impl Csv {
         }
     }
 
-    fn next_row(&mut self) -> Option<Result<Row<'_>, TraceError>> {
+    pub(crate) fn next_row(&mut self) -> Option<Result<Row<'_>, TraceError>> {
         loop {
             let l = match self.lines.next()? {
                 Ok(l) => l,
@@ -159,14 +159,20 @@ impl Csv {
 }
 
 impl Row<'_> {
-    fn get(&self, col: &str) -> Option<&str> {
+    pub(crate) fn line(&self) -> usize {
+        self.csv.line
+    }
+    pub(crate) fn err(&self, col: &str, message: String) -> TraceError {
+        self.csv.error(Some(col), message)
+    }
+    pub(crate) fn get(&self, col: &str) -> Option<&str> {
         let i = self.csv.header.iter().position(|h| h == col)?;
         Some(self.fields[i].as_str())
     }
-    fn str(&self, col: &str) -> &str {
+    pub(crate) fn str(&self, col: &str) -> &str {
         self.get(col).unwrap_or("")
     }
-    fn int(&self, col: &str) -> Result<u64, TraceError> {
+    pub(crate) fn int(&self, col: &str) -> Result<u64, TraceError> {
         let v = self.str(col);
         v.parse::<u64>().map_err(|_| {
             self.csv.error(

@@ -1,6 +1,7 @@
 //! The `suanli` binary: thin glue. Flags are parsed (clap), validated once into
 //! settings, then handed to the libraries.
 
+mod jobs_cmd;
 mod openb_cmd;
 
 use std::process::ExitCode;
@@ -26,18 +27,24 @@ enum Cmd {
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Generate a synthetic workload in the native format.
+    Gen(jobs_cmd::GenArgs),
 }
 
 #[derive(Subcommand)]
 enum SimCmd {
     /// The openb GPU-packing experiment (USENIX ATC '23, "Beware of Fragmentation").
     Openb(openb_cmd::OpenbArgs),
+    /// Job-level simulation over time: queue policies, quotas, gangs, preemption.
+    Jobs(jobs_cmd::SimJobsArgs),
 }
 
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Speed of the openb experiment: memoised vs unmemoised FGD, and the full grid.
     Openb(openb_cmd::BenchArgs),
+    /// Speed of the job simulator: a trace replay (vs memo-off baseline) and a synthetic scale test.
+    Jobs(jobs_cmd::BenchJobsArgs),
 }
 
 /// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace),
@@ -47,6 +54,9 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Sim(SimCmd::Openb(a)) => openb_cmd::run(a),
         Cmd::Bench(BenchCmd::Openb(a)) => openb_cmd::bench(a),
+        Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
+        Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
+        Cmd::Gen(a) => jobs_cmd::gen(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
