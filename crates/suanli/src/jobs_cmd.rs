@@ -237,7 +237,8 @@ pub struct GenArgs {
     /// (../shared/traces/reference-stats/alibaba-spot-2026-stats).
     #[arg(long, value_name = "DIR")]
     calibrate: Option<PathBuf>,
-    /// Number of tenants (Zipf-distributed activity); ignored with --calibrate.
+    /// Number of tenants (Zipf-distributed activity); ignored with --calibrate
+    /// and when --cluster names tenants (then theirs are used, by weight).
     #[arg(long, default_value_t = 8)]
     tenants: usize,
     /// Mean inter-arrival time in seconds (Poisson); ignored with --calibrate.
@@ -310,6 +311,15 @@ pub fn gen(a: GenArgs) -> Result<(), CliError> {
         Some(c) => Some(Cluster::load(c).map_err(failure)?),
         None => None,
     };
+    if let Some(c) = &cluster {
+        if a.calibrate.is_none() && !c.tenants.is_empty() {
+            p.tenants = c
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.quota.weight))
+                .collect();
+        }
+    }
     let csv = generate_csv(&p, cluster.as_ref()).map_err(usage)?;
     let text = match &a.out {
         Some(o) if o.extension().is_some_and(|e| e == "jsonl") => csv_to_jsonl(&csv),
@@ -436,13 +446,6 @@ pub fn bench(a: BenchJobsArgs) -> Result<(), CliError> {
         let cluster = Cluster::parse(&toml).map_err(failure)?;
         let mut gp = GenParams::new(a.synthetic_jobs, 42);
         gp.load = Some(a.synthetic_load);
-        // Run times capped at 2 days so the pool reaches a steady state
-        // within the arrival span.
-        gp.duration = suanli_sim::jobs::gen::Dist::LogNormal {
-            median: 1200.0,
-            sigma: 1.5,
-            max: 2.0 * 86_400.0,
-        };
         let t0 = Instant::now();
         let csv = generate_csv(&gp, Some(&cluster)).map_err(failure)?;
         let dir = std::env::temp_dir().join(format!("suanli-bench-{}", std::process::id()));

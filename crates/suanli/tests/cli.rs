@@ -153,3 +153,209 @@ fn malformed_trace_reports_file_line_column() {
         "{err}"
     );
 }
+
+fn example(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/clusters")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn gen_then_sim_jobs_writes_table_json_and_report() {
+    let d = tmpdir().join("jobs");
+    std::fs::create_dir_all(&d).unwrap();
+    let w = d.join("w.csv");
+    let cluster = example("mixed.toml");
+    let (code, _, err) = suanli(&[
+        "gen",
+        "--jobs",
+        "1500",
+        "--cluster",
+        &cluster,
+        "--load",
+        "1.2",
+        "--share",
+        "0.2",
+        "--pinned",
+        "0.3",
+        "--diurnal",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        w.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let jl = d.join("w.jsonl");
+    let (code, _, err) = suanli(&["gen", "--jobs", "50", "--out", jl.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let trace = format!("native:{}", w.display());
+    let json = d.join("r.json");
+    let rep = d.join("report");
+    let (code, out, err) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        &cluster,
+        "--trace",
+        &trace,
+        "--policy",
+        "fifo,sjf,srtf,las,classes,drf,backfill",
+        "--json",
+        json.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+        "--tenants",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("jct_mean_s") && out.contains("backfill") && out.contains("carmaker"),
+        "{out}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no progress bar off a terminal: {err}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rs = v["results"].as_array().unwrap();
+    assert_eq!(rs.len(), 7);
+    for r in rs {
+        for k in [
+            "policy",
+            "jobs",
+            "jct_mean_s",
+            "jct_p50_s",
+            "jct_p99_s",
+            "wait_mean_s",
+            "makespan_s",
+            "gpu_util_pct",
+            "preemptions",
+        ] {
+            assert!(!r[k].is_null(), "missing {k}");
+        }
+        assert_eq!(
+            r["jobs"].as_u64().unwrap() + r["rejected"].as_u64().unwrap(),
+            1500
+        );
+    }
+    for f in [
+        "index.html",
+        "series.csv",
+        "summary.csv",
+        "tenants.csv",
+        "utilisation.svg",
+        "queue.svg",
+        "jct_cdf.svg",
+    ] {
+        let t = std::fs::read_to_string(rep.join(f)).unwrap();
+        assert!(t.len() > 100, "{f} is nearly empty");
+    }
+    let html = std::fs::read_to_string(rep.join("index.html")).unwrap();
+    assert!(html.contains("jct_cdf.svg") && html.contains("<td>drf</td>"));
+    // --json - prints only JSON.
+    let (code, out, _) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        &cluster,
+        "--trace",
+        &format!("native:{}", jl.display()),
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["results"][0]["policy"], "fifo");
+}
+
+#[test]
+fn sim_jobs_bad_input_is_a_one_line_error() {
+    let cluster = example("philly.toml");
+    let bad = tmpdir().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "timestamp,duration,num_gpus,gpu_time,cluster\n2017-10-09 07:01:55,abc,1,1,vc\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, i32, String)> = vec![
+        (
+            vec!["--policy".into(), "lottery".into()],
+            2,
+            "unknown queue policy \"lottery\"".into(),
+        ),
+        (
+            vec!["--placement".into(), "worst".into()],
+            2,
+            "unknown placement policy".into(),
+        ),
+        (
+            vec!["--arrival-scale".into(), "0".into()],
+            2,
+            "--arrival-scale".into(),
+        ),
+    ];
+    for (extra, want_code, want) in cases {
+        let mut args: Vec<String> = [
+            "sim",
+            "jobs",
+            "--cluster",
+            &cluster,
+            "--trace",
+            &format!("philly:{}", bad.display()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra);
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (code, _, err) = suanli(&a);
+        assert_eq!(code, want_code, "{err}");
+        assert!(err.contains(&want), "{err}");
+    }
+    let (code, _, err) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        &cluster,
+        "--trace",
+        &format!("philly:{}", bad.display()),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.csv:2: column duration"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        &cluster,
+        "--trace",
+        "nokind.csv",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("KIND:PATH"), "{err}");
+    let badtoml = tmpdir().join("c.toml");
+    std::fs::write(
+        &badtoml,
+        "[[group]]\nname='x'\ncount=0\ncpu_cores=1\nmemory_gib=1\n",
+    )
+    .unwrap();
+    let (code, _, err) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        badtoml.to_str().unwrap(),
+        "--trace",
+        &format!("philly:{}", bad.display()),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("c.toml") && err.contains("count must be at least 1"),
+        "{err}"
+    );
+    let (code, _, err) = suanli(&["gen", "--jobs", "10", "--spot", "1.5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--spot"), "{err}");
+}

@@ -106,8 +106,8 @@ impl GenParams {
             inter_arrival: Dist::Exp(30.0),
             duration: Dist::LogNormal {
                 median: 1200.0,
-                sigma: 1.8,
-                max: 14.0 * 86_400.0,
+                sigma: 1.5,
+                max: 2.0 * 86_400.0,
             },
             // Philly's mix (SOURCE.md of philly-pollux): 1 GPU 93%, 2: 2.2%,
             // 4: 2.3%, 8: 2.0%, 16+: 0.34%.
