@@ -237,3 +237,51 @@ fn philly_policies_rank_as_in_the_literature() {
     assert!(jct("srtf") <= jct("sjf"));
     assert!(jct("backfill") < fifo);
 }
+
+#[test]
+fn generator_calibrates_from_reference_stats() {
+    let Some(t) = shared() else { return };
+    use suanli_sim::jobs::gen::{generate_csv, GenParams};
+    let mut p = GenParams::new(20_000, 9);
+    p.calibrate(&t.join("reference-stats/alibaba-spot-2026-stats"))
+        .unwrap();
+    // 51,154 spot jobs of 466,867.
+    assert!((p.spot_frac - 51_154.0 / 466_867.0).abs() < 1e-9);
+    assert_eq!(p.tenants.len(), 84);
+    assert_eq!(p.diurnal.len(), 24);
+    let csv = generate_csv(&p, None).unwrap();
+    let path = write("cal.csv", &csv);
+    let w = workload::load("native", &path, &mixed()).unwrap();
+    let spot = w.jobs.iter().filter(|j| j.class == Class::Spot).count() as f64;
+    assert!((spot / 20_000.0 - p.spot_frac).abs() < 0.01, "{spot}");
+    let mut gaps: Vec<u64> = w
+        .jobs
+        .windows(2)
+        .map(|x| x[1].submit - x[0].submit)
+        .collect();
+    gaps.sort_unstable();
+    let median_s = gaps[gaps.len() / 2] as f64 / 1000.0;
+    // Published median inter-arrival 16 s, modulated by the hour-of-day profile.
+    assert!((8.0..32.0).contains(&median_s), "{median_s}");
+    let mut runs: Vec<u64> = w.jobs.iter().map(|j| j.work).collect();
+    runs.sort_unstable();
+    let median_run = runs[runs.len() / 2] as f64 / 1000.0;
+    assert!(
+        (1_000.0..1_450.0).contains(&median_run),
+        "median run {median_run} vs 1,216 s"
+    );
+    // A bad table is a file:line error.
+    let d = std::env::temp_dir().join(format!("suanli-cal-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    for f in std::fs::read_dir(t.join("reference-stats/alibaba-spot-2026-stats")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        d.join("duration_quantiles.csv"),
+        ",duration_seconds\n0.5,12x\n",
+    )
+    .unwrap();
+    let e = GenParams::new(1, 1).calibrate(&d).unwrap_err();
+    assert!(e.contains("duration_quantiles.csv:2"), "{e}");
+}
