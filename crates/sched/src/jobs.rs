@@ -1259,8 +1259,11 @@ impl Scheduler {
         let newest_first = u64::MAX - ve.started;
         match self.policy {
             QueuePolicy::Srtf => {
-                let rv = self.remaining(v, now);
-                (rv > self.remaining(p, now)).then_some((u64::MAX - rv, newest_first))
+                // Pending p's remaining work is fixed: work − progress.
+                let rp = pe.spec.work.saturating_sub(pe.progress);
+                let rv =
+                    (ve.started + ve.spec.work.saturating_sub(ve.progress)).saturating_sub(now);
+                (rv > rp).then_some((u64::MAX - rv, newest_first))
             }
             QueuePolicy::Las { .. } => {
                 let lv = self.las_level(ve, ve.attained + now.saturating_sub(ve.started));
@@ -1391,34 +1394,43 @@ impl Scheduler {
                 // and after evicting every eligible victim there; take nodes
                 // needing no eviction first, then those with the fewest
                 // victims, until the gang fits.
-                let mut nodes: Vec<(usize, std::cmp::Reverse<u32>, NodeId, Vec<JobId>)> =
-                    Vec::new();
+                // (victims needed, room after, node, victims as a range of by_node)
+                type Room = (usize, std::cmp::Reverse<u32>, NodeId, (usize, usize));
+                let mut nodes: Vec<Room> = Vec::new();
+                let mut at = 0usize;
                 for n in 0..self.ledger.len() {
+                    let lo = at;
+                    while at < by_node.len() && by_node[at].0 as usize == n {
+                        at += 1;
+                    }
                     let (nspec, st) = (&self.ledger.specs()[n], &self.ledger.states()[n]);
                     if need > 0 && (nspec.gpus == 0 || !models.accepts(nspec.model)) {
                         continue;
                     }
                     let k_now = fit_count(nspec, st, &req, tasks);
-                    let mut vs: Vec<JobId> = Vec::new();
-                    let mut what_if = st.clone();
-                    let lo = by_node.partition_point(|x| (x.0 as usize) < n);
-                    for &(_, _, v) in by_node[lo..].iter().take_while(|x| x.0 as usize == n) {
-                        vs.push(v);
-                        for a in &self.jobs[v.0 as usize].allocs {
-                            let al = self.ledger.allocation(*a).expect("live allocation");
-                            if al.node as usize == n {
-                                what_if.credit(al);
+                    let mut k_after = k_now;
+                    if at > lo {
+                        let mut what_if = st.clone();
+                        for &(_, _, v) in &by_node[lo..at] {
+                            for a in &self.jobs[v.0 as usize].allocs {
+                                let al = self.ledger.allocation(*a).expect("live allocation");
+                                if al.node as usize == n {
+                                    what_if.credit(al);
+                                }
                             }
                         }
+                        k_after = fit_count(nspec, &what_if, &req, tasks);
                     }
-                    let k_after = fit_count(nspec, &what_if, &req, tasks);
                     if k_after == 0 {
                         continue;
                     }
-                    if k_now >= k_after {
-                        vs.clear();
-                    }
-                    nodes.push((vs.len(), std::cmp::Reverse(k_after), n as NodeId, vs));
+                    let range = if k_now >= k_after { (lo, lo) } else { (lo, at) };
+                    nodes.push((
+                        range.1 - range.0,
+                        std::cmp::Reverse(k_after),
+                        n as NodeId,
+                        range,
+                    ));
                 }
                 // Group by model: a gang runs on one GPU model.
                 let model_of = |n: NodeId| self.ledger.specs()[n as usize].model;
@@ -1434,7 +1446,8 @@ impl Scheduler {
                         if !done {
                             sum += nodes[j].1 .0;
                             count += nodes[j].0;
-                            vs.extend_from_slice(&nodes[j].3);
+                            let (lo, hi) = nodes[j].3;
+                            vs.extend(by_node[lo..hi].iter().map(|x| x.2));
                             done = sum >= tasks;
                         }
                         j += 1;

@@ -359,3 +359,20 @@ fn sim_jobs_bad_input_is_a_one_line_error() {
     assert_eq!(code, 2);
     assert!(err.contains("--spot"), "{err}");
 }
+
+#[test]
+fn bench_jobs_prints_figures() {
+    let (code, out, err) = suanli(&[
+        "bench",
+        "jobs",
+        "--policy",
+        "fifo,srtf",
+        "--synthetic-jobs",
+        "3000",
+        "--synthetic-gpus",
+        "160",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("synthetic: 3000 jobs on 160 GPUs"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("srtf")), "{out}");
+}
