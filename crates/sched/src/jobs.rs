@@ -105,8 +105,14 @@ pub enum QueuePolicy {
     Srtf,
     /// Tiresias-style discretised two-dimensional least-attained-service:
     /// queue level by attained GPU-seconds (thresholds ascending), FIFO within
-    /// a level, higher levels preempted by waiting lower-level jobs.
-    Las { thresholds_gpu_s: Vec<u64> },
+    /// a level, higher levels preempted by waiting lower-level jobs. A
+    /// preempted job that has waited `starve_factor` times its last run is
+    /// promoted back to the first level (its attained service counts from
+    /// zero again), so long jobs do not starve; 0 turns this off.
+    Las {
+        thresholds_gpu_s: Vec<u64>,
+        starve_factor: u64,
+    },
     /// Strict classes guaranteed > on-demand > spot, FIFO within a class;
     /// waiting guaranteed or on-demand work preempts spot work.
     Classes,
@@ -126,6 +132,8 @@ pub const QUEUE_POLICY_NAMES: &[&str] =
 
 /// Default 2D-LAS thresholds: 1 and 10 GPU-hours of attained service.
 pub const DEFAULT_LAS_THRESHOLDS_GPU_S: [u64; 2] = [3_600, 36_000];
+/// Default 2D-LAS starvation limit: promote after waiting 10x the last run.
+pub const DEFAULT_LAS_STARVE_FACTOR: u64 = 10;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unknown queue policy {name:?}; valid: {}", QUEUE_POLICY_NAMES.join(", "))]
@@ -140,6 +148,7 @@ pub fn parse_queue_policy(name: &str) -> Result<QueuePolicy, QueuePolicyError> {
         "srtf" => QueuePolicy::Srtf,
         "las" => QueuePolicy::Las {
             thresholds_gpu_s: DEFAULT_LAS_THRESHOLDS_GPU_S.to_vec(),
+            starve_factor: DEFAULT_LAS_STARVE_FACTOR,
         },
         "classes" => QueuePolicy::Classes,
         "drf" => QueuePolicy::Drf,
@@ -248,6 +257,10 @@ struct Entry {
     wake: Option<Time>,
     /// LAS level while running.
     level: usize,
+    /// Attained service when last promoted (LAS counts from here).
+    las_offset: Time,
+    /// Pending LAS promotion time of this waiting job.
+    promote_at: Option<Time>,
 }
 
 #[derive(Clone, Debug)]
@@ -367,6 +380,8 @@ pub struct Scheduler {
     seq: u64,
     /// (time a running job crosses its next LAS threshold, job).
     las_wakeups: BTreeSet<(Time, JobId)>,
+    /// (time a preempted job is promoted back to LAS level 0, job).
+    las_promotions: BTreeSet<(Time, JobId)>,
     decisions: Vec<Decision>,
     failed: Memo,
     failed_preempt: Memo,
@@ -461,6 +476,7 @@ impl Scheduler {
             tenants: Vec::new(),
             seq: 0,
             las_wakeups: BTreeSet::new(),
+            las_promotions: BTreeSet::new(),
             decisions: Vec::new(),
             failed: Memo::default(),
             failed_preempt: Memo::default(),
@@ -620,6 +636,8 @@ impl Scheduler {
             preemptions: 0,
             wake: None,
             level: 0,
+            las_offset: 0,
+            promote_at: None,
         };
         let id = match self.free_slots.pop() {
             Some(s) => {
@@ -661,6 +679,9 @@ impl Scheduler {
     pub fn cancel(&mut self, j: JobId, now: Time) {
         match self.jobs[j.0 as usize].state {
             JobState::Pending => {
+                if let Some(t) = self.jobs[j.0 as usize].promote_at.take() {
+                    self.las_promotions.remove(&(t, j));
+                }
                 self.dequeue(j);
                 self.jobs[j.0 as usize].state = JobState::Done;
                 self.free_slots.push(j.0);
@@ -672,7 +693,12 @@ impl Scheduler {
 
     /// When the scheduler next wants a pass without any arrival or completion.
     pub fn next_wakeup(&self) -> Option<Time> {
-        self.las_wakeups.first().map(|w| w.0)
+        let a = self.las_wakeups.first().map(|w| w.0);
+        let b = self.las_promotions.first().map(|w| w.0);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Run one scheduling pass at `now`; its decisions, already applied to the
@@ -682,6 +708,17 @@ impl Scheduler {
         self.failed.clear();
         self.failed_preempt.clear();
         self.preempt_failures = 0;
+        while let Some(&(t, j)) = self.las_promotions.first() {
+            if t > now {
+                break;
+            }
+            self.las_promotions.remove(&(t, j));
+            self.dequeue(j);
+            let e = &mut self.jobs[j.0 as usize];
+            e.promote_at = None;
+            e.las_offset = e.attained;
+            self.enqueue(j);
+        }
         while let Some(&(t, j)) = self.las_wakeups.first() {
             if t > now {
                 break;
@@ -715,9 +752,13 @@ impl Scheduler {
     // ---- queue bookkeeping ------------------------------------------------
 
     fn las_level(&self, e: &Entry, attained: Time) -> u64 {
-        let QueuePolicy::Las { thresholds_gpu_s } = &self.policy else {
+        let QueuePolicy::Las {
+            thresholds_gpu_s, ..
+        } = &self.policy
+        else {
             return 0;
         };
+        let attained = attained.saturating_sub(e.las_offset);
         let gpu_ms = attained as u128 * e.spec.gpu_milli() as u128 / MILLI_PER_GPU as u128;
         thresholds_gpu_s
             .iter()
@@ -763,14 +804,18 @@ impl Scheduler {
     }
 
     fn arm_las_wakeup(&mut self, j: JobId, now: Time) {
-        let QueuePolicy::Las { thresholds_gpu_s } = &self.policy else {
+        let QueuePolicy::Las {
+            thresholds_gpu_s, ..
+        } = &self.policy
+        else {
             return;
         };
         let e = &self.jobs[j.0 as usize];
         if e.state != JobState::Running || e.spec.gpu_milli() == 0 {
             return;
         }
-        let attained_now = e.attained + now.saturating_sub(e.started);
+        let base = e.attained.saturating_sub(e.las_offset);
+        let attained_now = base + now.saturating_sub(e.started);
         let gpu_milli = e.spec.gpu_milli() as u128;
         let gpu_ms = attained_now as u128 * gpu_milli / MILLI_PER_GPU as u128;
         if let Some(&t) = thresholds_gpu_s
@@ -779,7 +824,7 @@ impl Scheduler {
         {
             // run time needed to reach t GPU-seconds, rounded up
             let need = (t as u128 * 1000 * MILLI_PER_GPU as u128).div_ceil(gpu_milli);
-            let at = (e.started + (need as u64).saturating_sub(e.attained)).max(now + 1);
+            let at = (e.started + (need as u64).saturating_sub(base)).max(now + 1);
             self.las_wakeups.insert((at, j));
             self.jobs[j.0 as usize].wake = Some(at);
         }
@@ -1206,6 +1251,9 @@ impl Scheduler {
     }
 
     fn mark_started(&mut self, j: JobId, now: Time) {
+        if let Some(t) = self.jobs[j.0 as usize].promote_at.take() {
+            self.las_promotions.remove(&(t, j));
+        }
         self.note_running(j, now);
         let e = &mut self.jobs[j.0 as usize];
         e.state = JobState::Running;
@@ -1250,6 +1298,14 @@ impl Scheduler {
             lost_ms: done - kept,
         });
         self.enqueue(j);
+        if let QueuePolicy::Las { starve_factor, .. } = self.policy {
+            let e = &self.jobs[j.0 as usize];
+            if starve_factor > 0 && e.key.0 > 0 {
+                let at = now + starve_factor * run.max(1000);
+                self.las_promotions.insert((at, j));
+                self.jobs[j.0 as usize].promote_at = Some(at);
+            }
+        }
     }
 
     /// If running job `v` may be preempted in favour of pending job `p`, its

@@ -431,3 +431,25 @@ proptest! {
         prop_assert!(r.gpu_util_pct <= 100.0 + 1e-9);
     }
 }
+
+#[test]
+fn las_promotes_starving_jobs() {
+    // Job 0 (8 GPUs) is demoted at 450 s and preempted at 500 s by a stream of
+    // short 8-GPU jobs, one every 100 s. After waiting 10x its last run
+    // (500 s) it is promoted back to the first level and runs again at 5,500 s.
+    let cl = nodes(1, 8, 1);
+    let mut jobs = vec![j(0, 10_000, 1, 8)];
+    for k in 0..150 {
+        jobs.push(j(500 + 100 * k, 100, 1, 8));
+    }
+    let wl = workload(&jobs, 1);
+    let mut starts0 = Vec::new();
+    let mut obs = |e: &SimEvent| {
+        if let SimEvent::Start { job: 0, at, .. } = e {
+            starts0.push(at / S);
+        }
+    };
+    let r = simulate(&cl, &wl, &SimParams::new("las"), &mut obs, &mut |_| {}).unwrap();
+    assert_eq!(r.jobs, 151);
+    assert_eq!(&starts0[..2], &[0, 5_500], "{starts0:?}");
+}

@@ -81,9 +81,9 @@ pub fn load_inputs(
             workload::TRACE_KINDS.join(", ")
         )));
     }
-    if !(arrival_scale.is_finite() && arrival_scale > 0.0) {
+    if !(arrival_scale.is_finite() && arrival_scale > 0.0 && arrival_scale <= 1000.0) {
         return Err(usage(format!(
-            "--arrival-scale must be positive, found {arrival_scale}"
+            "--arrival-scale must be within (0, 1000], found {arrival_scale}"
         )));
     }
     let cluster = Cluster::load(cluster).map_err(failure)?;
