@@ -1,0 +1,762 @@
+//! The job scheduler: queue order, admission (quotas), gang placement and
+//! preemption, over one [`Ledger`]. Pure and deterministic: time is passed in
+//! by the caller (the simulator's virtual clock or the server's wall clock),
+//! and every decision depends only on the calls made so far.
+//!
+//! The caller drives it with four calls: [`Scheduler::submit`] when a job
+//! arrives, [`Scheduler::complete`] when a running job's work is done,
+//! [`Scheduler::schedule`] after a batch of those (it returns the starts and
+//! preemptions decided), and [`Scheduler::next_wakeup`] to learn when the
+//! scheduler wants to run again without any arrival or completion (2D-LAS
+//! demotions and promotions).
+//!
+//! This file holds the types and the public API; the work is in
+//! `queue.rs` (keys, passes, DRF, backfill), `place.rs` (quota admission,
+//! capacity indexes, gang placement) and `preempt.rs` (starts, stops, victim
+//! search).
+//!
+//! **Invariants**
+//! * Every GPU milli is held by at most one task: all allocation goes through
+//!   the [`Ledger`], which refuses anything else.
+//! * A job's tasks start together (all-or-nothing) and stop together.
+//! * A tenant never holds more GPU milli of a model than its `max` quota.
+//! * `free_milli[m]` equals the free GPU milli of model `m` in the ledger.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+
+mod place;
+mod preempt;
+mod queue;
+
+pub use place::fit_count;
+
+use suanli_core::{
+    AllocId, Ledger, ModelId, ModelSet, NodeId, NodeSpec, NodeState, Request, MAX_GPUS_PER_NODE,
+    MILLI_PER_GPU,
+};
+
+/// Nodes with equal shape class and equal free resources score the same for
+/// every filter-and-score policy, so a single task needs to look at one node
+/// of each such group: the lowest id, which is also the one a full scan in
+/// id order would pick on a tie.
+type StateKey = (u32, u64, u64, [u16; MAX_GPUS_PER_NODE]);
+
+use crate::policy::{Placement, PlacementPolicy};
+
+/// Simulated or wall time, in milliseconds.
+pub type Time = u64;
+
+/// Service class of a job; earlier variants have priority under the
+/// `classes` policy.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    Guaranteed,
+    OnDemand,
+    Spot,
+}
+
+impl Class {
+    pub const ALL: [Class; 3] = [Class::Guaranteed, Class::OnDemand, Class::Spot];
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Guaranteed => "guaranteed",
+            Class::OnDemand => "on-demand",
+            Class::Spot => "spot",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub u16);
+
+/// Handle of a job inside one [`Scheduler`]. Handles of finished jobs are reused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u32);
+
+/// What a job asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    pub tenant: TenantId,
+    pub class: Class,
+    /// Gang size: the job runs `tasks` copies of `req`, all or none.
+    pub tasks: u32,
+    /// One task's request.
+    pub req: Request,
+    pub submit: Time,
+    /// Run time the job needs (the oracle duration in simulation; SJF and
+    /// SRTF order by it).
+    pub work: Time,
+    /// Run-time estimate (EASY backfill); `None` means `work`.
+    pub estimate: Option<Time>,
+}
+
+impl JobSpec {
+    /// GPU milli of the whole gang.
+    pub fn gpu_milli(&self) -> u64 {
+        self.tasks as u64 * self.req.total_gpu_milli()
+    }
+    pub fn estimate(&self) -> Time {
+        self.estimate.unwrap_or(self.work)
+    }
+}
+
+/// How the queue is ordered and who may preempt whom.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueuePolicy {
+    /// First come, first served; the head of the queue blocks the rest.
+    Fifo,
+    /// Shortest job first by (oracle) work; work-conserving, no preemption.
+    Sjf,
+    /// Shortest remaining time first; a waiting job preempts running jobs with
+    /// more remaining work.
+    Srtf,
+    /// Tiresias-style discretised two-dimensional least-attained-service:
+    /// queue level by attained GPU-seconds (thresholds ascending), FIFO within
+    /// a level, higher levels preempted by waiting lower-level jobs. A
+    /// preempted job that has waited `starve_factor` times its last run is
+    /// promoted back to the first level (its attained service counts from
+    /// zero again), so long jobs do not starve; 0 turns this off.
+    Las {
+        thresholds_gpu_s: Vec<u64>,
+        starve_factor: u64,
+    },
+    /// Strict classes guaranteed > on-demand > spot, FIFO within a class;
+    /// waiting guaranteed or on-demand work preempts spot work.
+    Classes,
+    /// Dominant-resource fairness across tenants (GPUs per model), FIFO
+    /// within a tenant; a tenant below its guaranteed quota reclaims GPUs
+    /// lent to tenants above theirs by preempting their newest jobs.
+    Drf,
+    /// FIFO with EASY backfill: the blocked head gets a reservation computed
+    /// from running jobs' estimates; later jobs start now if they do not
+    /// delay it.
+    Backfill,
+}
+
+/// Queue-policy names accepted by [`parse_queue_policy`].
+pub const QUEUE_POLICY_NAMES: &[&str] =
+    &["fifo", "sjf", "srtf", "las", "classes", "drf", "backfill"];
+
+/// Default 2D-LAS thresholds: 1 and 10 GPU-hours of attained service.
+pub const DEFAULT_LAS_THRESHOLDS_GPU_S: [u64; 2] = [3_600, 36_000];
+/// Default 2D-LAS starvation limit: promote after waiting 10x the last run.
+pub const DEFAULT_LAS_STARVE_FACTOR: u64 = 10;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown queue policy {name:?}; valid: {}", QUEUE_POLICY_NAMES.join(", "))]
+pub struct QueuePolicyError {
+    pub name: String,
+}
+
+pub fn parse_queue_policy(name: &str) -> Result<QueuePolicy, QueuePolicyError> {
+    Ok(match name {
+        "fifo" => QueuePolicy::Fifo,
+        "sjf" => QueuePolicy::Sjf,
+        "srtf" => QueuePolicy::Srtf,
+        "las" => QueuePolicy::Las {
+            thresholds_gpu_s: DEFAULT_LAS_THRESHOLDS_GPU_S.to_vec(),
+            starve_factor: DEFAULT_LAS_STARVE_FACTOR,
+        },
+        "classes" => QueuePolicy::Classes,
+        "drf" => QueuePolicy::Drf,
+        "backfill" => QueuePolicy::Backfill,
+        _ => {
+            return Err(QueuePolicyError {
+                name: name.to_string(),
+            })
+        }
+    })
+}
+
+/// A tenant's quotas, in GPU milli per model (indexed by `ModelId`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantQuota {
+    /// Fair-share weight (DRF divides the dominant share by it); > 0.
+    pub weight: f64,
+    /// GPU milli the tenant is entitled to take back by preemption.
+    pub guaranteed: Vec<u64>,
+    /// GPU milli the tenant may never exceed (`u64::MAX` = unlimited).
+    pub max: Vec<u64>,
+}
+
+impl TenantQuota {
+    pub fn unlimited(models: usize) -> TenantQuota {
+        TenantQuota {
+            weight: 1.0,
+            guaranteed: vec![0; models],
+            max: vec![u64::MAX; models],
+        }
+    }
+}
+
+/// Options of a [`Scheduler`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedOptions {
+    /// Jobs checkpoint every this much run time; a preempted job resumes from
+    /// its last checkpoint (0 = suspend and resume exactly, nothing lost).
+    pub checkpoint_ms: Time,
+    /// Failed preemption searches allowed per pass before the pass stops
+    /// looking for victims (later jobs try again at the next pass). Bounds a
+    /// pass's cost on a long queue, like kube-scheduler preempting for one
+    /// pod per cycle.
+    pub preempt_attempts_per_pass: u32,
+    /// After a preemption search fails for a job shape, jobs of that shape and
+    /// no higher priority skip the search for this long (like kube-scheduler's
+    /// back-off of unschedulable pods).
+    pub preempt_backoff_ms: Time,
+    /// Place single tasks by looking at one node per group of identical
+    /// nodes (same decisions as a full scan for filter-and-score policies;
+    /// false = the benchmark's baseline, every node with free GPUs visited).
+    pub group_nodes: bool,
+}
+
+impl Default for SchedOptions {
+    fn default() -> Self {
+        SchedOptions {
+            checkpoint_ms: 0,
+            preempt_attempts_per_pass: 8,
+            preempt_backoff_ms: 30_000,
+            group_nodes: true,
+        }
+    }
+}
+
+/// One decision of a scheduling pass, in the order it must be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The job's tasks start now on these devices (one placement per task).
+    Start {
+        job: JobId,
+        placements: Vec<Placement>,
+    },
+    /// The job stops now and goes back to the queue; `lost_ms` of its run
+    /// time since the last checkpoint will be redone.
+    Preempt { job: JobId, lost_ms: Time },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Pending,
+    Running,
+    Done,
+}
+
+/// Pending-queue key: (primary, secondary, job); smallest first.
+type Key = (u64, u64, JobId);
+
+#[derive(Clone, Debug)]
+struct Entry {
+    spec: JobSpec,
+    state: JobState,
+    allocs: Vec<AllocId>,
+    placements: Vec<Placement>,
+    /// GPU model the job runs on (for quota usage); `None` for CPU-only work.
+    model: Option<ModelId>,
+    /// Start of the current run.
+    started: Time,
+    /// Useful work done before the current run (ms).
+    progress: Time,
+    /// Total run time, including work later lost (ms).
+    attained: Time,
+    key: Key,
+    preemptions: u32,
+    /// Pending LAS demotion wake-up of this running job.
+    wake: Option<Time>,
+    /// LAS level while running.
+    level: usize,
+    /// Attained service when last promoted (LAS counts from here).
+    las_offset: Time,
+    /// Pending LAS promotion time of this waiting job.
+    promote_at: Option<Time>,
+}
+
+#[derive(Clone, Debug)]
+struct Tenant {
+    quota: TenantQuota,
+    used: Vec<u64>,
+    /// FIFO of pending jobs (DRF only).
+    pending: BTreeSet<(Time, JobId)>,
+    limited: bool,
+}
+
+/// What a failed placement attempt looked like, for the per-pass memo:
+/// a job identical in these respects fails too while nothing was released.
+type MemoKey = (Request, u32, u16);
+
+/// A small set of memo keys (a pass sees few distinct job shapes; a linear
+/// scan beats hashing them).
+#[derive(Default)]
+struct Memo(Vec<MemoKey>);
+
+impl Memo {
+    fn contains(&self, k: &MemoKey) -> bool {
+        self.0.iter().any(|x| x == k)
+    }
+    fn insert(&mut self, k: MemoKey) {
+        if !self.contains(&k) {
+            self.0.push(k);
+        }
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Walks the pending queue in key order while the pass mutates it, fetching
+/// keys in chunks (jobs started meanwhile are skipped; jobs re-queued behind
+/// the cursor wait for the next pass).
+struct Cursor {
+    last: Option<Key>,
+    buf: Vec<Key>,
+    at: usize,
+}
+
+impl Cursor {
+    fn new() -> Cursor {
+        Cursor {
+            last: None,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+    /// The next key after the cursor for which `still` holds (the job is
+    /// still pending under that key).
+    fn next(&mut self, pending: &BTreeSet<Key>, still: impl Fn(Key) -> bool) -> Option<Key> {
+        loop {
+            if self.at == self.buf.len() {
+                self.buf.clear();
+                self.at = 0;
+                match self.last {
+                    None => self.buf.extend(pending.iter().take(64).copied()),
+                    Some(c) => self.buf.extend(
+                        pending
+                            .range((Bound::Excluded(c), Bound::Unbounded))
+                            .take(64)
+                            .copied(),
+                    ),
+                }
+                if self.buf.is_empty() {
+                    return None;
+                }
+            }
+            let k = self.buf[self.at];
+            self.at += 1;
+            self.last = Some(k);
+            if still(k) {
+                return Some(k);
+            }
+        }
+    }
+}
+
+/// The job scheduler. See the module documentation.
+pub struct Scheduler {
+    ledger: Ledger,
+    racks: Vec<u32>,
+    placement: Box<dyn PlacementPolicy>,
+    policy: QueuePolicy,
+    opts: SchedOptions,
+    n_models: usize,
+    capacity_milli: Vec<u64>,
+    free_milli: Vec<u64>,
+    /// Nodes in use with at least one GPU milli free, by id.
+    open: BTreeSet<NodeId>,
+    /// Completely idle GPU nodes, per node shape class (same CPU, memory,
+    /// GPU count and model). Idle nodes of one class are interchangeable for
+    /// a single task, so placement looks at the lowest-id one of each class
+    /// only — what keeps a mostly idle 10,000-GPU pool cheap to schedule.
+    idle: Vec<BTreeSet<NodeId>>,
+    shape_class: Vec<u32>,
+    /// Nodes with free GPU milli grouped by [`StateKey`], and the lowest id
+    /// of each group (the candidates for a single task).
+    groups: HashMap<StateKey, BTreeSet<NodeId>>,
+    node_key: Vec<Option<StateKey>>,
+    reps: BTreeSet<NodeId>,
+    /// Per model: how many nodes have c fully free GPUs (c = 0..=16), and
+    /// each node's c — an O(1) test that whole-GPU tasks cannot fit.
+    full_hist: Vec<[u32; MAX_GPUS_PER_NODE + 1]>,
+    node_full: Vec<u8>,
+    all_nodes: Vec<NodeId>,
+    jobs: Vec<Entry>,
+    free_slots: Vec<u32>,
+    pending: BTreeSet<Key>,
+    pending_count: usize,
+    pending_cpu_only: usize,
+    running: BTreeSet<JobId>,
+    tenants: Vec<Tenant>,
+    seq: u64,
+    /// (time a running job crosses its next LAS threshold, job).
+    las_wakeups: BTreeSet<(Time, JobId)>,
+    /// (time a preempted job is promoted back to LAS level 0, job).
+    las_promotions: BTreeSet<(Time, JobId)>,
+    decisions: Vec<Decision>,
+    failed: Memo,
+    failed_preempt: Memo,
+    order_buf: Vec<NodeId>,
+    /// Running jobs with a task on each node (for node-local preemption).
+    node_jobs: Vec<Vec<JobId>>,
+    /// During a DRF reclaim: the models the reclaiming job is within guarantee on.
+    reclaim_models: ModelSet,
+    /// Quick "could anyone be preempted?" checks: running jobs by predicted
+    /// end (SRTF), by LAS level, and running spot jobs.
+    ends: BTreeSet<(Time, JobId)>,
+    /// Running jobs by estimated end (EASY backfill reservations).
+    est_ends: BTreeSet<(Time, JobId)>,
+    running_by_level: Vec<usize>,
+    running_spot: usize,
+    /// Failed preemption searches in the current pass.
+    preempt_failures: u32,
+    /// (shape, priority key of the job that failed, retry time).
+    preempt_backoff: Vec<(MemoKey, u64, Time)>,
+    /// Answers of `admissible` by (request, tasks, tenant): they depend only
+    /// on the fixed node inventory and quotas.
+    admit_cache: HashMap<MemoKey, Result<(), String>>,
+}
+
+impl Scheduler {
+    /// A scheduler over `ledger` (which must have no allocations). `racks`
+    /// gives each node's rack (gangs prefer one rack); `quotas` is indexed by
+    /// `TenantId` (tenants beyond it are unlimited); `n_models` is the size
+    /// of the model registry the requests use.
+    pub fn new(
+        ledger: Ledger,
+        racks: Vec<u32>,
+        placement: Box<dyn PlacementPolicy>,
+        policy: QueuePolicy,
+        quotas: Vec<TenantQuota>,
+        n_models: usize,
+        opts: SchedOptions,
+    ) -> Scheduler {
+        assert_eq!(racks.len(), ledger.len(), "one rack per node");
+        assert_eq!(ledger.live_allocations(), 0, "ledger must start empty");
+        let n_models = n_models.max(1);
+        let mut capacity_milli = vec![0u64; n_models];
+        let open = BTreeSet::new();
+        let mut shapes: Vec<(u64, u64, u8, Option<ModelId>)> = Vec::new();
+        let mut shape_class = Vec::with_capacity(ledger.len());
+        let mut idle: Vec<BTreeSet<NodeId>> = Vec::new();
+        for (i, s) in ledger.specs().iter().enumerate() {
+            let shape = (s.cpu_milli, s.memory_mib, s.gpus, s.model);
+            let c = match shapes.iter().position(|x| *x == shape) {
+                Some(c) => c,
+                None => {
+                    shapes.push(shape);
+                    idle.push(BTreeSet::new());
+                    shapes.len() - 1
+                }
+            };
+            shape_class.push(c as u32);
+            if let Some(m) = s.model {
+                capacity_milli[m.0 as usize] += s.gpus as u64 * MILLI_PER_GPU as u64;
+                if s.gpus > 0 {
+                    idle[c].insert(i as NodeId);
+                }
+            }
+        }
+        let all_nodes = (0..ledger.len() as NodeId).collect();
+        let node_jobs = vec![Vec::new(); ledger.len()];
+        let n_nodes = ledger.len();
+        let mut sched = Scheduler {
+            free_milli: capacity_milli.clone(),
+            capacity_milli,
+            ledger,
+            racks,
+            placement,
+            policy,
+            opts,
+            n_models,
+            open,
+            idle,
+            shape_class,
+            groups: HashMap::new(),
+            node_key: vec![None; n_nodes],
+            reps: BTreeSet::new(),
+            full_hist: vec![[0; MAX_GPUS_PER_NODE + 1]; n_models],
+            node_full: vec![0; n_nodes],
+            all_nodes,
+            jobs: Vec::new(),
+            free_slots: Vec::new(),
+            pending: BTreeSet::new(),
+            pending_count: 0,
+            pending_cpu_only: 0,
+            running: BTreeSet::new(),
+            tenants: Vec::new(),
+            seq: 0,
+            las_wakeups: BTreeSet::new(),
+            las_promotions: BTreeSet::new(),
+            decisions: Vec::new(),
+            failed: Memo::default(),
+            failed_preempt: Memo::default(),
+            order_buf: Vec::new(),
+            node_jobs,
+            reclaim_models: ModelSet(0),
+            ends: BTreeSet::new(),
+            est_ends: BTreeSet::new(),
+            running_by_level: Vec::new(),
+            running_spot: 0,
+            admit_cache: HashMap::new(),
+            preempt_failures: 0,
+            preempt_backoff: Vec::new(),
+        };
+        for q in quotas {
+            sched.push_tenant(q);
+        }
+        for n in 0..sched.ledger.len() {
+            let s = &sched.ledger.specs()[n];
+            if let Some(m) = s.model {
+                sched.full_hist[m.0 as usize][0] += 1;
+            }
+            sched.note_node(n as NodeId);
+        }
+        sched
+    }
+
+    fn push_tenant(&mut self, mut quota: TenantQuota) {
+        quota.guaranteed.resize(self.n_models, 0);
+        quota.max.resize(self.n_models, u64::MAX);
+        let limited = quota.max.iter().any(|&m| m != u64::MAX);
+        self.tenants.push(Tenant {
+            used: vec![0; self.n_models],
+            pending: BTreeSet::new(),
+            limited,
+            quota,
+        });
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+    pub fn policy(&self) -> &QueuePolicy {
+        &self.policy
+    }
+    pub fn pending_len(&self) -> usize {
+        self.pending_count
+    }
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+    /// GPU milli allocated now, across all models.
+    pub fn allocated_gpu_milli(&self) -> u64 {
+        self.capacity_milli.iter().sum::<u64>() - self.free_milli.iter().sum::<u64>()
+    }
+    pub fn capacity_gpu_milli(&self) -> u64 {
+        self.capacity_milli.iter().sum()
+    }
+    /// GPU milli tenant `t` holds of model `m`.
+    pub fn tenant_used(&self, t: TenantId, m: ModelId) -> u64 {
+        self.tenants
+            .get(t.0 as usize)
+            .map_or(0, |x| x.used[m.0 as usize])
+    }
+    pub fn spec(&self, j: JobId) -> &JobSpec {
+        &self.jobs[j.0 as usize].spec
+    }
+    pub fn state(&self, j: JobId) -> JobState {
+        self.jobs[j.0 as usize].state
+    }
+    pub fn placements(&self, j: JobId) -> &[Placement] {
+        &self.jobs[j.0 as usize].placements
+    }
+    pub fn preemptions(&self, j: JobId) -> u32 {
+        self.jobs[j.0 as usize].preemptions
+    }
+    /// Work still to do for a job (for a running one, as of `now`).
+    pub fn remaining(&self, j: JobId, now: Time) -> Time {
+        let e = &self.jobs[j.0 as usize];
+        let done = e.progress
+            + if e.state == JobState::Running {
+                now.saturating_sub(e.started)
+            } else {
+                0
+            };
+        e.spec.work.saturating_sub(done)
+    }
+
+    /// Can this job ever run on this cluster (some node of an allowed model
+    /// holds one task, enough such GPUs exist for the gang, and the quota
+    /// maximum leaves room)? A job that cannot is best rejected at submission.
+    pub fn admissible(&mut self, spec: &JobSpec) -> Result<(), String> {
+        let key = (spec.req, spec.tasks, spec.tenant.0);
+        if let Some(r) = self.admit_cache.get(&key) {
+            return r.clone();
+        }
+        let r = self.admissible_uncached(spec);
+        self.admit_cache.insert(key, r.clone());
+        r
+    }
+
+    fn admissible_uncached(&self, spec: &JobSpec) -> Result<(), String> {
+        let req = &spec.req;
+        let specs = self.ledger.specs();
+        let fits_empty = |s: &NodeSpec| NodeState::empty(s).fits(s, req);
+        if !specs.iter().any(fits_empty) {
+            return Err(format!("no node can hold one task ({req})"));
+        }
+        if req.num_gpu > 0 {
+            let mut best = 0u64;
+            for m in 0..self.n_models {
+                let id = ModelId(m as u8);
+                if !req.models.accepts(Some(id)) {
+                    continue;
+                }
+                let mut slots = 0u64;
+                for s in specs.iter().filter(|s| s.model == Some(id)) {
+                    let st = NodeState::empty(s);
+                    slots += fit_count(s, &st, req, spec.tasks) as u64;
+                }
+                if slots < spec.tasks as u64 {
+                    continue;
+                }
+                let max = self
+                    .tenants
+                    .get(spec.tenant.0 as usize)
+                    .map_or(u64::MAX, |t| t.quota.max[m]);
+                if spec.gpu_milli() <= max {
+                    best = best.max(slots);
+                }
+            }
+            if best == 0 {
+                return Err(format!(
+                    "{} tasks of {req}: no GPU model has room for the gang within the tenant's maximum quota",
+                    spec.tasks
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Add a job to the queue. It must be [`admissible`](Self::admissible).
+    pub fn submit(&mut self, spec: JobSpec) -> JobId {
+        while self.tenants.len() <= spec.tenant.0 as usize {
+            self.push_tenant(TenantQuota::unlimited(self.n_models));
+        }
+        let entry = Entry {
+            spec,
+            state: JobState::Pending,
+            allocs: Vec::new(),
+            placements: Vec::new(),
+            model: None,
+            started: 0,
+            progress: 0,
+            attained: 0,
+            key: (0, 0, JobId(0)),
+            preemptions: 0,
+            wake: None,
+            level: 0,
+            las_offset: 0,
+            promote_at: None,
+        };
+        let id = match self.free_slots.pop() {
+            Some(s) => {
+                self.jobs[s as usize] = entry;
+                JobId(s)
+            }
+            None => {
+                self.jobs.push(entry);
+                JobId(self.jobs.len() as u32 - 1)
+            }
+        };
+        self.enqueue(id);
+        id
+    }
+
+    /// A running job finished its work at `now`: free its resources.
+    pub fn complete(&mut self, j: JobId, now: Time) {
+        let e = &self.jobs[j.0 as usize];
+        assert_eq!(
+            e.state,
+            JobState::Running,
+            "complete() of a job not running"
+        );
+        let run = now.saturating_sub(e.started);
+        self.disarm_las_wakeup(j);
+        self.note_stopped(j);
+        self.release_job(j);
+        let e = &mut self.jobs[j.0 as usize];
+        e.attained += run;
+        e.progress += run;
+        e.state = JobState::Done;
+        e.allocs = Vec::new();
+        self.running.remove(&j);
+        self.free_slots.push(j.0);
+    }
+
+    /// Remove a pending job from the queue (cancellation) or stop a running
+    /// one; the handle is freed.
+    pub fn cancel(&mut self, j: JobId, now: Time) {
+        match self.jobs[j.0 as usize].state {
+            JobState::Pending => {
+                if let Some(t) = self.jobs[j.0 as usize].promote_at.take() {
+                    self.las_promotions.remove(&(t, j));
+                }
+                self.dequeue(j);
+                self.jobs[j.0 as usize].state = JobState::Done;
+                self.free_slots.push(j.0);
+            }
+            JobState::Running => self.complete(j, now),
+            JobState::Done => {}
+        }
+    }
+
+    /// When the scheduler next wants a pass without any arrival or completion.
+    pub fn next_wakeup(&self) -> Option<Time> {
+        let a = self.las_wakeups.first().map(|w| w.0);
+        let b = self.las_promotions.first().map(|w| w.0);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Run one scheduling pass at `now`; its decisions, already applied to the
+    /// ledger, are then in [`decisions`](Self::decisions).
+    pub fn schedule(&mut self, now: Time) {
+        self.decisions.clear();
+        self.failed.clear();
+        self.failed_preempt.clear();
+        self.preempt_failures = 0;
+        while let Some(&(t, j)) = self.las_promotions.first() {
+            if t > now {
+                break;
+            }
+            self.las_promotions.remove(&(t, j));
+            self.dequeue(j);
+            let e = &mut self.jobs[j.0 as usize];
+            e.promote_at = None;
+            e.las_offset = e.attained;
+            self.enqueue(j);
+        }
+        while let Some(&(t, j)) = self.las_wakeups.first() {
+            if t > now {
+                break;
+            }
+            self.las_wakeups.remove(&(t, j));
+            let e = &self.jobs[j.0 as usize];
+            let level = self.las_level(e, e.attained + now.saturating_sub(e.started)) as usize;
+            let old = e.level;
+            if self.running_by_level.len() <= level {
+                self.running_by_level.resize(level + 1, 0);
+            }
+            self.running_by_level[old] -= 1;
+            self.running_by_level[level] += 1;
+            let e = &mut self.jobs[j.0 as usize];
+            e.level = level;
+            e.wake = None;
+            self.arm_las_wakeup(j, now);
+        }
+        match self.policy {
+            QueuePolicy::Drf => self.pass_drf(now),
+            QueuePolicy::Backfill => self.pass_backfill(now),
+            _ => self.pass_ordered(now),
+        }
+    }
+
+    /// The decisions of the last [`schedule`](Self::schedule) pass, in order.
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
+    }
+}
