@@ -43,7 +43,7 @@ pub struct SimJobsArgs {
     /// Write CSV time series, SVG charts and index.html into DIR.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
-    /// Also print per-tenant GPU-hours, shares and waits.
+    /// Also print per-tenant GPU-hours, shares and waits, and per-class waits and preemptions.
     #[arg(long)]
     tenants: bool,
 }

@@ -54,10 +54,24 @@ pub fn table(results: &[SimResult]) -> String {
     out
 }
 
-/// Per-tenant GPU-hours and shares, one block per policy.
+/// Per-tenant GPU-hours and shares, and per-class waits and preemptions,
+/// one block per policy.
 pub fn tenant_table(results: &[SimResult]) -> String {
     let mut out = String::new();
     for r in results {
+        let _ = writeln!(out, "[{}] per class", r.policy);
+        let _ = writeln!(
+            out,
+            "  {:<14} {:>8} {:>11} {:>11} {:>9}",
+            "class", "jobs", "jct_mean_s", "wait_mean_s", "preempt"
+        );
+        for c in &r.classes {
+            let _ = writeln!(
+                out,
+                "  {:<14} {:>8} {:>11.0} {:>11.0} {:>9}",
+                c.class, c.jobs, c.jct_mean_s, c.wait_mean_s, c.preemptions
+            );
+        }
         let _ = writeln!(out, "[{}] per tenant", r.policy);
         let _ = writeln!(
             out,
