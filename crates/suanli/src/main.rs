@@ -29,6 +29,30 @@ enum Cmd {
     Bench(BenchCmd),
     /// Generate a synthetic workload in the native format.
     Gen(jobs_cmd::GenArgs),
+    /// Run the control-plane server (in progress: tenants, tokens, jobs API).
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Directory of the store (suanli.db) and admin.token.
+    #[arg(long, default_value = "suanli-data")]
+    data_dir: std::path::PathBuf,
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: std::net::SocketAddr,
+}
+
+fn server(a: ServerArgs) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failure(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(suanli_server::serve(suanli_server::ServerConfig {
+        data_dir: a.data_dir,
+        listen: a.listen,
+    }))
+    .map_err(|e| failure(format!("{e:#}")))
 }
 
 #[derive(Subcommand)]
@@ -57,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
+        Cmd::Server(a) => server(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,492 @@
+//! The HTTP API (`/v1`, JSON). Errors are `application/problem+json`
+//! (RFC 9457) with a stable `code`; validation errors name the `field`.
+//! A tenant sees only its own jobs: another tenant's job is "not found", never
+//! "forbidden", so its existence does not leak.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use suanli_core::MAX_GPUS_PER_NODE;
+
+use crate::auth::hash_token;
+use crate::store::{NewJob, Scope, Store, StoreError};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    field: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+    fn invalid(field: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            field: Some(field),
+            ..Problem::new(StatusCode::BAD_REQUEST, "invalid_field", detail)
+        }
+    }
+    fn not_found() -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+    fn forbidden() -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token's scope does not allow this call",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://suanli.dev/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Problem {
+        match e {
+            StoreError::NotFound => Problem::not_found(),
+            StoreError::Conflict(what) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            ),
+            StoreError::NotCancellable(_) => {
+                Problem::new(StatusCode::CONFLICT, "not_cancellable", e.to_string())
+            }
+            other => {
+                tracing::error!("store: {other}");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store failed; retry",
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(r: JsonRejection) -> Problem {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ),
+            JsonRejection::BytesRejection(_) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                Problem::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
+            }
+            other => Problem::new(StatusCode::BAD_REQUEST, "bad_body", other.body_text()),
+        }
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Scope);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Caller, Problem> {
+        let unauth = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", d);
+        let h = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauth("missing Authorization: Bearer <token>"))?;
+        let t = h
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauth("expected Authorization: Bearer <token>"))?;
+        match st.store.scope_of(&hash_token(t.trim())).await? {
+            Some(s) => Ok(Caller(s)),
+            None => Err(unauth("unknown or revoked token")),
+        }
+    }
+}
+
+fn admin(c: &Caller) -> Result<(), Problem> {
+    match c.0 {
+        Scope::Admin => Ok(()),
+        _ => Err(Problem::forbidden()),
+    }
+}
+
+/// Tenant filter for job queries: a tenant sees its own, the admin all.
+fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
+    match &c.0 {
+        Scope::Admin => Ok(None),
+        Scope::Tenant { id, .. } => Ok(Some(*id)),
+        Scope::Agent => Err(Problem::forbidden()),
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/v1/jobs", post(submit).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .fallback(|| async { Problem::not_found() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn valid_name(field: &'static str, s: &str) -> Result<(), Problem> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::invalid(
+            field,
+            format!("{field} must be 1-63 characters of A-Z a-z 0-9 - _ . (found {s:?})"),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    name: String,
+    weight: Option<f64>,
+}
+
+async fn create_tenant(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<TenantBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    admin(&c)?;
+    let Json(b) = body?;
+    valid_name("name", &b.name)?;
+    let w = b.weight.unwrap_or(1.0);
+    if !(w.is_finite() && w > 0.0 && w <= 1e6) {
+        return Err(Problem::invalid("weight", "weight must be in (0, 1e6]"));
+    }
+    let t = st.store.create_tenant(&b.name, w).await?;
+    Ok((StatusCode::CREATED, Json(json!(t))))
+}
+
+async fn list_tenants(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
+    admin(&c)?;
+    Ok(Json(json!({ "tenants": st.store.tenants().await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    scope: String,
+    tenant: Option<String>,
+    name: Option<String>,
+}
+
+async fn create_token(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<TokenBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    admin(&c)?;
+    let Json(b) = body?;
+    let scope = match (b.scope.as_str(), &b.tenant) {
+        ("admin", None) => Scope::Admin,
+        ("agent", None) => Scope::Agent,
+        ("tenant", Some(name)) => {
+            let t = st.store.tenant_by_name(name).await.map_err(|e| match e {
+                StoreError::NotFound => {
+                    Problem::invalid("tenant", format!("no tenant named {name:?}"))
+                }
+                e => e.into(),
+            })?;
+            Scope::Tenant {
+                id: t.id,
+                name: t.name,
+            }
+        }
+        ("tenant", None) => {
+            return Err(Problem::invalid(
+                "tenant",
+                "a tenant token names its tenant",
+            ))
+        }
+        ("admin" | "agent", Some(_)) => {
+            return Err(Problem::invalid(
+                "tenant",
+                "only tenant tokens name a tenant",
+            ))
+        }
+        (s, _) => {
+            return Err(Problem::invalid(
+                "scope",
+                format!("scope must be admin, tenant or agent (found {s:?})"),
+            ))
+        }
+    };
+    let name = b.name.unwrap_or_default();
+    if name.len() > 200 {
+        return Err(Problem::invalid("name", "name is limited to 200 bytes"));
+    }
+    let (secret, hash) = crate::auth::new_token();
+    let id = st.store.insert_token(&hash, &scope, &name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "token": secret })),
+    ))
+}
+
+async fn list_tokens(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
+    admin(&c)?;
+    Ok(Json(json!({ "tokens": st.store.tokens().await? })))
+}
+
+async fn revoke_token(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Problem> {
+    admin(&c)?;
+    st.store.revoke_token(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobBody {
+    name: Option<String>,
+    command: Vec<String>,
+    tasks: Option<i64>,
+    cpu_milli: Option<i64>,
+    memory_mib: Option<i64>,
+    gpus: Option<i64>,
+    gpu_share: Option<f64>,
+    gpu_models: Option<Vec<String>>,
+    class: Option<String>,
+}
+
+fn validate_job(b: JobBody) -> Result<NewJob, Problem> {
+    if b.command.is_empty() || b.command[0].is_empty() {
+        return Err(Problem::invalid("command", "command must name a program"));
+    }
+    if b.command.len() > 1000 || b.command.iter().map(String::len).sum::<usize>() > 32 * 1024 {
+        return Err(Problem::invalid("command", "command is too long"));
+    }
+    let name = b.name.unwrap_or_else(|| "job".to_string());
+    valid_name("name", &name)?;
+    let tasks = b.tasks.unwrap_or(1);
+    if !(1..=10_000).contains(&tasks) {
+        return Err(Problem::invalid(
+            "tasks",
+            format!("tasks must be 1..=10000 (found {tasks})"),
+        ));
+    }
+    let cpu = b.cpu_milli.unwrap_or(1000);
+    if !(0..=10_000_000).contains(&cpu) {
+        return Err(Problem::invalid(
+            "cpu_milli",
+            format!("cpu_milli must be 0..=10000000 (found {cpu})"),
+        ));
+    }
+    let mem = b.memory_mib.unwrap_or(1024);
+    if !(0..=1 << 30).contains(&mem) {
+        return Err(Problem::invalid(
+            "memory_mib",
+            format!("memory_mib must be 0..=2^30 (found {mem})"),
+        ));
+    }
+    let (num_gpu, gpu_milli) = match (b.gpus, b.gpu_share) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::invalid(
+                "gpu_share",
+                "give gpus or gpu_share, not both",
+            ))
+        }
+        (Some(g), None) => {
+            if !(0..=MAX_GPUS_PER_NODE as i64).contains(&g) {
+                return Err(Problem::invalid(
+                    "gpus",
+                    format!("gpus per task must be 0..={MAX_GPUS_PER_NODE} (found {g}); use tasks for more"),
+                ));
+            }
+            (g, if g == 0 { 0 } else { 1000 })
+        }
+        (None, Some(s)) => {
+            if !(s.is_finite() && s > 0.0 && s < 1.0) || (s * 1000.0).round() < 1.0 {
+                return Err(Problem::invalid(
+                    "gpu_share",
+                    format!("gpu_share must be in (0, 1) (found {s})"),
+                ));
+            }
+            (1, (s * 1000.0).round() as i64)
+        }
+        (None, None) => (0, 0),
+    };
+    let models = b.gpu_models.unwrap_or_default();
+    for m in &models {
+        valid_name("gpu_models", m)?;
+    }
+    let class = b.class.unwrap_or_else(|| "on-demand".to_string());
+    if suanli_sched::Class::parse(&class).is_none() {
+        return Err(Problem::invalid(
+            "class",
+            format!("class must be guaranteed, on-demand or spot (found {class:?})"),
+        ));
+    }
+    Ok(NewJob {
+        name,
+        command: b.command,
+        tasks,
+        cpu_milli: cpu,
+        memory_mib: mem,
+        num_gpu,
+        gpu_milli,
+        gpu_models: models,
+        class,
+    })
+}
+
+async fn submit(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<JobBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let Scope::Tenant { id, .. } = c.0 else {
+        return Err(Problem::forbidden());
+    };
+    let Json(b) = body?;
+    let job = validate_job(b)?;
+    let j = st.store.submit(id, &job).await?;
+    Ok((StatusCode::CREATED, Json(json!(j))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    tenant: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<i64>,
+}
+
+const STATES: &[&str] = &[
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "PREEMPTED",
+];
+
+async fn list_jobs(
+    State(st): State<AppState>,
+    c: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let mut scope = job_scope(&c)?;
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    if let Some(s) = &q.state {
+        if !STATES.contains(&s.as_str()) {
+            return Err(Problem::invalid(
+                "state",
+                format!("state must be one of {}", STATES.join(", ")),
+            ));
+        }
+    }
+    if let Some(t) = &q.tenant {
+        if scope.is_some() {
+            return Err(Problem::forbidden());
+        }
+        scope = Some(st.store.tenant_by_name(t).await?.id);
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::invalid("limit", "limit must be 1..=1000"));
+    }
+    let jobs = st
+        .store
+        .jobs(scope, q.state.as_deref(), q.cursor.unwrap_or(0), limit)
+        .await?;
+    let next = (jobs.len() as i64 == limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(Json(json!({ "jobs": jobs, "next_cursor": next })))
+}
+
+async fn get_job(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let scope = job_scope(&c)?;
+    Ok(Json(json!(st.store.job(id, scope).await?)))
+}
+
+async fn cancel_job(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let scope = job_scope(&c)?;
+    Ok(Json(json!(st.store.cancel(id, scope).await?)))
+}
+
+async fn job_events(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let scope = job_scope(&c)?;
+    st.store.job(id, scope).await?;
+    Ok(Json(json!({ "events": st.store.events(id).await? })))
+}

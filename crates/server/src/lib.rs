@@ -1,0 +1,91 @@
+//! # suanli-server: the control plane (in progress)
+//!
+//! `suanli server` keeps the pool's durable state in SQLite ([`store`]) and
+//! serves the tenant API ([`api`]) with per-tenant tokens ([`auth`]). This
+//! first increment has tenants, tokens (admin, tenant, agent; revocable),
+//! and job submission, listing, cancellation and event history with tenant
+//! isolation. The scheduling loop, quotas, nodes and agents come next
+//! (issue 4 and 5).
+
+pub mod api;
+pub mod auth;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use store::{Scope, Store};
+
+/// How to run the server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// On an empty store: create an admin token and write it to
+/// `DATA_DIR/admin.token` (mode 0600). Returns the path when it did.
+pub async fn bootstrap(store: &Store, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if store.token_count().await? > 0 {
+        return Ok(None);
+    }
+    let (secret, hash) = auth::new_token();
+    let path = dir.join("admin.token");
+    write_private(&path, &format!("{secret}\n"))?;
+    store
+        .insert_token(&hash, &Scope::Admin, "bootstrap")
+        .await?;
+    Ok(Some(path))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Run the server until SIGINT or SIGTERM. Prints `listening on ADDR` to
+/// stderr once the socket is bound (port 0 picks a free port).
+pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.data_dir.display()))?;
+    let store = Store::open(&cfg.data_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.data_dir.join("suanli.db").display()))?;
+    if let Some(p) = bootstrap(&store, &cfg.data_dir).await? {
+        eprintln!("created the admin token: {}", p.display());
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    let app = api::router(api::AppState { store });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,321 @@
+//! The control-plane server, as a real process on 127.0.0.1 with a temporary
+//! data directory: bootstrap, tenants and tokens, job submit/list/cancel,
+//! tenant isolation endpoint by endpoint, bad input as 4xx problem
+//! documents, and durability across a restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_suanli"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let l = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            if let Some(a) = l.strip_prefix("listening on ") {
+                break a.to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("suanli-server-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// (status, body as JSON or Null, content type)
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value, String) {
+    let mut r = ureq::request(method, url);
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => r.set("Content-Type", "application/json").send_string(b),
+        None => r.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let ct = resp.content_type().to_string();
+    let text = resp.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        ct,
+    )
+}
+
+fn token_for(s: &Server, admin: &str, body: Value) -> String {
+    let (code, v, _) = call(
+        "POST",
+        &format!("{}/v1/tokens", s.url),
+        Some(admin),
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn tenants_tokens_jobs_isolation_and_restart() {
+    let dir = tmp("main");
+    let s = Server::start(&dir);
+    let admin_path = dir.join("admin.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&admin_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let admin = std::fs::read_to_string(&admin_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(admin.len() >= 64, "a 256-bit token");
+    let u = |p: &str| format!("{}{p}", s.url);
+    assert_eq!(call("GET", &u("/healthz"), None, None).0, 200);
+
+    for t in ["acme", "beta"] {
+        let (code, v, _) = call(
+            "POST",
+            &u("/v1/tenants"),
+            Some(&admin),
+            Some(&json!({"name": t}).to_string()),
+        );
+        assert_eq!(code, 201, "{v}");
+    }
+    let (code, v, ct) = call(
+        "POST",
+        &u("/v1/tenants"),
+        Some(&admin),
+        Some(r#"{"name":"acme"}"#),
+    );
+    assert_eq!((code, v["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(ct, "application/problem+json");
+    let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
+    let beta = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let agent = token_for(&s, &admin, json!({"scope": "agent"}));
+
+    // Submit, list, get, events.
+    let job = json!({"name": "train", "command": ["python", "train.py"], "gpus": 2, "tasks": 2, "class": "spot"});
+    let (code, j, _) = call("POST", &u("/v1/jobs"), Some(&acme), Some(&job.to_string()));
+    assert_eq!(code, 201, "{j}");
+    assert_eq!(
+        (j["state"].as_str(), j["tenant"].as_str()),
+        (Some("PENDING"), Some("acme"))
+    );
+    let id = j["id"].as_i64().unwrap();
+    let (_, l, _) = call("GET", &u("/v1/jobs"), Some(&acme), None);
+    assert_eq!(l["jobs"].as_array().unwrap().len(), 1);
+    let (code, _, _) = call("GET", &u(&format!("/v1/jobs/{id}")), Some(&acme), None);
+    assert_eq!(code, 200);
+
+    // Isolation: beta can neither read, list, cancel nor see the events of
+    // acme's job, and gets "not found" rather than "forbidden".
+    let (_, l, _) = call("GET", &u("/v1/jobs"), Some(&beta), None);
+    assert_eq!(l["jobs"].as_array().unwrap().len(), 0);
+    for (m, p) in [
+        ("GET", format!("/v1/jobs/{id}")),
+        ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("GET", format!("/v1/jobs/{id}/events")),
+    ] {
+        let (code, v, _) = call(
+            m,
+            &u(&p),
+            Some(&beta),
+            if m == "POST" { Some("{}") } else { None },
+        );
+        assert_eq!(code, 404, "{m} {p}: {v}");
+    }
+    let (code, _, _) = call("GET", &u("/v1/jobs?tenant=acme"), Some(&beta), None);
+    assert_eq!(code, 403);
+    // Tenants cannot call admin endpoints; agents cannot call tenant or admin ones.
+    for t in [&acme, &agent] {
+        assert_eq!(call("GET", &u("/v1/tenants"), Some(t), None).0, 403);
+        assert_eq!(call("GET", &u("/v1/tokens"), Some(t), None).0, 403);
+        assert_eq!(
+            call(
+                "POST",
+                &u("/v1/tokens"),
+                Some(t),
+                Some(r#"{"scope":"admin"}"#)
+            )
+            .0,
+            403
+        );
+    }
+    assert_eq!(
+        call("POST", &u("/v1/jobs"), Some(&agent), Some(&job.to_string())).0,
+        403
+    );
+    assert_eq!(call("GET", &u("/v1/jobs"), Some(&agent), None).0, 403);
+    assert_eq!(call("GET", &u("/v1/jobs"), None, None).0, 401);
+    assert_eq!(call("GET", &u("/v1/jobs"), Some("sl_forged"), None).0, 401);
+
+    // Revocation.
+    let (_, toks, _) = call("GET", &u("/v1/tokens"), Some(&admin), None);
+    let beta_id = toks["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "beta")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        toks.to_string().find(&beta).is_none(),
+        "secrets are never listed"
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &u(&format!("/v1/tokens/{beta_id}/revoke")),
+            Some(&admin),
+            Some("{}")
+        )
+        .0,
+        204
+    );
+    assert_eq!(call("GET", &u("/v1/jobs"), Some(&beta), None).0, 401);
+
+    // Bad input: 4xx problem documents naming the field, never 5xx.
+    let bad: &[(&str, u16, &str)] = &[
+        ("{", 400, "bad_json"),
+        (r#"{"command":"python"}"#, 400, "bad_body"),
+        (r#"{"command":[]}"#, 400, "invalid_field"),
+        (r#"{"command":["x"],"gpus":-1}"#, 400, "invalid_field"),
+        (r#"{"command":["x"],"gpus":999}"#, 400, "invalid_field"),
+        (r#"{"command":["x"],"gpu_share":1.5}"#, 400, "invalid_field"),
+        (r#"{"command":["x"],"cpu_milli":-5}"#, 400, "invalid_field"),
+        (r#"{"command":["x"],"class":"vip"}"#, 400, "invalid_field"),
+        (r#"{"command":["x"],"bogus":1}"#, 400, "bad_body"),
+        (r#"{"command":["x"],"tasks":1e30}"#, 400, "bad_body"),
+    ];
+    for (body, want, code_name) in bad {
+        let (code, v, ct) = call("POST", &u("/v1/jobs"), Some(&acme), Some(body));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (*want, Some(*code_name)),
+            "{body}: {v}"
+        );
+        assert_eq!(ct, "application/problem+json", "{body}");
+    }
+    let (_, v, _) = call(
+        "POST",
+        &u("/v1/jobs"),
+        Some(&acme),
+        Some(r#"{"command":["x"],"gpus":-1}"#),
+    );
+    assert_eq!(v["field"], "gpus");
+    let huge = format!(r#"{{"command":["{}"]}}"#, "x".repeat(200_000));
+    let (code, v, _) = call("POST", &u("/v1/jobs"), Some(&acme), Some(&huge));
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    assert_eq!(
+        call("GET", &u("/v1/jobs?state=DONE"), Some(&acme), None).0,
+        400
+    );
+    assert_eq!(call("GET", &u("/v1/nope"), Some(&acme), None).0, 404);
+
+    // Cancel, then it cannot be cancelled again.
+    let (code, v, _) = call(
+        "POST",
+        &u(&format!("/v1/jobs/{id}/cancel")),
+        Some(&acme),
+        Some("{}"),
+    );
+    assert_eq!((code, v["state"].as_str()), (200, Some("CANCELLED")));
+    let (code, v, _) = call(
+        "POST",
+        &u(&format!("/v1/jobs/{id}/cancel")),
+        Some(&acme),
+        Some("{}"),
+    );
+    assert_eq!((code, v["code"].as_str()), (409, Some("not_cancellable")));
+
+    // Pagination.
+    for i in 0..5 {
+        let b = json!({"name": format!("j{i}"), "command": ["true"]});
+        assert_eq!(
+            call("POST", &u("/v1/jobs"), Some(&acme), Some(&b.to_string())).0,
+            201
+        );
+    }
+    let (_, p1, _) = call("GET", &u("/v1/jobs?limit=4"), Some(&acme), None);
+    assert_eq!(p1["jobs"].as_array().unwrap().len(), 4);
+    let c = p1["next_cursor"].as_i64().unwrap();
+    let (_, p2, _) = call(
+        "GET",
+        &u(&format!("/v1/jobs?limit=4&cursor={c}")),
+        Some(&acme),
+        None,
+    );
+    assert_eq!(p2["jobs"].as_array().unwrap().len(), 2);
+    let (_, pend, _) = call("GET", &u("/v1/jobs?state=PENDING"), Some(&admin), None);
+    assert_eq!(pend["jobs"].as_array().unwrap().len(), 5);
+
+    // Restart: every job and event is still there; no new admin token.
+    drop(s);
+    let s = Server::start(&dir);
+    let u = |p: &str| format!("{}{p}", s.url);
+    let (_, l, _) = call("GET", &u("/v1/jobs"), Some(&acme), None);
+    assert_eq!(l["jobs"].as_array().unwrap().len(), 6);
+    let (_, ev, _) = call(
+        "GET",
+        &u(&format!("/v1/jobs/{id}/events")),
+        Some(&acme),
+        None,
+    );
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["SUBMITTED", "CANCELLED"]);
+    assert_eq!(std::fs::read_to_string(&admin_path).unwrap().trim(), admin);
+    assert_eq!(
+        call("GET", &u("/v1/jobs"), Some(&beta), None).0,
+        401,
+        "revocation is durable"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
