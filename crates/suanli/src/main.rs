@@ -1,6 +1,7 @@
 //! The `suanli` binary: thin glue. Flags are parsed (clap), validated once into
 //! settings, then handed to the libraries.
 
+mod client_cmd;
 mod jobs_cmd;
 mod openb_cmd;
 
@@ -31,6 +32,21 @@ enum Cmd {
     Gen(jobs_cmd::GenArgs),
     /// Run the control-plane server (in progress: tenants, tokens, jobs API).
     Server(ServerArgs),
+    /// Submit a job: suanli submit [--gpus N | --gpu-share F] ... -- CMD ARGS...
+    Submit(client_cmd::SubmitArgs),
+    /// List jobs (yours; all for an admin token).
+    Queue(client_cmd::QueueArgs),
+    /// Inspect a job.
+    #[command(subcommand)]
+    Job(client_cmd::JobCmd),
+    /// Cancel a job.
+    Cancel(client_cmd::JobIdArgs),
+    /// Manage tenants (admin).
+    #[command(subcommand)]
+    Tenant(client_cmd::TenantCmd),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(client_cmd::TokenCmd),
 }
 
 #[derive(clap::Args)]
@@ -71,8 +87,8 @@ enum BenchCmd {
     Jobs(jobs_cmd::BenchJobsArgs),
 }
 
-/// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace),
-/// 2 invalid command line.
+/// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace, server
+/// unreachable), 2 invalid command line, 3 request refused by the server.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -82,6 +98,12 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
+        Cmd::Submit(a) => client_cmd::submit(a),
+        Cmd::Queue(a) => client_cmd::queue(a),
+        Cmd::Job(c) => client_cmd::job(c),
+        Cmd::Cancel(a) => client_cmd::cancel(a),
+        Cmd::Tenant(c) => client_cmd::tenant(c),
+        Cmd::Token(c) => client_cmd::token(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -319,3 +319,107 @@ fn tenants_tokens_jobs_isolation_and_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn cli(server: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(args)
+        .env("SUANLI_SERVER", server)
+        .env("SUANLI_TOKEN", token)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_drives_the_server() {
+    let dir = tmp("cli");
+    let s = Server::start(&dir);
+    let admin = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (code, _, err) = cli(&s.url, &admin, &["tenant", "create", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(
+        &s.url,
+        &admin,
+        &["token", "create", "--tenant", "acme", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tok: Value = serde_json::from_str(&out).unwrap();
+    let acme = tok["token"].as_str().unwrap().to_string();
+    let (code, out, err) = cli(
+        &s.url,
+        &acme,
+        &[
+            "submit",
+            "--gpus",
+            "2",
+            "--tasks",
+            "2",
+            "--cpu",
+            "4",
+            "--mem",
+            "16G",
+            "--class",
+            "spot",
+            "--gpu-model",
+            "A100,H800",
+            "--name",
+            "train",
+            "--json",
+            "--",
+            "python",
+            "train.py",
+            "--lr",
+            "0.1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    let id = j["id"].as_i64().unwrap().to_string();
+    assert_eq!(
+        (j["memory_mib"].as_i64(), j["cpu_milli"].as_i64()),
+        (Some(16_384), Some(4_000))
+    );
+    assert_eq!(j["command"], json!(["python", "train.py", "--lr", "0.1"]));
+    let (code, out, _) = cli(&s.url, &acme, &["job", "show", &id, "--json"]);
+    assert_eq!(code, 0);
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["state"], "PENDING");
+    assert_eq!(j["events"][0]["kind"], "SUBMITTED");
+    let (code, out, _) = cli(&s.url, &acme, &["queue"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("train") && out.contains("PENDING"), "{out}");
+    let (code, out, _) = cli(&s.url, &acme, &["cancel", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("CANCELLED"), "{out}");
+    // Refused by the server: exit 3 with its detail; bad flags: exit 2;
+    // unreachable server: exit 1.
+    let (code, _, err) = cli(&s.url, &acme, &["cancel", "999"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = cli(&s.url, &acme, &["tenant", "list"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = cli(&s.url, &acme, &["submit", "--mem", "lots", "--", "x"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&s.url, &acme, &["submit", "--gpus", "99", "--", "x"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("field gpus"), "{err}");
+    let (code, _, err) = cli("http://127.0.0.1:1", &acme, &["queue"]);
+    assert_eq!(code, 1, "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["queue"])
+        .env_remove("SUANLI_SERVER")
+        .env_remove("SUANLI_TOKEN")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,477 @@
+//! The CLI client of the control plane: `submit`, `queue`, `job show`,
+//! `cancel`, `tenant`, `token`. The server and token come from `--server` /
+//! `--token`, else `SUANLI_SERVER` / `SUANLI_TOKEN`, else
+//! `~/.config/suanli/config.toml` (`server = "..."`, `token = "..."`).
+//!
+//! Exit codes: 0 success; 1 the server could not be reached or failed; 2 an
+//! invalid command line; 3 the server refused the request (4xx: unknown job,
+//! quota, permission, validation), with its problem detail printed.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::{failure, usage, CliError};
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Server URL (env SUANLI_SERVER; default from ~/.config/suanli/config.toml).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// API token (env SUANLI_TOKEN; default from ~/.config/suanli/config.toml).
+    #[arg(long, global = true)]
+    token: Option<String>,
+}
+
+fn config_value(key: &str) -> Option<String> {
+    let home = std::env::var_os("HOME")?;
+    let p = std::path::Path::new(&home).join(".config/suanli/config.toml");
+    let text = std::fs::read_to_string(p).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    v.get(key)?.as_str().map(str::to_string)
+}
+
+impl Conn {
+    fn resolve(&self) -> Result<(String, String), CliError> {
+        let server = self
+            .server
+            .clone()
+            .or_else(|| std::env::var("SUANLI_SERVER").ok())
+            .or_else(|| config_value("server"))
+            .ok_or_else(|| usage("no server: pass --server URL or set SUANLI_SERVER"))?;
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("SUANLI_TOKEN").ok())
+            .or_else(|| config_value("token"))
+            .ok_or_else(|| usage("no token: pass --token T or set SUANLI_TOKEN"))?;
+        Ok((server.trim_end_matches('/').to_string(), token))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        let (server, token) = self.resolve()?;
+        let url = format!("{server}{path}");
+        let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => {
+                if r.status() == 204 {
+                    return Ok(Value::Null);
+                }
+                r.into_json::<Value>()
+                    .map_err(|e| failure(format!("{url}: unreadable response: {e}")))
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                let v: Value = r.into_json().unwrap_or(Value::Null);
+                let detail = v["detail"].as_str().unwrap_or("request failed");
+                let field = v["field"]
+                    .as_str()
+                    .map_or(String::new(), |f| format!(" (field {f})"));
+                let msg = format!("server: {code} {detail}{field}");
+                if (400..500).contains(&code) {
+                    Err(CliError { code: 3, msg })
+                } else {
+                    Err(failure(msg))
+                }
+            }
+            Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Whole GPUs per task.
+    #[arg(long, conflicts_with = "gpu_share")]
+    gpus: Option<u32>,
+    /// A fraction of one GPU per task, e.g. 0.25.
+    #[arg(long)]
+    gpu_share: Option<f64>,
+    /// Allowed GPU models, comma-separated (default: any).
+    #[arg(long, value_name = "A,B")]
+    gpu_model: Option<String>,
+    /// Gang size: tasks that start together.
+    #[arg(long, default_value_t = 1)]
+    tasks: u32,
+    /// CPU cores per task (decimals allowed).
+    #[arg(long, default_value_t = 1.0)]
+    cpu: f64,
+    /// Memory per task: a number of MiB, or with a K/M/G/T suffix (binary).
+    #[arg(long, default_value = "1G")]
+    mem: String,
+    /// Service class: guaranteed, on-demand or spot.
+    #[arg(long, default_value = "on-demand")]
+    class: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// Print the job as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The command to run (after --).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `16G` → 16384 MiB; a bare number is MiB.
+pub fn parse_mem(s: &str) -> Result<u64, CliError> {
+    let bad = || {
+        usage(format!(
+            "--mem {s:?}: expected MiB or a number with K, M, G or T"
+        ))
+    };
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1.0 / 1024.0),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1.0),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024.0),
+        Some('T' | 't') => (&t[..t.len() - 1], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    let x: f64 = num.trim().parse().map_err(|_| bad())?;
+    let mib = x * mult;
+    if !(mib.is_finite() && mib >= 0.0 && mib <= (1u64 << 30) as f64) {
+        return Err(bad());
+    }
+    Ok(mib.ceil() as u64)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON"));
+}
+
+pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
+    if !(a.cpu.is_finite() && a.cpu >= 0.0) {
+        return Err(usage(format!("--cpu must be >= 0, found {}", a.cpu)));
+    }
+    let mut body = json!({
+        "command": a.command,
+        "tasks": a.tasks,
+        "cpu_milli": (a.cpu * 1000.0).round() as i64,
+        "memory_mib": parse_mem(&a.mem)?,
+        "class": a.class,
+    });
+    if let Some(g) = a.gpus {
+        body["gpus"] = json!(g);
+    }
+    if let Some(s) = a.gpu_share {
+        body["gpu_share"] = json!(s);
+    }
+    if let Some(m) = &a.gpu_model {
+        body["gpu_models"] = json!(m.split(',').map(str::trim).collect::<Vec<_>>());
+    }
+    if let Some(n) = &a.name {
+        body["name"] = json!(n);
+    }
+    let v = a.conn.call("POST", "/v1/jobs", Some(body))?;
+    if a.json {
+        print_json(&v);
+    } else {
+        println!("submitted job {}", v["id"]);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, PREEMPTED).
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn gpus_of(j: &Value) -> String {
+    let n = j["num_gpu"].as_i64().unwrap_or(0);
+    let m = j["gpu_milli"].as_i64().unwrap_or(0);
+    if n == 0 {
+        "-".into()
+    } else if m < 1000 {
+        format!("{:.2}", m as f64 / 1000.0)
+    } else {
+        n.to_string()
+    }
+}
+
+pub fn queue(a: QueueArgs) -> Result<(), CliError> {
+    let mut all = Vec::new();
+    let mut cursor = 0i64;
+    loop {
+        let mut path = format!("/v1/jobs?limit=1000&cursor={cursor}");
+        if let Some(s) = &a.state {
+            path.push_str(&format!("&state={s}"));
+        }
+        let v = a.conn.call("GET", &path, None)?;
+        all.extend(v["jobs"].as_array().cloned().unwrap_or_default());
+        match v["next_cursor"].as_i64() {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    if a.json {
+        print_json(&json!({ "jobs": all }));
+        return Ok(());
+    }
+    println!(
+        "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10}",
+        "ID", "TENANT", "NAME", "STATE", "TASKS", "GPUS", "CLASS"
+    );
+    for j in &all {
+        println!(
+            "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10}",
+            j["id"],
+            j["tenant"].as_str().unwrap_or(""),
+            j["name"].as_str().unwrap_or(""),
+            j["state"].as_str().unwrap_or(""),
+            j["tasks"],
+            gpus_of(j),
+            j["class"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct JobIdArgs {
+    #[command(flatten)]
+    conn: Conn,
+    id: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// A job's details and event history.
+    Show(JobIdArgs),
+}
+
+pub fn job(c: JobCmd) -> Result<(), CliError> {
+    let JobCmd::Show(a) = c;
+    let j = a.conn.call("GET", &format!("/v1/jobs/{}", a.id), None)?;
+    let ev = a
+        .conn
+        .call("GET", &format!("/v1/jobs/{}/events", a.id), None)?;
+    if a.json {
+        let mut j = j;
+        j["events"] = ev["events"].clone();
+        print_json(&j);
+        return Ok(());
+    }
+    for k in [
+        "id",
+        "tenant",
+        "name",
+        "state",
+        "class",
+        "tasks",
+        "cpu_milli",
+        "memory_mib",
+    ] {
+        println!("{k:<12} {}", j[k]);
+    }
+    println!("{:<12} {}", "gpus", gpus_of(&j));
+    println!("{:<12} {}", "command", j["command"]);
+    println!("events:");
+    for e in ev["events"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  {} {} {}",
+            e["at_ms"],
+            e["kind"].as_str().unwrap_or(""),
+            e["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn cancel(a: JobIdArgs) -> Result<(), CliError> {
+    let v = a.conn.call(
+        "POST",
+        &format!("/v1/jobs/{}/cancel", a.id),
+        Some(json!({})),
+    )?;
+    if a.json {
+        print_json(&v);
+    } else {
+        println!("job {} {}", v["id"], v["state"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (admin).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants (admin).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn tenant(c: TenantCmd) -> Result<(), CliError> {
+    match c {
+        TenantCmd::Create {
+            conn,
+            name,
+            weight,
+            json: as_json,
+        } => {
+            let v = conn.call(
+                "POST",
+                "/v1/tenants",
+                Some(json!({"name": name, "weight": weight})),
+            )?;
+            if as_json {
+                print_json(&v);
+            } else {
+                println!("created tenant {}", v["name"].as_str().unwrap_or(""));
+            }
+        }
+        TenantCmd::List {
+            conn,
+            json: as_json,
+        } => {
+            let v = conn.call("GET", "/v1/tenants", None)?;
+            if as_json {
+                print_json(&v);
+            } else {
+                println!("{:>6} {:<20} {:>7}", "ID", "NAME", "WEIGHT");
+                for t in v["tenants"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:>6} {:<20} {:>7}",
+                        t["id"],
+                        t["name"].as_str().unwrap_or(""),
+                        t["weight"]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Issue a token (admin): for a tenant, or an admin or agent token.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, conflicts_with_all = ["admin", "agent"])]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "agent")]
+        admin: bool,
+        #[arg(long)]
+        agent: bool,
+        #[arg(long)]
+        name: Option<String>,
+        /// Print `{"id", "token"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (admin; secrets are never shown).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id (admin).
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        id: i64,
+    },
+}
+
+pub fn token(c: TokenCmd) -> Result<(), CliError> {
+    match c {
+        TokenCmd::Create {
+            conn,
+            tenant,
+            admin,
+            agent,
+            name,
+            json: as_json,
+        } => {
+            let mut body = match (tenant, admin, agent) {
+                (Some(t), false, false) => json!({"scope": "tenant", "tenant": t}),
+                (None, true, false) => json!({"scope": "admin"}),
+                (None, false, true) => json!({"scope": "agent"}),
+                _ => {
+                    return Err(usage(
+                        "token create needs one of --tenant NAME, --admin, --agent",
+                    ))
+                }
+            };
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            let v = conn.call("POST", "/v1/tokens", Some(body))?;
+            if as_json {
+                print_json(&v);
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or(""));
+            }
+        }
+        TokenCmd::List {
+            conn,
+            json: as_json,
+        } => {
+            let v = conn.call("GET", "/v1/tokens", None)?;
+            if as_json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{:>6} {:<7} {:<16} {:<20} {:<8}",
+                    "ID", "SCOPE", "TENANT", "NAME", "REVOKED"
+                );
+                for t in v["tokens"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:>6} {:<7} {:<16} {:<20} {:<8}",
+                        t["id"],
+                        t["scope"].as_str().unwrap_or(""),
+                        t["tenant"].as_str().unwrap_or("-"),
+                        t["name"].as_str().unwrap_or(""),
+                        t["revoked"]
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { conn, id } => {
+            conn.call("POST", &format!("/v1/tokens/{id}/revoke"), Some(json!({})))?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_mem("16G").unwrap(), 16_384);
+        assert_eq!(parse_mem("512").unwrap(), 512);
+        assert_eq!(parse_mem("1.5g").unwrap(), 1536);
+        assert_eq!(parse_mem("1T").unwrap(), 1_048_576);
+        assert!(parse_mem("-1G").is_err());
+        assert!(parse_mem("lots").is_err());
+    }
+}
