@@ -170,6 +170,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tenants/{name}", get(get_tenant))
+        .route(
+            "/v1/tenants/{name}/quotas/{model}",
+            axum::routing::put(set_quota),
+        )
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/jobs", post(submit).get(list_jobs))
@@ -178,7 +183,35 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(job_events))
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(reject_declared_oversize))
         .with_state(state)
+}
+
+/// Refuse a body whose declared length exceeds the limit at once, before
+/// reading it (bodies without a length are cut off by `DefaultBodyLimit`).
+async fn reject_declared_oversize(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        let mut r = Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
+    next.run(req).await
 }
 
 fn valid_name(field: &'static str, s: &str) -> Result<(), Problem> {
@@ -221,7 +254,72 @@ async fn create_tenant(
 
 async fn list_tenants(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
     admin(&c)?;
-    Ok(Json(json!({ "tenants": st.store.tenants().await? })))
+    let mut out = Vec::new();
+    for t in st.store.tenants().await? {
+        let q = st.store.quotas(t.id).await?;
+        out.push(json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}));
+    }
+    Ok(Json(json!({ "tenants": out })))
+}
+
+/// A tenant with its quotas: the admin, or the tenant itself.
+async fn get_tenant(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    match &c.0 {
+        Scope::Admin => {}
+        Scope::Tenant { name: own, .. } if *own == name => {}
+        Scope::Tenant { .. } => return Err(Problem::not_found()),
+        Scope::Agent => return Err(Problem::forbidden()),
+    }
+    let t = st.store.tenant_by_name(&name).await?;
+    let q = st.store.quotas(t.id).await?;
+    Ok(Json(
+        json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaBody {
+    /// GPUs the tenant can always reclaim.
+    guaranteed: f64,
+    /// GPUs the tenant may never exceed; absent = unlimited.
+    max: Option<f64>,
+}
+
+fn gpus_to_milli(field: &'static str, v: f64) -> Result<i64, Problem> {
+    if !(v.is_finite() && (0.0..=1e7).contains(&v)) {
+        return Err(Problem::invalid(
+            field,
+            format!("{field} must be 0..=1e7 GPUs (found {v})"),
+        ));
+    }
+    Ok((v * 1000.0).round() as i64)
+}
+
+async fn set_quota(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((name, model)): Path<(String, String)>,
+    body: Result<Json<QuotaBody>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    admin(&c)?;
+    let Json(b) = body?;
+    valid_name("gpu_model", &model)?;
+    let g = gpus_to_milli("guaranteed", b.guaranteed)?;
+    let m = b.max.map(|m| gpus_to_milli("max", m)).transpose()?;
+    if m.is_some_and(|m| m < g) {
+        return Err(Problem::invalid("max", "max must be at least guaranteed"));
+    }
+    let t = st.store.tenant_by_name(&name).await?;
+    st.store.set_quota(t.id, &model, g, m).await?;
+    let q = st.store.quotas(t.id).await?;
+    Ok(Json(
+        json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}),
+    ))
 }
 
 #[derive(Deserialize)]

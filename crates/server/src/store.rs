@@ -29,6 +29,15 @@ pub struct Tenant {
     pub weight: f64,
 }
 
+/// A tenant's quota on one GPU model, in GPUs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Quota {
+    pub gpu_model: String,
+    pub guaranteed: f64,
+    /// `None` = unlimited.
+    pub max: Option<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     Admin,
@@ -199,6 +208,48 @@ impl Store {
             name: r.try_get("name")?,
             weight: r.try_get("weight")?,
         })
+    }
+
+    /// Set (insert or replace) a tenant's quota on a GPU model, in milli.
+    pub async fn set_quota(
+        &self,
+        tenant_id: i64,
+        model: &str,
+        guaranteed_milli: i64,
+        max_milli: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO quotas (tenant_id, gpu_model, guaranteed_milli, max_milli) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, gpu_model) DO UPDATE SET guaranteed_milli = excluded.guaranteed_milli, \
+             max_milli = excluded.max_milli",
+        )
+        .bind(tenant_id)
+        .bind(model)
+        .bind(guaranteed_milli)
+        .bind(max_milli)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn quotas(&self, tenant_id: i64) -> Result<Vec<Quota>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT gpu_model, guaranteed_milli, max_milli FROM quotas WHERE tenant_id = ? ORDER BY gpu_model",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let g: i64 = r.try_get("guaranteed_milli")?;
+                let m: Option<i64> = r.try_get("max_milli")?;
+                Ok(Quota {
+                    gpu_model: r.try_get("gpu_model")?,
+                    guaranteed: g as f64 / 1000.0,
+                    max: m.map(|m| m as f64 / 1000.0),
+                })
+            })
+            .collect()
     }
 
     pub async fn insert_token(

@@ -315,6 +315,21 @@ pub enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set a tenant's quota on one GPU model, in GPUs (admin).
+    SetQuota {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        guaranteed: f64,
+        /// Omit for no maximum.
+        #[arg(long)]
+        max: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List tenants (admin).
     List {
         #[command(flatten)]
@@ -343,6 +358,27 @@ pub fn tenant(c: TenantCmd) -> Result<(), CliError> {
                 println!("created tenant {}", v["name"].as_str().unwrap_or(""));
             }
         }
+        TenantCmd::SetQuota {
+            conn,
+            name,
+            model,
+            guaranteed,
+            max,
+            json: as_json,
+        } => {
+            let body = json!({"guaranteed": guaranteed, "max": max});
+            let v = conn.call(
+                "PUT",
+                &format!("/v1/tenants/{name}/quotas/{model}"),
+                Some(body),
+            )?;
+            if as_json {
+                print_json(&v);
+            } else {
+                let max = max.map_or("unlimited".to_string(), |m| m.to_string());
+                println!("tenant {name}: {model} guaranteed {guaranteed}, max {max}");
+            }
+        }
         TenantCmd::List {
             conn,
             json: as_json,
@@ -351,13 +387,28 @@ pub fn tenant(c: TenantCmd) -> Result<(), CliError> {
             if as_json {
                 print_json(&v);
             } else {
-                println!("{:>6} {:<20} {:>7}", "ID", "NAME", "WEIGHT");
+                println!(
+                    "{:>6} {:<20} {:>7}  QUOTAS (model guaranteed/max GPUs)",
+                    "ID", "NAME", "WEIGHT"
+                );
                 for t in v["tenants"].as_array().cloned().unwrap_or_default() {
+                    let quotas: Vec<String> = t["quotas"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|q| {
+                            let max = q["max"].as_f64().map_or("-".to_string(), |m| m.to_string());
+                            let model = q["gpu_model"].as_str().unwrap_or("");
+                            format!("{model} {}/{max}", q["guaranteed"].as_f64().unwrap_or(0.0))
+                        })
+                        .collect();
                     println!(
-                        "{:>6} {:<20} {:>7}",
+                        "{:>6} {:<20} {:>7}  {}",
                         t["id"],
                         t["name"].as_str().unwrap_or(""),
-                        t["weight"]
+                        t["weight"],
+                        quotas.join(", ")
                     );
                 }
             }

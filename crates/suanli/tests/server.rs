@@ -80,6 +80,25 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u1
     )
 }
 
+/// POST declaring a `len`-byte JSON body, send only its first bytes, and
+/// return the raw response.
+fn raw_post(url: &str, path: &str, token: &str, len: usize) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(b"{\"command\":[\"").unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
 fn token_for(s: &Server, admin: &str, body: Value) -> String {
     let (code, v, _) = call(
         "POST",
@@ -242,18 +261,73 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         Some(r#"{"command":["x"],"gpus":-1}"#),
     );
     assert_eq!(v["field"], "gpus");
-    let huge = format!(r#"{{"command":["{}"]}}"#, "x".repeat(200_000));
-    let (code, v, _) = call("POST", &u("/v1/jobs"), Some(&acme), Some(&huge));
-    assert_eq!(
-        (code, v["code"].as_str()),
-        (413, Some("body_too_large")),
-        "{v}"
+    // A huge body: the server answers 413 from the declared length, without
+    // reading the body (a raw request: a client still sending would see the
+    // connection close under it).
+    let resp = raw_post(&s.url, "/v1/jobs", &acme, 200_000);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(
+        resp.contains("body_too_large") && resp.contains("application/problem+json"),
+        "{resp}"
     );
     assert_eq!(
         call("GET", &u("/v1/jobs?state=DONE"), Some(&acme), None).0,
         400
     );
     assert_eq!(call("GET", &u("/v1/nope"), Some(&acme), None).0, 404);
+
+    // Quotas: set by the admin only, validated, visible to the tenant itself.
+    let q = r#"{"guaranteed": 8, "max": 16}"#;
+    let (code, v, _) = call(
+        "PUT",
+        &u("/v1/tenants/acme/quotas/A100-80G"),
+        Some(&admin),
+        Some(q),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["quotas"][0],
+        json!({"gpu_model": "A100-80G", "guaranteed": 8.0, "max": 16.0})
+    );
+    assert_eq!(
+        call(
+            "PUT",
+            &u("/v1/tenants/acme/quotas/A100-80G"),
+            Some(&acme),
+            Some(q)
+        )
+        .0,
+        403
+    );
+    let (code, v, _) = call(
+        "PUT",
+        &u("/v1/tenants/acme/quotas/H800"),
+        Some(&admin),
+        Some(r#"{"guaranteed": 8, "max": 4}"#),
+    );
+    assert_eq!((code, v["field"].as_str()), (400, Some("max")));
+    let (code, v, _) = call(
+        "PUT",
+        &u("/v1/tenants/acme/quotas/H800"),
+        Some(&admin),
+        Some(r#"{"guaranteed": -1}"#),
+    );
+    assert_eq!((code, v["field"].as_str()), (400, Some("guaranteed")));
+    assert_eq!(
+        call(
+            "PUT",
+            &u("/v1/tenants/nobody/quotas/H800"),
+            Some(&admin),
+            Some(q)
+        )
+        .0,
+        404
+    );
+    let (code, v, _) = call("GET", &u("/v1/tenants/acme"), Some(&acme), None);
+    assert_eq!((code, v["quotas"][0]["max"].as_f64()), (200, Some(16.0)));
+    let beta2 = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let (code, _, _) = call("GET", &u("/v1/tenants/acme"), Some(&beta2), None);
+    assert_eq!(code, 404, "a tenant cannot read another's quotas");
 
     // Cancel, then it cannot be cancelled again.
     let (code, v, _) = call(
@@ -345,6 +419,25 @@ fn the_cli_drives_the_server() {
         .to_string();
     let (code, _, err) = cli(&s.url, &admin, &["tenant", "create", "acme"]);
     assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(
+        &s.url,
+        &admin,
+        &[
+            "tenant",
+            "set-quota",
+            "acme",
+            "--model",
+            "H800",
+            "--guaranteed",
+            "4",
+            "--max",
+            "8",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&s.url, &admin, &["tenant", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("H800 4/8"), "{out}");
     let (code, out, err) = cli(
         &s.url,
         &admin,
