@@ -106,6 +106,14 @@ impl From<StoreError> for Problem {
     }
 }
 
+impl From<axum::extract::rejection::PathRejection> for Problem {
+    fn from(r: axum::extract::rejection::PathRejection) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "bad_path", r.body_text())
+    }
+}
+
+type IdPath = Result<Path<i64>, axum::extract::rejection::PathRejection>;
+
 impl From<JsonRejection> for Problem {
     fn from(r: JsonRejection) -> Problem {
         match r {
@@ -391,8 +399,9 @@ async fn list_tokens(State(st): State<AppState>, c: Caller) -> Result<Json<Value
 async fn revoke_token(
     State(st): State<AppState>,
     c: Caller,
-    Path(id): Path<i64>,
+    id: IdPath,
 ) -> Result<StatusCode, Problem> {
+    let Path(id) = id?;
     admin(&c)?;
     st.store.revoke_token(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -564,8 +573,9 @@ async fn list_jobs(
 async fn get_job(
     State(st): State<AppState>,
     c: Caller,
-    Path(id): Path<i64>,
+    id: IdPath,
 ) -> Result<Json<Value>, Problem> {
+    let Path(id) = id?;
     let scope = job_scope(&c)?;
     Ok(Json(json!(st.store.job(id, scope).await?)))
 }
@@ -573,8 +583,9 @@ async fn get_job(
 async fn cancel_job(
     State(st): State<AppState>,
     c: Caller,
-    Path(id): Path<i64>,
+    id: IdPath,
 ) -> Result<Json<Value>, Problem> {
+    let Path(id) = id?;
     let scope = job_scope(&c)?;
     Ok(Json(json!(st.store.cancel(id, scope).await?)))
 }
@@ -582,8 +593,9 @@ async fn cancel_job(
 async fn job_events(
     State(st): State<AppState>,
     c: Caller,
-    Path(id): Path<i64>,
+    id: IdPath,
 ) -> Result<Json<Value>, Problem> {
+    let Path(id) = id?;
     let scope = job_scope(&c)?;
     st.store.job(id, scope).await?;
     Ok(Json(json!({ "events": st.store.events(id).await? })))

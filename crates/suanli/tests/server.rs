@@ -275,6 +275,16 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         400
     );
     assert_eq!(call("GET", &u("/v1/nope"), Some(&acme), None).0, 404);
+    let (code, v, ct) = call("GET", &u("/v1/jobs/abc"), Some(&acme), None);
+    assert_eq!((code, v["code"].as_str()), (400, Some("bad_path")));
+    assert_eq!(ct, "application/problem+json");
+    let (code, _, _) = call(
+        "GET",
+        &u("/v1/jobs/99999999999999999999"),
+        Some(&acme),
+        None,
+    );
+    assert_eq!(code, 400);
 
     // Quotas: set by the admin only, validated, visible to the tenant itself.
     let q = r#"{"guaranteed": 8, "max": 16}"#;
