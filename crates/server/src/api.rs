@@ -264,10 +264,15 @@ async fn list_tenants(State(st): State<AppState>, c: Caller) -> Result<Json<Valu
     admin(&c)?;
     let mut out = Vec::new();
     for t in st.store.tenants().await? {
-        let q = st.store.quotas(t.id).await?;
-        out.push(json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}));
+        out.push(tenant_json(&st.store, t).await?);
     }
     Ok(Json(json!({ "tenants": out })))
+}
+
+/// A tenant and its quotas, as the API shows it.
+async fn tenant_json(store: &Store, t: crate::store::Tenant) -> Result<Value, Problem> {
+    let q = store.quotas(t.id).await?;
+    Ok(json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}))
 }
 
 /// A tenant with its quotas: the admin, or the tenant itself.
@@ -283,10 +288,7 @@ async fn get_tenant(
         Scope::Agent => return Err(Problem::forbidden()),
     }
     let t = st.store.tenant_by_name(&name).await?;
-    let q = st.store.quotas(t.id).await?;
-    Ok(Json(
-        json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}),
-    ))
+    Ok(Json(tenant_json(&st.store, t).await?))
 }
 
 #[derive(Deserialize)]
@@ -324,10 +326,7 @@ async fn set_quota(
     }
     let t = st.store.tenant_by_name(&name).await?;
     st.store.set_quota(t.id, &model, g, m).await?;
-    let q = st.store.quotas(t.id).await?;
-    Ok(Json(
-        json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}),
-    ))
+    Ok(Json(tenant_json(&st.store, t).await?))
 }
 
 #[derive(Deserialize)]

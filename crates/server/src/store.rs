@@ -117,6 +117,14 @@ const JOB_COLUMNS: &str =
     "j.id, t.name AS tenant, j.name, j.command, j.tasks, j.cpu_milli, j.memory_mib, \
      j.num_gpu, j.gpu_milli, j.gpu_models, j.class, j.state, j.submitted_ms, j.ended_ms";
 
+fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        weight: r.try_get("weight")?,
+    })
+}
+
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
     let command: String = r.try_get("command")?;
     let models: String = r.try_get("gpu_models")?;
@@ -186,15 +194,7 @@ impl Store {
         let rows = sqlx::query("SELECT id, name, weight FROM tenants ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Tenant {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    weight: r.try_get("weight")?,
-                })
-            })
-            .collect()
+        rows.iter().map(tenant_from_row).collect()
     }
 
     pub async fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError> {
@@ -203,11 +203,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?;
-        Ok(Tenant {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            weight: r.try_get("weight")?,
-        })
+        tenant_from_row(&r)
     }
 
     /// Set (insert or replace) a tenant's quota on a GPU model, in milli.

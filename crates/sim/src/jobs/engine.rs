@@ -461,6 +461,8 @@ pub fn simulate(
     } else {
         100.0 * alloc_integral as f64 / (capacity as f64 * makespan as f64)
     };
+    let jct_s = |j: usize| (end[j] - wl.jobs[j].submit) as f64 / 1000.0;
+    let wait_s = |j: usize| (first_start[j] - wl.jobs[j].submit) as f64 / 1000.0;
     let mut tenants = Vec::new();
     let mut slowdowns = Vec::new();
     for (t, name) in wl.tenants.iter().enumerate() {
@@ -486,14 +488,8 @@ pub fn simulate(
             } else {
                 100.0 * tenant_gpu_ms[t] as f64 / total_alloc as f64
             },
-            jct_mean_s: mean(
-                mine.iter()
-                    .map(|&j| (end[j] - wl.jobs[j].submit) as f64 / 1000.0),
-            ),
-            wait_mean_s: mean(
-                mine.iter()
-                    .map(|&j| (first_start[j] - wl.jobs[j].submit) as f64 / 1000.0),
-            ),
+            jct_mean_s: mean(mine.iter().map(|&j| jct_s(j))),
+            wait_mean_s: mean(mine.iter().map(|&j| wait_s(j))),
             slowdown_mean: sd,
         });
     }
@@ -508,14 +504,8 @@ pub fn simulate(
             (!mine.is_empty()).then(|| ClassResult {
                 class: c.name(),
                 jobs: mine.len(),
-                jct_mean_s: mean(
-                    mine.iter()
-                        .map(|&j| (end[j] - wl.jobs[j].submit) as f64 / 1000.0),
-                ),
-                wait_mean_s: mean(
-                    mine.iter()
-                        .map(|&j| (first_start[j] - wl.jobs[j].submit) as f64 / 1000.0),
-                ),
+                jct_mean_s: mean(mine.iter().map(|&j| jct_s(j))),
+                wait_mean_s: mean(mine.iter().map(|&j| wait_s(j))),
                 preemptions: mine.iter().map(|&j| preempts[j] as u64).sum(),
             })
         })
