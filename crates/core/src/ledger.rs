@@ -38,6 +38,10 @@ pub struct NodeState {
     pub gpu_tasks: [u32; MAX_GPUS_PER_NODE + 1],
     /// Incremented on every change of this node.
     pub version: u32,
+    /// Closed to new placements (a draining or lost node): `fits` is false,
+    /// but existing allocations stay and explicit allocations (recovery,
+    /// re-taking a tentatively released task) are still accepted.
+    closed: bool,
 }
 
 impl NodeState {
@@ -51,7 +55,13 @@ impl NodeState {
             gpus: spec.gpus,
             gpu_tasks: [0; MAX_GPUS_PER_NODE + 1],
             version: 0,
+            closed: false,
         }
+    }
+
+    /// Closed to new placements (see [`Ledger::set_closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// Free milli of each device, by device index.
@@ -70,6 +80,9 @@ impl NodeState {
 
     /// Can `req` be placed on this node now (CPU, memory, GPU model, devices)?
     pub fn fits(&self, spec: &NodeSpec, req: &Request) -> bool {
+        if self.closed {
+            return false;
+        }
         if req.cpu_milli > self.cpu_free || req.memory_mib > self.mem_free {
             return false;
         }
@@ -213,6 +226,29 @@ impl Ledger {
                 .map(|s| s.total_gpu_left() as u64)
                 .sum::<u64>()
     }
+    /// Add a node (a server joined the pool); returns its id, the next one.
+    pub fn add_node(&mut self, spec: NodeSpec) -> NodeId {
+        let id = self.specs.len() as NodeId;
+        self.capacity_gpu_milli += spec.gpus as u64 * MILLI_PER_GPU as u64;
+        self.states.push(NodeState::empty(&spec));
+        self.specs.push(spec);
+        id
+    }
+
+    /// Close a node to new placements (draining, lost) or reopen it. Its
+    /// allocations are untouched.
+    pub fn set_closed(&mut self, node: NodeId, closed: bool) -> Result<(), LedgerError> {
+        let st = self
+            .states
+            .get_mut(node as usize)
+            .ok_or(LedgerError::NoSuchNode(node))?;
+        if st.closed != closed {
+            st.closed = closed;
+            st.version = st.version.wrapping_add(1);
+        }
+        Ok(())
+    }
+
     pub fn allocation(&self, id: AllocId) -> Option<&Allocation> {
         self.allocs.get(&id)
     }

@@ -124,6 +124,9 @@ impl<S: Scorer> PlacementPolicy for ScoredPolicy<S> {
             self.cache.push(vec![EMPTY; specs.len()]);
         }
         let cache = &mut self.cache[class];
+        if cache.len() < specs.len() {
+            cache.resize(specs.len(), EMPTY); // nodes joined since
+        }
         for &n in order {
             let (spec, st) = (&specs[n as usize], &states[n as usize]);
             if !st.fits(spec, req) {

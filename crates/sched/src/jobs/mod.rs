@@ -25,10 +25,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
+mod live;
 mod place;
 mod preempt;
 mod queue;
 
+pub use live::WhyPending;
 pub use place::fit_count;
 
 use suanli_core::{
@@ -371,6 +373,8 @@ pub struct Scheduler {
     /// only — what keeps a mostly idle 10,000-GPU pool cheap to schedule.
     idle: Vec<BTreeSet<NodeId>>,
     shape_class: Vec<u32>,
+    /// (CPU, memory, GPU count, model) of each shape class.
+    shapes: Vec<(u64, u64, u8, Option<ModelId>)>,
     /// Nodes with free GPU milli grouped by [`StateKey`], and the lowest id
     /// of each group (the candidates for a single task).
     groups: HashMap<StateKey, BTreeSet<NodeId>>,
@@ -472,6 +476,7 @@ impl Scheduler {
             open,
             idle,
             shape_class,
+            shapes,
             groups: HashMap::new(),
             node_key: vec![None; n_nodes],
             reps: BTreeSet::new(),
@@ -631,6 +636,13 @@ impl Scheduler {
 
     /// Add a job to the queue. It must be [`admissible`](Self::admissible).
     pub fn submit(&mut self, spec: JobSpec) -> JobId {
+        let id = self.new_entry(spec);
+        self.enqueue(id);
+        id
+    }
+
+    /// A fresh entry (pending, not queued) in a free handle slot.
+    fn new_entry(&mut self, spec: JobSpec) -> JobId {
         while self.tenants.len() <= spec.tenant.0 as usize {
             self.push_tenant(TenantQuota::unlimited(self.n_models));
         }
@@ -650,7 +662,7 @@ impl Scheduler {
             las_offset: 0,
             promote_at: None,
         };
-        let id = match self.free_slots.pop() {
+        match self.free_slots.pop() {
             Some(s) => {
                 self.jobs[s as usize] = entry;
                 JobId(s)
@@ -659,9 +671,7 @@ impl Scheduler {
                 self.jobs.push(entry);
                 JobId(self.jobs.len() as u32 - 1)
             }
-        };
-        self.enqueue(id);
-        id
+        }
     }
 
     /// A running job finished its work at `now`: free its resources.

@@ -45,15 +45,16 @@ impl Scheduler {
             return;
         }
         // Whole-GPU histogram.
+        let closed = st.is_closed();
         if let Some(m) = spec.model {
-            let full = st.fully_free() as u8;
+            let full = if closed { 0 } else { st.fully_free() as u8 };
             let h = &mut self.full_hist[m.0 as usize];
             h[self.node_full[node as usize] as usize] -= 1;
             h[full as usize] += 1;
             self.node_full[node as usize] = full;
         }
         // State groups.
-        let key = (st.total_gpu_left() > 0).then(|| {
+        let key = (st.total_gpu_left() > 0 && !closed).then(|| {
             let mut left = [0u16; MAX_GPUS_PER_NODE];
             left[..st.gpu_left().len()].copy_from_slice(st.gpu_left());
             (
@@ -95,12 +96,12 @@ impl Scheduler {
             && st.mem_free == spec.memory_mib
             && st.total_gpu_left() == spec.gpus as u32 * MILLI_PER_GPU as u32;
         let c = self.shape_class[node as usize] as usize;
-        if is_idle {
+        if is_idle && !closed {
             self.open.remove(&node);
             self.idle[c].insert(node);
         } else {
             self.idle[c].remove(&node);
-            if st.total_gpu_left() > 0 {
+            if st.total_gpu_left() > 0 && !closed {
                 self.open.insert(node);
             } else {
                 self.open.remove(&node);
@@ -380,6 +381,9 @@ impl Scheduler {
 
 /// How many copies of `req` fit on this node now (at most `cap`).
 pub fn fit_count(spec: &NodeSpec, st: &NodeState, req: &Request, cap: u32) -> u32 {
+    if st.is_closed() {
+        return 0;
+    }
     let mut k = cap as u64;
     if let Some(c) = st.cpu_free.checked_div(req.cpu_milli) {
         k = k.min(c);

@@ -1,0 +1,296 @@
+//! The live-pool API of the job scheduler: nodes joining and draining, jobs
+//! restored after a restart, jobs requeued from outside, quotas changed at
+//! run time, and why-pending reasons.
+
+use suanli_core::{GpuMask, Ledger, ModelId, ModelSet, NodeSpec, Request};
+use suanli_sched::jobs::{
+    Class, Decision, JobSpec, QueuePolicy, SchedOptions, Scheduler, TenantId, TenantQuota,
+    WhyPending,
+};
+use suanli_sched::{make_policy, Placement, Workload};
+
+fn node(name: &str, gpus: u8, model: u8) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        cpu_milli: 64_000,
+        memory_mib: 512 << 10,
+        gpus,
+        model: Some(ModelId(model)),
+    }
+}
+
+fn empty(policy: QueuePolicy) -> Scheduler {
+    Scheduler::new(
+        Ledger::new(Vec::new()),
+        Vec::new(),
+        make_policy("bestfit", &Workload::default(), 1).unwrap(),
+        policy,
+        Vec::new(),
+        0,
+        SchedOptions::default(),
+    )
+}
+
+fn job(tenant: u16, tasks: u32, gpus: u32, class: Class) -> JobSpec {
+    JobSpec {
+        tenant: TenantId(tenant),
+        class,
+        tasks,
+        req: Request::new(1000, 1024, gpus, 1000, ModelSet::ANY).unwrap(),
+        submit: 0,
+        work: 3_600_000,
+        estimate: None,
+    }
+}
+
+fn starts(s: &Scheduler) -> Vec<(u32, Vec<Placement>)> {
+    s.decisions()
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Start { job, placements } => Some((job.0, placements.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn jobs_wait_for_nodes_and_start_when_one_joins() {
+    let mut s = empty(QueuePolicy::Fifo);
+    let j = s.submit(job(0, 1, 4, Class::OnDemand));
+    s.schedule(1);
+    assert!(s.decisions().is_empty());
+    assert_eq!(
+        s.why_pending(j),
+        Some(WhyPending::Resources {
+            models: ModelSet::ANY,
+            tasks: 1,
+            fit: 0
+        })
+    );
+    let n = s.add_node(node("a", 8, 0), 0);
+    s.schedule(2);
+    assert_eq!(
+        starts(&s),
+        vec![(
+            j.0,
+            vec![Placement {
+                node: n,
+                gpus: GpuMask(0b1111)
+            }]
+        )]
+    );
+    assert_eq!(s.ledger().check(), Ok(()));
+    assert_eq!(s.allocated_gpu_milli(), 4000);
+    assert_eq!(s.capacity_gpu_milli(), 8000);
+}
+
+#[test]
+fn a_drained_node_gets_no_new_work_but_keeps_its_jobs() {
+    let mut s = empty(QueuePolicy::Fifo);
+    let a = s.add_node(node("a", 8, 0), 0);
+    let b = s.add_node(node("b", 8, 0), 0);
+    let first = s.submit(job(0, 1, 4, Class::OnDemand));
+    s.schedule(1);
+    assert_eq!(starts(&s)[0].1[0].node, a, "bestfit takes the first node");
+    s.set_closed(a, true);
+    // 4 GPUs are free on a, but it is draining: the next job goes to b.
+    let second = s.submit(job(0, 1, 4, Class::OnDemand));
+    s.schedule(2);
+    assert_eq!(starts(&s)[0].1[0].node, b);
+    s.set_closed(b, true);
+    let third = s.submit(job(0, 1, 1, Class::OnDemand));
+    s.schedule(3);
+    assert!(s.decisions().is_empty(), "every node is closed");
+    assert!(matches!(
+        s.why_pending(third),
+        Some(WhyPending::Resources { fit: 0, .. })
+    ));
+    // The first job still runs on the drained node and completes normally.
+    s.complete(first, 10);
+    s.complete(second, 10);
+    s.schedule(10);
+    assert!(s.decisions().is_empty());
+    s.set_closed(a, false);
+    s.schedule(11);
+    assert_eq!(
+        starts(&s)[0],
+        (
+            third.0,
+            vec![Placement {
+                node: a,
+                gpus: GpuMask(1)
+            }]
+        )
+    );
+    assert_eq!(s.ledger().check(), Ok(()));
+}
+
+#[test]
+fn a_gang_never_lands_on_a_closed_node() {
+    let mut s = empty(QueuePolicy::Fifo);
+    let nodes: Vec<u32> = (0..4)
+        .map(|i| s.add_node(node(&format!("n{i}"), 8, 0), i / 2))
+        .collect();
+    s.set_closed(nodes[1], true);
+    let g = s.submit(job(0, 3, 8, Class::OnDemand));
+    s.schedule(1);
+    let st = starts(&s);
+    assert_eq!(st.len(), 1);
+    let used: Vec<u32> = st[0].1.iter().map(|p| p.node).collect();
+    assert!(!used.contains(&nodes[1]), "{used:?}");
+    assert_eq!(used.len(), 3);
+    let _ = g;
+}
+
+#[test]
+fn restore_rebuilds_running_jobs_and_refuses_a_device_held_twice() {
+    let mut s = empty(QueuePolicy::Classes);
+    let a = s.add_node(node("a", 8, 0), 0);
+    let spec = job(0, 2, 2, Class::Spot);
+    let p = vec![
+        Placement {
+            node: a,
+            gpus: GpuMask(0b0011),
+        },
+        Placement {
+            node: a,
+            gpus: GpuMask(0b1100),
+        },
+    ];
+    let j = s.restore(spec.clone(), p, 5).unwrap();
+    assert_eq!(s.allocated_gpu_milli(), 4000);
+    assert_eq!(s.running_len(), 1);
+    // Device 3 is already held: refused, and nothing changed.
+    let err = s
+        .restore(
+            job(1, 1, 2, Class::OnDemand),
+            vec![Placement {
+                node: a,
+                gpus: GpuMask(0b11000),
+            }],
+            5,
+        )
+        .unwrap_err();
+    assert!(err.contains("gpu_milli"), "{err}");
+    assert_eq!(s.allocated_gpu_milli(), 4000);
+    let err = s
+        .restore(
+            job(1, 2, 1, Class::OnDemand),
+            vec![Placement {
+                node: a,
+                gpus: GpuMask(0b10000),
+            }],
+            5,
+        )
+        .unwrap_err();
+    assert!(err.contains("gang of 2"), "{err}");
+    let err = s
+        .restore(
+            job(1, 1, 1, Class::OnDemand),
+            vec![Placement {
+                node: 9,
+                gpus: GpuMask(1),
+            }],
+            5,
+        )
+        .unwrap_err();
+    assert!(err.contains("unknown node"), "{err}");
+    assert_eq!(s.ledger().check(), Ok(()));
+    // The restored spot job is preemptible like any other.
+    s.submit(job(1, 1, 8, Class::Guaranteed));
+    s.schedule(100);
+    assert!(s
+        .decisions()
+        .iter()
+        .any(|d| matches!(d, Decision::Preempt { job, .. } if *job == j)));
+    assert_eq!(s.ledger().check(), Ok(()));
+}
+
+#[test]
+fn requeue_frees_the_devices_and_queues_the_job_again() {
+    let mut s = empty(QueuePolicy::Fifo);
+    s.add_node(node("a", 8, 0), 0);
+    let j = s.submit(job(0, 1, 8, Class::OnDemand));
+    s.schedule(1);
+    assert_eq!(s.running_len(), 1);
+    s.requeue(j, 50);
+    assert!(s.decisions().len() == 1, "requeue reports nothing new");
+    assert_eq!(s.allocated_gpu_milli(), 0);
+    assert_eq!(s.pending_len(), 1);
+    s.schedule(60);
+    assert_eq!(starts(&s).len(), 1);
+    assert_eq!(s.ledger().check(), Ok(()));
+}
+
+#[test]
+fn quota_set_at_run_time_is_enforced_and_explained() {
+    let mut s = empty(QueuePolicy::Fifo);
+    s.add_node(node("a", 8, 0), 0);
+    s.add_node(node("b", 8, 1), 0);
+    let mut q = TenantQuota::unlimited(2);
+    q.max = vec![4000, 0];
+    s.set_quota(TenantId(0), q);
+    let a = s.submit(job(0, 1, 4, Class::OnDemand));
+    let b = s.submit(job(0, 1, 1, Class::OnDemand));
+    s.schedule(1);
+    assert_eq!(starts(&s).len(), 1);
+    assert_eq!(s.why_pending(a), None, "running");
+    assert_eq!(
+        s.why_pending(b),
+        Some(WhyPending::Quota {
+            model: ModelId(0),
+            used: 4000,
+            max: 4000,
+            need: 1000
+        })
+    );
+    // Raising the maximum lets it start.
+    let mut q = TenantQuota::unlimited(2);
+    q.max = vec![8000, 0];
+    s.set_quota(TenantId(0), q);
+    s.schedule(2);
+    assert_eq!(starts(&s).len(), 1);
+}
+
+#[test]
+fn why_pending_counts_the_jobs_ahead() {
+    let mut s = empty(QueuePolicy::Fifo);
+    s.add_node(node("a", 8, 0), 0);
+    s.submit(job(0, 1, 8, Class::OnDemand));
+    s.schedule(1);
+    let big = s.submit(job(0, 2, 8, Class::OnDemand));
+    let small: Vec<_> = (0..3)
+        .map(|_| s.submit(job(0, 1, 1, Class::OnDemand)))
+        .collect();
+    s.schedule(2);
+    assert!(s.decisions().is_empty());
+    assert_eq!(
+        s.why_pending(big),
+        Some(WhyPending::Resources {
+            models: ModelSet::ANY,
+            tasks: 2,
+            fit: 0
+        })
+    );
+    // After the running job ends there is room for a small job, but FIFO
+    // holds it behind the gang (and behind the small jobs before it).
+    s.complete(suanli_sched::jobs::JobId(0), 3);
+    assert_eq!(
+        s.why_pending(small[2]),
+        Some(WhyPending::Queue { ahead: 3 })
+    );
+}
+
+#[test]
+fn models_appear_at_run_time() {
+    let mut s = empty(QueuePolicy::Fifo);
+    s.add_node(node("a", 8, 0), 0);
+    let mut spec = job(0, 1, 2, Class::OnDemand);
+    spec.req.models = ModelSet::single(ModelId(5));
+    assert!(s.admissible(&spec).is_err());
+    let b = s.add_node(node("b", 4, 5), 0);
+    assert_eq!(s.admissible(&spec), Ok(()));
+    s.submit(spec);
+    s.schedule(1);
+    assert_eq!(starts(&s)[0].1[0].node, b);
+}
