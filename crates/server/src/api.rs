@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use suanli_core::MAX_GPUS_PER_NODE;
 
 use crate::auth::hash_token;
+use crate::control::{Cmd, Control, Refusal, Registration, Report};
 use crate::store::{NewJob, Scope, Store, StoreError};
 
 /// Largest accepted request body.
@@ -23,6 +24,35 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub control: Control,
+}
+
+fn loop_gone() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "scheduler_unavailable",
+        "the scheduling loop stopped; the server is shutting down",
+    )
+}
+
+impl From<Refusal> for Problem {
+    fn from(r: Refusal) -> Problem {
+        match r {
+            Refusal::NotFound => Problem::not_found(),
+            Refusal::NotCancellable(state) => Problem::new(
+                StatusCode::CONFLICT,
+                "not_cancellable",
+                format!("job is {state}: only PENDING or RUNNING jobs can be cancelled"),
+            ),
+            Refusal::Invalid { field, detail } => Problem::invalid(field, detail),
+            Refusal::Unsatisfiable(d) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsatisfiable",
+                format!("this job can never run on this pool: {d}"),
+            ),
+            Refusal::Conflict(d) => Problem::new(StatusCode::CONFLICT, "conflict", d),
+        }
+    }
 }
 
 /// An RFC 9457 problem document.
@@ -91,9 +121,6 @@ impl From<StoreError> for Problem {
                 "conflict",
                 format!("{what} already exists"),
             ),
-            StoreError::NotCancellable(_) => {
-                Problem::new(StatusCode::CONFLICT, "not_cancellable", e.to_string())
-            }
             other => {
                 tracing::error!("store: {other}");
                 Problem::new(
@@ -189,6 +216,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name}/drain", post(drain_node))
+        .route("/v1/nodes/{name}/undrain", post(undrain_node))
+        .route("/v1/agents/register", post(register_agent))
+        .route("/v1/agents/{name}/heartbeat", post(heartbeat))
+        .route("/v1/agents/{name}/tasks/status", post(task_status))
+        .route("/metrics", get(crate::metrics::render))
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(reject_declared_oversize))
@@ -257,6 +291,9 @@ async fn create_tenant(
         return Err(Problem::invalid("weight", "weight must be in (0, 1e6]"));
     }
     let t = st.store.create_tenant(&b.name, w).await?;
+    st.control
+        .tell(Cmd::TenantChanged { tenant_id: t.id })
+        .await;
     Ok((StatusCode::CREATED, Json(json!(t))))
 }
 
@@ -326,6 +363,9 @@ async fn set_quota(
     }
     let t = st.store.tenant_by_name(&name).await?;
     st.store.set_quota(t.id, &model, g, m).await?;
+    st.control
+        .tell(Cmd::TenantChanged { tenant_id: t.id })
+        .await;
     Ok(Json(tenant_json(&st.store, t).await?))
 }
 
@@ -418,6 +458,10 @@ struct JobBody {
     gpu_share: Option<f64>,
     gpu_models: Option<Vec<String>>,
     class: Option<String>,
+    env: Option<std::collections::BTreeMap<String, String>>,
+    workdir: Option<String>,
+    max_runtime_s: Option<i64>,
+    retries: Option<i64>,
 }
 
 fn validate_job(b: JobBody) -> Result<NewJob, Problem> {
@@ -488,6 +532,54 @@ fn validate_job(b: JobBody) -> Result<NewJob, Problem> {
             format!("class must be guaranteed, on-demand or spot (found {class:?})"),
         ));
     }
+    let env = b.env.unwrap_or_default();
+    if env.len() > 256 || env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 32 * 1024 {
+        return Err(Problem::invalid(
+            "env",
+            "env is limited to 256 variables and 32 KiB",
+        ));
+    }
+    for k in env.keys() {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(Problem::invalid(
+                "env",
+                format!(
+                    "env names are letters, digits and _, not starting with a digit (found {k:?})"
+                ),
+            ));
+        }
+        if k.starts_with("SUANLI_") {
+            return Err(Problem::invalid(
+                "env",
+                format!("{k}: SUANLI_ variables are set by the agent"),
+            ));
+        }
+    }
+    let workdir = b.workdir.unwrap_or_default();
+    if workdir.len() > 4096 || workdir.contains('\0') {
+        return Err(Problem::invalid(
+            "workdir",
+            "workdir must be a path of at most 4096 bytes",
+        ));
+    }
+    if let Some(t) = b.max_runtime_s {
+        if !(1..=365 * 24 * 3600).contains(&t) {
+            return Err(Problem::invalid(
+                "max_runtime_s",
+                format!("max_runtime_s must be 1..=31536000 (found {t})"),
+            ));
+        }
+    }
+    let retries = b.retries.unwrap_or(0);
+    if !(0..=100).contains(&retries) {
+        return Err(Problem::invalid(
+            "retries",
+            format!("retries must be 0..=100 (found {retries})"),
+        ));
+    }
     Ok(NewJob {
         name,
         command: b.command,
@@ -498,6 +590,10 @@ fn validate_job(b: JobBody) -> Result<NewJob, Problem> {
         gpu_milli,
         gpu_models: models,
         class,
+        env,
+        workdir,
+        max_runtime_s: b.max_runtime_s,
+        retries,
     })
 }
 
@@ -506,12 +602,21 @@ async fn submit(
     c: Caller,
     body: Result<Json<JobBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let Scope::Tenant { id, .. } = c.0 else {
+    let Scope::Tenant { id, name } = c.0 else {
         return Err(Problem::forbidden());
     };
     let Json(b) = body?;
     let job = validate_job(b)?;
-    let j = st.store.submit(id, &job).await?;
+    let j = st
+        .control
+        .ask(|reply| Cmd::Submit {
+            tenant_id: id,
+            tenant: name,
+            job,
+            reply,
+        })
+        .await
+        .ok_or_else(loop_gone)??;
     Ok((StatusCode::CREATED, Json(json!(j))))
 }
 
@@ -524,7 +629,7 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-const STATES: &[&str] = &[
+pub const STATES: &[&str] = &[
     "PENDING",
     "RUNNING",
     "COMPLETED",
@@ -559,10 +664,11 @@ async fn list_jobs(
     if !(1..=1000).contains(&limit) {
         return Err(Problem::invalid("limit", "limit must be 1..=1000"));
     }
-    let jobs = st
+    let mut jobs = st
         .store
         .jobs(scope, q.state.as_deref(), q.cursor.unwrap_or(0), limit)
         .await?;
+    explain(&st, &mut jobs).await?;
     let next = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();
@@ -576,7 +682,32 @@ async fn get_job(
 ) -> Result<Json<Value>, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
-    Ok(Json(json!(st.store.job(id, scope).await?)))
+    let mut job = vec![st.store.job(id, scope).await?];
+    explain(&st, &mut job).await?;
+    let mut v = json!(job[0]);
+    v["tasks"] = json!(st.store.job_tasks(id).await?);
+    Ok(Json(v))
+}
+
+/// Fill in why-pending reasons of the PENDING jobs among `jobs`.
+async fn explain(st: &AppState, jobs: &mut [crate::store::Job]) -> Result<(), Problem> {
+    let ids: Vec<i64> = jobs
+        .iter()
+        .filter(|j| j.state == "PENDING")
+        .map(|j| j.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut reasons = st
+        .control
+        .ask(|reply| Cmd::Explain { ids, reply })
+        .await
+        .ok_or_else(loop_gone)?;
+    for j in jobs {
+        j.reason = reasons.remove(&j.id);
+    }
+    Ok(())
 }
 
 async fn cancel_job(
@@ -586,7 +717,15 @@ async fn cancel_job(
 ) -> Result<Json<Value>, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
-    Ok(Json(json!(st.store.cancel(id, scope).await?)))
+    st.control
+        .ask(|reply| Cmd::Cancel {
+            id,
+            tenant: scope,
+            reply,
+        })
+        .await
+        .ok_or_else(loop_gone)??;
+    Ok(Json(json!(st.store.job(id, scope).await?)))
 }
 
 async fn job_events(
@@ -598,4 +737,227 @@ async fn job_events(
     let scope = job_scope(&c)?;
     st.store.job(id, scope).await?;
     Ok(Json(json!({ "events": st.store.events(id).await? })))
+}
+
+async fn list_nodes(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
+    admin(&c)?;
+    let nodes = st
+        .control
+        .ask(|reply| Cmd::Nodes { reply })
+        .await
+        .ok_or_else(loop_gone)?;
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+async fn set_drain(
+    st: &AppState,
+    c: &Caller,
+    name: String,
+    drain: bool,
+) -> Result<Json<Value>, Problem> {
+    admin(c)?;
+    st.control
+        .ask(|reply| Cmd::Drain {
+            node: name.clone(),
+            drain,
+            reply,
+        })
+        .await
+        .ok_or_else(loop_gone)??;
+    Ok(Json(
+        json!({ "node": name, "state": if drain { "draining" } else { "ready" } }),
+    ))
+}
+
+async fn drain_node(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    set_drain(&st, &c, name, true).await
+}
+
+async fn undrain_node(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    set_drain(&st, &c, name, false).await
+}
+
+fn agent(c: &Caller) -> Result<(), Problem> {
+    match c.0 {
+        Scope::Agent => Ok(()),
+        _ => Err(Problem::forbidden()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuBody {
+    index: i64,
+    model: String,
+    memory_mib: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    name: String,
+    addr: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    cpu_milli: i64,
+    memory_mib: i64,
+    #[serde(default)]
+    gpus: Vec<GpuBody>,
+}
+
+fn validate_registration(b: RegisterBody) -> Result<Registration, Problem> {
+    valid_name("name", &b.name)?;
+    if !(1..=100_000_000).contains(&b.cpu_milli) {
+        return Err(Problem::invalid(
+            "cpu_milli",
+            format!("cpu_milli must be 1..=1e8 (found {})", b.cpu_milli),
+        ));
+    }
+    if !(1..=1 << 34).contains(&b.memory_mib) {
+        return Err(Problem::invalid(
+            "memory_mib",
+            format!("memory_mib must be 1..=2^34 (found {})", b.memory_mib),
+        ));
+    }
+    if b.gpus.len() > MAX_GPUS_PER_NODE {
+        return Err(Problem::invalid(
+            "gpus",
+            format!(
+                "at most {MAX_GPUS_PER_NODE} GPUs per node (found {})",
+                b.gpus.len()
+            ),
+        ));
+    }
+    let mut seen = 0u32;
+    for g in &b.gpus {
+        if !(0..b.gpus.len() as i64).contains(&g.index) || seen & (1 << g.index) != 0 {
+            return Err(Problem::invalid(
+                "gpus",
+                "GPU indexes must be 0..n-1, each once",
+            ));
+        }
+        seen |= 1 << g.index;
+        valid_name("gpus", &g.model)?;
+        if g.memory_mib.is_some_and(|m| !(0..=1 << 24).contains(&m)) {
+            return Err(Problem::invalid("gpus", "GPU memory_mib must be 0..=2^24"));
+        }
+    }
+    if let Some(g) = b.gpus.iter().find(|g| g.model != b.gpus[0].model) {
+        return Err(Problem::invalid(
+            "gpus",
+            format!(
+                "a node's GPUs must be one model (found {} and {})",
+                b.gpus[0].model, g.model
+            ),
+        ));
+    }
+    let labels = b.labels.unwrap_or_default();
+    if labels.len() > 64
+        || labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 253)
+    {
+        return Err(Problem::invalid(
+            "labels",
+            "at most 64 labels, keys 1-63 bytes, values at most 253",
+        ));
+    }
+    let addr = b.addr.unwrap_or_default();
+    if addr.len() > 253 {
+        return Err(Problem::invalid("addr", "addr is at most 253 bytes"));
+    }
+    Ok(Registration {
+        name: b.name,
+        addr,
+        gpu_model: b.gpus.first().map(|g| g.model.clone()),
+        gpus: b.gpus.len() as i64,
+        gpu_memory_mib: b.gpus.first().and_then(|g| g.memory_mib).unwrap_or(0),
+        cpu_milli: b.cpu_milli,
+        memory_mib: b.memory_mib,
+        labels,
+    })
+}
+
+/// Seconds between an agent's heartbeats.
+pub const HEARTBEAT_INTERVAL_S: u64 = 5;
+
+async fn register_agent(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<RegisterBody>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    agent(&c)?;
+    let Json(b) = body?;
+    let reg = validate_registration(b)?;
+    let node = st
+        .control
+        .ask(|reply| Cmd::Register { reg, reply })
+        .await
+        .ok_or_else(loop_gone)??;
+    Ok(Json(
+        json!({ "node": node, "heartbeat_interval_s": HEARTBEAT_INTERVAL_S }),
+    ))
+}
+
+async fn report(
+    st: &AppState,
+    c: &Caller,
+    name: String,
+    report: Report,
+    full: bool,
+) -> Result<Json<Value>, Problem> {
+    agent(c)?;
+    if report.running.len() + report.exited.len() > 10_000 {
+        return Err(Problem::invalid(
+            "running",
+            "at most 10000 tasks per report",
+        ));
+    }
+    let node = st
+        .control
+        .ask(|reply| Cmd::Heartbeat {
+            node: name,
+            report,
+            full,
+            reply,
+        })
+        .await
+        .ok_or_else(loop_gone)??;
+    let (start, kill) = st.store.node_orders(node).await?;
+    Ok(Json(json!({ "start": start, "kill": kill })))
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    agent(&c)?;
+    let Json(r) = body?;
+    report(&st, &c, name, r, true).await
+}
+
+async fn task_status(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    agent(&c)?;
+    let Json(r) = body?;
+    if !r.running.is_empty() {
+        return Err(Problem::invalid(
+            "running",
+            "a task-status call reports exits only; use the heartbeat",
+        ));
+    }
+    report(&st, &c, name, r, false).await
 }

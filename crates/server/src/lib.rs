@@ -9,6 +9,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod config;
+pub mod control;
+pub mod metrics;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -21,6 +24,7 @@ use store::{Scope, Store};
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub scheduler: control::LoopConfig,
 }
 
 /// On an empty store: create an admin token and write it to
@@ -52,6 +56,21 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Send `tracing` output to stderr as human text or JSON lines, filtered by
+/// `level` (an env-filter directive such as `info,suanli_server=debug`).
+pub fn init_logging(format: config::LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("log_level {level:?}: {e}"))?;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let r = match format {
+        config::LogFormat::Human => b.try_init(),
+        config::LogFormat::Json => b.json().try_init(),
+    };
+    r.map_err(|e| format!("logging: {e}"))
+}
+
 /// Run the server until SIGINT or SIGTERM. Prints `listening on ADDR` to
 /// stderr once the socket is bound (port 0 picks a free port).
 pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
@@ -67,10 +86,21 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     eprintln!("listening on {}", listener.local_addr()?);
-    let app = api::router(api::AppState { store });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    tracing::info!(addr = %listener.local_addr()?, policy = ?cfg.scheduler.queue_policy, "serving");
+    let (control, mut sched) = control::start(store.clone(), &cfg.scheduler).await?;
+    let app = api::router(api::AppState { store, control });
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+    tokio::select! {
+        r = server => r?,
+        r = &mut sched => {
+            // The loop only ends on its own when the store failed.
+            return Err(match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => anyhow::anyhow!("the scheduling loop stopped"),
+                Err(e) => anyhow::anyhow!("the scheduling loop panicked: {e}"),
+            });
+        }
+    }
     Ok(())
 }
 

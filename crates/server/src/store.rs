@@ -2,6 +2,7 @@
 //! embedded in the binary). Every state change and its job event are written
 //! in one transaction.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -69,9 +70,20 @@ pub struct Job {
     pub gpu_milli: i64,
     pub gpu_models: Vec<String>,
     pub class: String,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub retries: i64,
+    /// Attempts started so far.
+    pub run: i64,
     pub state: String,
     pub submitted_ms: i64,
+    /// Start of the current (or last) attempt.
+    pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// For a PENDING job in a queue view: why it has not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A validated submission.
@@ -86,6 +98,10 @@ pub struct NewJob {
     pub gpu_milli: i64,
     pub gpu_models: Vec<String>,
     pub class: String,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub retries: i64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -115,7 +131,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 const JOB_COLUMNS: &str =
     "j.id, t.name AS tenant, j.name, j.command, j.tasks, j.cpu_milli, j.memory_mib, \
-     j.num_gpu, j.gpu_milli, j.gpu_models, j.class, j.state, j.submitted_ms, j.ended_ms";
+     j.num_gpu, j.gpu_milli, j.gpu_models, j.class, j.env, j.workdir, j.max_runtime_s, j.retries, \
+     j.run, j.state, j.submitted_ms, j.started_ms, j.ended_ms";
 
 fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
     Ok(Tenant {
@@ -128,6 +145,7 @@ fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
     let command: String = r.try_get("command")?;
     let models: String = r.try_get("gpu_models")?;
+    let env: String = r.try_get("env")?;
     Ok(Job {
         id: r.try_get("id")?,
         tenant: r.try_get("tenant")?,
@@ -140,9 +158,16 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
         gpu_milli: r.try_get("gpu_milli")?,
         gpu_models: serde_json::from_str(&models).unwrap_or_default(),
         class: r.try_get("class")?,
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        workdir: r.try_get("workdir")?,
+        max_runtime_s: r.try_get("max_runtime_s")?,
+        retries: r.try_get("retries")?,
+        run: r.try_get("run")?,
         state: r.try_get("state")?,
         submitted_ms: r.try_get("submitted_ms")?,
+        started_ms: r.try_get("started_ms")?,
         ended_ms: r.try_get("ended_ms")?,
+        reason: None,
     })
 }
 
@@ -157,7 +182,7 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -327,37 +352,6 @@ impl Store {
         Ok(())
     }
 
-    /// Insert a job and its SUBMITTED event in one transaction.
-    pub async fn submit(&self, tenant_id: i64, j: &NewJob) -> Result<Job, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let r = sqlx::query(
-            "INSERT INTO jobs (tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, gpu_milli, \
-             gpu_models, class, state, submitted_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?)",
-        )
-        .bind(tenant_id)
-        .bind(&j.name)
-        .bind(serde_json::to_string(&j.command).expect("strings serialise"))
-        .bind(j.tasks)
-        .bind(j.cpu_milli)
-        .bind(j.memory_mib)
-        .bind(j.num_gpu)
-        .bind(j.gpu_milli)
-        .bind(serde_json::to_string(&j.gpu_models).expect("strings serialise"))
-        .bind(&j.class)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let id = r.last_insert_rowid();
-        sqlx::query("INSERT INTO job_events (job_id, at_ms, kind) VALUES (?, ?, 'SUBMITTED')")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.job(id, None).await
-    }
-
     /// A job; with `tenant`, only if it belongs to that tenant.
     pub async fn job(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError> {
         let q = format!(
@@ -400,40 +394,6 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// Cancel a PENDING or RUNNING job (of `tenant`, when given): state and
-    /// event in one transaction.
-    pub async fn cancel(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM jobs WHERE id = ? AND (? IS NULL OR tenant_id = ?)",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(tenant)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let state = state.ok_or(StoreError::NotFound)?;
-        if state != "PENDING" && state != "RUNNING" {
-            return Err(StoreError::NotCancellable(state));
-        }
-        let now = now_ms();
-        sqlx::query("UPDATE jobs SET state = 'CANCELLED', ended_ms = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES (?, ?, 'CANCELLED', ?)",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(format!("from {state}"))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.job(id, None).await
-    }
-
     pub async fn events(&self, id: i64) -> Result<Vec<JobEvent>, StoreError> {
         let rows =
             sqlx::query("SELECT at_ms, kind, detail FROM job_events WHERE job_id = ? ORDER BY id")
@@ -449,5 +409,508 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Apply a batch of writes in one transaction: all or nothing.
+    pub async fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for w in writes {
+            w.apply(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn max_job_id(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM jobs")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn max_node_id(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM nodes")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Every tenant's quotas: (tenant id, quota in milli: model, guaranteed, max).
+    pub async fn all_quotas(&self) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, gpu_model, guaranteed_milli, max_milli FROM quotas ORDER BY tenant_id, gpu_model",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("tenant_id")?,
+                    r.try_get("gpu_model")?,
+                    r.try_get("guaranteed_milli")?,
+                    r.try_get("max_milli")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes n ORDER BY n.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    /// The tasks of RUNNING jobs' current attempts that hold resources
+    /// (ASSIGNED or RUNNING), by job id then task index.
+    pub async fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
+             JOIN jobs j ON j.id = k.job_id AND j.run = k.run \
+             WHERE j.state = 'RUNNING' AND k.state IN ('ASSIGNED', 'RUNNING') ORDER BY k.job_id, k.idx",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Tasks agents were ordered to stop and have not confirmed yet.
+    pub async fn killing_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT job_id, run, idx, node_id, gpus, state, started_ms FROM tasks WHERE state = 'KILLING'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Tasks of a job, every attempt, oldest first.
+    pub async fn job_tasks(&self, job: i64) -> Result<Vec<TaskView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.run, k.idx, n.name AS node, k.gpus, k.state, k.started_ms, k.ended_ms, k.exit_code, k.reason \
+             FROM tasks k JOIN nodes n ON n.id = k.node_id WHERE k.job_id = ? ORDER BY k.run, k.idx",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let mask: i64 = r.try_get("gpus")?;
+                Ok(TaskView {
+                    run: r.try_get("run")?,
+                    index: r.try_get("idx")?,
+                    node: r.try_get("node")?,
+                    gpus: mask_devices(mask),
+                    state: r.try_get("state")?,
+                    started_ms: r.try_get("started_ms")?,
+                    ended_ms: r.try_get("ended_ms")?,
+                    exit_code: r.try_get("exit_code")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// What a node's agent must do: tasks to start (ASSIGNED, with everything
+    /// needed to run them) and tasks to stop (KILLING).
+    pub async fn node_orders(
+        &self,
+        node: i64,
+    ) -> Result<(Vec<Assignment>, Vec<TaskRef>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.job_id, k.run, k.idx, k.gpus, j.command, j.env, j.workdir, j.max_runtime_s, j.tasks, \
+             j.cpu_milli, j.memory_mib, j.gpu_milli, \
+             (SELECT n0.addr FROM tasks k0 JOIN nodes n0 ON n0.id = k0.node_id \
+              WHERE k0.job_id = k.job_id AND k0.run = k.run AND k0.idx = 0) AS master \
+             FROM tasks k JOIN jobs j ON j.id = k.job_id \
+             WHERE k.node_id = ? AND k.state = 'ASSIGNED' ORDER BY k.job_id, k.idx",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut starts = Vec::new();
+        for r in &rows {
+            let command: String = r.try_get("command")?;
+            let env: String = r.try_get("env")?;
+            let mask: i64 = r.try_get("gpus")?;
+            let gpu_milli: i64 = r.try_get("gpu_milli")?;
+            starts.push(Assignment {
+                job: r.try_get("job_id")?,
+                run: r.try_get("run")?,
+                task: r.try_get("idx")?,
+                tasks: r.try_get("tasks")?,
+                command: serde_json::from_str(&command).unwrap_or_default(),
+                env: serde_json::from_str(&env).unwrap_or_default(),
+                workdir: r.try_get("workdir")?,
+                max_runtime_s: r.try_get("max_runtime_s")?,
+                cpu_milli: r.try_get("cpu_milli")?,
+                memory_mib: r.try_get("memory_mib")?,
+                gpus: mask_devices(mask),
+                gpu_share: (gpu_milli > 0 && gpu_milli < 1000).then(|| gpu_milli as f64 / 1000.0),
+                master_addr: r
+                    .try_get::<Option<String>, _>("master")?
+                    .unwrap_or_default(),
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT job_id, run, idx, gpus FROM tasks WHERE node_id = ? AND state = 'KILLING' ORDER BY job_id, idx",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut kills = Vec::new();
+        for r in &rows {
+            let mask: i64 = r.try_get("gpus")?;
+            kills.push(TaskRef {
+                job: r.try_get("job_id")?,
+                run: r.try_get("run")?,
+                task: r.try_get("idx")?,
+                gpus: mask_devices(mask),
+            });
+        }
+        // A device still held by a task being stopped is not handed out yet:
+        // the agent would otherwise run two tasks on it at once.
+        let busy: u32 = kills
+            .iter()
+            .flat_map(|k| k.gpus.iter())
+            .fold(0, |m, d| m | (1 << d));
+        starts.retain(|a| a.gpus.iter().all(|d| busy & (1 << d) == 0));
+        Ok((starts, kills))
+    }
+
+    /// Jobs by state (for metrics).
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
+/// The devices of a bitmask, ascending.
+pub fn mask_devices(mask: i64) -> Vec<u32> {
+    (0..16).filter(|d| mask & (1 << d) != 0).collect()
+}
+
+/// A node as stored.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Node {
+    pub id: i64,
+    pub name: String,
+    pub addr: String,
+    pub gpu_model: Option<String>,
+    pub gpus: i64,
+    pub gpu_memory_mib: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub rack: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: String,
+    pub registered_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+const NODE_COLUMNS: &str =
+    "n.id, n.name, n.addr, n.gpu_model, n.gpus, n.gpu_memory_mib, n.cpu_milli, \
+     n.memory_mib, n.rack, n.labels, n.state, n.registered_ms, n.last_heartbeat_ms";
+
+fn node_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
+    let labels: String = r.try_get("labels")?;
+    Ok(Node {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        addr: r.try_get("addr")?,
+        gpu_model: r.try_get("gpu_model")?,
+        gpus: r.try_get("gpus")?,
+        gpu_memory_mib: r.try_get("gpu_memory_mib")?,
+        cpu_milli: r.try_get("cpu_milli")?,
+        memory_mib: r.try_get("memory_mib")?,
+        rack: r.try_get("rack")?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        state: r.try_get("state")?,
+        registered_ms: r.try_get("registered_ms")?,
+        last_heartbeat_ms: r.try_get("last_heartbeat_ms")?,
+    })
+}
+
+/// A task holding resources (for recovery).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub job: i64,
+    pub run: i64,
+    pub index: i64,
+    pub node: i64,
+    pub gpus: i64,
+    pub state: String,
+    pub started_ms: i64,
+}
+
+fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Task, StoreError> {
+    Ok(Task {
+        job: r.try_get("job_id")?,
+        run: r.try_get("run")?,
+        index: r.try_get("idx")?,
+        node: r.try_get("node_id")?,
+        gpus: r.try_get("gpus")?,
+        state: r.try_get("state")?,
+        started_ms: r.try_get("started_ms")?,
+    })
+}
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TaskView {
+    pub run: i64,
+    pub index: i64,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub state: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub reason: String,
+}
+
+/// A task an agent must start.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Assignment {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// Gang size (`WORLD_SIZE`); `task` is the rank.
+    pub tasks: i64,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    /// Device indexes on the node (`CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<u32>,
+    /// Fraction of the one device, for a GPU share.
+    pub gpu_share: Option<f64>,
+    /// Address of the node running task 0 (`MASTER_ADDR`).
+    pub master_addr: String,
+}
+
+/// One task of one attempt.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TaskRef {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    pub gpus: Vec<u32>,
+}
+
+/// One write of a batch (see [`Store::commit`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    InsertJob {
+        id: i64,
+        tenant_id: i64,
+        job: NewJob,
+        at: i64,
+    },
+    Event {
+        job: i64,
+        at: i64,
+        kind: &'static str,
+        detail: String,
+    },
+    /// Set a job's state; `ended` for a final state.
+    JobState {
+        job: i64,
+        state: &'static str,
+        ended: Option<i64>,
+    },
+    /// A new attempt starts: state RUNNING, `run` bumped, tasks inserted.
+    StartJob {
+        job: i64,
+        run: i64,
+        at: i64,
+        tasks: Vec<(i64, i64)>, // (node id, device mask), by task index
+    },
+    /// Tasks of one attempt in one of `from` states move to `to`.
+    TaskState {
+        job: i64,
+        run: i64,
+        task: Option<i64>,
+        from: &'static [&'static str],
+        to: &'static str,
+        at: Option<i64>,
+        exit_code: Option<i64>,
+        reason: String,
+    },
+    UpsertNode(Node),
+    NodeState {
+        node: i64,
+        state: &'static str,
+    },
+    Heartbeat {
+        node: i64,
+        at: i64,
+    },
+}
+
+impl Write {
+    async fn apply(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+        match self {
+            Write::InsertJob {
+                id,
+                tenant_id,
+                job: j,
+                at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, gpu_milli, \
+                     gpu_models, class, env, workdir, max_runtime_s, retries, state, submitted_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?)",
+                )
+                .bind(id)
+                .bind(tenant_id)
+                .bind(&j.name)
+                .bind(serde_json::to_string(&j.command).expect("strings serialise"))
+                .bind(j.tasks)
+                .bind(j.cpu_milli)
+                .bind(j.memory_mib)
+                .bind(j.num_gpu)
+                .bind(j.gpu_milli)
+                .bind(serde_json::to_string(&j.gpu_models).expect("strings serialise"))
+                .bind(&j.class)
+                .bind(serde_json::to_string(&j.env).expect("strings serialise"))
+                .bind(&j.workdir)
+                .bind(j.max_runtime_s)
+                .bind(j.retries)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Write::Event {
+                job,
+                at,
+                kind,
+                detail,
+            } => {
+                sqlx::query(
+                    "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES (?, ?, ?, ?)",
+                )
+                .bind(job)
+                .bind(at)
+                .bind(kind)
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Write::JobState { job, state, ended } => {
+                sqlx::query("UPDATE jobs SET state = ?, ended_ms = ? WHERE id = ?")
+                    .bind(state)
+                    .bind(ended)
+                    .bind(job)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Write::StartJob {
+                job,
+                run,
+                at,
+                tasks,
+            } => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'RUNNING', run = ?, started_ms = ? WHERE id = ?",
+                )
+                .bind(run)
+                .bind(at)
+                .bind(job)
+                .execute(&mut *tx)
+                .await?;
+                for (i, (node, mask)) in tasks.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms) \
+                         VALUES (?, ?, ?, ?, ?, 'ASSIGNED', ?)",
+                    )
+                    .bind(job)
+                    .bind(run)
+                    .bind(i as i64)
+                    .bind(node)
+                    .bind(mask)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            Write::TaskState {
+                job,
+                run,
+                task,
+                from,
+                to,
+                at,
+                exit_code,
+                reason,
+            } => {
+                for f in *from {
+                    sqlx::query(
+                        "UPDATE tasks SET state = ?, ended_ms = COALESCE(?, ended_ms), \
+                         exit_code = COALESCE(?, exit_code), reason = CASE WHEN ? = '' THEN reason ELSE ? END \
+                         WHERE job_id = ? AND run = ? AND (? IS NULL OR idx = ?) AND state = ?",
+                    )
+                    .bind(to)
+                    .bind(at)
+                    .bind(exit_code)
+                    .bind(reason)
+                    .bind(reason)
+                    .bind(job)
+                    .bind(run)
+                    .bind(task)
+                    .bind(task)
+                    .bind(f)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            Write::UpsertNode(n) => {
+                sqlx::query(
+                    "INSERT INTO nodes (id, name, addr, gpu_model, gpus, gpu_memory_mib, cpu_milli, memory_mib, rack, \
+                     labels, state, registered_ms, last_heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, gpu_model = excluded.gpu_model, \
+                     gpus = excluded.gpus, gpu_memory_mib = excluded.gpu_memory_mib, cpu_milli = excluded.cpu_milli, \
+                     memory_mib = excluded.memory_mib, rack = excluded.rack, labels = excluded.labels, \
+                     state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms",
+                )
+                .bind(n.id)
+                .bind(&n.name)
+                .bind(&n.addr)
+                .bind(&n.gpu_model)
+                .bind(n.gpus)
+                .bind(n.gpu_memory_mib)
+                .bind(n.cpu_milli)
+                .bind(n.memory_mib)
+                .bind(&n.rack)
+                .bind(serde_json::to_string(&n.labels).expect("strings serialise"))
+                .bind(&n.state)
+                .bind(n.registered_ms)
+                .bind(n.last_heartbeat_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Write::NodeState { node, state } => {
+                sqlx::query("UPDATE nodes SET state = ? WHERE id = ?")
+                    .bind(state)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Write::Heartbeat { node, at } => {
+                sqlx::query("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")
+                    .bind(at)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }

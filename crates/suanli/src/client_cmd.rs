@@ -179,9 +179,13 @@ pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
 pub struct QueueArgs {
     #[command(flatten)]
     conn: Conn,
-    /// Only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, PREEMPTED).
+    /// Only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED,
+    /// PREEMPTED) [default: PENDING and RUNNING].
     #[arg(long)]
     state: Option<String>,
+    /// Every job, whatever its state.
+    #[arg(long, conflicts_with = "state")]
+    all: bool,
     #[arg(long)]
     json: bool,
 }
@@ -198,39 +202,54 @@ fn gpus_of(j: &Value) -> String {
     }
 }
 
-pub fn queue(a: QueueArgs) -> Result<(), CliError> {
+fn list_jobs(conn: &Conn, state: Option<&str>) -> Result<Vec<Value>, CliError> {
     let mut all = Vec::new();
     let mut cursor = 0i64;
     loop {
         let mut path = format!("/v1/jobs?limit=1000&cursor={cursor}");
-        if let Some(s) = &a.state {
+        if let Some(s) = state {
             path.push_str(&format!("&state={s}"));
         }
-        let v = a.conn.call("GET", &path, None)?;
+        let v = conn.call("GET", &path, None)?;
         all.extend(v["jobs"].as_array().cloned().unwrap_or_default());
         match v["next_cursor"].as_i64() {
             Some(c) => cursor = c,
             None => break,
         }
     }
+    Ok(all)
+}
+
+pub fn queue(a: QueueArgs) -> Result<(), CliError> {
+    let mut all = match (&a.state, a.all) {
+        (Some(s), _) => list_jobs(&a.conn, Some(s))?,
+        (None, true) => list_jobs(&a.conn, None)?,
+        (None, false) => {
+            let mut v = list_jobs(&a.conn, Some("RUNNING"))?;
+            v.extend(list_jobs(&a.conn, Some("PENDING"))?);
+            v
+        }
+    };
+    all.sort_by_key(|j| j["id"].as_i64());
     if a.json {
         print_json(&json!({ "jobs": all }));
         return Ok(());
     }
     println!(
-        "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10}",
+        "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} REASON",
         "ID", "TENANT", "NAME", "STATE", "TASKS", "GPUS", "CLASS"
     );
     for j in &all {
         println!(
-            "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10}",
+            "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} {}",
             j["id"],
             j["tenant"].as_str().unwrap_or(""),
             j["name"].as_str().unwrap_or(""),
             j["state"].as_str().unwrap_or(""),
             j["tasks"],
             gpus_of(j),
-            j["class"].as_str().unwrap_or("")
+            j["class"].as_str().unwrap_or(""),
+            j["reason"].as_str().unwrap_or("")
         );
     }
     Ok(())
@@ -277,6 +296,24 @@ pub fn job(c: JobCmd) -> Result<(), CliError> {
     }
     println!("{:<12} {}", "gpus", gpus_of(&j));
     println!("{:<12} {}", "command", j["command"]);
+    if let Some(r) = j["reason"].as_str() {
+        println!("{:<12} {r}", "reason");
+    }
+    let tasks = j["tasks"].as_array().cloned().unwrap_or_default();
+    if !tasks.is_empty() {
+        println!("tasks:");
+        for t in tasks {
+            println!(
+                "  attempt {} task {} on {} gpus {} {} {}",
+                t["run"],
+                t["index"],
+                t["node"].as_str().unwrap_or(""),
+                t["gpus"],
+                t["state"].as_str().unwrap_or(""),
+                t["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
     println!("events:");
     for e in ev["events"].as_array().cloned().unwrap_or_default() {
         println!(
@@ -525,4 +562,75 @@ mod tests {
         assert!(parse_mem("-1G").is_err());
         assert!(parse_mem("lots").is_err());
     }
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Option<NodeCmd>,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Stop placing new work on a node; its running tasks continue.
+    Drain { name: String },
+    /// Place work on a drained node again.
+    Undrain { name: String },
+}
+
+/// `suanli nodes`: list the pool's nodes (admin); `nodes drain|undrain NAME`.
+pub fn nodes(a: NodesArgs) -> Result<(), CliError> {
+    if let Some(c) = a.cmd {
+        let (verb, name) = match c {
+            NodeCmd::Drain { name } => ("drain", name),
+            NodeCmd::Undrain { name } => ("undrain", name),
+        };
+        let v = a
+            .conn
+            .call("POST", &format!("/v1/nodes/{name}/{verb}"), Some(json!({})))?;
+        if a.json {
+            print_json(&v);
+        } else {
+            println!(
+                "{} {}",
+                v["node"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or("")
+            );
+        }
+        return Ok(());
+    }
+    let v = a.conn.call("GET", "/v1/nodes", None)?;
+    if a.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<9} {:<14} {:>9} {:>9} {:>5} {:<10}",
+        "NAME", "STATE", "GPU MODEL", "GPUS", "CPU", "JOBS", "HEARTBEAT"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+        let gpus = n["gpus"].as_i64().unwrap_or(0);
+        let used = n["gpu_milli_allocated"].as_f64().unwrap_or(0.0) / 1000.0;
+        let cpu = n["cpu_milli"].as_f64().unwrap_or(0.0) / 1000.0;
+        let cpu_used = n["cpu_milli_allocated"].as_f64().unwrap_or(0.0) / 1000.0;
+        let ago = (now - n["last_heartbeat_ms"].as_i64().unwrap_or(now)).max(0) / 1000;
+        println!(
+            "{:<20} {:<9} {:<14} {:>9} {:>9} {:>5} {}s ago",
+            n["name"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or(""),
+            n["gpu_model"].as_str().unwrap_or("-"),
+            format!("{used}/{gpus}"),
+            format!("{cpu_used}/{cpu}"),
+            n["jobs"],
+            ago
+        );
+    }
+    Ok(())
 }

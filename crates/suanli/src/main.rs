@@ -30,7 +30,7 @@ enum Cmd {
     Bench(BenchCmd),
     /// Generate a synthetic workload in the native format.
     Gen(jobs_cmd::GenArgs),
-    /// Run the control-plane server (in progress: tenants, tokens, jobs API).
+    /// Run the control-plane server: store, API, scheduling loop.
     Server(ServerArgs),
     /// Submit a job: suanli submit [--gpus N | --gpu-share F] ... -- CMD ARGS...
     Submit(client_cmd::SubmitArgs),
@@ -47,26 +47,54 @@ enum Cmd {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(client_cmd::TokenCmd),
+    /// List nodes; `nodes drain NAME`, `nodes undrain NAME` (admin).
+    Nodes(client_cmd::NodesArgs),
 }
 
 #[derive(clap::Args)]
 struct ServerArgs {
-    /// Directory of the store (suanli.db) and admin.token.
-    #[arg(long, default_value = "suanli-data")]
-    data_dir: std::path::PathBuf,
-    /// Address to listen on (port 0: any free port; the bound address is printed).
-    #[arg(long, default_value = "127.0.0.1:8420")]
-    listen: std::net::SocketAddr,
+    /// TOML settings (every field documented in crates/server/src/config.rs); flags override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Directory of the store (suanli.db) and admin.token [default: suanli-data].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed) [default: 127.0.0.1:8420].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Log format: human or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Queue policy: fifo, sjf, srtf, las, classes, drf, backfill [default: classes].
+    #[arg(long)]
+    queue_policy: Option<String>,
 }
 
 fn server(a: ServerArgs) -> Result<(), CliError> {
+    use suanli_server::config;
+    let file = match &a.config {
+        Some(p) => config::read_file(p).map_err(usage)?,
+        None => config::FileConfig::default(),
+    };
+    let s = config::resolve(
+        file,
+        config::Overrides {
+            data_dir: a.data_dir,
+            listen: a.listen,
+            log_format: a.log_format,
+            queue_policy: a.queue_policy,
+        },
+    )
+    .map_err(usage)?;
+    suanli_server::init_logging(s.log_format, &s.log_level).map_err(usage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| failure(format!("cannot start the runtime: {e}")))?;
     rt.block_on(suanli_server::serve(suanli_server::ServerConfig {
-        data_dir: a.data_dir,
-        listen: a.listen,
+        data_dir: s.data_dir,
+        listen: s.listen,
+        scheduler: s.scheduler,
     }))
     .map_err(|e| failure(format!("{e:#}")))
 }
@@ -104,6 +132,7 @@ fn main() -> ExitCode {
         Cmd::Cancel(a) => client_cmd::cancel(a),
         Cmd::Tenant(c) => client_cmd::tenant(c),
         Cmd::Token(c) => client_cmd::token(c),
+        Cmd::Nodes(a) => client_cmd::nodes(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

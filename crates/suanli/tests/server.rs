@@ -3,112 +3,11 @@
 //! tenant isolation endpoint by endpoint, bad input as 4xx problem
 //! documents, and durability across a restart.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use common::*;
 use serde_json::{json, Value};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_suanli"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let l = lines
-                .next()
-                .expect("server exited before listening")
-                .unwrap();
-            if let Some(a) = l.strip_prefix("listening on ") {
-                break a.to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            url: format!("http://{addr}"),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("suanli-server-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// (status, body as JSON or Null, content type)
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value, String) {
-    let mut r = ureq::request(method, url);
-    if let Some(t) = token {
-        r = r.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => r.set("Content-Type", "application/json").send_string(b),
-        None => r.call(),
-    };
-    let resp = match res {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let ct = resp.content_type().to_string();
-    let text = resp.into_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-        ct,
-    )
-}
-
-/// POST declaring a `len`-byte JSON body, send only its first bytes, and
-/// return the raw response.
-fn raw_post(url: &str, path: &str, token: &str, len: usize) -> String {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    );
-    c.write_all(head.as_bytes()).unwrap();
-    c.write_all(b"{\"command\":[\"").unwrap();
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    out
-}
-
-fn token_for(s: &Server, admin: &str, body: Value) -> String {
-    let (code, v, _) = call(
-        "POST",
-        &format!("{}/v1/tokens", s.url),
-        Some(admin),
-        Some(&body.to_string()),
-    );
-    assert_eq!(code, 201, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
+use std::process::Command;
 
 #[test]
 fn tenants_tokens_jobs_isolation_and_restart() {
@@ -149,6 +48,7 @@ fn tenants_tokens_jobs_isolation_and_restart() {
     let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
     let beta = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
     let agent = token_for(&s, &admin, json!({"scope": "agent"}));
+    register(&s, &agent, "n1", 8, "A100-80G", 64_000);
 
     // Submit, list, get, events.
     let job = json!({"name": "train", "command": ["python", "train.py"], "gpus": 2, "tasks": 2, "class": "spot"});
@@ -159,6 +59,10 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         (Some("PENDING"), Some("acme"))
     );
     let id = j["id"].as_i64().unwrap();
+    // Acknowledged after the pass that started it was committed.
+    let j = common::job(&s, &acme, id);
+    assert_eq!(j["state"], "RUNNING", "{j}");
+    assert_eq!(j["tasks"].as_array().unwrap().len(), 2, "{j}");
     let (_, l, _) = call("GET", &u("/v1/jobs"), Some(&acme), None);
     assert_eq!(l["jobs"].as_array().unwrap().len(), 1);
     let (code, _, _) = call("GET", &u(&format!("/v1/jobs/{id}")), Some(&acme), None);
@@ -203,6 +107,34 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         403
     );
     assert_eq!(call("GET", &u("/v1/jobs"), Some(&agent), None).0, 403);
+    assert_eq!(call("GET", &u("/v1/nodes"), Some(&agent), None).0, 403);
+    // Tenants (and the admin) cannot call agent endpoints, nor list or drain nodes.
+    for t in [&acme, &admin] {
+        let reg = json!({"name": "evil", "cpu_milli": 1000, "memory_mib": 1024}).to_string();
+        assert_eq!(
+            call("POST", &u("/v1/agents/register"), Some(t), Some(&reg)).0,
+            403
+        );
+        assert_eq!(
+            call("POST", &u("/v1/agents/n1/heartbeat"), Some(t), Some("{}")).0,
+            403
+        );
+        assert_eq!(
+            call(
+                "POST",
+                &u("/v1/agents/n1/tasks/status"),
+                Some(t),
+                Some("{}")
+            )
+            .0,
+            403
+        );
+    }
+    assert_eq!(call("GET", &u("/v1/nodes"), Some(&acme), None).0, 403);
+    assert_eq!(
+        call("POST", &u("/v1/nodes/n1/drain"), Some(&acme), Some("{}")).0,
+        403
+    );
     assert_eq!(call("GET", &u("/v1/jobs"), None, None).0, 401);
     assert_eq!(call("GET", &u("/v1/jobs"), Some("sl_forged"), None).0, 401);
 
@@ -244,6 +176,32 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         (r#"{"command":["x"],"class":"vip"}"#, 400, "invalid_field"),
         (r#"{"command":["x"],"bogus":1}"#, 400, "bad_body"),
         (r#"{"command":["x"],"tasks":1e30}"#, 400, "bad_body"),
+        (
+            r#"{"command":["x"],"gpus":1,"gpu_models":["Z9"]}"#,
+            400,
+            "invalid_field",
+        ),
+        (
+            r#"{"command":["x"],"env":{"1X":"y"}}"#,
+            400,
+            "invalid_field",
+        ),
+        (
+            r#"{"command":["x"],"max_runtime_s":0}"#,
+            400,
+            "invalid_field",
+        ),
+        (r#"{"command":["x"],"retries":-1}"#, 400, "invalid_field"),
+        (
+            r#"{"command":["x"],"cpu_milli":9000000}"#,
+            422,
+            "unsatisfiable",
+        ),
+        (
+            r#"{"command":["x"],"gpus":8,"tasks":10000}"#,
+            422,
+            "unsatisfiable",
+        ),
     ];
     for (body, want, code_name) in bad {
         let (code, v, ct) = call("POST", &u("/v1/jobs"), Some(&acme), Some(body));
@@ -261,6 +219,40 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         Some(r#"{"command":["x"],"gpus":-1}"#),
     );
     assert_eq!(v["field"], "gpus");
+    let (_, v, _) = call(
+        "POST",
+        &u("/v1/jobs"),
+        Some(&acme),
+        Some(r#"{"command":["x"],"gpus":1,"gpu_models":["Z9"]}"#),
+    );
+    assert_eq!(v["field"], "gpu_models");
+    assert!(v["detail"].as_str().unwrap().contains("A100-80G"), "{v}");
+    // Bad registrations.
+    for body in [
+        json!({"name": "x", "cpu_milli": 0, "memory_mib": 1}),
+        json!({"name": "x", "cpu_milli": 1000, "memory_mib": 1, "gpus": [{"index": 0, "model": "A"}, {"index": 1, "model": "B"}]}),
+        json!({"name": "x", "cpu_milli": 1000, "memory_mib": 1, "gpus": [{"index": 3, "model": "A"}]}),
+        json!({"name": "bad name", "cpu_milli": 1000, "memory_mib": 1}),
+    ] {
+        let (code, v, _) = call(
+            "POST",
+            &u("/v1/agents/register"),
+            Some(&agent),
+            Some(&body.to_string()),
+        );
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("invalid_field")),
+            "{body}: {v}"
+        );
+    }
+    let (code, _, _) = call(
+        "POST",
+        &u("/v1/agents/ghost/heartbeat"),
+        Some(&agent),
+        Some("{}"),
+    );
+    assert_eq!(code, 404);
     // A huge body: the server answers 413 from the declared length, without
     // reading the body (a raw request: a client still sending would see the
     // connection close under it).
@@ -355,7 +347,9 @@ fn tenants_tokens_jobs_isolation_and_restart() {
     );
     assert_eq!((code, v["code"].as_str()), (409, Some("not_cancellable")));
 
-    // Pagination.
+    // Pagination (the node is drained so the jobs stay pending).
+    let (code, v, _) = call("POST", &u("/v1/nodes/n1/drain"), Some(&admin), Some("{}"));
+    assert_eq!(code, 200, "{v}");
     for i in 0..5 {
         let b = json!({"name": format!("j{i}"), "command": ["true"]});
         assert_eq!(
@@ -394,7 +388,7 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["SUBMITTED", "CANCELLED"]);
+    assert_eq!(kinds, ["SUBMITTED", "STARTED", "CANCELLED"]);
     assert_eq!(std::fs::read_to_string(&admin_path).unwrap().trim(), admin);
     assert_eq!(
         call("GET", &u("/v1/jobs"), Some(&beta), None).0,
@@ -402,21 +396,6 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         "revocation is durable"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn cli(server: &str, token: &str, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args(args)
-        .env("SUANLI_SERVER", server)
-        .env("SUANLI_TOKEN", token)
-        .env("HOME", "/nonexistent")
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -429,6 +408,17 @@ fn the_cli_drives_the_server() {
         .to_string();
     let (code, _, err) = cli(&s.url, &admin, &["tenant", "create", "acme"]);
     assert_eq!(code, 0, "{err}");
+    let agent = token_for(&s, &admin, json!({"scope": "agent"}));
+    register(&s, &agent, "h1", 8, "H800", 64_000);
+    let (code, out, err) = cli(&s.url, &admin, &["nodes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("h1") && out.contains("ready") && out.contains("0/8"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&s.url, &admin, &["nodes", "drain", "h1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("draining"), "{out}");
     let (code, _, err) = cli(
         &s.url,
         &admin,
@@ -472,7 +462,7 @@ fn the_cli_drives_the_server() {
             "--class",
             "spot",
             "--gpu-model",
-            "A100,H800",
+            "H800",
             "--name",
             "train",
             "--json",
@@ -499,6 +489,21 @@ fn the_cli_drives_the_server() {
     let (code, out, _) = cli(&s.url, &acme, &["queue"]);
     assert_eq!(code, 0);
     assert!(out.contains("train") && out.contains("PENDING"), "{out}");
+    assert!(
+        out.contains("resources: only 0 of the gang's 2 tasks fit now"),
+        "the node is draining: {out}"
+    );
+    let (code, out, err) = cli(&s.url, &admin, &["nodes", "undrain", "h1"]);
+    assert_eq!((code, out.contains("ready")), (0, true), "{err}");
+    let (code, out, _) = cli(&s.url, &acme, &["queue"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("RUNNING"), "{out}");
+    let (code, out, _) = cli(&s.url, &acme, &["job", "show", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("task 1 on h1") && out.contains("STARTED"),
+        "{out}"
+    );
     let (code, out, _) = cli(&s.url, &acme, &["cancel", &id]);
     assert_eq!(code, 0);
     assert!(out.contains("CANCELLED"), "{out}");

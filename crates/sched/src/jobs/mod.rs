@@ -551,6 +551,14 @@ impl Scheduler {
     pub fn capacity_gpu_milli(&self) -> u64 {
         self.capacity_milli.iter().sum()
     }
+    /// (capacity, free) GPU milli of model `m`.
+    pub fn model_gpu_milli(&self, m: ModelId) -> (u64, u64) {
+        let i = m.0 as usize;
+        (
+            self.capacity_milli.get(i).copied().unwrap_or(0),
+            self.free_milli.get(i).copied().unwrap_or(0),
+        )
+    }
     /// GPU milli tenant `t` holds of model `m`.
     pub fn tenant_used(&self, t: TenantId, m: ModelId) -> u64 {
         self.tenants

@@ -1,0 +1,194 @@
+//! `suanli server --config FILE`: the server's settings in TOML. Every field
+//! is optional; command-line flags override the file. Unknown fields are an
+//! error naming the file, line and column.
+//!
+//! ```toml
+//! # Directory of the store (suanli.db) and of admin.token.
+//! data_dir = "suanli-data"
+//! # Address to listen on; port 0 picks a free port (the bound address is printed).
+//! listen = "127.0.0.1:8420"
+//! # Log lines as "human" text or "json" (one object per line).
+//! log_format = "human"
+//! # A tracing filter: "info", "warn", "info,suanli_server=debug", ...
+//! log_level = "info"
+//!
+//! [scheduler]
+//! # Queue policy: fifo, sjf, srtf, las, classes, drf, backfill.
+//! queue_policy = "classes"
+//! # Placement policy (see `suanli sim openb --help` for the names).
+//! placement = "fgd-sa"
+//! # Jobs checkpoint every this many seconds of run time; a preempted job
+//! # resumes from its last checkpoint (0: it resumes where it stopped).
+//! checkpoint_s = 0
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::control::LoopConfig;
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    pub queue_policy: Option<String>,
+    pub placement: Option<String>,
+    pub checkpoint_s: Option<u64>,
+}
+
+/// Log output format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Everything the server needs, resolved from defaults, file and flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub scheduler: LoopConfig,
+}
+
+/// Command-line overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub log_format: Option<String>,
+    pub queue_policy: Option<String>,
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// Parse a config text; errors read `line:column: message`.
+pub fn parse(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (line, col)
+            })
+            .unwrap_or((1, 1));
+        format!("{line}:{col}: {}", e.message())
+    })
+}
+
+pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
+    let listen = match (o.listen, file.listen) {
+        (Some(a), _) => a,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e| format!("listen: {s:?} is not an address like 127.0.0.1:8420 ({e})"))?,
+        (None, None) => "127.0.0.1:8420".parse().expect("valid default"),
+    };
+    let log_format = match o.log_format.or(file.log_format).as_deref() {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(x) => return Err(format!("log_format must be human or json (found {x:?})")),
+    };
+    let mut scheduler = LoopConfig::default();
+    if let Some(p) = o.queue_policy.or(file.scheduler.queue_policy) {
+        scheduler.queue_policy = suanli_sched::jobs::parse_queue_policy(&p)
+            .map_err(|e| format!("scheduler.queue_policy: {e}"))?;
+    }
+    if let Some(p) = file.scheduler.placement {
+        if !suanli_sched::POLICY_NAMES.contains(&p.as_str()) {
+            return Err(format!(
+                "scheduler.placement: unknown policy {p:?}; valid: {}",
+                suanli_sched::POLICY_NAMES.join(", ")
+            ));
+        }
+        scheduler.placement = p;
+    }
+    if let Some(c) = file.scheduler.checkpoint_s {
+        scheduler.checkpoint_ms = c.saturating_mul(1000);
+    }
+    Ok(Settings {
+        data_dir: o
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("suanli-data")),
+        listen,
+        log_format,
+        log_level: file.log_level.unwrap_or_else(|| "info".to_string()),
+        scheduler,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f = parse(&example).unwrap();
+        let s = resolve(f, Overrides::default()).unwrap();
+        assert_eq!(s.listen.port(), 8420);
+        assert_eq!(s.scheduler.placement, "fgd-sa");
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = parse("listen = \"x\"\n[scheduler]\nqueue = 3\n").unwrap_err();
+        assert!(e.starts_with("3:1:"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = resolve(parse("listen = \"nope\"").unwrap(), Overrides::default()).unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = resolve(
+            parse("[scheduler]\nqueue_policy = \"lottery\"").unwrap(),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("fifo"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = parse("listen = \"127.0.0.1:1\"\n[scheduler]\nqueue_policy = \"drf\"").unwrap();
+        let s = resolve(
+            f,
+            Overrides {
+                listen: Some("127.0.0.1:2".parse().unwrap()),
+                queue_policy: Some("fifo".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(
+            s.scheduler.queue_policy,
+            suanli_sched::jobs::QueuePolicy::Fifo
+        );
+    }
+}
