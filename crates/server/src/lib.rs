@@ -82,12 +82,13 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Some(p) = bootstrap(&store, &cfg.data_dir).await? {
         eprintln!("created the admin token: {}", p.display());
     }
+    // Recover and check the state before accepting any request.
+    let (control, mut sched) = control::start(store.clone(), &cfg.scheduler).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     eprintln!("listening on {}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, policy = ?cfg.scheduler.queue_policy, "serving");
-    let (control, mut sched) = control::start(store.clone(), &cfg.scheduler).await?;
     let app = api::router(api::AppState { store, control });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
     tokio::select! {

@@ -189,6 +189,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// The connection pool (for tools and tests that inspect the store).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn token_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
             .fetch_one(&self.pool)
