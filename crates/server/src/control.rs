@@ -197,6 +197,8 @@ pub struct LoopConfig {
     pub queue_policy: QueuePolicy,
     pub placement: String,
     pub checkpoint_ms: u64,
+    /// See [`SchedOptions::group_nodes`]; false only for benchmark baselines.
+    pub group_nodes: bool,
 }
 
 impl Default for LoopConfig {
@@ -205,6 +207,7 @@ impl Default for LoopConfig {
             queue_policy: QueuePolicy::Classes,
             placement: suanli_sched::DEFAULT_POLICY.to_string(),
             checkpoint_ms: 0,
+            group_nodes: true,
         }
     }
 }
@@ -271,6 +274,7 @@ impl Loop {
             0,
             SchedOptions {
                 checkpoint_ms: cfg.checkpoint_ms,
+                group_nodes: cfg.group_nodes,
                 ..SchedOptions::default()
             },
         );
@@ -574,6 +578,17 @@ impl Loop {
 
     /// Apply one batch of commands, run a pass, commit everything, answer.
     pub async fn step(&mut self, batch: Vec<Cmd>) -> anyhow::Result<()> {
+        self.step_timed(batch).await.map(|_| ())
+    }
+
+    /// Decisions taken since start.
+    pub fn decisions_total(&self) -> u64 {
+        self.metrics.lock().expect("metrics lock").decisions
+    }
+
+    /// [`step`](Self::step), returning the seconds spent in the scheduling
+    /// pass itself (for benchmarks).
+    pub async fn step_timed(&mut self, batch: Vec<Cmd>) -> anyhow::Result<f64> {
         let now = now_ms();
         let mut w: Vec<Write> = Vec::new();
         let mut done: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
@@ -582,9 +597,11 @@ impl Loop {
         }
         let t0 = Instant::now();
         let mut decided = 0;
+        let mut pass = 0.0;
         if self.dirty {
             self.dirty = false;
             self.sched.schedule(now as u64);
+            pass = t0.elapsed().as_secs_f64();
             decided = self.sched.decisions().len();
             self.record_decisions(now, &mut w);
         }
@@ -597,7 +614,7 @@ impl Loop {
             d();
         }
         self.publish(Some(took), decided as u64);
-        Ok(())
+        Ok(pass)
     }
 
     fn publish(&self, took: Option<Duration>, decided: u64) {

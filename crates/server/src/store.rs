@@ -422,8 +422,63 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for w in writes {
-            w.apply(&mut tx).await?;
+        // Writes are applied in order, except that runs of job inserts and of
+        // job starts become multi-row statements, and events (append-only,
+        // read by no other write) are inserted last, in their own order: far
+        // fewer round trips to SQLite for the same result.
+        let mut events: Vec<&Write> = Vec::new();
+        let mut i = 0;
+        while i < writes.len() {
+            let w = &writes[i];
+            let same = |x: &Write| std::mem::discriminant(x) == std::mem::discriminant(w);
+            match w {
+                Write::Event { .. } => {
+                    events.push(w);
+                    i += 1;
+                }
+                Write::InsertJob { .. } | Write::StartJob { .. } | Write::NodeState { .. } => {
+                    let mut run = Vec::new();
+                    while i < writes.len() {
+                        match &writes[i] {
+                            e @ Write::Event { .. } => events.push(e),
+                            x if same(x) => run.push(x),
+                            _ => break,
+                        }
+                        i += 1;
+                    }
+                    if matches!(w, Write::NodeState { .. }) {
+                        node_states(&mut tx, &run).await?;
+                    } else if matches!(w, Write::InsertJob { .. }) {
+                        insert_jobs(&mut tx, &run).await?;
+                    } else {
+                        start_jobs(&mut tx, &run).await?;
+                    }
+                }
+                _ => {
+                    w.apply(&mut tx).await?;
+                    i += 1;
+                }
+            }
+        }
+        for chunk in events.chunks(200) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO job_events (job_id, at_ms, kind, detail) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                if let Write::Event {
+                    job,
+                    at,
+                    kind,
+                    detail,
+                } = e
+                {
+                    b.push_bind(*job)
+                        .push_bind(*at)
+                        .push_bind(*kind)
+                        .push_bind(detail.as_str());
+                }
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -593,6 +648,140 @@ impl Store {
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+async fn node_states(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
+    let mut by_state: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for w in run {
+        if let Write::NodeState { node, state } = w {
+            by_state.entry(state).or_default().push(*node);
+        }
+    }
+    // A node set twice in one run keeps its last state.
+    let mut last: BTreeMap<i64, &str> = BTreeMap::new();
+    for w in run {
+        if let Write::NodeState { node, state } = w {
+            last.insert(*node, state);
+        }
+    }
+    for (state, nodes) in by_state {
+        let nodes: Vec<i64> = nodes.into_iter().filter(|n| last[n] == state).collect();
+        for chunk in nodes.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE nodes SET state = ");
+            q.push_bind(state).push(" WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for n in chunk {
+                sep.push_bind(*n);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
+    for chunk in run.chunks(100) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, gpu_milli, \
+             gpu_models, class, env, workdir, max_runtime_s, retries, state, submitted_ms) ",
+        );
+        q.push_values(chunk, |mut b, w| {
+            if let Write::InsertJob {
+                id,
+                tenant_id,
+                job: j,
+                at,
+            } = w
+            {
+                b.push_bind(*id)
+                    .push_bind(*tenant_id)
+                    .push_bind(j.name.clone())
+                    .push_bind(serde_json::to_string(&j.command).expect("strings serialise"))
+                    .push_bind(j.tasks)
+                    .push_bind(j.cpu_milli)
+                    .push_bind(j.memory_mib)
+                    .push_bind(j.num_gpu)
+                    .push_bind(j.gpu_milli)
+                    .push_bind(serde_json::to_string(&j.gpu_models).expect("strings serialise"))
+                    .push_bind(j.class.clone())
+                    .push_bind(serde_json::to_string(&j.env).expect("strings serialise"))
+                    .push_bind(j.workdir.clone())
+                    .push_bind(j.max_runtime_s)
+                    .push_bind(j.retries)
+                    .push_bind("PENDING")
+                    .push_bind(*at);
+            }
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Consecutive job starts: their job rows and every task row, a few
+/// statements per hundred jobs.
+async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
+    for chunk in run.chunks(100) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE jobs SET state = 'RUNNING', run = CASE id",
+        );
+        for w in chunk {
+            if let Write::StartJob { job, run, .. } = w {
+                q.push(" WHEN ")
+                    .push_bind(*job)
+                    .push(" THEN ")
+                    .push_bind(*run);
+            }
+        }
+        q.push(" END, started_ms = CASE id");
+        for w in chunk {
+            if let Write::StartJob { job, at, .. } = w {
+                q.push(" WHEN ")
+                    .push_bind(*job)
+                    .push(" THEN ")
+                    .push_bind(*at);
+            }
+        }
+        q.push(" END WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for w in chunk {
+            if let Write::StartJob { job, .. } = w {
+                sep.push_bind(*job);
+            }
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+        let mut rows: Vec<(i64, i64, i64, i64, i64, i64)> = Vec::new();
+        for w in chunk {
+            if let Write::StartJob {
+                job,
+                run,
+                at,
+                tasks,
+            } = w
+            {
+                for (i, (node, mask)) in tasks.iter().enumerate() {
+                    rows.push((*job, *run, i as i64, *node, *mask, *at));
+                }
+            }
+        }
+        for part in rows.chunks(150) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms) ",
+            );
+            q.push_values(part, |mut b, r| {
+                b.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3)
+                    .push_bind(r.4)
+                    .push_bind("ASSIGNED")
+                    .push_bind(r.5);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The devices of a bitmask, ascending.

@@ -1,6 +1,7 @@
 //! The `suanli` binary: thin glue. Flags are parsed (clap), validated once into
 //! settings, then handed to the libraries.
 
+mod bench_server;
 mod client_cmd;
 mod jobs_cmd;
 mod openb_cmd;
@@ -113,6 +114,8 @@ enum BenchCmd {
     Openb(openb_cmd::BenchArgs),
     /// Speed of the job simulator: a trace replay (vs memo-off baseline) and a synthetic scale test.
     Jobs(jobs_cmd::BenchJobsArgs),
+    /// Speed of the control plane: durable submissions/s and placement decisions/s.
+    Server(bench_server::BenchServerArgs),
 }
 
 /// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace, server
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Openb(a)) => openb_cmd::bench(a),
         Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
+        Cmd::Bench(BenchCmd::Server(a)) => bench_server::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
         Cmd::Submit(a) => client_cmd::submit(a),

@@ -376,3 +376,57 @@ fn bench_jobs_prints_figures() {
     assert!(out.contains("synthetic: 3000 jobs on 160 GPUs"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("srtf")), "{out}");
 }
+
+#[test]
+fn bench_server_prints_both_figures() {
+    let (code, out, err) = suanli(&[
+        "bench",
+        "server",
+        "--seconds",
+        "0.3",
+        "--clients",
+        "4",
+        "--nodes",
+        "60",
+        "--pending",
+        "2000",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("submissions: 1 client") && out.contains("4 clients"),
+        "{out}"
+    );
+    assert!(
+        out.contains("placement: 60 nodes, 2000 pending") && out.contains("decisions in"),
+        "{out}"
+    );
+    let (code, _, err) = suanli(&["bench", "server", "--clients", "0"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn server_config_errors_name_file_line_and_column() {
+    let d = tmpdir();
+    let f = d.join("bad.toml");
+    std::fs::write(
+        &f,
+        "listen = \"127.0.0.1:0\"\n\n[scheduler]\nqueue_policy = \"lottery\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = suanli(&["server", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("scheduler.queue_policy") && err.contains("fifo"),
+        "{err}"
+    );
+    std::fs::write(&f, "listen = \"127.0.0.1:0\"\nport = 80\n").unwrap();
+    let (code, _, err) = suanli(&["server", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml:2:1") && err.contains("unknown field"),
+        "{err}"
+    );
+    let (code, _, err) = suanli(&["server", "--config", "/nonexistent/x.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/x.toml"), "{err}");
+}

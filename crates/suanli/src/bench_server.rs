@@ -1,0 +1,335 @@
+//! `suanli bench server`: the control plane's two figures of merit.
+//!
+//! 1. Durable submissions per second: the real server binary on a fresh data
+//!    dir, N client threads POSTing jobs over keep-alive HTTP for a fixed
+//!    time; only 201 answers (committed before the answer) count. Baseline in
+//!    the same run: one client, which gets no batching (one fsync per job).
+//! 2. Placement decisions per second of the scheduling loop: in-process, a
+//!    store with `--nodes` registered 8-GPU nodes (drained) and `--pending`
+//!    queued jobs of mixed shapes; then every node is undrained in one batch
+//!    and the loop's step (the pass plus the commit of every decision) is
+//!    timed. Baseline: the same step with node grouping off (every node with
+//!    free GPUs scored for every job).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+use suanli_server::control::{Cmd, Loop, LoopConfig, Registration};
+use suanli_server::store::{NewJob, Store};
+use tokio::sync::oneshot;
+
+use crate::{failure, CliError};
+
+#[derive(Args)]
+pub struct BenchServerArgs {
+    /// Concurrent clients of the submission benchmark.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds each submission run lasts.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Registered nodes (8 GPUs each) of the placement benchmark.
+    #[arg(long, default_value_t = 5_000)]
+    nodes: usize,
+    /// Pending jobs of the placement benchmark.
+    #[arg(long, default_value_t = 100_000)]
+    pending: usize,
+    /// Skip the submission benchmark.
+    #[arg(long)]
+    no_submit: bool,
+    /// Skip the placement benchmark.
+    #[arg(long)]
+    no_place: bool,
+}
+
+pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
+    if a.clients == 0 || !(a.seconds > 0.0) {
+        return Err(crate::usage("--clients and --seconds must be positive"));
+    }
+    if !a.no_submit {
+        let base = submissions(1, a.seconds)?;
+        let many = submissions(a.clients, a.seconds)?;
+        println!(
+            "submissions: 1 client {:.0}/s, {} clients {:.0}/s ({:.1}x)",
+            base,
+            a.clients,
+            many,
+            many / base
+        );
+    }
+    if !a.no_place {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failure(e.to_string()))?;
+        let base = rt.block_on(placements(a.nodes, a.pending, false))?;
+        let fast = rt.block_on(placements(a.nodes, a.pending, true))?;
+        println!(
+            "placement: {} nodes, {} pending: baseline {} decisions in {:.3} s ({:.0}/s); \
+             suanli {} decisions in {:.3} s ({:.0}/s, {:.1}x); pass {:.3} s, commit {:.3} s",
+            a.nodes,
+            a.pending,
+            base.decisions,
+            base.total,
+            base.decisions as f64 / base.total,
+            fast.decisions,
+            fast.total,
+            fast.decisions as f64 / fast.total,
+            (fast.decisions as f64 / fast.total) / (base.decisions as f64 / base.total),
+            fast.pass,
+            fast.total - fast.pass,
+        );
+    }
+    Ok(())
+}
+
+fn tmp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("suanli-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Acknowledged submissions per second with `clients` concurrent clients.
+fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
+    let dir = tmp_dir(&format!("submit{clients}"));
+    std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| failure(e.to_string()))?;
+    let mut child = Command::new(exe)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failure(format!("cannot start the server: {e}")))?;
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(a) = l.strip_prefix("listening on ") {
+                    break a.to_string();
+                }
+            }
+            _ => return Err(failure("the server exited before listening")),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("http://{addr}");
+    let admin = std::fs::read_to_string(dir.join("admin.token"))
+        .map_err(|e| failure(e.to_string()))?
+        .trim()
+        .to_string();
+    let post = |path: &str, tok: &str, body: Value| -> Result<Value, CliError> {
+        ureq::post(&format!("{url}{path}"))
+            .set("Authorization", &format!("Bearer {tok}"))
+            .send_json(body)
+            .map_err(|e| failure(format!("{path}: {e}")))?
+            .into_json()
+            .map_err(|e| failure(e.to_string()))
+    };
+    post("/v1/tenants", &admin, json!({"name": "bench"}))?;
+    let tok = post(
+        "/v1/tokens",
+        &admin,
+        json!({"scope": "tenant", "tenant": "bench"}),
+    )?["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let agent = post("/v1/tokens", &admin, json!({"scope": "agent"}))?["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let gpus: Vec<Value> = (0..8)
+        .map(|i| json!({"index": i, "model": "A100-80G"}))
+        .collect();
+    for n in 0..4 {
+        post(
+            "/v1/agents/register",
+            &agent,
+            json!({"name": format!("n{n}"), "cpu_milli": 64000, "memory_mib": 1 << 20, "gpus": gpus}),
+        )?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for c in 0..clients {
+        let (stop, acked, errors, tok, url) = (
+            stop.clone(),
+            acked.clone(),
+            errors.clone(),
+            tok.clone(),
+            url.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let class = ["spot", "on-demand"][(i % 2) as usize];
+                let body = json!({"name": format!("c{c}-{i}"), "command": ["sleep", "60"],
+                    "gpus": i % 3, "class": class});
+                match agent
+                    .post(&format!("{url}/v1/jobs"))
+                    .set("Authorization", &format!("Bearer {tok}"))
+                    .send_json(body)
+                {
+                    Ok(r) if r.status() == 201 => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let n = acked.load(Ordering::Relaxed);
+    let el = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = errors.load(Ordering::Relaxed);
+    if e > 0 {
+        return Err(failure(format!("{e} submissions failed")));
+    }
+    Ok(n as f64 / el)
+}
+
+struct Placed {
+    decisions: usize,
+    total: f64,
+    pass: f64,
+}
+
+fn drop_reply<T>() -> oneshot::Sender<T> {
+    oneshot::channel().0
+}
+
+/// One undrain-everything step over `nodes` nodes and `pending` jobs.
+async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed, CliError> {
+    let f = |e: anyhow::Error| failure(format!("{e:#}"));
+    let dir = tmp_dir(if group { "place" } else { "place-base" });
+    std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
+    let store = Store::open(&dir)
+        .await
+        .map_err(|e| failure(e.to_string()))?;
+    let t = store
+        .create_tenant("bench", 1.0)
+        .await
+        .map_err(|e| failure(e.to_string()))?;
+    let cfg = LoopConfig {
+        group_nodes: group,
+        ..LoopConfig::default()
+    };
+    let mut lp = Loop::recover(store, &cfg).await.map_err(f)?;
+    let models = ["A100-80G", "H800", "Ascend910B"];
+    let mut cmds = Vec::new();
+    for n in 0..nodes {
+        cmds.push(Cmd::Register {
+            reg: Registration {
+                name: format!("n{n:05}"),
+                addr: String::new(),
+                gpu_model: Some(models[n % 3].to_string()),
+                gpus: 8,
+                gpu_memory_mib: 81920,
+                cpu_milli: 128_000,
+                memory_mib: 1 << 20,
+                labels: [("rack".to_string(), format!("r{}", n / 32))].into(),
+            },
+            reply: drop_reply(),
+        });
+        cmds.push(Cmd::Drain {
+            node: format!("n{n:05}"),
+            drain: true,
+            reply: drop_reply(),
+        });
+    }
+    lp.step(cmds).await.map_err(f)?;
+    // Mixed shapes: shares, 1, 2, 4 and 8 GPUs, a few 2-node gangs, some
+    // pinned to a model, classes mixed.
+    let mut x: u64 = 42;
+    let mut cmds = Vec::new();
+    for i in 0..pending {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = (x >> 33) % 100;
+        let (num_gpu, gpu_milli, tasks) = match r {
+            0..=19 => (1, 250 + 250 * ((x >> 20) % 3) as i64, 1),
+            20..=54 => (1, 1000, 1),
+            55..=74 => (2, 1000, 1),
+            75..=89 => (4, 1000, 1),
+            90..=97 => (8, 1000, 1),
+            _ => (8, 1000, 2),
+        };
+        let pin = (x >> 40) % 4;
+        let gpu_models = if pin < 3 {
+            vec![models[pin as usize].to_string()]
+        } else {
+            Vec::new()
+        };
+        cmds.push(Cmd::Submit {
+            tenant_id: t.id,
+            tenant: "bench".to_string(),
+            job: NewJob {
+                name: format!("j{i}"),
+                command: vec!["x".to_string()],
+                tasks,
+                cpu_milli: 4000,
+                memory_mib: 16384,
+                num_gpu,
+                gpu_milli,
+                gpu_models,
+                class: ["spot", "on-demand", "guaranteed"][(x >> 50) as usize % 3].to_string(),
+                env: Default::default(),
+                workdir: String::new(),
+                max_runtime_s: None,
+                retries: 0,
+            },
+            reply: drop_reply(),
+        });
+        if cmds.len() == 10_000 {
+            lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;
+        }
+    }
+    lp.step(cmds).await.map_err(f)?;
+    let before = lp.decisions_total();
+    let cmds = (0..nodes)
+        .map(|n| Cmd::Drain {
+            node: format!("n{n:05}"),
+            drain: false,
+            reply: drop_reply(),
+        })
+        .collect();
+    let t0 = Instant::now();
+    let pass = lp.step_timed(cmds).await.map_err(f)?;
+    let total = t0.elapsed().as_secs_f64();
+    let decisions = (lp.decisions_total() - before) as usize;
+    drop(lp);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Placed {
+        decisions,
+        total,
+        pass,
+    })
+}
