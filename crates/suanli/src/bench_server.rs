@@ -48,7 +48,7 @@ pub struct BenchServerArgs {
 }
 
 pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
-    if a.clients == 0 || !(a.seconds > 0.0) {
+    if a.clients == 0 || !a.seconds.is_finite() || a.seconds <= 0.0 {
         return Err(crate::usage("--clients and --seconds must be positive"));
     }
     if !a.no_submit {
