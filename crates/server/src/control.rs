@@ -246,6 +246,8 @@ pub struct Loop {
     node_db: Vec<i64>,
     /// Tasks an agent must stop: node id → (job, run, task).
     killing: BTreeMap<i64, BTreeSet<(i64, i64, i64)>>,
+    /// Live tasks (assigned or running) of each node: node id → (job, task).
+    on_node: HashMap<i64, BTreeSet<(i64, i64)>>,
     tenants: HashMap<i64, TenantId>,
     tenant_names: HashMap<i64, String>,
     next_job: i64,
@@ -291,6 +293,7 @@ impl Loop {
             node_ids: HashMap::new(),
             node_db: Vec::new(),
             killing: BTreeMap::new(),
+            on_node: HashMap::new(),
             tenants: HashMap::new(),
             tenant_names: HashMap::new(),
             dirty: true,
@@ -403,6 +406,9 @@ impl Loop {
             anyhow::anyhow!("on nodes {nodes:?}: {e} (a device would be allocated twice)")
         })?;
         self.track(j, h);
+        for (i, t) in live_tasks.iter().enumerate() {
+            self.on_node.entry(t.0).or_default().insert((j.id, i as i64));
+        }
         self.jobs.get_mut(&j.id).expect("tracked").tasks = live_tasks;
         Ok(())
     }
@@ -657,6 +663,9 @@ impl Loop {
                     let l = self.jobs.get_mut(&id).expect("tracked job");
                     l.run += 1;
                     l.tasks = tasks.iter().map(|t| (t.0, TaskSt::Assigned)).collect();
+                    for (i, t) in tasks.iter().enumerate() {
+                        self.on_node.entry(t.0).or_default().insert((id, i as i64));
+                    }
                     let detail = describe_tasks(&tasks, &self.nodes);
                     let run = l.run;
                     w.push(Write::StartJob {
@@ -702,6 +711,9 @@ impl Loop {
         let run = l.run;
         for (i, (node, st)) in std::mem::take(&mut l.tasks).into_iter().enumerate() {
             if matches!(st, TaskSt::Assigned | TaskSt::Running) {
+                if let Some(set) = self.on_node.get_mut(&node) {
+                    set.remove(&(id, i as i64));
+                }
                 self.killing
                     .entry(node)
                     .or_default()
@@ -913,10 +925,7 @@ impl Loop {
                 }
                 self.nodes.get_mut(&id).expect("node").node = node.clone();
             } else {
-                let busy = self
-                    .jobs
-                    .values()
-                    .any(|l| l.tasks.iter().any(|t| t.0 == id));
+                let busy = self.on_node.get(&id).is_some_and(|t| !t.is_empty());
                 if busy {
                     return Ok(Err(Refusal::Conflict(format!(
                         "node {} has running tasks; its inventory cannot change until they end",
@@ -1053,12 +1062,13 @@ impl Loop {
         }
         // Tasks the agent had confirmed but no longer reports are lost.
         let lost: Vec<(i64, i64, i64)> = self
-            .jobs
-            .iter()
-            .flat_map(|(&id, l)| {
-                l.tasks.iter().enumerate().filter_map(move |(i, t)| {
-                    (t.0 == node && t.1 == TaskSt::Running).then_some((id, l.run, i as i64))
-                })
+            .on_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|&(job, task)| {
+                let l = &self.jobs[&job];
+                (l.tasks[task as usize].1 == TaskSt::Running).then_some((job, l.run, task))
             })
             .filter(|k| !alive.contains(k))
             .collect();
@@ -1124,6 +1134,10 @@ impl Loop {
         });
         let l = self.jobs.get_mut(&e.job).expect("live");
         l.tasks[e.task as usize].1 = TaskSt::Exited(code);
+        if let Some(set) = self.on_node.get_mut(&node) {
+            set.remove(&(e.job, e.task));
+        }
+        let l = self.jobs.get_mut(&e.job).expect("live");
         let all_ok = l.tasks.iter().all(|t| t.1 == TaskSt::Exited(0));
         let (handle, run, retries) = (l.handle, l.run, l.retries);
         if e.exit_code == Some(0) && !all_ok {
@@ -1267,10 +1281,9 @@ impl Loop {
                 let (spec, st) = ledger.node(n.handle).expect("node in ledger");
                 let cap = spec.gpus as u64 * 1000;
                 let jobs = self
-                    .jobs
-                    .values()
-                    .filter(|l| l.tasks.iter().any(|t| t.0 == n.node.id))
-                    .count();
+                    .on_node
+                    .get(&n.node.id)
+                    .map_or(0, |t| t.iter().map(|x| x.0).collect::<BTreeSet<_>>().len());
                 NodeView {
                     node: n.node.clone(),
                     gpu_milli_allocated: cap - st.total_gpu_left() as u64,
