@@ -407,7 +407,10 @@ impl Loop {
         })?;
         self.track(j, h);
         for (i, t) in live_tasks.iter().enumerate() {
-            self.on_node.entry(t.0).or_default().insert((j.id, i as i64));
+            self.on_node
+                .entry(t.0)
+                .or_default()
+                .insert((j.id, i as i64));
         }
         self.jobs.get_mut(&j.id).expect("tracked").tasks = live_tasks;
         Ok(())

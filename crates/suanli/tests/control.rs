@@ -400,7 +400,9 @@ fn a_corrupt_store_stops_the_server_with_a_clear_message() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let st = suanli_server::store::Store::open(&dir).await.unwrap();
+        let st = suanli_server::store::sqlite::SqliteStore::open(&dir)
+            .await
+            .unwrap();
         let mask: i64 = sqlx::query_scalar("SELECT gpus FROM tasks WHERE job_id = ?")
             .bind(a)
             .fetch_one(st.pool())

@@ -1,179 +1,24 @@
-//! The durable store: SQLite through sqlx (WAL, foreign keys, migrations
-//! embedded in the binary). Every state change and its job event are written
-//! in one transaction.
+//! The SQLite backend (the embedded default): WAL, synchronous=FULL,
+//! foreign keys, busy timeout, migrations from `migrations/` embedded at
+//! build time.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use super::*;
 
-#[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Tenant {
-    pub id: i64,
-    pub name: String,
-    pub weight: f64,
-}
-
-/// A tenant's quota on one GPU model, in GPUs.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Quota {
-    pub gpu_model: String,
-    pub guaranteed: f64,
-    /// `None` = unlimited.
-    pub max: Option<f64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Admin,
-    Tenant { id: i64, name: String },
-    Agent,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TokenInfo {
-    pub id: i64,
-    pub scope: String,
-    pub tenant: Option<String>,
-    pub name: String,
-    pub created_ms: i64,
-    pub revoked: bool,
-}
-
-/// A job as stored and returned by the API.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Job {
-    pub id: i64,
-    pub tenant: String,
-    pub name: String,
-    pub command: Vec<String>,
-    pub tasks: i64,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    pub num_gpu: i64,
-    pub gpu_milli: i64,
-    pub gpu_models: Vec<String>,
-    pub class: String,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
-    pub max_runtime_s: Option<i64>,
-    pub retries: i64,
-    /// Attempts started so far.
-    pub run: i64,
-    pub state: String,
-    pub submitted_ms: i64,
-    /// Start of the current (or last) attempt.
-    pub started_ms: Option<i64>,
-    pub ended_ms: Option<i64>,
-    /// For a PENDING job in a queue view: why it has not started.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// A validated submission.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewJob {
-    pub name: String,
-    pub command: Vec<String>,
-    pub tasks: i64,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    pub num_gpu: i64,
-    pub gpu_milli: i64,
-    pub gpu_models: Vec<String>,
-    pub class: String,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
-    pub max_runtime_s: Option<i64>,
-    pub retries: i64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct JobEvent {
-    pub at_ms: i64,
-    pub kind: String,
-    pub detail: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0} already exists")]
-    Conflict(String),
-    #[error("not found")]
-    NotFound,
-    #[error("job is {0}: only PENDING or RUNNING jobs can be cancelled")]
-    NotCancellable(String),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-const JOB_COLUMNS: &str =
-    "j.id, t.name AS tenant, j.name, j.command, j.tasks, j.cpu_milli, j.memory_mib, \
-     j.num_gpu, j.gpu_milli, j.gpu_models, j.class, j.env, j.workdir, j.max_runtime_s, j.retries, \
-     j.run, j.state, j.submitted_ms, j.started_ms, j.ended_ms";
-
-fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
-    Ok(Tenant {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        weight: r.try_get("weight")?,
-    })
-}
-
-fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
-    let command: String = r.try_get("command")?;
-    let models: String = r.try_get("gpu_models")?;
-    let env: String = r.try_get("env")?;
-    Ok(Job {
-        id: r.try_get("id")?,
-        tenant: r.try_get("tenant")?,
-        name: r.try_get("name")?,
-        command: serde_json::from_str(&command).unwrap_or_default(),
-        tasks: r.try_get("tasks")?,
-        cpu_milli: r.try_get("cpu_milli")?,
-        memory_mib: r.try_get("memory_mib")?,
-        num_gpu: r.try_get("num_gpu")?,
-        gpu_milli: r.try_get("gpu_milli")?,
-        gpu_models: serde_json::from_str(&models).unwrap_or_default(),
-        class: r.try_get("class")?,
-        env: serde_json::from_str(&env).unwrap_or_default(),
-        workdir: r.try_get("workdir")?,
-        max_runtime_s: r.try_get("max_runtime_s")?,
-        retries: r.try_get("retries")?,
-        run: r.try_get("run")?,
-        state: r.try_get("state")?,
-        submitted_ms: r.try_get("submitted_ms")?,
-        started_ms: r.try_get("started_ms")?,
-        ended_ms: r.try_get("ended_ms")?,
-        reason: None,
-    })
-}
-
-impl Store {
+impl SqliteStore {
     /// Open (creating if needed) `DIR/suanli.db` and bring its schema up to date.
-    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
         let url = format!("sqlite://{}", dir.join("suanli.db").display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
@@ -186,21 +31,24 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(SqliteStore { pool })
     }
 
     /// The connection pool (for tools and tests that inspect the store).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
 
-    pub async fn token_count(&self) -> Result<i64, StoreError> {
+#[async_trait::async_trait]
+impl Backend for SqliteStore {
+    async fn token_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
             .fetch_one(&self.pool)
             .await?)
     }
 
-    pub async fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant, StoreError> {
+    async fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant, StoreError> {
         let r = sqlx::query("INSERT INTO tenants (name, weight, created_ms) VALUES (?, ?, ?)")
             .bind(name)
             .bind(weight)
@@ -220,14 +68,14 @@ impl Store {
         }
     }
 
-    pub async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let rows = sqlx::query("SELECT id, name, weight FROM tenants ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(tenant_from_row).collect()
     }
 
-    pub async fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError> {
+    async fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError> {
         let r = sqlx::query("SELECT id, name, weight FROM tenants WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
@@ -237,7 +85,7 @@ impl Store {
     }
 
     /// Set (insert or replace) a tenant's quota on a GPU model, in milli.
-    pub async fn set_quota(
+    async fn set_quota(
         &self,
         tenant_id: i64,
         model: &str,
@@ -258,7 +106,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn quotas(&self, tenant_id: i64) -> Result<Vec<Quota>, StoreError> {
+    async fn quotas(&self, tenant_id: i64) -> Result<Vec<Quota>, StoreError> {
         let rows = sqlx::query(
             "SELECT gpu_model, guaranteed_milli, max_milli FROM quotas WHERE tenant_id = ? ORDER BY gpu_model",
         )
@@ -278,12 +126,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn insert_token(
-        &self,
-        hash: &str,
-        scope: &Scope,
-        name: &str,
-    ) -> Result<i64, StoreError> {
+    async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError> {
         let (s, tid) = match scope {
             Scope::Admin => ("admin", None),
             Scope::Agent => ("agent", None),
@@ -303,7 +146,7 @@ impl Store {
     }
 
     /// The scope of a live (not revoked) token, by the hash of its secret.
-    pub async fn scope_of(&self, hash: &str) -> Result<Option<Scope>, StoreError> {
+    async fn scope_of(&self, hash: &str) -> Result<Option<Scope>, StoreError> {
         let r = sqlx::query(
             "SELECT k.scope, k.tenant_id, t.name FROM tokens k LEFT JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.hash = ? AND k.revoked_ms IS NULL",
@@ -323,7 +166,7 @@ impl Store {
         }))
     }
 
-    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query(
             "SELECT k.id, k.scope, t.name AS tenant, k.name, k.created_ms, k.revoked_ms \
              FROM tokens k LEFT JOIN tenants t ON t.id = k.tenant_id ORDER BY k.id",
@@ -345,7 +188,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
+    async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
         let r = sqlx::query("UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL")
             .bind(now_ms())
             .bind(id)
@@ -358,7 +201,7 @@ impl Store {
     }
 
     /// A job; with `tenant`, only if it belongs to that tenant.
-    pub async fn job(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError> {
+    async fn job(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError> {
         let q = format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN tenants t ON t.id = j.tenant_id \
              WHERE j.id = ? AND (? IS NULL OR j.tenant_id = ?)"
@@ -375,7 +218,7 @@ impl Store {
 
     /// Jobs with id > `after`, oldest first, at most `limit`; filtered by
     /// tenant and state when given.
-    pub async fn jobs(
+    async fn jobs(
         &self,
         tenant: Option<i64>,
         state: Option<&str>,
@@ -399,7 +242,7 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    pub async fn events(&self, id: i64) -> Result<Vec<JobEvent>, StoreError> {
+    async fn events(&self, id: i64) -> Result<Vec<JobEvent>, StoreError> {
         let rows =
             sqlx::query("SELECT at_ms, kind, detail FROM job_events WHERE job_id = ? ORDER BY id")
                 .bind(id)
@@ -417,7 +260,7 @@ impl Store {
     }
 
     /// Apply a batch of writes in one transaction: all or nothing.
-    pub async fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+    async fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
@@ -455,7 +298,7 @@ impl Store {
                     }
                 }
                 _ => {
-                    w.apply(&mut tx).await?;
+                    apply(w, &mut tx).await?;
                     i += 1;
                 }
             }
@@ -484,38 +327,19 @@ impl Store {
         Ok(())
     }
 
-    pub async fn max_job_id(&self) -> Result<i64, StoreError> {
+    async fn max_job_id(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM jobs")
             .fetch_one(&self.pool)
             .await?)
     }
 
-    pub async fn max_node_id(&self) -> Result<i64, StoreError> {
+    async fn max_node_id(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM nodes")
             .fetch_one(&self.pool)
             .await?)
     }
 
-    /// Every tenant's quotas: (tenant id, quota in milli: model, guaranteed, max).
-    pub async fn all_quotas(&self) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, gpu_model, guaranteed_milli, max_milli FROM quotas ORDER BY tenant_id, gpu_model",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("tenant_id")?,
-                    r.try_get("gpu_model")?,
-                    r.try_get("guaranteed_milli")?,
-                    r.try_get("max_milli")?,
-                ))
-            })
-            .collect()
-    }
-
-    pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes n ORDER BY n.id"))
             .fetch_all(&self.pool)
             .await?;
@@ -524,7 +348,7 @@ impl Store {
 
     /// The tasks of RUNNING jobs' current attempts that hold resources
     /// (ASSIGNED or RUNNING), by job id then task index.
-    pub async fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
+    async fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let rows = sqlx::query(
             "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
              JOIN jobs j ON j.id = k.job_id AND j.run = k.run \
@@ -536,7 +360,7 @@ impl Store {
     }
 
     /// Tasks agents were ordered to stop and have not confirmed yet.
-    pub async fn killing_tasks(&self) -> Result<Vec<Task>, StoreError> {
+    async fn killing_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let rows = sqlx::query(
             "SELECT job_id, run, idx, node_id, gpus, state, started_ms FROM tasks WHERE state = 'KILLING'",
         )
@@ -546,7 +370,7 @@ impl Store {
     }
 
     /// Tasks of a job, every attempt, oldest first.
-    pub async fn job_tasks(&self, job: i64) -> Result<Vec<TaskView>, StoreError> {
+    async fn job_tasks(&self, job: i64) -> Result<Vec<TaskView>, StoreError> {
         let rows = sqlx::query(
             "SELECT k.run, k.idx, n.name AS node, k.gpus, k.state, k.started_ms, k.ended_ms, k.exit_code, k.reason \
              FROM tasks k JOIN nodes n ON n.id = k.node_id WHERE k.job_id = ? ORDER BY k.run, k.idx",
@@ -574,10 +398,7 @@ impl Store {
 
     /// What a node's agent must do: tasks to start (ASSIGNED, with everything
     /// needed to run them) and tasks to stop (KILLING).
-    pub async fn node_orders(
-        &self,
-        node: i64,
-    ) -> Result<(Vec<Assignment>, Vec<TaskRef>), StoreError> {
+    async fn node_orders(&self, node: i64) -> Result<(Vec<Assignment>, Vec<TaskRef>), StoreError> {
         let rows = sqlx::query(
             "SELECT k.job_id, k.run, k.idx, k.gpus, j.command, j.env, j.workdir, j.max_runtime_s, j.tasks, \
              j.cpu_milli, j.memory_mib, j.gpu_milli, \
@@ -640,7 +461,7 @@ impl Store {
     }
 
     /// Jobs by state (for metrics).
-    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
@@ -648,6 +469,52 @@ impl Store {
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const JOB_COLUMNS: &str =
+    "j.id, t.name AS tenant, j.name, j.command, j.tasks, j.cpu_milli, j.memory_mib, \
+     j.num_gpu, j.gpu_milli, j.gpu_models, j.class, j.env, j.workdir, j.max_runtime_s, j.retries, \
+     j.run, j.state, j.submitted_ms, j.started_ms, j.ended_ms";
+
+fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        weight: r.try_get("weight")?,
+    })
+}
+
+fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
+    let command: String = r.try_get("command")?;
+    let models: String = r.try_get("gpu_models")?;
+    let env: String = r.try_get("env")?;
+    Ok(Job {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        name: r.try_get("name")?,
+        command: serde_json::from_str(&command).unwrap_or_default(),
+        tasks: r.try_get("tasks")?,
+        cpu_milli: r.try_get("cpu_milli")?,
+        memory_mib: r.try_get("memory_mib")?,
+        num_gpu: r.try_get("num_gpu")?,
+        gpu_milli: r.try_get("gpu_milli")?,
+        gpu_models: serde_json::from_str(&models).unwrap_or_default(),
+        class: r.try_get("class")?,
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        workdir: r.try_get("workdir")?,
+        max_runtime_s: r.try_get("max_runtime_s")?,
+        retries: r.try_get("retries")?,
+        run: r.try_get("run")?,
+        state: r.try_get("state")?,
+        submitted_ms: r.try_get("submitted_ms")?,
+        started_ms: r.try_get("started_ms")?,
+        ended_ms: r.try_get("ended_ms")?,
+        reason: None,
+    })
 }
 
 async fn node_states(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
@@ -784,29 +651,6 @@ async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(
     Ok(())
 }
 
-/// The devices of a bitmask, ascending.
-pub fn mask_devices(mask: i64) -> Vec<u32> {
-    (0..16).filter(|d| mask & (1 << d) != 0).collect()
-}
-
-/// A node as stored.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Node {
-    pub id: i64,
-    pub name: String,
-    pub addr: String,
-    pub gpu_model: Option<String>,
-    pub gpus: i64,
-    pub gpu_memory_mib: i64,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    pub rack: String,
-    pub labels: BTreeMap<String, String>,
-    pub state: String,
-    pub registered_ms: i64,
-    pub last_heartbeat_ms: i64,
-}
-
 const NODE_COLUMNS: &str =
     "n.id, n.name, n.addr, n.gpu_model, n.gpus, n.gpu_memory_mib, n.cpu_milli, \
      n.memory_mib, n.rack, n.labels, n.state, n.registered_ms, n.last_heartbeat_ms";
@@ -830,18 +674,6 @@ fn node_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
     })
 }
 
-/// A task holding resources (for recovery).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Task {
-    pub job: i64,
-    pub run: i64,
-    pub index: i64,
-    pub node: i64,
-    pub gpus: i64,
-    pub state: String,
-    pub started_ms: i64,
-}
-
 fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Task, StoreError> {
     Ok(Task {
         job: r.try_get("job_id")?,
@@ -854,104 +686,10 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Task, StoreError> {
     })
 }
 
-/// A task as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TaskView {
-    pub run: i64,
-    pub index: i64,
-    pub node: String,
-    pub gpus: Vec<u32>,
-    pub state: String,
-    pub started_ms: i64,
-    pub ended_ms: Option<i64>,
-    pub exit_code: Option<i64>,
-    pub reason: String,
-}
-
-/// A task an agent must start.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Assignment {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-    /// Gang size (`WORLD_SIZE`); `task` is the rank.
-    pub tasks: i64,
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
-    pub max_runtime_s: Option<i64>,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    /// Device indexes on the node (`CUDA_VISIBLE_DEVICES`).
-    pub gpus: Vec<u32>,
-    /// Fraction of the one device, for a GPU share.
-    pub gpu_share: Option<f64>,
-    /// Address of the node running task 0 (`MASTER_ADDR`).
-    pub master_addr: String,
-}
-
-/// One task of one attempt.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TaskRef {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-    pub gpus: Vec<u32>,
-}
-
-/// One write of a batch (see [`Store::commit`]).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Write {
-    InsertJob {
-        id: i64,
-        tenant_id: i64,
-        job: NewJob,
-        at: i64,
-    },
-    Event {
-        job: i64,
-        at: i64,
-        kind: &'static str,
-        detail: String,
-    },
-    /// Set a job's state; `ended` for a final state.
-    JobState {
-        job: i64,
-        state: &'static str,
-        ended: Option<i64>,
-    },
-    /// A new attempt starts: state RUNNING, `run` bumped, tasks inserted.
-    StartJob {
-        job: i64,
-        run: i64,
-        at: i64,
-        tasks: Vec<(i64, i64)>, // (node id, device mask), by task index
-    },
-    /// Tasks of one attempt in one of `from` states move to `to`.
-    TaskState {
-        job: i64,
-        run: i64,
-        task: Option<i64>,
-        from: &'static [&'static str],
-        to: &'static str,
-        at: Option<i64>,
-        exit_code: Option<i64>,
-        reason: String,
-    },
-    UpsertNode(Node),
-    NodeState {
-        node: i64,
-        state: &'static str,
-    },
-    Heartbeat {
-        node: i64,
-        at: i64,
-    },
-}
-
-impl Write {
-    async fn apply(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
-        match self {
+/// Apply one write inside a transaction.
+async fn apply(w: &Write, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    {
+        match w {
             Write::InsertJob {
                 id,
                 tenant_id,

@@ -1,0 +1,352 @@
+//! The durable store, behind the [`Backend`] trait so that another database
+//! (PostgreSQL, to grow past one machine) can be added without touching the
+//! API or the scheduling loop. The embedded default is SQLite
+//! ([`sqlite::SqliteStore`]): WAL, synchronous=FULL, foreign keys, migrations
+//! embedded in the binary.
+//!
+//! Reads are called by the API handlers; all writes to jobs, tasks and nodes
+//! come from the scheduling loop as one [`Write`] batch per transaction
+//! ([`Backend::commit`]). Tenants, tokens and quotas are written by the admin
+//! handlers directly.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A store: any [`Backend`], shared.
+#[derive(Clone)]
+pub struct Store(Arc<dyn Backend>);
+
+impl Store {
+    /// The embedded default: SQLite in `DIR/suanli.db`.
+    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store(Arc::new(sqlite::SqliteStore::open(dir).await?)))
+    }
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store(backend)
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// What a database must provide. Every method is one statement or one
+/// transaction; `commit` applies a batch atomically, in order.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    async fn token_count(&self) -> Result<i64, StoreError>;
+
+    async fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant, StoreError>;
+
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+
+    async fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError>;
+
+    /// Set (insert or replace) a tenant's quota on a GPU model, in milli.
+    async fn set_quota(
+        &self,
+        tenant_id: i64,
+        model: &str,
+        guaranteed_milli: i64,
+        max_milli: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    async fn quotas(&self, tenant_id: i64) -> Result<Vec<Quota>, StoreError>;
+
+    async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError>;
+
+    /// The scope of a live (not revoked) token, by the hash of its secret.
+    async fn scope_of(&self, hash: &str) -> Result<Option<Scope>, StoreError>;
+
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
+
+    async fn revoke_token(&self, id: i64) -> Result<(), StoreError>;
+
+    /// A job; with `tenant`, only if it belongs to that tenant.
+    async fn job(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError>;
+
+    /// Jobs with id > `after`, oldest first, at most `limit`; filtered by
+    /// tenant and state when given.
+    async fn jobs(
+        &self,
+        tenant: Option<i64>,
+        state: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    async fn events(&self, id: i64) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// Apply a batch of writes in one transaction: all or nothing.
+    async fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+
+    async fn max_job_id(&self) -> Result<i64, StoreError>;
+
+    async fn max_node_id(&self) -> Result<i64, StoreError>;
+
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError>;
+
+    /// The tasks of RUNNING jobs' current attempts that hold resources
+    /// (ASSIGNED or RUNNING), by job id then task index.
+    async fn active_tasks(&self) -> Result<Vec<Task>, StoreError>;
+
+    /// Tasks agents were ordered to stop and have not confirmed yet.
+    async fn killing_tasks(&self) -> Result<Vec<Task>, StoreError>;
+
+    /// Tasks of a job, every attempt, oldest first.
+    async fn job_tasks(&self, job: i64) -> Result<Vec<TaskView>, StoreError>;
+
+    /// What a node's agent must do: tasks to start (ASSIGNED, with everything
+    /// needed to run them) and tasks to stop (KILLING).
+    async fn node_orders(&self, node: i64) -> Result<(Vec<Assignment>, Vec<TaskRef>), StoreError>;
+
+    /// Jobs by state (for metrics).
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Tenant {
+    pub id: i64,
+    pub name: String,
+    pub weight: f64,
+}
+
+/// A tenant's quota on one GPU model, in GPUs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Quota {
+    pub gpu_model: String,
+    pub guaranteed: f64,
+    /// `None` = unlimited.
+    pub max: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    Tenant { id: i64, name: String },
+    Agent,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub scope: String,
+    pub tenant: Option<String>,
+    pub name: String,
+    pub created_ms: i64,
+    pub revoked: bool,
+}
+
+/// A job as stored and returned by the API.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub tenant: String,
+    pub name: String,
+    pub command: Vec<String>,
+    pub tasks: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub num_gpu: i64,
+    pub gpu_milli: i64,
+    pub gpu_models: Vec<String>,
+    pub class: String,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub retries: i64,
+    /// Attempts started so far.
+    pub run: i64,
+    pub state: String,
+    pub submitted_ms: i64,
+    /// Start of the current (or last) attempt.
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    /// For a PENDING job in a queue view: why it has not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A validated submission.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    pub name: String,
+    pub command: Vec<String>,
+    pub tasks: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub num_gpu: i64,
+    pub gpu_milli: i64,
+    pub gpu_models: Vec<String>,
+    pub class: String,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub retries: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct JobEvent {
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error("job is {0}: only PENDING or RUNNING jobs can be cancelled")]
+    NotCancellable(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The devices of a bitmask, ascending.
+pub fn mask_devices(mask: i64) -> Vec<u32> {
+    (0..16).filter(|d| mask & (1 << d) != 0).collect()
+}
+
+/// A node as stored.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Node {
+    pub id: i64,
+    pub name: String,
+    pub addr: String,
+    pub gpu_model: Option<String>,
+    pub gpus: i64,
+    pub gpu_memory_mib: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub rack: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: String,
+    pub registered_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+/// A task holding resources (for recovery).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub job: i64,
+    pub run: i64,
+    pub index: i64,
+    pub node: i64,
+    pub gpus: i64,
+    pub state: String,
+    pub started_ms: i64,
+}
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TaskView {
+    pub run: i64,
+    pub index: i64,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub state: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub reason: String,
+}
+
+/// A task an agent must start.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Assignment {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// Gang size (`WORLD_SIZE`); `task` is the rank.
+    pub tasks: i64,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    /// Device indexes on the node (`CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<u32>,
+    /// Fraction of the one device, for a GPU share.
+    pub gpu_share: Option<f64>,
+    /// Address of the node running task 0 (`MASTER_ADDR`).
+    pub master_addr: String,
+}
+
+/// One task of one attempt.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TaskRef {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    pub gpus: Vec<u32>,
+}
+
+/// One write of a batch (see [`Store::commit`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    InsertJob {
+        id: i64,
+        tenant_id: i64,
+        job: NewJob,
+        at: i64,
+    },
+    Event {
+        job: i64,
+        at: i64,
+        kind: &'static str,
+        detail: String,
+    },
+    /// Set a job's state; `ended` for a final state.
+    JobState {
+        job: i64,
+        state: &'static str,
+        ended: Option<i64>,
+    },
+    /// A new attempt starts: state RUNNING, `run` bumped, tasks inserted.
+    StartJob {
+        job: i64,
+        run: i64,
+        at: i64,
+        tasks: Vec<(i64, i64)>, // (node id, device mask), by task index
+    },
+    /// Tasks of one attempt in one of `from` states move to `to`.
+    TaskState {
+        job: i64,
+        run: i64,
+        task: Option<i64>,
+        from: &'static [&'static str],
+        to: &'static str,
+        at: Option<i64>,
+        exit_code: Option<i64>,
+        reason: String,
+    },
+    UpsertNode(Node),
+    NodeState {
+        node: i64,
+        state: &'static str,
+    },
+    Heartbeat {
+        node: i64,
+        at: i64,
+    },
+}
