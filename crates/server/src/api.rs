@@ -11,15 +11,105 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use suanli_core::MAX_GPUS_PER_NODE;
 
 use crate::auth::hash_token;
 use crate::control::{Cmd, Control, Refusal, Registration, Report};
-use crate::store::{NewJob, Scope, Store, StoreError};
+use crate::control::{NodeView, TaskExit, TaskKey};
+use crate::store::{
+    Assignment, Job, JobEvent, NewJob, Node, Quota, Scope, Store, StoreError, TaskRef, TaskView,
+    Tenant, TokenInfo,
+};
+use serde::Serialize;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A tenant with its quotas.
+#[derive(Serialize, ToSchema)]
+pub struct TenantView {
+    pub id: i64,
+    pub name: String,
+    pub weight: f64,
+    pub quotas: Vec<Quota>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+/// A new token: the secret is shown once, here.
+#[derive(Serialize, ToSchema)]
+pub struct NewToken {
+    pub id: i64,
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// One page of jobs; pass `next_cursor` as `cursor` for the next.
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<i64>,
+}
+
+/// A job with its tasks (every attempt).
+#[derive(Serialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: Job,
+    pub tasks: Vec<TaskView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<JobEvent>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeStateView {
+    pub node: String,
+    pub state: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub node: Node,
+    pub heartbeat_interval_s: u64,
+}
+
+/// What an agent must do: start these tasks, stop those.
+#[derive(Serialize, ToSchema)]
+pub struct Orders {
+    pub start: Vec<Assignment>,
+    pub kill: Vec<TaskRef>,
+}
+
+/// An RFC 9457 problem document, as every error is sent.
+#[derive(Serialize, ToSchema)]
+pub struct ProblemDoc {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable machine-readable code, e.g. `invalid_field`, `not_found`.
+    pub code: String,
+    pub detail: String,
+    /// For `invalid_field`: the field at fault.
+    pub field: Option<String>,
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -203,7 +293,8 @@ fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/tenants", post(create_tenant).get(list_tenants))
         .route("/v1/tenants/{name}", get(get_tenant))
         .route(
@@ -271,18 +362,20 @@ fn valid_name(field: &'static str, s: &str) -> Result<(), Problem> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TenantBody {
     name: String,
     weight: Option<f64>,
 }
 
+/// Create a tenant (admin).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantBody, security(("bearer" = [])), responses((status = 201, description = "Created", body = Tenant), (status = 400, description = "Invalid", body = ProblemDoc), (status = 409, description = "Exists", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn create_tenant(
     State(st): State<AppState>,
     c: Caller,
     body: Result<Json<TenantBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Result<(StatusCode, Json<crate::store::Tenant>), Problem> {
     admin(&c)?;
     let Json(b) = body?;
     valid_name("name", &b.name)?;
@@ -294,30 +387,39 @@ async fn create_tenant(
     st.control
         .tell(Cmd::TenantChanged { tenant_id: t.id })
         .await;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    Ok((StatusCode::CREATED, Json(t)))
 }
 
-async fn list_tenants(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
+/// List tenants (admin).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), responses((status = 200, description = "Tenants with quotas", body = TenantList), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn list_tenants(State(st): State<AppState>, c: Caller) -> Result<Json<TenantList>, Problem> {
     admin(&c)?;
     let mut out = Vec::new();
     for t in st.store.tenants().await? {
         out.push(tenant_json(&st.store, t).await?);
     }
-    Ok(Json(json!({ "tenants": out })))
+    Ok(Json(TenantList { tenants: out }))
 }
 
 /// A tenant and its quotas, as the API shows it.
-async fn tenant_json(store: &Store, t: crate::store::Tenant) -> Result<Value, Problem> {
-    let q = store.quotas(t.id).await?;
-    Ok(json!({"id": t.id, "name": t.name, "weight": t.weight, "quotas": q}))
+async fn tenant_json(store: &Store, t: crate::store::Tenant) -> Result<TenantView, Problem> {
+    let quotas = store.quotas(t.id).await?;
+    Ok(TenantView {
+        id: t.id,
+        name: t.name,
+        weight: t.weight,
+        quotas,
+    })
 }
 
 /// A tenant with its quotas: the admin, or the tenant itself.
+/// A tenant and its quotas (admin, or the tenant itself).
+#[utoipa::path(get, path = "/v1/tenants/{name}", tag = "tenants", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The tenant", body = TenantView), (status = 404, description = "No such tenant, or not yours", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn get_tenant(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<TenantView>, Problem> {
     match &c.0 {
         Scope::Admin => {}
         Scope::Tenant { name: own, .. } if *own == name => {}
@@ -328,7 +430,7 @@ async fn get_tenant(
     Ok(Json(tenant_json(&st.store, t).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QuotaBody {
     /// GPUs the tenant can always reclaim.
@@ -347,12 +449,14 @@ fn gpus_to_milli(field: &'static str, v: f64) -> Result<i64, Problem> {
     Ok((v * 1000.0).round() as i64)
 }
 
+/// Set a tenant's quota on a GPU model, in GPUs (admin).
+#[utoipa::path(put, path = "/v1/tenants/{name}/quotas/{model}", tag = "tenants", request_body = QuotaBody, params(("name" = String, Path), ("model" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The tenant", body = TenantView), (status = 400, description = "Invalid", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn set_quota(
     State(st): State<AppState>,
     c: Caller,
     Path((name, model)): Path<(String, String)>,
     body: Result<Json<QuotaBody>, JsonRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<TenantView>, Problem> {
     admin(&c)?;
     let Json(b) = body?;
     valid_name("gpu_model", &model)?;
@@ -369,7 +473,7 @@ async fn set_quota(
     Ok(Json(tenant_json(&st.store, t).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     scope: String,
@@ -377,11 +481,13 @@ struct TokenBody {
     name: Option<String>,
 }
 
+/// Issue a token: admin, agent, or tenant (admin).
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenBody, security(("bearer" = [])), responses((status = 201, description = "Created; the secret is shown once", body = NewToken), (status = 400, description = "Invalid", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn create_token(
     State(st): State<AppState>,
     c: Caller,
     body: Result<Json<TokenBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Result<(StatusCode, Json<NewToken>), Problem> {
     admin(&c)?;
     let Json(b) = body?;
     let scope = match (b.scope.as_str(), &b.tenant) {
@@ -424,17 +530,20 @@ async fn create_token(
     }
     let (secret, hash) = crate::auth::new_token();
     let id = st.store.insert_token(&hash, &scope, &name).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "token": secret })),
-    ))
+    Ok((StatusCode::CREATED, Json(NewToken { id, token: secret })))
 }
 
-async fn list_tokens(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
+/// List tokens (admin).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), responses((status = 200, description = "Tokens, without secrets", body = TokenList), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn list_tokens(State(st): State<AppState>, c: Caller) -> Result<Json<TokenList>, Problem> {
     admin(&c)?;
-    Ok(Json(json!({ "tokens": st.store.tokens().await? })))
+    Ok(Json(TokenList {
+        tokens: st.store.tokens().await?,
+    }))
 }
 
+/// Revoke a token (admin).
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 204, description = "Revoked"), (status = 404, description = "No such live token", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn revoke_token(
     State(st): State<AppState>,
     c: Caller,
@@ -446,7 +555,7 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct JobBody {
     name: Option<String>,
@@ -597,11 +706,13 @@ fn validate_job(b: JobBody) -> Result<NewJob, Problem> {
     })
 }
 
+/// Submit a job (tenant).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobBody, security(("bearer" = [])), responses((status = 201, description = "Accepted and durable", body = Job), (status = 400, description = "Invalid", body = ProblemDoc), (status = 422, description = "Can never run on this pool", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn submit(
     State(st): State<AppState>,
     c: Caller,
     body: Result<Json<JobBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Result<(StatusCode, Json<Job>), Problem> {
     let Scope::Tenant { id, name } = c.0 else {
         return Err(Problem::forbidden());
     };
@@ -617,10 +728,10 @@ async fn submit(
         })
         .await
         .ok_or_else(loop_gone)??;
-    Ok((StatusCode::CREATED, Json(json!(j))))
+    Ok((StatusCode::CREATED, Json(j)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
@@ -638,11 +749,13 @@ pub const STATES: &[&str] = &[
     "PREEMPTED",
 ];
 
+/// List jobs: a tenant's own, or all (admin).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery), security(("bearer" = [])), responses((status = 200, description = "A page of jobs; pending ones carry a reason", body = JobPage), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn list_jobs(
     State(st): State<AppState>,
     c: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<JobPage>, Problem> {
     let mut scope = job_scope(&c)?;
     let Query(q) =
         q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
@@ -672,21 +785,26 @@ async fn list_jobs(
     let next = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": next })))
+    Ok(Json(JobPage {
+        jobs,
+        next_cursor: next,
+    }))
 }
 
+/// A job, its why-pending reason and its tasks.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 200, description = "The job and its tasks", body = JobDetail), (status = 404, description = "No such job, or not yours", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn get_job(
     State(st): State<AppState>,
     c: Caller,
     id: IdPath,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<JobDetail>, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
     let mut job = vec![st.store.job(id, scope).await?];
     explain(&st, &mut job).await?;
-    let mut v = json!(job[0]);
-    v["tasks"] = json!(st.store.job_tasks(id).await?);
-    Ok(Json(v))
+    let tasks = st.store.job_tasks(id).await?;
+    let job = job.pop().expect("one job");
+    Ok(Json(JobDetail { job, tasks }))
 }
 
 /// Fill in why-pending reasons of the PENDING jobs among `jobs`.
@@ -710,11 +828,13 @@ async fn explain(st: &AppState, jobs: &mut [crate::store::Job]) -> Result<(), Pr
     Ok(())
 }
 
+/// Cancel a pending or running job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 200, description = "Cancelled", body = Job), (status = 404, description = "No such job, or not yours", body = ProblemDoc), (status = 409, description = "Already over", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn cancel_job(
     State(st): State<AppState>,
     c: Caller,
     id: IdPath,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Job>, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
     st.control
@@ -725,28 +845,34 @@ async fn cancel_job(
         })
         .await
         .ok_or_else(loop_gone)??;
-    Ok(Json(json!(st.store.job(id, scope).await?)))
+    Ok(Json(st.store.job(id, scope).await?))
 }
 
+/// A job's append-only event history.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 200, description = "The job's history", body = EventList), (status = 404, description = "No such job, or not yours", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn job_events(
     State(st): State<AppState>,
     c: Caller,
     id: IdPath,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<EventList>, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
     st.store.job(id, scope).await?;
-    Ok(Json(json!({ "events": st.store.events(id).await? })))
+    Ok(Json(EventList {
+        events: st.store.events(id).await?,
+    }))
 }
 
-async fn list_nodes(State(st): State<AppState>, c: Caller) -> Result<Json<Value>, Problem> {
+/// List nodes (admin).
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), responses((status = 200, description = "Nodes with allocation", body = NodeList), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn list_nodes(State(st): State<AppState>, c: Caller) -> Result<Json<NodeList>, Problem> {
     admin(&c)?;
     let nodes = st
         .control
         .ask(|reply| Cmd::Nodes { reply })
         .await
         .ok_or_else(loop_gone)?;
-    Ok(Json(json!({ "nodes": nodes })))
+    Ok(Json(NodeList { nodes }))
 }
 
 async fn set_drain(
@@ -754,9 +880,10 @@ async fn set_drain(
     c: &Caller,
     name: String,
     drain: bool,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<NodeStateView>, Problem> {
     admin(c)?;
-    st.control
+    let state = st
+        .control
         .ask(|reply| Cmd::Drain {
             node: name.clone(),
             drain,
@@ -764,24 +891,26 @@ async fn set_drain(
         })
         .await
         .ok_or_else(loop_gone)??;
-    Ok(Json(
-        json!({ "node": name, "state": if drain { "draining" } else { "ready" } }),
-    ))
+    Ok(Json(NodeStateView { node: name, state }))
 }
 
+/// Stop placing work on a node (admin).
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", tag = "nodes", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The node's state", body = NodeStateView), (status = 404, description = "No such node", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn drain_node(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<NodeStateView>, Problem> {
     set_drain(&st, &c, name, true).await
 }
 
+/// Place work on a drained node again (admin).
+#[utoipa::path(post, path = "/v1/nodes/{name}/undrain", tag = "nodes", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The node's state", body = NodeStateView), (status = 409, description = "The node is down", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn undrain_node(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<NodeStateView>, Problem> {
     set_drain(&st, &c, name, false).await
 }
 
@@ -792,7 +921,7 @@ fn agent(c: &Caller) -> Result<(), Problem> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GpuBody {
     index: i64,
@@ -800,7 +929,7 @@ struct GpuBody {
     memory_mib: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
     name: String,
@@ -888,11 +1017,13 @@ fn validate_registration(b: RegisterBody) -> Result<Registration, Problem> {
 /// Seconds between an agent's heartbeats.
 pub const HEARTBEAT_INTERVAL_S: u64 = 5;
 
+/// Register (or re-register) a node (agent).
+#[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterBody, security(("bearer" = [])), responses((status = 200, description = "Registered", body = Registered), (status = 409, description = "Inventory changed under running tasks", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn register_agent(
     State(st): State<AppState>,
     c: Caller,
     body: Result<Json<RegisterBody>, JsonRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Registered>, Problem> {
     agent(&c)?;
     let Json(b) = body?;
     let reg = validate_registration(b)?;
@@ -901,9 +1032,10 @@ async fn register_agent(
         .ask(|reply| Cmd::Register { reg, reply })
         .await
         .ok_or_else(loop_gone)??;
-    Ok(Json(
-        json!({ "node": node, "heartbeat_interval_s": HEARTBEAT_INTERVAL_S }),
-    ))
+    Ok(Json(Registered {
+        node,
+        heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+    }))
 }
 
 async fn report(
@@ -912,7 +1044,7 @@ async fn report(
     name: String,
     report: Report,
     full: bool,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Orders>, Problem> {
     agent(c)?;
     if report.running.len() + report.exited.len() > 10_000 {
         return Err(Problem::invalid(
@@ -931,26 +1063,30 @@ async fn report(
         .await
         .ok_or_else(loop_gone)??;
     let (start, kill) = st.store.node_orders(node).await?;
-    Ok(Json(json!({ "start": start, "kill": kill })))
+    Ok(Json(Orders { start, kill }))
 }
 
+/// Report every running task and the exits since; get tasks to start and to stop (agent).
+#[utoipa::path(post, path = "/v1/agents/{name}/heartbeat", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 404, description = "Unregistered node", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn heartbeat(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
     body: Result<Json<Report>, JsonRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Orders>, Problem> {
     agent(&c)?;
     let Json(r) = body?;
     report(&st, &c, name, r, true).await
 }
 
+/// Report task exits between heartbeats (agent).
+#[utoipa::path(post, path = "/v1/agents/{name}/tasks/status", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn task_status(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
     body: Result<Json<Report>, JsonRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Orders>, Problem> {
     agent(&c)?;
     let Json(r) = body?;
     if !r.running.is_empty() {
@@ -960,4 +1096,40 @@ async fn task_status(
         ));
     }
     report(&st, &c, name, r, false).await
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The server is up")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Suanli control plane", description = "Tenants, tokens, jobs, nodes and agents of a GPU compute pool. Errors are application/problem+json (RFC 9457)."),
+    paths(
+        healthz, create_tenant, list_tenants, get_tenant, set_quota, create_token, list_tokens,
+        revoke_token, submit, list_jobs, get_job, cancel_job, job_events, list_nodes, drain_node,
+        undrain_node, register_agent, heartbeat, task_status, crate::metrics::render
+    ),
+    components(schemas(TaskKey, TaskExit)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }

@@ -52,7 +52,7 @@ pub enum Refusal {
 }
 
 /// What an agent reports about one task.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskKey {
     pub job: i64,
@@ -60,7 +60,7 @@ pub struct TaskKey {
     pub task: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskExit {
     pub job: i64,
@@ -74,7 +74,7 @@ pub struct TaskExit {
 }
 
 /// An agent's report: every task it runs, and tasks that ended since.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     #[serde(default)]
@@ -97,7 +97,7 @@ pub struct Registration {
 }
 
 /// A node as the API lists it: stored fields plus what is allocated now.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     #[serde(flatten)]
     pub node: Node,
@@ -133,10 +133,11 @@ pub enum Cmd {
         full: bool,
         reply: Reply<i64>,
     },
+    /// Drain (or undrain) a node; answers its resulting state.
     Drain {
         node: String,
         drain: bool,
-        reply: Reply<()>,
+        reply: Reply<String>,
     },
     /// A tenant's quotas or weight changed in the store: reload them.
     TenantChanged { tenant_id: i64 },
@@ -980,7 +981,7 @@ impl Loop {
         Ok(Ok(node))
     }
 
-    fn drain(&mut self, name: &str, drain: bool, w: &mut Vec<Write>) -> Result<(), Refusal> {
+    fn drain(&mut self, name: &str, drain: bool, w: &mut Vec<Write>) -> Result<String, Refusal> {
         let id = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
         let n = self.nodes.get_mut(&id).expect("node");
         let state = match (n.node.state.as_str(), drain) {
@@ -989,7 +990,7 @@ impl Loop {
                     "node {name} is down; it becomes ready when its agent registers again"
                 )))
             }
-            ("down", true) => return Ok(()),
+            ("down", true) => return Ok("down".to_string()),
             (_, true) => "draining",
             (_, false) => "ready",
         };
@@ -998,7 +999,7 @@ impl Loop {
         self.sched.set_closed(h, drain);
         w.push(Write::NodeState { node: id, state });
         self.dirty = true;
-        Ok(())
+        Ok(state.to_string())
     }
 
     fn heartbeat(

@@ -11,6 +11,8 @@ use axum::response::IntoResponse;
 use crate::api::{AppState, Problem};
 use crate::control::LATENCY_BOUNDS;
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn render(State(st): State<AppState>) -> Result<impl IntoResponse, Problem> {
     let counts = st.store.job_counts().await?;
     let m = st.control.metrics.lock().expect("metrics lock").clone();

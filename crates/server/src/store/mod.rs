@@ -119,7 +119,7 @@ pub trait Backend: Send + Sync {
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: i64,
     pub name: String,
@@ -127,7 +127,7 @@ pub struct Tenant {
 }
 
 /// A tenant's quota on one GPU model, in GPUs.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Quota {
     pub gpu_model: String,
     pub guaranteed: f64,
@@ -142,7 +142,7 @@ pub enum Scope {
     Agent,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: i64,
     pub scope: String,
@@ -153,7 +153,7 @@ pub struct TokenInfo {
 }
 
 /// A job as stored and returned by the API.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Job {
     pub id: i64,
     pub tenant: String,
@@ -200,7 +200,7 @@ pub struct NewJob {
     pub retries: i64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct JobEvent {
     pub at_ms: i64,
     pub kind: String,
@@ -227,7 +227,7 @@ pub fn mask_devices(mask: i64) -> Vec<u32> {
 }
 
 /// A node as stored.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Node {
     pub id: i64,
     pub name: String,
@@ -257,7 +257,7 @@ pub struct Task {
 }
 
 /// A task as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TaskView {
     pub run: i64,
     pub index: i64,
@@ -271,7 +271,7 @@ pub struct TaskView {
 }
 
 /// A task an agent must start.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Assignment {
     pub job: i64,
     pub run: i64,
@@ -293,7 +293,7 @@ pub struct Assignment {
 }
 
 /// One task of one attempt.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TaskRef {
     pub job: i64,
     pub run: i64,
