@@ -60,12 +60,13 @@ pub struct JobPage {
     pub next_cursor: Option<i64>,
 }
 
-/// A job with its tasks (every attempt).
+/// A job with its tasks (every attempt). `tasks` is the gang size;
+/// `task_history` the tasks themselves.
 #[derive(Serialize, ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: Job,
-    pub tasks: Vec<TaskView>,
+    pub task_history: Vec<TaskView>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -804,7 +805,10 @@ async fn get_job(
     explain(&st, &mut job).await?;
     let tasks = st.store.job_tasks(id).await?;
     let job = job.pop().expect("one job");
-    Ok(Json(JobDetail { job, tasks }))
+    Ok(Json(JobDetail {
+        job,
+        task_history: tasks,
+    }))
 }
 
 /// Fill in why-pending reasons of the PENDING jobs among `jobs`.

@@ -299,7 +299,7 @@ pub fn job(c: JobCmd) -> Result<(), CliError> {
     if let Some(r) = j["reason"].as_str() {
         println!("{:<12} {r}", "reason");
     }
-    let tasks = j["tasks"].as_array().cloned().unwrap_or_default();
+    let tasks = j["task_history"].as_array().cloned().unwrap_or_default();
     if !tasks.is_empty() {
         println!("tasks:");
         for t in tasks {

@@ -109,7 +109,7 @@ fn a_gang_runs_across_two_agents_and_completes() {
     heartbeat(&p.s, &p.agent, n_of_1, &[(id, 1, 1)], &[]);
     let v = job(&p.s, &p.acme, id);
     assert!(
-        v["tasks"]
+        v["task_history"]
             .as_array()
             .unwrap()
             .iter()
@@ -155,7 +155,7 @@ fn a_failed_task_retries_then_fails_the_job() {
         ["SUBMITTED", "STARTED", "RETRYING", "STARTED", "FAILED"]
     );
     let v = job(&p.s, &p.acme, id);
-    let t = v["tasks"].as_array().unwrap();
+    let t = v["task_history"].as_array().unwrap();
     assert_eq!(
         (t[0]["state"].as_str(), t[0]["exit_code"].as_i64()),
         (Some("EXITED"), Some(1))
@@ -283,7 +283,7 @@ fn spot_work_is_preempted_and_its_devices_are_handed_over_only_after_the_kill() 
     assert_eq!(starts(&h), vec![(paid, 1, 0)]);
     assert_eq!(events(&p, spot), ["SUBMITTED", "STARTED", "PREEMPTED"]);
     let v = job(&p.s, &p.acme, spot);
-    assert_eq!(v["tasks"][0]["state"], "KILLED");
+    assert_eq!(v["task_history"][0]["state"], "KILLED");
     assert!(
         v["reason"]
             .as_str()
