@@ -277,7 +277,7 @@ fn why_pending_counts_the_jobs_ahead() {
     s.complete(suanli_sched::jobs::JobId(0), 3);
     assert_eq!(
         s.why_pending(small[2]),
-        Some(WhyPending::Queue { ahead: 3 })
+        Some(WhyPending::Queue { ahead: 3, own: 3 })
     );
 }
 

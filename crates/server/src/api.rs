@@ -276,7 +276,7 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-fn admin(c: &Caller) -> Result<(), Problem> {
+pub(crate) fn admin(c: &Caller) -> Result<(), Problem> {
     match c.0 {
         Scope::Admin => Ok(()),
         _ => Err(Problem::forbidden()),
@@ -782,7 +782,7 @@ async fn list_jobs(
         .store
         .jobs(scope, q.state.as_deref(), q.cursor.unwrap_or(0), limit)
         .await?;
-    explain(&st, &mut jobs).await?;
+    explain(&st, job_scope(&c)?, &mut jobs).await?;
     let next = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();
@@ -802,7 +802,7 @@ async fn get_job(
     let Path(id) = id?;
     let scope = job_scope(&c)?;
     let mut job = vec![st.store.job(id, scope).await?];
-    explain(&st, &mut job).await?;
+    explain(&st, scope, &mut job).await?;
     let tasks = st.store.job_tasks(id).await?;
     let job = job.pop().expect("one job");
     Ok(Json(JobDetail {
@@ -811,8 +811,13 @@ async fn get_job(
     }))
 }
 
-/// Fill in why-pending reasons of the PENDING jobs among `jobs`.
-async fn explain(st: &AppState, jobs: &mut [crate::store::Job]) -> Result<(), Problem> {
+/// Fill in why-pending reasons of the PENDING jobs among `jobs`, worded
+/// for the caller (`viewer`: its tenant, `None` for the admin).
+async fn explain(
+    st: &AppState,
+    viewer: Option<i64>,
+    jobs: &mut [crate::store::Job],
+) -> Result<(), Problem> {
     let ids: Vec<i64> = jobs
         .iter()
         .filter(|j| j.state == "PENDING")
@@ -823,7 +828,7 @@ async fn explain(st: &AppState, jobs: &mut [crate::store::Job]) -> Result<(), Pr
     }
     let mut reasons = st
         .control
-        .ask(|reply| Cmd::Explain { ids, reply })
+        .ask(|reply| Cmd::Explain { ids, viewer, reply })
         .await
         .ok_or_else(loop_gone)?;
     for j in jobs {

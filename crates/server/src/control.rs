@@ -141,9 +141,12 @@ pub enum Cmd {
     },
     /// A tenant's quotas or weight changed in the store: reload them.
     TenantChanged { tenant_id: i64 },
-    /// Why-pending reasons of these jobs (missing = not pending).
+    /// Why-pending reasons of these jobs (missing = not pending), worded
+    /// for `viewer`: a tenant id, or `None` for the admin (a tenant is never
+    /// told how many of other tenants' jobs are ahead).
     Explain {
         ids: Vec<i64>,
+        viewer: Option<i64>,
         reply: oneshot::Sender<HashMap<i64, String>>,
     },
     Nodes {
@@ -785,8 +788,8 @@ impl Loop {
                 }));
             }
             Cmd::TenantChanged { tenant_id } => self.load_tenant(tenant_id).await?,
-            Cmd::Explain { ids, reply } => {
-                let _ = reply.send(self.explain(&ids));
+            Cmd::Explain { ids, viewer, reply } => {
+                let _ = reply.send(self.explain(&ids, viewer));
             }
             Cmd::Nodes { reply } => {
                 let _ = reply.send(self.node_views());
@@ -1208,7 +1211,7 @@ impl Loop {
         names.join("|")
     }
 
-    fn explain(&self, ids: &[i64]) -> HashMap<i64, String> {
+    fn explain(&self, ids: &[i64], viewer: Option<i64>) -> HashMap<i64, String> {
         let mut out = HashMap::new();
         for id in ids {
             let Some(l) = self.jobs.get(id) else { continue };
@@ -1265,12 +1268,18 @@ impl Loop {
                         )
                     }
                 }
-                WhyPending::Queue { ahead: 0 } => {
+                WhyPending::Queue { ahead: 0, .. } => {
                     "queued: resources are free; it starts at the next pass".to_string()
                 }
-                WhyPending::Queue { ahead } => {
-                    format!("priority: waiting behind {ahead} higher-priority jobs")
-                }
+                WhyPending::Queue { ahead, own } => match viewer {
+                    None => format!("priority: waiting behind {ahead} higher-priority jobs"),
+                    Some(_) if own == ahead => {
+                        format!("priority: waiting behind {own} higher-priority jobs of yours")
+                    }
+                    Some(_) => format!(
+                        "priority: waiting behind higher-priority jobs ({own} of them yours)"
+                    ),
+                },
             };
             out.insert(*id, text);
         }

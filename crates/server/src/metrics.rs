@@ -1,4 +1,6 @@
-//! `/metrics` in the Prometheus text format: jobs by state, GPUs allocated
+//! `/metrics` in the Prometheus text format (admin token: the figures are
+//! pool-wide, so tenants do not see them; Prometheus sends it with
+//! `authorization: {credentials_file: ...}`): jobs by state, GPUs allocated
 //! against capacity by model, nodes by state, and the latency of the
 //! scheduling loop (one pass plus its commit).
 
@@ -8,12 +10,16 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::api::{AppState, Problem};
+use crate::api::{AppState, Caller, Problem};
 use crate::control::LATENCY_BOUNDS;
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn render(State(st): State<AppState>) -> Result<impl IntoResponse, Problem> {
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])), responses(
+    (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+    (status = 401, description = "Missing, unknown or revoked token", body = crate::api::ProblemDoc),
+    (status = 403, description = "Not an admin token", body = crate::api::ProblemDoc)))]
+pub async fn render(State(st): State<AppState>, c: Caller) -> Result<impl IntoResponse, Problem> {
+    crate::api::admin(&c)?;
     let counts = st.store.job_counts().await?;
     let m = st.control.metrics.lock().expect("metrics lock").clone();
     let mut o = String::new();

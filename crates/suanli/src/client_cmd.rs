@@ -108,12 +108,47 @@ pub struct SubmitArgs {
     class: String,
     #[arg(long)]
     name: Option<String>,
+    /// Environment variable for the tasks, NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Working directory of the tasks on the node.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Maximum run time: seconds, or with s/m/h/d (e.g. 90m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    time: Option<String>,
+    /// Attempts allowed after the first one fails.
+    #[arg(long)]
+    retries: Option<u32>,
     /// Print the job as JSON.
     #[arg(long)]
     json: bool,
     /// The command to run (after --).
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+/// `90m` → 5400 s; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<u64, CliError> {
+    let bad = || {
+        usage(format!(
+            "--time {s:?}: expected seconds or a number with s, m, h or d"
+        ))
+    };
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1.0),
+        Some('m') => (&t[..t.len() - 1], 60.0),
+        Some('h') => (&t[..t.len() - 1], 3600.0),
+        Some('d') => (&t[..t.len() - 1], 86400.0),
+        _ => (t, 1.0),
+    };
+    let x: f64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = (x * mult).round();
+    if !(secs.is_finite() && secs >= 1.0) {
+        return Err(bad());
+    }
+    Ok(secs as u64)
 }
 
 /// `16G` → 16384 MiB; a bare number is MiB.
@@ -165,6 +200,25 @@ pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
     }
     if let Some(n) = &a.name {
         body["name"] = json!(n);
+    }
+    if !a.env.is_empty() {
+        let mut env = serde_json::Map::new();
+        for kv in &a.env {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| usage(format!("--env {kv:?}: expected NAME=VALUE")))?;
+            env.insert(k.to_string(), json!(v));
+        }
+        body["env"] = Value::Object(env);
+    }
+    if let Some(w) = &a.workdir {
+        body["workdir"] = json!(w);
+    }
+    if let Some(t) = &a.time {
+        body["max_runtime_s"] = json!(parse_duration(t)?);
+    }
+    if let Some(r) = a.retries {
+        body["retries"] = json!(r);
     }
     let v = a.conn.call("POST", "/v1/jobs", Some(body))?;
     if a.json {

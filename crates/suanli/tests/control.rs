@@ -228,8 +228,14 @@ fn quotas_limit_tenants_and_pending_jobs_say_why() {
         .collect();
     assert_eq!(reasons, vec![
         (g, "resources: only 1 of the gang's 2 tasks fit now (each needs 8 free GPUs of model any model)".to_string()),
-        (small, "priority: waiting behind 2 higher-priority jobs".to_string()),
+        (small, "priority: waiting behind higher-priority jobs (1 of them yours)".to_string()),
     ]);
+    // The admin is told the full count; beta is not told of acme's job.
+    assert_eq!(
+        job(&p.s, &p.admin, small)["reason"],
+        "priority: waiting behind 2 higher-priority jobs"
+    );
+    assert_eq!(call("GET", &p.s.u("/metrics"), Some(&beta), None).0, 403);
     // Raising the quota lets acme's job start... once FIFO's head moves:
     // the admin cancels the blocking gang.
     call(
@@ -294,8 +300,10 @@ fn spot_work_is_preempted_and_its_devices_are_handed_over_only_after_the_kill() 
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
-fn metrics(s: &Server) -> String {
+fn metrics(s: &Server, admin: &str) -> String {
+    assert_eq!(call("GET", &s.u("/metrics"), None, None).0, 401);
     ureq::get(&s.u("/metrics"))
+        .set("Authorization", &format!("Bearer {admin}"))
         .call()
         .unwrap()
         .into_string()
@@ -313,7 +321,7 @@ fn restart_restores_running_jobs_and_metrics_report_them() {
         .as_i64()
         .unwrap();
     heartbeat(&p.s, &p.agent, "n1", &[(a, 1, 0)], &[]);
-    let m = metrics(&p.s);
+    let m = metrics(&p.s, &p.admin);
     assert!(m.contains("suanli_jobs{state=\"RUNNING\"} 2"), "{m}");
     assert!(
         m.contains("suanli_gpus_capacity{model=\"A100-80G\"} 8"),
@@ -351,7 +359,7 @@ fn restart_restores_running_jobs_and_metrics_report_them() {
         .as_i64()
         .unwrap();
     assert_eq!(state(&p, c), "RUNNING");
-    let m = metrics(&p.s);
+    let m = metrics(&p.s, &p.admin);
     assert!(
         m.contains("suanli_gpus_allocated{model=\"A100-80G\"} 7.5"),
         "{m}"

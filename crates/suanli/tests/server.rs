@@ -466,6 +466,14 @@ fn the_cli_drives_the_server() {
             "H800",
             "--name",
             "train",
+            "--env",
+            "LR=0.1",
+            "--time",
+            "90m",
+            "--retries",
+            "2",
+            "--workdir",
+            "/data/run1",
             "--json",
             "--",
             "python",
@@ -482,6 +490,19 @@ fn the_cli_drives_the_server() {
         (Some(16_384), Some(4_000))
     );
     assert_eq!(j["command"], json!(["python", "train.py", "--lr", "0.1"]));
+    assert_eq!(
+        (&j["env"], &j["max_runtime_s"], &j["retries"], &j["workdir"]),
+        (
+            &json!({"LR": "0.1"}),
+            &json!(5400),
+            &json!(2),
+            &json!("/data/run1")
+        )
+    );
+    let (code, _, err) = cli(&s.url, &acme, &["submit", "--time", "soon", "--", "x"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&s.url, &acme, &["submit", "--env", "NOEQUALS", "--", "x"]);
+    assert_eq!(code, 2, "{err}");
     let (code, out, _) = cli(&s.url, &acme, &["job", "show", &id, "--json"]);
     assert_eq!(code, 0);
     let j: Value = serde_json::from_str(&out).unwrap();

@@ -24,8 +24,9 @@ pub enum WhyPending {
         fit: u32,
     },
     /// Resources are free but `ahead` jobs come first in the policy's order
-    /// (they are tried first; under FIFO the head blocks the rest).
-    Queue { ahead: usize },
+    /// (they are tried first; under FIFO the head blocks the rest), `own` of
+    /// them the same tenant's (what that tenant may be told).
+    Queue { ahead: usize, own: usize },
 }
 
 impl Scheduler {
@@ -235,12 +236,18 @@ impl Scheduler {
                 fit,
             });
         }
-        let ahead = if self.policy == QueuePolicy::Drf {
+        let (ahead, own) = if self.policy == QueuePolicy::Drf {
             let t = &self.tenants[s.tenant.0 as usize];
-            t.pending.range(..(e.key.0, j)).count()
+            let n = t.pending.range(..(e.key.0, j)).count();
+            (n, n)
         } else {
-            self.pending.range(..e.key).count()
+            let mut n = (0, 0);
+            for k in self.pending.range(..e.key) {
+                n.0 += 1;
+                n.1 += (self.jobs[k.2 .0 as usize].spec.tenant == s.tenant) as usize;
+            }
+            n
         };
-        Some(WhyPending::Queue { ahead })
+        Some(WhyPending::Queue { ahead, own })
     }
 }
