@@ -357,6 +357,13 @@ impl Loop {
             .check()
             .map_err(|e| anyhow::anyhow!("recovery: allocation ledger inconsistent: {e}"))?;
         lp.publish(None, 0);
+        tracing::info!(
+            nodes = lp.nodes.len(),
+            running = lp.sched.running_len(),
+            pending = lp.sched.pending_len(),
+            gpu_milli_allocated = lp.sched.allocated_gpu_milli(),
+            "recovered and checked the state from the store"
+        );
         Ok(lp)
     }
 
@@ -623,6 +630,14 @@ impl Loop {
             .await
             .context("committing a scheduling batch; stopping (restart recovers from the store)")?;
         let took = t0.elapsed();
+        if decided > 0 {
+            tracing::debug!(
+                decisions = decided,
+                writes = w.len(),
+                seconds = took.as_secs_f64(),
+                "batch committed"
+            );
+        }
         for d in done {
             d();
         }
@@ -979,6 +994,7 @@ impl Loop {
             }));
         }
         self.next_node += 1;
+        tracing::info!(node = %node.name, gpus = node.gpus, model = ?node.gpu_model, "node registered");
         self.add_node(node.clone())?;
         w.push(Write::UpsertNode(node.clone()));
         Ok(Ok(node))
@@ -998,6 +1014,7 @@ impl Loop {
             (_, false) => "ready",
         };
         n.node.state = state.to_string();
+        tracing::info!(node = name, state, "node state changed by the admin");
         let h = n.handle;
         self.sched.set_closed(h, drain);
         w.push(Write::NodeState { node: id, state });

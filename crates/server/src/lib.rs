@@ -95,6 +95,7 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         r = server => r?,
         r = &mut sched => {
             // The loop only ends on its own when the store failed.
+            tracing::error!("the scheduling loop stopped; exiting");
             return Err(match r {
                 Ok(Err(e)) => e,
                 Ok(Ok(())) => anyhow::anyhow!("the scheduling loop stopped"),
