@@ -465,6 +465,11 @@ impl Loop {
         let mut q = TenantQuota::unlimited(self.models.len());
         q.weight = tenant.weight;
         for quota in self.store.quotas(id).await? {
+            if !self.can_intern(&quota.gpu_model) {
+                tracing::warn!(tenant = id, model = %quota.gpu_model,
+                    "quota ignored: the pool already has 64 GPU models");
+                continue;
+            }
             let m = self.intern(&quota.gpu_model)?;
             let i = m.0 as usize;
             if q.max.len() <= i {
@@ -477,6 +482,19 @@ impl Loop {
         self.sched.set_quota(t, q);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Whether `name` is a known model or there is room for one more.
+    fn can_intern(&self, name: &str) -> bool {
+        self.models.get(name).is_some() || self.models.len() < 64
+    }
+
+    fn model_room(&self, n: &Node) -> Option<Refusal> {
+        let full = n.gpu_model.as_deref().is_some_and(|m| !self.can_intern(m));
+        full.then(|| Refusal::Invalid {
+            field: "gpus",
+            detail: "the pool already has 64 GPU models".to_string(),
+        })
     }
 
     fn intern(&mut self, name: &str) -> anyhow::Result<ModelId> {
@@ -954,6 +972,9 @@ impl Loop {
                         reg.name
                     ))));
                 }
+                if let Some(r) = self.model_room(&node) {
+                    return Ok(Err(r));
+                }
                 // Retire the old scheduler node (closed for good) and add
                 // one with the new inventory under the same id.
                 self.sched.set_closed(handle, true);
@@ -982,16 +1003,8 @@ impl Loop {
             registered_ms: now,
             last_heartbeat_ms: now,
         };
-        if self.models.len() >= 64
-            && node
-                .gpu_model
-                .as_deref()
-                .is_some_and(|m| self.models.get(m).is_none())
-        {
-            return Ok(Err(Refusal::Invalid {
-                field: "gpus",
-                detail: "the pool already has 64 GPU models".to_string(),
-            }));
+        if let Some(r) = self.model_room(&node) {
+            return Ok(Err(r));
         }
         self.next_node += 1;
         tracing::info!(node = %node.name, gpus = node.gpus, model = ?node.gpu_model, "node registered");

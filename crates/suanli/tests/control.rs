@@ -583,3 +583,37 @@ fn sigkill_under_concurrent_submissions_loses_no_acknowledged_job() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn more_than_64_gpu_models_are_refused_without_harm() {
+    let p = pool("models", &[]);
+    for i in 0..70 {
+        let (code, v, _) = call(
+            "PUT",
+            &p.s.u(&format!("/v1/tenants/acme/quotas/M{i}")),
+            Some(&p.admin),
+            Some(r#"{"guaranteed": 1}"#),
+        );
+        assert_eq!(code, 200, "{v}");
+    }
+    let devs = json!([{"index": 0, "model": "Late"}]);
+    let body = json!({"name": "late", "cpu_milli": 1000, "memory_mib": 1024, "gpus": devs});
+    let (code, v, _) = call(
+        "POST",
+        &p.s.u("/v1/agents/register"),
+        Some(&p.agent),
+        Some(&body.to_string()),
+    );
+    assert_eq!((code, v["field"].as_str()), (400, Some("gpus")), "{v}");
+    // Known models still register, and the server still schedules.
+    register(&p.s, &p.agent, "n1", 2, "M3", 8000);
+    let id = submit(
+        &p.s,
+        &p.acme,
+        json!({"command": ["x"], "gpus": 1, "gpu_models": ["M3"]}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(state(&p, id), "RUNNING");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
