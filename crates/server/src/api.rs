@@ -24,6 +24,10 @@ use crate::store::{
 use serde::Serialize;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+/// Attempts a job may make after its first fails (or its node is lost),
+/// unless it says otherwise.
+pub const DEFAULT_RETRIES: i64 = 1;
+
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -116,6 +120,8 @@ pub struct ProblemDoc {
 pub struct AppState {
     pub store: Store,
     pub control: Control,
+    /// Where task logs are kept: `DIR/logs/JOB/RUN/TASK.{out,err}`.
+    pub data_dir: std::path::PathBuf,
 }
 
 fn loop_gone() -> Problem {
@@ -164,13 +170,13 @@ impl Problem {
             field: None,
         }
     }
-    fn invalid(field: &'static str, detail: impl Into<String>) -> Problem {
+    pub(crate) fn invalid(field: &'static str, detail: impl Into<String>) -> Problem {
         Problem {
             field: Some(field),
             ..Problem::new(StatusCode::BAD_REQUEST, "invalid_field", detail)
         }
     }
-    fn not_found() -> Problem {
+    pub(crate) fn not_found() -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
     fn forbidden() -> Problem {
@@ -284,7 +290,7 @@ pub(crate) fn admin(c: &Caller) -> Result<(), Problem> {
 }
 
 /// Tenant filter for job queries: a tenant sees its own, the admin all.
-fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
+pub(crate) fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
     match &c.0 {
         Scope::Admin => Ok(None),
         Scope::Tenant { id, .. } => Ok(Some(*id)),
@@ -314,6 +320,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/register", post(register_agent))
         .route("/v1/agents/{name}/heartbeat", post(heartbeat))
         .route("/v1/agents/{name}/tasks/status", post(task_status))
+        .route("/v1/agents/{name}/logs", post(crate::logs::push))
+        .route("/v1/jobs/{id}/logs", get(crate::logs::read))
         .route("/metrics", get(crate::metrics::render))
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -683,7 +691,7 @@ fn validate_job(b: JobBody) -> Result<NewJob, Problem> {
             ));
         }
     }
-    let retries = b.retries.unwrap_or(0);
+    let retries = b.retries.unwrap_or(DEFAULT_RETRIES);
     if !(0..=100).contains(&retries) {
         return Err(Problem::invalid(
             "retries",
@@ -923,7 +931,7 @@ async fn undrain_node(
     set_drain(&st, &c, name, false).await
 }
 
-fn agent(c: &Caller) -> Result<(), Problem> {
+pub(crate) fn agent(c: &Caller) -> Result<(), Problem> {
     match c.0 {
         Scope::Agent => Ok(()),
         _ => Err(Problem::forbidden()),
@@ -1023,8 +1031,7 @@ fn validate_registration(b: RegisterBody) -> Result<Registration, Problem> {
     })
 }
 
-/// Seconds between an agent's heartbeats.
-pub const HEARTBEAT_INTERVAL_S: u64 = 5;
+
 
 /// Register (or re-register) a node (agent).
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterBody, security(("bearer" = [])), responses((status = 200, description = "Registered", body = Registered), (status = 409, description = "Inventory changed under running tasks", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
@@ -1043,7 +1050,7 @@ async fn register_agent(
         .ok_or_else(loop_gone)??;
     Ok(Json(Registered {
         node,
-        heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+        heartbeat_interval_s: st.control.heartbeat_interval_s,
     }))
 }
 
@@ -1132,7 +1139,8 @@ impl utoipa::Modify for BearerAuth {
     paths(
         healthz, create_tenant, list_tenants, get_tenant, set_quota, create_token, list_tokens,
         revoke_token, submit, list_jobs, get_job, cancel_job, job_events, list_nodes, drain_node,
-        undrain_node, register_agent, heartbeat, task_status, crate::metrics::render
+        undrain_node, register_agent, heartbeat, task_status, crate::metrics::render,
+        crate::logs::push, crate::logs::read
     ),
     components(schemas(TaskKey, TaskExit)),
     modifiers(&BearerAuth)

@@ -20,6 +20,13 @@
 //! # Jobs checkpoint every this many seconds of run time; a preempted job
 //! # resumes from its last checkpoint (0: it resumes where it stopped).
 //! checkpoint_s = 0
+//!
+//! [agents]
+//! # How often agents report (told to them when they register).
+//! heartbeat_interval_s = 5
+//! # A node whose agent has not reported for this long is down; its tasks are
+//! # requeued (or failed once the job's retries are used).
+//! lease_s = 20
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +45,15 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub scheduler: SchedulerSection,
+    #[serde(default)]
+    pub agents: AgentsSection,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSection {
+    pub heartbeat_interval_s: Option<u64>,
+    pub lease_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -124,6 +140,22 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
     }
     if let Some(c) = file.scheduler.checkpoint_s {
         scheduler.checkpoint_ms = c.saturating_mul(1000);
+    }
+    if let Some(h) = file.agents.heartbeat_interval_s {
+        if !(1..=3600).contains(&h) {
+            return Err(format!("agents.heartbeat_interval_s must be 1..=3600 (found {h})"));
+        }
+        scheduler.heartbeat_interval_s = h;
+    }
+    if let Some(l) = file.agents.lease_s {
+        scheduler.lease_ms = l.saturating_mul(1000);
+    }
+    if scheduler.lease_ms < 2 * scheduler.heartbeat_interval_s * 1000 {
+        return Err(format!(
+            "agents.lease_s ({} s) must be at least twice heartbeat_interval_s ({} s)",
+            scheduler.lease_ms / 1000,
+            scheduler.heartbeat_interval_s
+        ));
     }
     Ok(Settings {
         data_dir: o

@@ -71,6 +71,10 @@ pub struct TaskExit {
     pub signal: Option<i64>,
     #[serde(default)]
     pub reason: String,
+    /// The agent stopped it for running past the job's `max_runtime_s`:
+    /// the job fails without retry.
+    #[serde(default)]
+    pub timeout: bool,
 }
 
 /// An agent's report: every task it runs, and tasks that ended since.
@@ -181,6 +185,8 @@ pub const LATENCY_BOUNDS: [f64; 12] = [
 pub struct Control {
     tx: mpsc::Sender<Cmd>,
     pub metrics: Arc<Mutex<Metrics>>,
+    /// Told to agents when they register.
+    pub heartbeat_interval_s: u64,
 }
 
 impl Control {
@@ -203,6 +209,11 @@ pub struct LoopConfig {
     pub checkpoint_ms: u64,
     /// See [`SchedOptions::group_nodes`]; false only for benchmark baselines.
     pub group_nodes: bool,
+    /// A node whose agent has not reported for this long is down: its tasks
+    /// are lost (requeued, or failed once the job's retries are used).
+    pub lease_ms: u64,
+    /// How often agents are asked to report.
+    pub heartbeat_interval_s: u64,
 }
 
 impl Default for LoopConfig {
@@ -212,6 +223,8 @@ impl Default for LoopConfig {
             placement: suanli_sched::DEFAULT_POLICY.to_string(),
             checkpoint_ms: 0,
             group_nodes: true,
+            lease_ms: 20_000,
+            heartbeat_interval_s: 5,
         }
     }
 }
@@ -256,6 +269,7 @@ pub struct Loop {
     tenant_names: HashMap<i64, String>,
     next_job: i64,
     next_node: i64,
+    lease_ms: i64,
     dirty: bool,
     metrics: Arc<Mutex<Metrics>>,
 }
@@ -287,6 +301,7 @@ impl Loop {
         let mut lp = Loop {
             next_job: store.max_job_id().await? + 1,
             next_node: store.max_node_id().await? + 1,
+            lease_ms: cfg.lease_ms as i64,
             store,
             sched,
             models: Models::new(),
@@ -311,8 +326,12 @@ impl Loop {
             lp.load_tenant(t.id).await?;
         }
         let nodes = lp.store.nodes().await?;
+        let now = now_ms();
         for n in &nodes {
-            lp.add_node(n.clone())?;
+            // Agents get a fresh lease when the server (re)starts.
+            let mut n = n.clone();
+            n.last_heartbeat_ms = n.last_heartbeat_ms.max(now);
+            lp.add_node(n)?;
         }
         // Running jobs, from their tasks holding resources.
         let mut by_job: BTreeMap<i64, Vec<crate::store::Task>> = BTreeMap::new();
@@ -630,6 +649,7 @@ impl Loop {
         let now = now_ms();
         let mut w: Vec<Write> = Vec::new();
         let mut done: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        self.expire_leases(now, &mut w);
         for cmd in batch {
             self.apply(cmd, now, &mut w, &mut done).await?;
         }
@@ -1044,15 +1064,49 @@ impl Loop {
         w: &mut Vec<Write>,
     ) -> Result<i64, Refusal> {
         let node = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
-        self.nodes
-            .get_mut(&node)
-            .expect("node")
-            .node
-            .last_heartbeat_ms = now;
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.node.last_heartbeat_ms = now;
+        if n.node.state == "down" {
+            // The agent is back: the node takes work again.
+            n.node.state = "ready".to_string();
+            let h = n.handle;
+            self.sched.set_closed(h, false);
+            w.push(Write::NodeState {
+                node,
+                state: "ready",
+            });
+            self.dirty = true;
+        }
         w.push(Write::Heartbeat { node, at: now });
         let mut alive: BTreeSet<(i64, i64, i64)> = BTreeSet::new();
         for t in &report.running {
             alive.insert((t.job, t.run, t.task));
+            let current = self.jobs.get(&t.job).is_some_and(|l| {
+                l.run == t.run && l.tasks.get(t.task as usize).is_some_and(|x| x.0 == node)
+            });
+            let killing = self
+                .killing
+                .get(&node)
+                .is_some_and(|k| k.contains(&(t.job, t.run, t.task)));
+            if !current && !killing {
+                // Not ours (any more): a leftover, or a task of a node that
+                // was down. Have the agent stop it.
+                self.killing
+                    .entry(node)
+                    .or_default()
+                    .insert((t.job, t.run, t.task));
+                w.push(Write::TaskState {
+                    job: t.job,
+                    run: t.run,
+                    task: Some(t.task),
+                    from: &["ASSIGNED", "RUNNING", "LOST"],
+                    to: "KILLING",
+                    at: None,
+                    exit_code: None,
+                    reason: "not a live task of this node".to_string(),
+                });
+                continue;
+            }
             let Some(l) = self.jobs.get_mut(&t.job) else {
                 continue;
             };
@@ -1117,10 +1171,52 @@ impl Loop {
                 exit_code: None,
                 signal: None,
                 reason: "lost: the agent no longer runs it".to_string(),
+                timeout: false,
             };
             self.task_exited(node, &e, now, w);
         }
         Ok(node)
+    }
+
+    /// Nodes whose agent missed its lease are down; their live tasks are
+    /// lost as of the last heartbeat.
+    fn expire_leases(&mut self, now: i64, w: &mut Vec<Write>) {
+        let expired: Vec<i64> = self
+            .nodes
+            .values()
+            .filter(|n| n.node.state != "down" && now - n.node.last_heartbeat_ms > self.lease_ms)
+            .map(|n| n.node.id)
+            .collect();
+        for id in expired {
+            let n = self.nodes.get_mut(&id).expect("node");
+            n.node.state = "down".to_string();
+            let (h, last, name) = (n.handle, n.node.last_heartbeat_ms, n.node.name.clone());
+            self.sched.set_closed(h, true);
+            w.push(Write::NodeState {
+                node: id,
+                state: "down",
+            });
+            tracing::warn!(node = %name, "node down: no heartbeat within the lease");
+            let tasks: Vec<(i64, i64)> = self
+                .on_node
+                .get(&id)
+                .map(|t| t.iter().copied().collect())
+                .unwrap_or_default();
+            for (job, task) in tasks {
+                let run = self.jobs[&job].run;
+                let e = TaskExit {
+                    job,
+                    run,
+                    task,
+                    exit_code: None,
+                    signal: None,
+                    reason: format!("lost: node {name} missed its lease"),
+                    timeout: false,
+                };
+                self.task_exited(id, &e, last, w);
+            }
+            self.dirty = true;
+        }
     }
 
     fn task_exited(&mut self, node: i64, e: &TaskExit, now: i64, w: &mut Vec<Write>) {
@@ -1200,7 +1296,7 @@ impl Loop {
         // The attempt failed: stop the rest of the gang.
         self.stop_tasks(e.job, "another task of the gang failed", now, w);
         let detail = format!("task {} {reason}", e.task);
-        if run <= retries {
+        if run <= retries && !e.timeout {
             self.sched.requeue(handle, now as u64);
             w.push(Write::JobState {
                 job: e.job,
@@ -1365,6 +1461,7 @@ pub async fn start(
     let control = Control {
         tx,
         metrics: lp.metrics.clone(),
+        heartbeat_interval_s: cfg.heartbeat_interval_s,
     };
     let task = tokio::spawn(lp.run(rx));
     Ok((control, task))

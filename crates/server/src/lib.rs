@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod logs;
 pub mod metrics;
 pub mod store;
 
@@ -89,7 +90,11 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     eprintln!("listening on {}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, policy = ?cfg.scheduler.queue_policy, "serving");
-    let app = api::router(api::AppState { store, control });
+    let app = api::router(api::AppState {
+        store,
+        control,
+        data_dir: cfg.data_dir.clone(),
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
     tokio::select! {
         r = server => r?,

@@ -115,6 +115,11 @@ pub trait Backend: Send + Sync {
     /// needed to run them) and tasks to stop (KILLING).
     async fn node_orders(&self, node: i64) -> Result<(Vec<Assignment>, Vec<TaskRef>), StoreError>;
 
+    /// The node a task of an attempt was placed on.
+    async fn task_node(&self, job: i64, run: i64, task: i64) -> Result<Option<i64>, StoreError>;
+
+    async fn node_id(&self, name: &str) -> Result<Option<i64>, StoreError>;
+
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }

@@ -460,6 +460,24 @@ impl Backend for SqliteStore {
         Ok((starts, kills))
     }
 
+    async fn task_node(&self, job: i64, run: i64, task: i64) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT node_id FROM tasks WHERE job_id = ? AND run = ? AND idx = ?")
+                .bind(job)
+                .bind(run)
+                .bind(task)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn node_id(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM nodes WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")

@@ -1,0 +1,172 @@
+//! Task logs. Agents push each task's stdout and stderr to the server in
+//! chunks (`POST /v1/agents/{node}/logs`, raw bytes at an offset), so a
+//! tenant reads them through the API (`GET /v1/jobs/{id}/logs`) without any
+//! connection to the nodes. Files live in `DATA_DIR/logs/JOB/RUN/TASK.STREAM`.
+//! A push is idempotent: bytes the server already has are skipped, and a
+//! push past the end is refused with the offset expected.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderName, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::{agent, job_scope, AppState, Caller, Problem};
+
+/// Most bytes one read returns.
+pub const MAX_READ: u64 = 1 << 20;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PushQuery {
+    job: i64,
+    run: i64,
+    task: i64,
+    /// `out` or `err`.
+    stream: String,
+    /// Where these bytes start in the task's stream.
+    offset: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Pushed {
+    /// The server's length of the stream after this push.
+    pub next_offset: u64,
+}
+
+fn stream_ok(s: &str) -> Result<(), Problem> {
+    if s == "out" || s == "err" {
+        Ok(())
+    } else {
+        Err(Problem::invalid("stream", "stream must be out or err"))
+    }
+}
+
+fn path(st: &AppState, job: i64, run: i64, task: i64, stream: &str) -> PathBuf {
+    st.data_dir
+        .join("logs")
+        .join(job.to_string())
+        .join(run.to_string())
+        .join(format!("{task}.{stream}"))
+}
+
+fn io(e: std::io::Error) -> Problem {
+    tracing::error!("logs: {e}");
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "logs_unavailable", "the log store failed; retry")
+}
+
+/// Append a chunk of a task's output (agent of the node the task runs on).
+#[utoipa::path(post, path = "/v1/agents/{name}/logs", tag = "agents", params(("name" = String, Path), PushQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = [])),
+    responses((status = 200, description = "Stored", body = Pushed),
+        (status = 409, description = "Offset past the end: push from next_offset", body = crate::api::ProblemDoc),
+        (status = 404, description = "No such task on this node", body = crate::api::ProblemDoc)))]
+pub async fn push(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    q: Result<Query<PushQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Pushed>, Problem> {
+    agent(&c)?;
+    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    stream_ok(&q.stream)?;
+    let node = st.store.node_id(&name).await?;
+    let on = st.store.task_node(q.job, q.run, q.task).await?;
+    if node.is_none() || on != node {
+        return Err(Problem::not_found());
+    }
+    let p = path(&st, q.job, q.run, q.task, &q.stream);
+    let next = tokio::task::spawn_blocking(move || -> Result<Result<u64, u64>, std::io::Error> {
+        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p)?;
+        let len = f.metadata()?.len();
+        if q.offset > len {
+            return Ok(Err(len));
+        }
+        let skip = (len - q.offset) as usize;
+        if skip < body.len() {
+            f.write_all(&body[skip..])?;
+        }
+        Ok(Ok(len.max(q.offset + body.len() as u64)))
+    })
+    .await
+    .map_err(|e| io(std::io::Error::other(e)))?
+    .map_err(io)?;
+    match next {
+        Ok(n) => Ok(Json(Pushed { next_offset: n })),
+        Err(len) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "offset_gap",
+            format!("the server has {len} bytes of this stream; push from offset {len}"),
+        )),
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// Task index (default 0).
+    task: Option<i64>,
+    /// Attempt (default: the job's latest).
+    run: Option<i64>,
+    /// `out` (default) or `err`.
+    stream: Option<String>,
+    /// Byte offset to read from (default 0).
+    offset: Option<u64>,
+}
+
+/// A task's output from `offset`, at most 1 MiB; the `x-next-offset` header
+/// says where to continue.
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", params(("id" = i64, Path), ReadQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Bytes of the stream", content_type = "application/octet-stream"),
+        (status = 404, description = "No such job, or not yours", body = crate::api::ProblemDoc)))]
+pub async fn read(
+    State(st): State<AppState>,
+    c: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    let Path(id) = id?;
+    let scope = job_scope(&c)?;
+    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let job = st.store.job(id, scope).await?;
+    let stream = q.stream.unwrap_or_else(|| "out".to_string());
+    stream_ok(&stream)?;
+    let task = q.task.unwrap_or(0);
+    if !(0..job.tasks).contains(&task) {
+        return Err(Problem::invalid("task", format!("task must be 0..{}", job.tasks)));
+    }
+    let run = q.run.unwrap_or(job.run);
+    let offset = q.offset.unwrap_or(0);
+    let p = path(&st, id, run, task, &stream);
+    let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, std::io::Error> {
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.take(MAX_READ).read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| io(std::io::Error::other(e)))?
+    .map_err(io)?;
+    let next = offset + data.len() as u64;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (HeaderName::from_static("x-next-offset"), next.to_string()),
+            (HeaderName::from_static("x-job-state"), job.state.clone()),
+        ],
+        data,
+    ))
+}
