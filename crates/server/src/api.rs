@@ -1031,8 +1031,6 @@ fn validate_registration(b: RegisterBody) -> Result<Registration, Problem> {
     })
 }
 
-
-
 /// Register (or re-register) a node (agent).
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterBody, security(("bearer" = [])), responses((status = 200, description = "Registered", body = Registered), (status = 409, description = "Inventory changed under running tasks", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn register_agent(

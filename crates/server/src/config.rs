@@ -143,7 +143,9 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
     }
     if let Some(h) = file.agents.heartbeat_interval_s {
         if !(1..=3600).contains(&h) {
-            return Err(format!("agents.heartbeat_interval_s must be 1..=3600 (found {h})"));
+            return Err(format!(
+                "agents.heartbeat_interval_s must be 1..=3600 (found {h})"
+            ));
         }
         scheduler.heartbeat_interval_s = h;
     }

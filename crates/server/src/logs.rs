@@ -57,7 +57,11 @@ fn path(st: &AppState, job: i64, run: i64, task: i64, stream: &str) -> PathBuf {
 
 fn io(e: std::io::Error) -> Problem {
     tracing::error!("logs: {e}");
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "logs_unavailable", "the log store failed; retry")
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "logs_unavailable",
+        "the log store failed; retry",
+    )
 }
 
 /// Append a chunk of a task's output (agent of the node the task runs on).
@@ -74,7 +78,8 @@ pub async fn push(
     body: Bytes,
 ) -> Result<Json<Pushed>, Problem> {
     agent(&c)?;
-    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     stream_ok(&q.stream)?;
     let node = st.store.node_id(&name).await?;
     let on = st.store.task_node(q.job, q.run, q.task).await?;
@@ -84,7 +89,10 @@ pub async fn push(
     let p = path(&st, q.job, q.run, q.task, &q.stream);
     let next = tokio::task::spawn_blocking(move || -> Result<Result<u64, u64>, std::io::Error> {
         std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)?;
         let len = f.metadata()?.len();
         if q.offset > len {
             return Ok(Err(len));
@@ -135,13 +143,17 @@ pub async fn read(
 ) -> Result<impl IntoResponse, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
-    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let job = st.store.job(id, scope).await?;
     let stream = q.stream.unwrap_or_else(|| "out".to_string());
     stream_ok(&stream)?;
     let task = q.task.unwrap_or(0);
     if !(0..job.tasks).contains(&task) {
-        return Err(Problem::invalid("task", format!("task must be 0..{}", job.tasks)));
+        return Err(Problem::invalid(
+            "task",
+            format!("task must be 0..{}", job.tasks),
+        ));
     }
     let run = q.run.unwrap_or(job.run);
     let offset = q.offset.unwrap_or(0);

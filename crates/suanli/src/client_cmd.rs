@@ -47,6 +47,40 @@ impl Conn {
         Ok((server.trim_end_matches('/').to_string(), token))
     }
 
+    /// GET raw bytes; returns them with the `x-next-offset` and
+    /// `x-job-state` headers.
+    fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, u64, String), CliError> {
+        let (server, token) = self.resolve()?;
+        let url = format!("{server}{path}");
+        match ureq::get(&url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+        {
+            Ok(r) => {
+                let next = r
+                    .header("x-next-offset")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let state = r.header("x-job-state").unwrap_or("").to_string();
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)
+                    .map_err(|e| failure(format!("{url}: {e}")))?;
+                Ok((buf, next, state))
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                let v: Value = r.into_json().unwrap_or(Value::Null);
+                let detail = v["detail"].as_str().unwrap_or("request failed");
+                let msg = format!("server: {code} {detail}");
+                if (400..500).contains(&code) {
+                    Err(CliError { code: 3, msg })
+                } else {
+                    Err(failure(msg))
+                }
+            }
+            Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
+        }
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let (server, token) = self.resolve()?;
         let url = format!("{server}{path}");
@@ -296,11 +330,11 @@ pub fn queue(a: QueueArgs) -> Result<(), CliError> {
     for j in &all {
         println!(
             "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} {}",
-            j["id"],
+            j["id"].to_string(),
             j["tenant"].as_str().unwrap_or(""),
             j["name"].as_str().unwrap_or(""),
             j["state"].as_str().unwrap_or(""),
-            j["tasks"],
+            j["tasks"].to_string(),
             gpus_of(j),
             j["class"].as_str().unwrap_or(""),
             j["reason"].as_str().unwrap_or("")
@@ -682,9 +716,68 @@ pub fn nodes(a: NodesArgs) -> Result<(), CliError> {
             n["gpu_model"].as_str().unwrap_or("-"),
             format!("{used}/{gpus}"),
             format!("{cpu_used}/{cpu}"),
-            n["jobs"],
+            n["jobs"].to_string(),
             ago
         );
     }
     Ok(())
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    id: i64,
+    /// Task index.
+    #[arg(long, default_value_t = 0)]
+    task: i64,
+    /// Attempt [default: the latest].
+    #[arg(long)]
+    run: Option<i64>,
+    /// Standard error instead of standard output.
+    #[arg(long)]
+    stderr: bool,
+    /// Keep printing new output until the job ends.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+/// `suanli logs JOB`: a task's output, through the server.
+pub fn logs(a: LogsArgs) -> Result<(), CliError> {
+    use std::io::Write;
+    let stream = if a.stderr { "err" } else { "out" };
+    let mut offset = 0u64;
+    let mut out = std::io::stdout();
+    let path = |offset: u64| {
+        let mut p = format!(
+            "/v1/jobs/{}/logs?task={}&stream={stream}&offset={offset}",
+            a.id, a.task
+        );
+        if let Some(r) = a.run {
+            p.push_str(&format!("&run={r}"));
+        }
+        p
+    };
+    let mut print = |data: &[u8]| {
+        out.write_all(data)
+            .and_then(|_| out.flush())
+            .map_err(|e| failure(e.to_string()))
+    };
+    loop {
+        let (data, next, state) = a.conn.get_bytes(&path(offset))?;
+        print(&data)?;
+        offset = next.max(offset);
+        if !a.follow {
+            return Ok(());
+        }
+        if data.is_empty() {
+            if matches!(state.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
+                // The agent pushes the tail right after the exit: one last read.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                let (data, _, _) = a.conn.get_bytes(&path(offset))?;
+                return print(&data);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The `suanli` binary: thin glue. Flags are parsed (clap), validated once into
 //! settings, then handed to the libraries.
 
+mod agent_cmd;
 mod bench_server;
 mod client_cmd;
 mod jobs_cmd;
@@ -50,6 +51,12 @@ enum Cmd {
     Token(client_cmd::TokenCmd),
     /// List nodes; `nodes drain NAME`, `nodes undrain NAME` (admin).
     Nodes(client_cmd::NodesArgs),
+    /// A task's output: suanli logs JOB [--task I] [--stderr] [--follow].
+    Logs(client_cmd::LogsArgs),
+    /// Run the node agent: register this machine's GPUs and run tasks.
+    Agent(agent_cmd::AgentArgs),
+    /// A whole pool on this machine: a server, N agents, a demo tenant.
+    Up(agent_cmd::UpArgs),
 }
 
 #[derive(clap::Args)]
@@ -137,6 +144,9 @@ fn main() -> ExitCode {
         Cmd::Tenant(c) => client_cmd::tenant(c),
         Cmd::Token(c) => client_cmd::token(c),
         Cmd::Nodes(a) => client_cmd::nodes(a),
+        Cmd::Logs(a) => client_cmd::logs(a),
+        Cmd::Agent(a) => agent_cmd::agent(a),
+        Cmd::Up(a) => agent_cmd::up(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -462,12 +462,14 @@ impl Backend for SqliteStore {
 
     async fn task_node(&self, job: i64, run: i64, task: i64) -> Result<Option<i64>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT node_id FROM tasks WHERE job_id = ? AND run = ? AND idx = ?")
-                .bind(job)
-                .bind(run)
-                .bind(task)
-                .fetch_optional(&self.pool)
-                .await?,
+            sqlx::query_scalar(
+                "SELECT node_id FROM tasks WHERE job_id = ? AND run = ? AND idx = ?",
+            )
+            .bind(job)
+            .bind(run)
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?,
         )
     }
 

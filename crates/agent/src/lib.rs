@@ -1,0 +1,576 @@
+//! # suanli-agent: the node agent
+//!
+//! Installed on every GPU server. It discovers the machine (GPUs through NVML
+//! loaded at run time, CPU cores and memory from the OS), registers with the
+//! server using an agent (join) token, and then loops:
+//!
+//! 1. reap finished tasks, enforce each job's `max_runtime_s` and the stop
+//!    grace period;
+//! 2. push new log bytes of every task to the server;
+//! 3. heartbeat: every task it runs and every exit not yet acknowledged go in;
+//!    start and kill orders come back;
+//! 4. stop what it is told to stop (SIGTERM to the process group, SIGKILL
+//!    after the grace period) and start what it is told to start, each task
+//!    a process group with its devices in `CUDA_VISIBLE_DEVICES`.
+//!
+//! A heartbeat that misses the server's lease makes the node `down` and its
+//! tasks are requeued elsewhere. A restarted agent kills the process groups
+//! its previous run left (listed in `WORK_DIR/agent-state.json`, checked by
+//! process start time against pid reuse). The server then learns which tasks
+//! are gone from the first heartbeat.
+
+pub mod task;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use task::{Assignment, Key, Task};
+
+/// Which GPUs the node has.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuSpec {
+    /// Ask NVML (none if no NVIDIA driver is installed).
+    Auto,
+    None,
+    /// Declared, for development and tests: `fake:8xA100-80G`.
+    Fake {
+        count: u32,
+        model: String,
+    },
+}
+
+impl GpuSpec {
+    pub fn parse(s: &str) -> Result<GpuSpec, String> {
+        match s {
+            "auto" => Ok(GpuSpec::Auto),
+            "none" => Ok(GpuSpec::None),
+            _ => {
+                let bad = || {
+                    format!("--gpus {s:?}: expected auto, none or fake:COUNTxMODEL (e.g. fake:8xA100-80G)")
+                };
+                let f = s.strip_prefix("fake:").ok_or_else(bad)?;
+                let (n, model) = f.split_once('x').ok_or_else(bad)?;
+                let count: u32 = n.parse().map_err(|_| bad())?;
+                if !(1..=16).contains(&count) || model.is_empty() {
+                    return Err(format!("--gpus {s:?}: 1 to 16 GPUs of a named model"));
+                }
+                Ok(GpuSpec::Fake {
+                    count,
+                    model: model.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// One GPU device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpu {
+    pub index: u32,
+    pub model: String,
+    pub memory_mib: u64,
+}
+
+/// A GPU model name as the server accepts it: `NVIDIA A100-SXM4-80GB` →
+/// `A100-SXM4-80GB`.
+pub fn model_name(raw: &str) -> String {
+    let s = raw.trim();
+    let s = s.strip_prefix("NVIDIA ").unwrap_or(s);
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out.truncate(63);
+    if out.is_empty() {
+        "unknown".to_string()
+    } else {
+        out
+    }
+}
+
+/// The node's GPUs. NVML is loaded at run time: no driver means no GPUs.
+pub fn discover_gpus(spec: &GpuSpec) -> Result<Vec<Gpu>, String> {
+    match spec {
+        GpuSpec::None => Ok(Vec::new()),
+        GpuSpec::Fake { count, model } => Ok((0..*count)
+            .map(|i| Gpu {
+                index: i,
+                model: model_name(model),
+                memory_mib: 81_920,
+            })
+            .collect()),
+        GpuSpec::Auto => {
+            let nvml = match nvml_wrapper::Nvml::init() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("suanli-agent: no NVIDIA GPUs ({e}); registering a CPU-only node");
+                    return Ok(Vec::new());
+                }
+            };
+            let n = nvml.device_count().map_err(|e| format!("NVML: {e}"))?;
+            let mut gpus = Vec::new();
+            for i in 0..n {
+                let d = nvml
+                    .device_by_index(i)
+                    .map_err(|e| format!("NVML device {i}: {e}"))?;
+                let name = d.name().map_err(|e| format!("NVML device {i}: {e}"))?;
+                let mem = d
+                    .memory_info()
+                    .map_err(|e| format!("NVML device {i}: {e}"))?;
+                gpus.push(Gpu {
+                    index: i,
+                    model: model_name(&name),
+                    memory_mib: mem.total >> 20,
+                });
+            }
+            if let Some(g) = gpus.iter().find(|g| g.model != gpus[0].model) {
+                return Err(format!(
+                    "this node has GPUs of two models ({} and {}); a Suanli node is one model",
+                    gpus[0].model, g.model
+                ));
+            }
+            Ok(gpus)
+        }
+    }
+}
+
+/// CPU cores (milli) and memory (MiB) of this machine.
+pub fn discover_host() -> (u64, u64) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(1 << 20);
+    (cores * 1000, mem_kib / 1024)
+}
+
+/// Everything the agent needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub server: String,
+    pub token: String,
+    pub name: String,
+    /// Address other nodes reach this one at (`MASTER_ADDR` of gangs).
+    pub addr: String,
+    pub labels: BTreeMap<String, String>,
+    pub gpus: Vec<Gpu>,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub work_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    http: ureq::Agent,
+    interval: Duration,
+    tasks: BTreeMap<Key, Task>,
+    /// Exits not yet acknowledged by a successful heartbeat.
+    unacked: Vec<Value>,
+}
+
+fn log(msg: &str) {
+    eprintln!("suanli-agent: {msg}");
+}
+
+impl Agent {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.server.trim_end_matches('/'))
+    }
+
+    fn post(&self, path: &str, body: Value) -> Result<Value, (u16, String)> {
+        let r = self
+            .http
+            .post(&self.url(path))
+            .set("Authorization", &format!("Bearer {}", self.cfg.token))
+            .send_json(body);
+        match r {
+            Ok(resp) => resp.into_json().map_err(|e| (0, e.to_string())),
+            Err(ureq::Error::Status(code, resp)) => {
+                Err((code, resp.into_string().unwrap_or_default()))
+            }
+            Err(e) => Err((0, e.to_string())),
+        }
+    }
+
+    fn register(&mut self) -> Result<(), (u16, String)> {
+        let gpus: Vec<Value> = self
+            .cfg
+            .gpus
+            .iter()
+            .map(|g| json!({"index": g.index, "model": g.model, "memory_mib": g.memory_mib}))
+            .collect();
+        let v = self.post(
+            "/v1/agents/register",
+            json!({"name": self.cfg.name, "addr": self.cfg.addr, "labels": self.cfg.labels,
+                "cpu_milli": self.cfg.cpu_milli, "memory_mib": self.cfg.memory_mib, "gpus": gpus}),
+        )?;
+        let s = v["heartbeat_interval_s"].as_u64().unwrap_or(5).max(1);
+        self.interval = Duration::from_secs(s);
+        Ok(())
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.cfg.work_dir.join("agent-state.json")
+    }
+
+    /// Remember the live process groups, so a restarted agent can kill them.
+    fn save_state(&self) {
+        let groups: Vec<Value> = self
+            .tasks
+            .values()
+            .filter(|t| t.running() && t.pgid > 0)
+            .map(|t| json!({"pgid": t.pgid, "start": task::start_ticks(t.pgid)}))
+            .collect();
+        let tmp = self.state_file().with_extension("tmp");
+        if std::fs::write(&tmp, json!({ "groups": groups }).to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, self.state_file());
+        }
+    }
+
+    /// Kill what a previous run of this agent left behind.
+    fn kill_leftovers(&self) {
+        let Ok(text) = std::fs::read_to_string(self.state_file()) else {
+            return;
+        };
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for g in v["groups"].as_array().cloned().unwrap_or_default() {
+            let pgid = g["pgid"].as_i64().unwrap_or(0) as i32;
+            let start = g["start"].as_u64();
+            if pgid > 0 && start.is_some() && task::start_ticks(pgid) == start {
+                log(&format!(
+                    "killing process group {pgid} left by a previous run"
+                ));
+                task::signal_group(pgid, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(self.state_file());
+    }
+
+    fn push_logs(&mut self) {
+        const CHUNK: usize = 60 * 1024;
+        let keys: Vec<Key> = self.tasks.keys().copied().collect();
+        for k in keys {
+            for stream in 0..2 {
+                for _ in 0..16 {
+                    let t = &self.tasks[&k];
+                    let data = t.log_chunk(stream, CHUNK);
+                    if data.is_empty() {
+                        break;
+                    }
+                    let path = format!(
+                        "/v1/agents/{}/logs?job={}&run={}&task={}&stream={}&offset={}",
+                        self.cfg.name,
+                        k.0,
+                        k.1,
+                        k.2,
+                        ["out", "err"][stream],
+                        t.pushed[stream]
+                    );
+                    let r = self
+                        .http
+                        .post(&self.url(&path))
+                        .set("Authorization", &format!("Bearer {}", self.cfg.token))
+                        .set("Content-Type", "application/octet-stream")
+                        .send_bytes(&data);
+                    let t = self.tasks.get_mut(&k).expect("task");
+                    match r {
+                        Ok(resp) => {
+                            let v: Value = resp.into_json().unwrap_or(Value::Null);
+                            t.pushed[stream] = v["next_offset"]
+                                .as_u64()
+                                .unwrap_or(t.pushed[stream] + data.len() as u64);
+                        }
+                        Err(ureq::Error::Status(409, resp)) => {
+                            // The server has less: resend from where it is.
+                            let detail = resp.into_string().unwrap_or_default();
+                            let at = detail
+                                .split("push from offset ")
+                                .nth(1)
+                                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
+                            t.pushed[stream] = at;
+                        }
+                        Err(ureq::Error::Status(404, _)) => {
+                            // The server no longer has this task here: drop its logs.
+                            t.pushed = [u64::MAX, u64::MAX];
+                            break;
+                        }
+                        Err(_) => return, // server unreachable: retry next tick
+                    }
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) -> Result<(), (u16, String)> {
+        let running: Vec<Value> = self
+            .tasks
+            .values()
+            .filter(|t| t.running())
+            .map(|t| json!({"job": t.key.0, "run": t.key.1, "task": t.key.2}))
+            .collect();
+        let sent = self.unacked.len();
+        let body = json!({"running": running, "exited": self.unacked});
+        let v = self.post(&format!("/v1/agents/{}/heartbeat", self.cfg.name), body)?;
+        self.unacked.drain(..sent);
+        for k in v["kill"].as_array().cloned().unwrap_or_default() {
+            let key = (
+                k["job"].as_i64().unwrap_or(0),
+                k["run"].as_i64().unwrap_or(0),
+                k["task"].as_i64().unwrap_or(0),
+            );
+            if let Some(t) = self.tasks.get_mut(&key) {
+                t.stop("stopped by the server", false, self.cfg.grace);
+            }
+        }
+        for a in v["start"].as_array().cloned().unwrap_or_default() {
+            let a: Assignment = match serde_json::from_value(a) {
+                Ok(a) => a,
+                Err(e) => {
+                    log(&format!("ignoring a malformed start order: {e}"));
+                    continue;
+                }
+            };
+            let key = (a.job, a.run, a.task);
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            let mut t = Task::start(&a, &self.cfg.work_dir);
+            if let Some(e) = &t.exit {
+                log(&format!("job {} task {}: {}", a.job, a.task, e.reason));
+                self.unacked.push(exit_json(&t));
+                t.reported = true;
+            }
+            self.tasks.insert(key, t);
+        }
+        // Forget tasks that ended, were acknowledged and whose logs are up.
+        let acked: Vec<Key> = self
+            .tasks
+            .values()
+            .filter(|t| !t.running() && t.reported && t.logs_pushed())
+            .map(|t| t.key)
+            .collect();
+        for k in acked {
+            self.tasks.remove(&k);
+        }
+        self.save_state();
+        Ok(())
+    }
+}
+
+fn exit_json(t: &Task) -> Value {
+    let e = t.exit.as_ref().expect("ended");
+    json!({"job": t.key.0, "run": t.key.1, "task": t.key.2, "exit_code": e.code,
+        "signal": e.signal, "reason": e.reason, "timeout": e.timeout})
+}
+
+/// Run the agent until `stop` is set; then stop every task (SIGTERM, then
+/// SIGKILL after the grace period) and return.
+pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.work_dir)
+        .map_err(|e| format!("{}: {e}", cfg.work_dir.display()))?;
+    let mut a = Agent {
+        http: ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build(),
+        interval: Duration::from_secs(5),
+        tasks: BTreeMap::new(),
+        unacked: Vec::new(),
+        cfg,
+    };
+    a.kill_leftovers();
+    // Register, retrying while the server is unreachable; a refusal (4xx)
+    // is final.
+    loop {
+        match a.register() {
+            Ok(()) => break,
+            Err((code, msg)) if (400..500).contains(&code) => {
+                return Err(format!("registration refused ({code}): {msg}"))
+            }
+            Err((_, msg)) => log(&format!("cannot register yet: {msg}")),
+        }
+        if sleep_or_stop(stop, Duration::from_secs(1)) {
+            return Ok(());
+        }
+    }
+    log(&format!(
+        "registered {} with {} GPUs; heartbeat every {} s",
+        a.cfg.name,
+        a.cfg.gpus.len(),
+        a.interval.as_secs()
+    ));
+    let mut last_beat = Instant::now() - a.interval;
+    while !stop.load(Ordering::Relaxed) {
+        let mut ended = false;
+        for t in a.tasks.values_mut() {
+            if t.poll(a.cfg.grace) {
+                ended = true;
+            }
+        }
+        if ended {
+            for t in a.tasks.values_mut().filter(|t| !t.running() && !t.reported) {
+                t.reported = true;
+                a.unacked.push(exit_json(t));
+            }
+        }
+        a.push_logs();
+        if ended || last_beat.elapsed() >= a.interval {
+            match a.heartbeat() {
+                Ok(()) => last_beat = Instant::now(),
+                Err((404, _)) => {
+                    log("the server does not know this node; registering again");
+                    let _ = a.register();
+                }
+                Err((_, msg)) => log(&format!("heartbeat failed: {msg}")),
+            }
+        }
+        sleep_or_stop(stop, Duration::from_millis(100));
+    }
+    // Shutting down: nothing we started may outlive us.
+    for t in a.tasks.values_mut() {
+        t.stop("the agent is stopping", false, a.cfg.grace);
+    }
+    let deadline = Instant::now() + a.cfg.grace + Duration::from_secs(1);
+    while a.tasks.values().any(Task::running) && Instant::now() < deadline {
+        for t in a.tasks.values_mut() {
+            t.poll(a.cfg.grace);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(a.state_file());
+    Ok(())
+}
+
+/// Sleep `d` unless `stop` is set meanwhile; true if it was.
+fn sleep_or_stop(stop: &AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+/// Labels from `rack=r1,zone=z1`.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for kv in s.split(',').filter(|x| !x.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--labels {s:?}: expected KEY=VALUE,KEY=VALUE"))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// The default node name: the host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// Default work dir.
+pub fn default_work_dir() -> PathBuf {
+    Path::new("suanli-agent").to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_specs_parse() {
+        assert_eq!(
+            GpuSpec::parse("fake:8xA100-80G"),
+            Ok(GpuSpec::Fake {
+                count: 8,
+                model: "A100-80G".into()
+            })
+        );
+        assert_eq!(GpuSpec::parse("none"), Ok(GpuSpec::None));
+        assert!(GpuSpec::parse("fake:0xA100").is_err());
+        assert!(GpuSpec::parse("fake:8").is_err());
+        assert!(GpuSpec::parse("lots")
+            .unwrap_err()
+            .contains("fake:COUNTxMODEL"));
+    }
+
+    #[test]
+    fn nvml_names_become_model_names() {
+        assert_eq!(model_name("NVIDIA A100-SXM4-80GB"), "A100-SXM4-80GB");
+        assert_eq!(model_name("NVIDIA GeForce RTX 4090"), "GeForce-RTX-4090");
+    }
+
+    #[test]
+    fn without_a_driver_auto_finds_no_gpus() {
+        // This machine has no NVIDIA driver: NVML fails to load, which is
+        // "no GPUs", not an error.
+        if std::path::Path::new("/proc/driver/nvidia").exists() {
+            eprintln!("skipped: an NVIDIA driver is present");
+            return;
+        }
+        assert_eq!(discover_gpus(&GpuSpec::Auto), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn the_environment_names_devices_rank_and_master() {
+        let a = Assignment {
+            job: 7,
+            run: 2,
+            task: 1,
+            tasks: 2,
+            command: vec!["x".into()],
+            env: [
+                ("RANK".to_string(), "99".to_string()),
+                ("LR".to_string(), "0.1".to_string()),
+            ]
+            .into(),
+            workdir: String::new(),
+            max_runtime_s: None,
+            cpu_milli: 0,
+            memory_mib: 0,
+            gpus: vec![2, 3],
+            gpu_share: None,
+            master_addr: "10.0.0.5".into(),
+        };
+        let e = task::environment(&a);
+        assert_eq!(e["CUDA_VISIBLE_DEVICES"], "2,3");
+        assert_eq!(e["RANK"], "1", "Suanli's variables win over the job's");
+        assert_eq!(e["WORLD_SIZE"], "2");
+        assert_eq!(e["MASTER_ADDR"], "10.0.0.5");
+        assert_eq!(e["LR"], "0.1");
+        assert_eq!(e["SUANLI_JOB_ID"], "7");
+        assert!(!e.contains_key("SUANLI_GPU_SHARE"));
+        assert_ne!(task::master_port(7, 2), task::master_port(8, 2));
+    }
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels("rack=r1,zone=z1").unwrap();
+        assert_eq!(l["rack"], "r1");
+        assert!(parse_labels("rack").is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! One task as a process group: start with its environment, devices, working
+//! directory and log files; stop with SIGTERM then SIGKILL to the whole
+//! group; reap; and read back its logs for pushing.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// A start order from the server (see the server's `Assignment`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    pub tasks: i64,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub gpus: Vec<u32>,
+    pub gpu_share: Option<f64>,
+    #[serde(default)]
+    pub master_addr: String,
+}
+
+pub type Key = (i64, i64, i64);
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub timeout: bool,
+}
+
+pub struct Task {
+    pub key: Key,
+    child: Option<Child>,
+    /// Process group id (= the leader's pid).
+    pub pgid: i32,
+    pub started: Instant,
+    max_runtime: Option<Duration>,
+    /// Being stopped: (SIGKILL deadline, reason, timeout).
+    stopping: Option<(Instant, String, bool)>,
+    pub exit: Option<Exit>,
+    pub logs: [PathBuf; 2],
+    /// Bytes of each log the server has.
+    pub pushed: [u64; 2],
+    /// The exit was queued for a heartbeat.
+    pub reported: bool,
+}
+
+/// The port of a gang's rendezvous on its master node: distinct for jobs
+/// (and attempts) that share a master.
+pub fn master_port(job: i64, run: i64) -> u16 {
+    20_000 + ((job * 31 + run).rem_euclid(20_000)) as u16
+}
+
+/// The environment of a task: the job's own, then Suanli's (which win).
+pub fn environment(a: &Assignment) -> BTreeMap<String, String> {
+    let mut env = a.env.clone();
+    let devices = a
+        .gpus
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("CUDA_VISIBLE_DEVICES", devices.clone());
+    set("ASCEND_RT_VISIBLE_DEVICES", devices);
+    set("SUANLI_JOB_ID", a.job.to_string());
+    set("SUANLI_RUN", a.run.to_string());
+    set("SUANLI_TASK_INDEX", a.task.to_string());
+    set("SUANLI_NUM_TASKS", a.tasks.to_string());
+    if let Some(s) = a.gpu_share {
+        set("SUANLI_GPU_SHARE", format!("{s}"));
+    }
+    set("MASTER_ADDR", a.master_addr.clone());
+    set("MASTER_PORT", master_port(a.job, a.run).to_string());
+    set("WORLD_SIZE", a.tasks.to_string());
+    set("RANK", a.task.to_string());
+    env
+}
+
+impl Task {
+    /// Start the task in its own process group. A task that cannot start
+    /// (no such program, bad working directory) is returned already ended,
+    /// with exit code 127 and the reason.
+    pub fn start(a: &Assignment, work_dir: &Path) -> Task {
+        let base = work_dir
+            .join("jobs")
+            .join(a.job.to_string())
+            .join(a.run.to_string());
+        let logs = [
+            base.join(format!("task-{}.out", a.task)),
+            base.join(format!("task-{}.err", a.task)),
+        ];
+        let mut t = Task {
+            key: (a.job, a.run, a.task),
+            child: None,
+            pgid: 0,
+            started: Instant::now(),
+            max_runtime: a
+                .max_runtime_s
+                .map(|s| Duration::from_secs(s.max(1) as u64)),
+            stopping: None,
+            exit: None,
+            logs: logs.clone(),
+            pushed: [0, 0],
+            reported: false,
+        };
+        let failed = |t: &mut Task, why: String| {
+            let _ = std::fs::write(&t.logs[1], format!("suanli-agent: {why}\n"));
+            t.exit = Some(Exit {
+                code: Some(127),
+                signal: None,
+                reason: why,
+                timeout: false,
+            });
+        };
+        let cwd = if a.workdir.is_empty() {
+            base.join(format!("task-{}", a.task))
+        } else {
+            PathBuf::from(&a.workdir)
+        };
+        if let Err(e) = std::fs::create_dir_all(&base) {
+            failed(&mut t, format!("cannot create {}: {e}", base.display()));
+            return t;
+        }
+        if a.workdir.is_empty() {
+            if let Err(e) = std::fs::create_dir_all(&cwd) {
+                failed(&mut t, format!("cannot create {}: {e}", cwd.display()));
+                return t;
+            }
+        }
+        let (out, err) = match (File::create(&logs[0]), File::create(&logs[1])) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
+                failed(&mut t, format!("cannot create log files: {e}"));
+                return t;
+            }
+        };
+        let Some((prog, args)) = a.command.split_first() else {
+            failed(&mut t, "empty command".to_string());
+            return t;
+        };
+        let spawned = Command::new(prog)
+            .args(args)
+            .current_dir(&cwd)
+            .envs(environment(a))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(c) => {
+                t.pgid = c.id() as i32;
+                t.child = Some(c);
+            }
+            Err(e) => failed(
+                &mut t,
+                format!("cannot start {prog:?} in {}: {e}", cwd.display()),
+            ),
+        }
+        t
+    }
+
+    pub fn running(&self) -> bool {
+        self.exit.is_none()
+    }
+
+    /// SIGTERM the whole group now; SIGKILL after `grace` if still alive.
+    pub fn stop(&mut self, reason: &str, timeout: bool, grace: Duration) {
+        if self.exit.is_some() || self.stopping.is_some() {
+            return;
+        }
+        signal_group(self.pgid, libc::SIGTERM);
+        self.stopping = Some((Instant::now() + grace, reason.to_string(), timeout));
+    }
+
+    /// Reap the leader, enforce the run-time limit and the grace period.
+    /// Returns true when the task has just ended.
+    pub fn poll(&mut self, grace: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        if self.exit.is_some() {
+            return false;
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                // The leader is gone: nothing of the task may outlive it.
+                signal_group(self.pgid, libc::SIGKILL);
+                let (reason, timeout) = match &self.stopping {
+                    Some((_, r, t)) => (r.clone(), *t),
+                    None => (String::new(), false),
+                };
+                self.exit = Some(Exit {
+                    code: status.code(),
+                    signal: status.signal(),
+                    reason,
+                    timeout,
+                });
+                return true;
+            }
+            Ok(None) => {}
+            Err(_) => {}
+        }
+        if let Some(limit) = self.max_runtime {
+            if self.stopping.is_none() && self.started.elapsed() > limit {
+                let why = format!("max runtime exceeded ({} s)", limit.as_secs());
+                self.stop(&why, true, grace);
+            }
+        }
+        if let Some((deadline, _, _)) = &self.stopping {
+            if Instant::now() >= *deadline {
+                signal_group(self.pgid, libc::SIGKILL);
+            }
+        }
+        false
+    }
+
+    /// The next chunk of log `stream` (0 = out, 1 = err) the server lacks.
+    pub fn log_chunk(&self, stream: usize, max: usize) -> Vec<u8> {
+        let Ok(mut f) = File::open(&self.logs[stream]) else {
+            return Vec::new();
+        };
+        if f.seek(SeekFrom::Start(self.pushed[stream])).is_err() {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        let _ = f.take(max as u64).read_to_end(&mut buf);
+        buf
+    }
+
+    /// Whether every byte of both logs has been pushed.
+    pub fn logs_pushed(&self) -> bool {
+        (0..2).all(|s| std::fs::metadata(&self.logs[s]).map_or(true, |m| m.len() <= self.pushed[s]))
+    }
+}
+
+/// Send `sig` to process group `pgid` (no-op for 0; errors such as "no
+/// such group" are expected once it is gone).
+pub fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: killpg only sends a signal; it touches no memory of ours.
+        unsafe {
+            libc::killpg(pgid, sig);
+        }
+    }
+}
+
+/// The start time (clock ticks since boot) of process `pid`, to tell a
+/// process from a later one that reused its pid.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}

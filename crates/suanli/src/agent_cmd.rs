@@ -1,0 +1,287 @@
+//! `suanli agent` (the node agent) and `suanli up` (a whole pool on this
+//! machine: a server and N agents as child processes, a demo tenant, and
+//! env files for the CLI).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::{failure, usage, CliError};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM set [`STOP`].
+fn install_stop_handler() {
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The server's URL, e.g. http://10.0.0.1:8420.
+    #[arg(long)]
+    server: String,
+    /// An agent token (`suanli token create --scope agent`).
+    #[arg(long)]
+    join_token: String,
+    /// Node name [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Labels, e.g. rack=r1,zone=z1 (`rack` groups gangs).
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// GPUs: auto (NVML), none, or fake:COUNTxMODEL (e.g. fake:8xA100-80G).
+    #[arg(long, default_value = "auto")]
+    gpus: String,
+    /// Where tasks run and their logs are written.
+    #[arg(long, default_value = "suanli-agent")]
+    work_dir: PathBuf,
+    /// Address other nodes reach this one at (MASTER_ADDR of gangs).
+    #[arg(long, default_value = "127.0.0.1")]
+    addr: String,
+    /// CPU cores to offer [default: all of this machine's].
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory to offer, GiB [default: all of this machine's].
+    #[arg(long)]
+    memory_gib: Option<f64>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a task.
+    #[arg(long, default_value_t = 10.0)]
+    grace_s: f64,
+}
+
+pub fn agent(a: AgentArgs) -> Result<(), CliError> {
+    let spec = suanli_agent::GpuSpec::parse(&a.gpus).map_err(usage)?;
+    let labels = suanli_agent::parse_labels(&a.labels).map_err(usage)?;
+    if !(a.grace_s.is_finite() && a.grace_s >= 0.0) {
+        return Err(usage("--grace-s must be >= 0"));
+    }
+    let gpus = suanli_agent::discover_gpus(&spec).map_err(failure)?;
+    let (cpu, mem) = suanli_agent::discover_host();
+    let cpu_milli = match a.cpus {
+        Some(c) if c.is_finite() && c > 0.0 => (c * 1000.0).round() as u64,
+        Some(c) => return Err(usage(format!("--cpus must be > 0 (found {c})"))),
+        None => cpu,
+    };
+    let memory_mib = match a.memory_gib {
+        Some(g) if g.is_finite() && g > 0.0 => (g * 1024.0).round() as u64,
+        Some(g) => return Err(usage(format!("--memory-gib must be > 0 (found {g})"))),
+        None => mem,
+    };
+    install_stop_handler();
+    suanli_agent::run(
+        suanli_agent::AgentConfig {
+            server: a.server,
+            token: a.join_token,
+            name: a.name.unwrap_or_else(suanli_agent::hostname),
+            addr: a.addr,
+            labels,
+            gpus,
+            cpu_milli,
+            memory_mib,
+            work_dir: a.work_dir,
+            grace: Duration::from_secs_f64(a.grace_s),
+        },
+        &STOP,
+    )
+    .map_err(failure)
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Local agents to start.
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
+    /// GPUs each agent declares.
+    #[arg(long, default_value = "fake:8xA100-80G")]
+    gpus_per_agent: String,
+    /// Data directory of the server, the agents and the env files.
+    #[arg(long, default_value = "suanli-data")]
+    data_dir: PathBuf,
+    /// Address of the server.
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: String,
+}
+
+/// Children stopped (SIGTERM, then SIGKILL) when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            // SAFETY: sending a signal touches no memory of ours.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        for c in self.0.iter_mut().rev() {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+fn post(url: &str, token: &str, body: Value) -> Result<Value, CliError> {
+    match ureq::post(url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .send_json(body)
+    {
+        Ok(r) => r.into_json().map_err(|e| failure(format!("{url}: {e}"))),
+        Err(ureq::Error::Status(409, _)) => Ok(Value::Null), // already there
+        Err(e) => Err(failure(format!("{url}: {e}"))),
+    }
+}
+
+fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .map_err(|e| failure(format!("{}: {e}", path.display())))?;
+    writeln!(f, "export SUANLI_SERVER={server}\nexport SUANLI_TOKEN={token}")
+        .map_err(|e| failure(format!("{}: {e}", path.display())))
+}
+
+/// Start a server and `--agents` agents, create the demo tenant, print how
+/// to use them, and wait for Ctrl-C or SIGTERM.
+pub fn up(a: UpArgs) -> Result<(), CliError> {
+    suanli_agent::GpuSpec::parse(&a.gpus_per_agent).map_err(usage)?;
+    if a.agents > 64 {
+        return Err(usage("--agents is at most 64"));
+    }
+    install_stop_handler();
+    let exe = std::env::current_exe().map_err(|e| failure(e.to_string()))?;
+    std::fs::create_dir_all(&a.data_dir)
+        .map_err(|e| failure(format!("{}: {e}", a.data_dir.display())))?;
+    let dir = std::fs::canonicalize(&a.data_dir).map_err(|e| failure(e.to_string()))?;
+    // A local pool: agents report every second, and are down after 10 s.
+    let conf = dir.join("up-server.toml");
+    std::fs::write(&conf, "[agents]\nheartbeat_interval_s = 1\nlease_s = 10\n")
+        .map_err(|e| failure(format!("{}: {e}", conf.display())))?;
+    let mut server = Command::new(&exe)
+        .args(["server", "--listen", &a.listen, "--config"])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failure(format!("cannot start the server: {e}")))?;
+    let mut lines = BufReader::new(server.stderr.take().expect("piped")).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                eprintln!("{l}");
+                if let Some(x) = l.strip_prefix("listening on ") {
+                    break x.to_string();
+                }
+            }
+            _ => {
+                let _ = server.wait();
+                return Err(failure("the server stopped before listening (see above)"));
+            }
+        }
+    };
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            eprintln!("{l}");
+        }
+    });
+    let mut children = Children(vec![server]);
+    let url = format!("http://{addr}");
+    let admin_path = dir.join("admin.token");
+    let admin = std::fs::read_to_string(&admin_path)
+        .map_err(|e| failure(format!("{}: {e}", admin_path.display())))?
+        .trim()
+        .to_string();
+    // Tokens for the agents and the demo tenant are created once and kept.
+    let tokens = dir.join("up-tokens.json");
+    let saved: Value = std::fs::read_to_string(&tokens)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let (agent_tok, demo_tok) = match (saved["agent"].as_str(), saved["demo"].as_str()) {
+        (Some(a), Some(d)) => (a.to_string(), d.to_string()),
+        _ => {
+            post(&format!("{url}/v1/tenants"), &admin, json!({"name": "demo"}))?;
+            let agent = post(&format!("{url}/v1/tokens"), &admin, json!({"scope": "agent", "name": "up"}))?;
+            let demo = post(
+                &format!("{url}/v1/tokens"),
+                &admin,
+                json!({"scope": "tenant", "tenant": "demo", "name": "up"}),
+            )?;
+            let (a, d) = (
+                agent["token"].as_str().unwrap_or_default().to_string(),
+                demo["token"].as_str().unwrap_or_default().to_string(),
+            );
+            let body = json!({"agent": a, "demo": d}).to_string();
+            std::fs::write(&tokens, body).map_err(|e| failure(e.to_string()))?;
+            (a, d)
+        }
+    };
+    for i in 0..a.agents {
+        let name = format!("local-{i}");
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))
+            .map_err(|e| failure(e.to_string()))?;
+        let c = Command::new(&exe)
+            .args(["agent", "--server", &url, "--join-token", &agent_tok, "--name", &name])
+            .args(["--gpus", &a.gpus_per_agent, "--cpus", "32", "--memory-gib", "256"])
+            .args(["--grace-s", "5", "--labels", "rack=local", "--work-dir"])
+            .arg(dir.join("agents").join(&name))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| failure(format!("cannot start agent {name}: {e}")))?;
+        children.0.push(c);
+    }
+    write_env(&dir.join("env"), &url, &demo_tok)?;
+    write_env(&dir.join("admin.env"), &url, &admin)?;
+    let d = dir.display();
+    println!("Suanli is up: {url} with {} agents ({} each).", a.agents, a.gpus_per_agent);
+    println!("  admin token:   {}", admin_path.display());
+    println!("  tenant 'demo': source {d}/env        (admin: source {d}/admin.env)");
+    println!("  agent logs:    {d}/local-*.log");
+    let cli = exe.display();
+    println!("Try:");
+    println!("  source {d}/env");
+    println!("  {cli} submit --gpus 1 --name hello -- sh -c 'echo hello from GPU $CUDA_VISIBLE_DEVICES'");
+    println!("  {cli} queue --all; {cli} logs 1 --follow");
+    println!("Ctrl-C stops everything.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some(s)) = children.0[0].try_wait() {
+            return Err(failure(format!("the server stopped: {s}")));
+        }
+    }
+    eprintln!("stopping...");
+    drop(children);
+    Ok(())
+}
