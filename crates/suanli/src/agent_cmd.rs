@@ -166,8 +166,11 @@ fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {
     let mut f = o
         .open(path)
         .map_err(|e| failure(format!("{}: {e}", path.display())))?;
-    writeln!(f, "export SUANLI_SERVER={server}\nexport SUANLI_TOKEN={token}")
-        .map_err(|e| failure(format!("{}: {e}", path.display())))
+    writeln!(
+        f,
+        "export SUANLI_SERVER={server}\nexport SUANLI_TOKEN={token}"
+    )
+    .map_err(|e| failure(format!("{}: {e}", path.display())))
 }
 
 /// Start a server and `--agents` agents, create the demo tenant, print how
@@ -230,8 +233,16 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     let (agent_tok, demo_tok) = match (saved["agent"].as_str(), saved["demo"].as_str()) {
         (Some(a), Some(d)) => (a.to_string(), d.to_string()),
         _ => {
-            post(&format!("{url}/v1/tenants"), &admin, json!({"name": "demo"}))?;
-            let agent = post(&format!("{url}/v1/tokens"), &admin, json!({"scope": "agent", "name": "up"}))?;
+            post(
+                &format!("{url}/v1/tenants"),
+                &admin,
+                json!({"name": "demo"}),
+            )?;
+            let agent = post(
+                &format!("{url}/v1/tokens"),
+                &admin,
+                json!({"scope": "agent", "name": "up"}),
+            )?;
             let demo = post(
                 &format!("{url}/v1/tokens"),
                 &admin,
@@ -251,8 +262,23 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))
             .map_err(|e| failure(e.to_string()))?;
         let c = Command::new(&exe)
-            .args(["agent", "--server", &url, "--join-token", &agent_tok, "--name", &name])
-            .args(["--gpus", &a.gpus_per_agent, "--cpus", "32", "--memory-gib", "256"])
+            .args([
+                "agent",
+                "--server",
+                &url,
+                "--join-token",
+                &agent_tok,
+                "--name",
+                &name,
+            ])
+            .args([
+                "--gpus",
+                &a.gpus_per_agent,
+                "--cpus",
+                "32",
+                "--memory-gib",
+                "256",
+            ])
             .args(["--grace-s", "5", "--labels", "rack=local", "--work-dir"])
             .arg(dir.join("agents").join(&name))
             .stderr(Stdio::from(log))
@@ -263,14 +289,19 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     write_env(&dir.join("env"), &url, &demo_tok)?;
     write_env(&dir.join("admin.env"), &url, &admin)?;
     let d = dir.display();
-    println!("Suanli is up: {url} with {} agents ({} each).", a.agents, a.gpus_per_agent);
+    println!(
+        "Suanli is up: {url} with {} agents ({} each).",
+        a.agents, a.gpus_per_agent
+    );
     println!("  admin token:   {}", admin_path.display());
     println!("  tenant 'demo': source {d}/env        (admin: source {d}/admin.env)");
     println!("  agent logs:    {d}/local-*.log");
     let cli = exe.display();
     println!("Try:");
     println!("  source {d}/env");
-    println!("  {cli} submit --gpus 1 --name hello -- sh -c 'echo hello from GPU $CUDA_VISIBLE_DEVICES'");
+    println!(
+        "  {cli} submit --gpus 1 --name hello -- sh -c 'echo hello from GPU $CUDA_VISIBLE_DEVICES'"
+    );
     println!("  {cli} queue --all; {cli} logs 1 --follow");
     println!("Ctrl-C stops everything.");
     use std::io::Write;

@@ -1,0 +1,466 @@
+//! End to end with real processes: a server and `suanli agent`s started by
+//! the test (fake GPU inventories, real child processes), and `suanli up`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+struct Pool {
+    dir: PathBuf,
+    s: Server,
+    admin: String,
+    agent_token: String,
+    tenant: String,
+    agents: Vec<(String, Child)>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args([
+            "agent",
+            "--server",
+            url,
+            "--join-token",
+            token,
+            "--name",
+            name,
+        ])
+        .args([
+            "--gpus",
+            "fake:4xA100-80G",
+            "--cpus",
+            "16",
+            "--memory-gib",
+            "64",
+            "--grace-s",
+            "1",
+        ])
+        .arg("--work-dir")
+        .arg(dir.join("agents").join(name))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+fn pool(name: &str, agents: usize) -> Pool {
+    let dir = tmp(name);
+    let conf = dir.join("server.toml");
+    std::fs::write(&conf, "[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n").unwrap();
+    let s = Server::start_with(&dir, &["--config", conf.to_str().unwrap()]);
+    let admin = Server::admin(&dir);
+    call(
+        "POST",
+        &s.u("/v1/tenants"),
+        Some(&admin),
+        Some(r#"{"name":"acme"}"#),
+    );
+    let agent_token = token_for(&s, &admin, json!({"scope": "agent"}));
+    let tenant = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
+    let mut p = Pool {
+        dir,
+        s,
+        admin,
+        agent_token,
+        tenant,
+        agents: Vec::new(),
+    };
+    for i in 0..agents {
+        let n = format!("a{i}");
+        let c = spawn_agent(&p.dir, &p.s.url, &p.agent_token, &n);
+        p.agents.push((n, c));
+    }
+    wait_for(Duration::from_secs(20), || {
+        let (_, v, _) = call("GET", &p.s.u("/v1/nodes"), Some(&p.admin), None);
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == agents && n.iter().all(|x| x["state"] == "ready"))
+    });
+    p
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "timed out after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_state(p: &Pool, id: i64, want: &str, limit_s: u64) -> Value {
+    let t = Instant::now();
+    loop {
+        let last = job(&p.s, &p.tenant, id);
+        if last["state"] == want {
+            return last;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(limit_s),
+            "job {id} not {want}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn logs(p: &Pool, id: i64, extra: &[&str]) -> String {
+    let (code, out, err) = cli(
+        &p.s.url,
+        &p.tenant,
+        &[&["logs", &id.to_string()][..], extra].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+fn events(p: &Pool, id: i64) -> Vec<(String, String)> {
+    let (_, v, _) = call(
+        "GET",
+        &p.s.u(&format!("/v1/jobs/{id}/events")),
+        Some(&p.tenant),
+        None,
+    );
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn sh(script: &str) -> Value {
+    json!(["sh", "-c", script])
+}
+
+#[test]
+fn tasks_run_with_their_devices_logs_and_gang_rendezvous() {
+    let p = pool("e2e", 2);
+    // Devices and logs.
+    let id = submit(&p.s, &p.tenant, json!({"command": sh("echo dev=$CUDA_VISIBLE_DEVICES job=$SUANLI_JOB_ID; echo oops >&2"), "gpus": 2}))["id"]
+        .as_i64()
+        .unwrap();
+    let j = wait_state(&p, id, "COMPLETED", 20);
+    let devs: Vec<String> = j["task_history"][0]["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        logs(&p, id, &[]),
+        format!("dev={} job={id}\n", devs.join(","))
+    );
+    assert_eq!(logs(&p, id, &["--stderr"]), "oops\n");
+    // A gang across both agents (4 GPUs each: one task per node).
+    let g = submit(&p.s, &p.tenant, json!({"command": sh("echo $RANK/$WORLD_SIZE@$MASTER_ADDR:$MASTER_PORT"), "gpus": 4, "tasks": 2}))["id"]
+        .as_i64()
+        .unwrap();
+    let j = wait_state(&p, g, "COMPLETED", 20);
+    let nodes: Vec<&str> = j["task_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node"].as_str().unwrap())
+        .collect();
+    assert_ne!(nodes[0], nodes[1], "{j}");
+    let l0 = logs(&p, g, &["--task", "0"]);
+    let l1 = logs(&p, g, &["--task", "1"]);
+    assert!(l0.starts_with("0/2@127.0.0.1:"), "{l0}");
+    assert!(l1.starts_with("1/2@127.0.0.1:"), "{l1}");
+    assert_eq!(
+        l0.split(':').nth(1),
+        l1.split(':').nth(1),
+        "one rendezvous port"
+    );
+    // Many one-GPU jobs at once: each sees exactly its assigned device, and
+    // no device is held by two tasks whose runs overlap.
+    let ids: Vec<i64> = (0..12)
+        .map(|_| {
+            submit(
+                &p.s,
+                &p.tenant,
+                json!({"command": sh("echo $CUDA_VISIBLE_DEVICES; sleep 0.5"), "gpus": 1}),
+            )["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for id in &ids {
+        let j = wait_state(&p, *id, "COMPLETED", 30);
+        let t = &j["task_history"][0];
+        let dev = t["gpus"][0].as_i64().unwrap();
+        assert_eq!(logs(&p, *id, &[]).trim(), dev.to_string(), "job {id}");
+        runs.push((
+            t["node"].as_str().unwrap().to_string(),
+            dev,
+            t["started_ms"].as_i64().unwrap(),
+            t["ended_ms"].as_i64().unwrap(),
+        ));
+    }
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            let overlap = a.2 < b.3 && b.2 < a.3;
+            assert!(
+                !(overlap && a.0 == b.0 && a.1 == b.1),
+                "device shared: {a:?} {b:?}"
+            );
+        }
+    }
+    // A command that cannot start fails with the reason, after its retry.
+    let bad = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": ["/no/such/program"], "retries": 0}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, bad, "FAILED", 20);
+    assert!(
+        logs(&p, bad, &["--stderr"]).contains("cannot start"),
+        "{:?}",
+        events(&p, bad)
+    );
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (state Z) is dead; so is a missing process.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn cancel_kills_the_process_tree_and_max_runtime_fails_the_job() {
+    let p = pool("kill", 1);
+    // The task forks a grandchild that would outlive a plain kill of the shell.
+    let id = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh("sleep 300 & echo $!; sleep 300"), "gpus": 1}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, id, "RUNNING", 20);
+    let mut pid = 0;
+    wait_for(Duration::from_secs(20), || {
+        pid = logs(&p, id, &[]).trim().parse().unwrap_or(0);
+        pid > 0
+    });
+    assert!(alive(pid));
+    let (code, _, err) = cli(&p.s.url, &p.tenant, &["cancel", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(Duration::from_secs(10), || !alive(pid));
+    wait_for(Duration::from_secs(10), || {
+        job(&p.s, &p.tenant, id)["task_history"][0]["state"] == "KILLED"
+    });
+    // Over its maximum run time: stopped and FAILED with that reason, no retry.
+    let t = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": ["sleep", "300"], "max_runtime_s": 1, "retries": 3}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let j = wait_state(&p, t, "FAILED", 20);
+    assert_eq!(j["run"], 1, "a timeout is not retried: {j}");
+    let ev = events(&p, t);
+    let failed = ev.iter().find(|e| e.0 == "FAILED").unwrap();
+    assert!(failed.1.contains("max runtime exceeded (1 s)"), "{ev:?}");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+#[test]
+fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
+    let mut p = pool("lease", 2);
+    let id = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh("echo started; if [ $SUANLI_RUN = 1 ]; then sleep 120; fi; echo done"), "gpus": 4, "retries": 1}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let j = wait_state(&p, id, "RUNNING", 20);
+    let first = j["task_history"][0]["node"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(10), || {
+        job(&p.s, &p.tenant, id)["task_history"][0]["state"] == "RUNNING"
+    });
+    // SIGKILL the agent running it: no goodbye, its task keeps running as an orphan.
+    let i = p.agents.iter().position(|a| a.0 == first).unwrap();
+    p.agents[i].1.kill().unwrap();
+    p.agents[i].1.wait().unwrap();
+    let j = wait_state(&p, id, "COMPLETED", 40);
+    let runs = j["task_history"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{j}");
+    assert_eq!(runs[0]["state"], "LOST");
+    assert_ne!(runs[1]["node"].as_str().unwrap(), first);
+    assert!(
+        events(&p, id)
+            .iter()
+            .any(|e| e.0 == "RETRYING" && e.1.contains("missed its lease")),
+        "{:?}",
+        events(&p, id)
+    );
+    assert_eq!(logs(&p, id, &[]), "started\ndone\n");
+    let (_, nodes, _) = call("GET", &p.s.u("/v1/nodes"), Some(&p.admin), None);
+    let down = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == first.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(down["state"], "down", "{down}");
+    // The agent restarts: it kills what its previous run left, and the node is ready again.
+    let c = spawn_agent(&p.dir, &p.s.url, &p.agent_token, &first);
+    p.agents[i].1 = c;
+    wait_for(Duration::from_secs(20), || {
+        let (_, v, _) = call("GET", &p.s.u("/v1/nodes"), Some(&p.admin), None);
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == first.as_str() && n["state"] == "ready")
+    });
+    let log = std::fs::read_to_string(p.dir.join(format!("{first}.log"))).unwrap();
+    assert!(log.contains("left by a previous run"), "{log}");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+#[test]
+fn up_brings_a_pool_and_its_printed_example_completes() {
+    let dir = tmp("up");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args([
+            "up",
+            "--agents",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        let end = l.contains("Ctrl-C");
+        printed.push(l);
+        if end {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    let example = printed
+        .iter()
+        .find(|l| l.contains(" submit "))
+        .expect(&text)
+        .trim()
+        .to_string();
+    let env = std::fs::read_to_string(dir.join("env")).unwrap();
+    assert!(
+        env.contains("export SUANLI_SERVER=http://127.0.0.1:")
+            && env.contains("export SUANLI_TOKEN=sl_"),
+        "{env}"
+    );
+    assert!(std::fs::read_to_string(dir.join("admin.env"))
+        .unwrap()
+        .contains("SUANLI_TOKEN"));
+    // Paste the example into a shell, as a user would (agents may still be registering).
+    let mut out = String::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(". {}/env && {example}", dir.display()))
+            .output()
+            .unwrap();
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let id: i64 = out
+        .trim()
+        .strip_prefix("submitted job ")
+        .and_then(|x| x.parse().ok())
+        .expect(&out);
+    let run = |args: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                ". {}/env && {} {args}",
+                dir.display(),
+                env!("CARGO_BIN_EXE_suanli")
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let t = Instant::now();
+    loop {
+        let v: Value = serde_json::from_str(&run(&format!("job show {id} --json"))).unwrap();
+        if v["state"] == "COMPLETED" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        run(&format!("logs {id}")).starts_with("hello from GPU "),
+        "{}",
+        run(&format!("logs {id}"))
+    );
+    // SIGTERM stops everything.
+    unsafe_kill(up.id() as i32);
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let url = env
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("export SUANLI_SERVER=")
+        .to_string();
+    assert!(
+        ureq::get(&format!("{url}/healthz")).call().is_err(),
+        "the server is gone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn unsafe_kill(pid: i32) {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}
