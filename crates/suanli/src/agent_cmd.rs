@@ -34,7 +34,7 @@ pub struct AgentArgs {
     /// The server's URL, e.g. http://10.0.0.1:8420.
     #[arg(long)]
     server: String,
-    /// An agent token (`suanli token create --scope agent`).
+    /// An agent token (`suanli token create --agent`).
     #[arg(long)]
     join_token: String,
     /// Node name [default: the host name].
