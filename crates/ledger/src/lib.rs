@@ -1,0 +1,401 @@
+//! # suanli-ledger: prices and invoices
+//!
+//! A [`PriceBook`] lists prices in periods that start at an effective time,
+//! so prices can change mid-month. Each period has:
+//! - a price per GPU-hour by GPU model and class (guaranteed, on-demand,
+//!   spot); a GPU share pays its fraction;
+//! - a price per CPU core-hour;
+//! - a price per memory GiB-hour.
+//!
+//! [`invoice`] turns usage intervals (one per task per attempt, from the
+//! store or the simulator) into line items by (resource, GPU model, class,
+//! unit price).
+//!
+//! **Exactness.** Quantities are integers: GPU milli × milliseconds, CPU milli
+//! × milliseconds, MiB × milliseconds. An interval that spans a price change
+//! is split at the change, to the millisecond. A line item's amount is its
+//! integer quantity × its unit price, divided by the unit in exact decimal
+//! arithmetic ([`rust_decimal`], 28 significant digits). It is **rounded
+//! once**, half to even, to the currency's minor unit (2 decimals). The
+//! total is the sum of the rounded line items, so it always equals what the
+//! invoice shows.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (UTC).
+pub type Ms = i64;
+
+const MS_PER_HOUR: i64 = 3_600_000;
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2026-11-15` or `2026-11-15T08:00:00Z` → milliseconds (UTC).
+pub fn parse_time(s: &str) -> Result<Ms, String> {
+    let bad = || format!("{s:?}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)");
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
+        None => (s, None),
+    };
+    let p: Vec<&str> = date.split('-').collect();
+    if p.len() != 3 || p[0].len() != 4 || p[1].len() != 2 || p[2].len() != 2 {
+        return Err(bad());
+    }
+    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
+    let (y, m, d) = (num(p[0])?, num(p[1])?, num(p[2])?);
+    let days_in = [
+        31,
+        if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) {
+            29
+        } else {
+            28
+        },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] {
+        return Err(bad());
+    }
+    let mut secs = 0;
+    if let Some(t) = time {
+        let q: Vec<&str> = t.split(':').collect();
+        if q.len() != 3 {
+            return Err(bad());
+        }
+        let (h, mi, se) = (num(q[0])?, num(q[1])?, num(q[2])?);
+        if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..60).contains(&se) {
+            return Err(bad());
+        }
+        secs = h * 3600 + mi * 60 + se;
+    }
+    Ok((days_from_civil(y, m, d) * 86_400 + secs) * 1000)
+}
+
+/// `2026-11` → [start, end) of that month, UTC.
+pub fn parse_month(s: &str) -> Result<(Ms, Ms), String> {
+    let bad = || format!("period {s:?}: expected YYYY-MM");
+    let (y, m) = s.split_once('-').ok_or_else(bad)?;
+    let (y, m): (i64, i64) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
+        return Err(bad());
+    }
+    let start = days_from_civil(y, m, 1) * 86_400_000;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Ok((start, days_from_civil(ny, nm, 1) * 86_400_000))
+}
+
+/// Service classes, as jobs name them.
+pub const CLASSES: [&str; 3] = ["guaranteed", "on-demand", "spot"];
+
+/// Prices in force from `from` until the next period's `from`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PricePeriod {
+    pub from: Ms,
+    /// (GPU model, class) → price per GPU-hour.
+    pub gpu_hour: BTreeMap<(String, String), Decimal>,
+    pub cpu_core_hour: Decimal,
+    pub mem_gib_hour: Decimal,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PriceBook {
+    pub currency: String,
+    /// Sorted by `from`, strictly increasing.
+    pub periods: Vec<PricePeriod>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBook {
+    currency: String,
+    #[serde(rename = "period")]
+    periods: Vec<FilePeriod>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeriod {
+    from: String,
+    #[serde(default)]
+    cpu_core_hour: Option<String>,
+    #[serde(default)]
+    mem_gib_hour: Option<String>,
+    #[serde(default)]
+    gpu_hour: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn price(what: &str, s: &str) -> Result<Decimal, String> {
+    let d =
+        Decimal::from_str(s.trim()).map_err(|e| format!("{what}: {s:?} is not a decimal ({e})"))?;
+    if d.is_sign_negative() {
+        return Err(format!("{what}: {s:?} is negative"));
+    }
+    Ok(d)
+}
+
+impl PriceBook {
+    /// Parse the TOML price book (see `examples/prices.toml`). Errors name
+    /// the line and column, or the period and field.
+    pub fn parse(text: &str) -> Result<PriceBook, String> {
+        let f: FileBook = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    (
+                        before.matches('\n').count() + 1,
+                        before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                    )
+                })
+                .unwrap_or((1, 1));
+            format!("{line}:{col}: {}", e.message())
+        })?;
+        if f.currency.trim().is_empty() {
+            return Err("currency must be named (e.g. \"CNY\")".to_string());
+        }
+        if f.periods.is_empty() {
+            return Err("a price book needs at least one [[period]]".to_string());
+        }
+        let mut periods = Vec::new();
+        for (i, p) in f.periods.iter().enumerate() {
+            let at = |field: &str| format!("period {} ({}) {field}", i + 1, p.from);
+            let from = parse_time(&p.from).map_err(|e| format!("{}: {e}", at("from")))?;
+            let mut gpu_hour = BTreeMap::new();
+            for (model, by_class) in &p.gpu_hour {
+                for (class, v) in by_class {
+                    if !CLASSES.contains(&class.as_str()) {
+                        return Err(format!(
+                            "{}: class must be one of {} (found {class:?})",
+                            at(&format!("gpu_hour.{model}")),
+                            CLASSES.join(", ")
+                        ));
+                    }
+                    let d = price(&at(&format!("gpu_hour.{model}.{class}")), v)?;
+                    gpu_hour.insert((model.clone(), class.clone()), d);
+                }
+            }
+            let opt = |v: &Option<String>, f: &str| -> Result<Decimal, String> {
+                v.as_deref().map_or(Ok(Decimal::ZERO), |s| price(&at(f), s))
+            };
+            periods.push(PricePeriod {
+                from,
+                gpu_hour,
+                cpu_core_hour: opt(&p.cpu_core_hour, "cpu_core_hour")?,
+                mem_gib_hour: opt(&p.mem_gib_hour, "mem_gib_hour")?,
+            });
+        }
+        if periods.windows(2).any(|w| w[0].from >= w[1].from) {
+            return Err("periods must be in increasing order of `from`".to_string());
+        }
+        Ok(PriceBook {
+            currency: f.currency,
+            periods,
+        })
+    }
+
+    pub fn read(path: &std::path::Path) -> Result<PriceBook, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        PriceBook::parse(&text).map_err(|e| format!("{}:{e}", path.display()))
+    }
+
+    /// Index of the period in force at `t` (None before the first).
+    fn period_at(&self, t: Ms) -> Option<usize> {
+        self.periods.iter().rposition(|p| p.from <= t)
+    }
+}
+
+/// One task's use of resources over one attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub tenant: String,
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// GPU model, for GPU tasks.
+    pub gpu_model: Option<String>,
+    pub class: String,
+    /// GPU milli the task holds (1000 per whole GPU, 250 for a quarter).
+    pub gpu_milli: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub start: Ms,
+    /// `None`: still running (billed up to the invoice's `now`).
+    pub end: Option<Ms>,
+}
+
+/// What a line item prices.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    Gpu,
+    Cpu,
+    Memory,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LineItem {
+    pub resource: Resource,
+    pub gpu_model: Option<String>,
+    pub class: Option<String>,
+    /// GPU-hours, core-hours or GiB-hours, as a decimal (exact quotient to
+    /// 28 significant digits; shown rounded).
+    pub quantity: Decimal,
+    /// The exact integer quantity: milli × ms (GPU, CPU) or MiB × ms (memory).
+    pub quantity_raw: u128,
+    pub unit: &'static str,
+    pub unit_price: Decimal,
+    /// Rounded once, half to even, to 2 decimals.
+    pub amount: Decimal,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Invoice {
+    pub tenant: String,
+    pub currency: String,
+    pub from: Ms,
+    pub to: Ms,
+    pub lines: Vec<LineItem>,
+    pub total: Decimal,
+    /// GPU usage with no price in the book (model/class missing), in GPU milli × ms;
+    /// shown so that nothing is silently free.
+    pub unpriced_gpu_raw: u128,
+}
+
+type LineKey = (Resource, Option<String>, Option<String>, Decimal);
+
+/// The invoice of `tenant` for [from, to): usage clipped to the period (and
+/// to `now` for running tasks), split at price changes.
+pub fn invoice(
+    book: &PriceBook,
+    tenant: &str,
+    usage: &[Usage],
+    from: Ms,
+    to: Ms,
+    now: Ms,
+) -> Invoice {
+    let mut q: BTreeMap<LineKey, u128> = BTreeMap::new();
+    let mut unpriced = 0u128;
+    for u in usage.iter().filter(|u| u.tenant == tenant) {
+        let end = u.end.unwrap_or(now).min(to);
+        let start = u.start.max(from);
+        if end <= start {
+            continue;
+        }
+        // Split at every price change inside [start, end).
+        let mut cuts = vec![start];
+        cuts.extend(
+            book.periods
+                .iter()
+                .map(|p| p.from)
+                .filter(|&f| f > start && f < end),
+        );
+        cuts.push(end);
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let Some(pi) = book.period_at(a) else {
+                if u.gpu_milli > 0 {
+                    unpriced += (b - a) as u128 * u.gpu_milli as u128;
+                }
+                continue;
+            };
+            let p = &book.periods[pi];
+            let ms = (b - a) as u128;
+            if u.gpu_milli > 0 {
+                let model = u.gpu_model.clone().unwrap_or_default();
+                match p.gpu_hour.get(&(model.clone(), u.class.clone())) {
+                    Some(&price) => {
+                        *q.entry((Resource::Gpu, Some(model), Some(u.class.clone()), price))
+                            .or_default() += ms * u.gpu_milli as u128;
+                    }
+                    None => unpriced += ms * u.gpu_milli as u128,
+                }
+            }
+            if u.cpu_milli > 0 {
+                *q.entry((Resource::Cpu, None, None, p.cpu_core_hour))
+                    .or_default() += ms * u.cpu_milli as u128;
+            }
+            if u.memory_mib > 0 {
+                *q.entry((Resource::Memory, None, None, p.mem_gib_hour))
+                    .or_default() += ms * u.memory_mib as u128;
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    let mut total = Decimal::ZERO;
+    for ((resource, gpu_model, class, unit_price), raw) in q {
+        // milli × ms per GPU-hour (or core-hour); MiB × ms per GiB-hour.
+        let (per_unit, unit) = match resource {
+            Resource::Gpu => (1000u128 * MS_PER_HOUR as u128, "GPU-hour"),
+            Resource::Cpu => (1000u128 * MS_PER_HOUR as u128, "core-hour"),
+            Resource::Memory => (1024u128 * MS_PER_HOUR as u128, "GiB-hour"),
+        };
+        let raw_d = Decimal::from_i128_with_scale(raw as i128, 0);
+        let per = Decimal::from_i128_with_scale(per_unit as i128, 0);
+        let quantity = raw_d / per;
+        // Multiply before dividing: the amount is exact up to the division.
+        let amount = (raw_d * unit_price / per)
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+        total += amount;
+        lines.push(LineItem {
+            resource,
+            gpu_model,
+            class,
+            quantity,
+            quantity_raw: raw,
+            unit,
+            unit_price,
+            amount,
+        });
+    }
+    Invoice {
+        tenant: tenant.to_string(),
+        currency: book.currency.clone(),
+        from,
+        to,
+        lines,
+        total,
+        unpriced_gpu_raw: unpriced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_months() {
+        assert_eq!(parse_time("1970-01-01"), Ok(0));
+        assert_eq!(parse_time("2026-11-29T00:00:00Z"), Ok(1_795_910_400_000));
+        assert_eq!(
+            parse_month("2026-11"),
+            Ok((1_793_491_200_000, 1_796_083_200_000))
+        );
+        assert_eq!(
+            parse_month("2026-12").unwrap().1,
+            parse_time("2027-01-01").unwrap()
+        );
+        assert!(parse_time("2026-02-30").is_err());
+        assert!(parse_time("2026-11-29T25:00:00Z").is_err());
+        assert!(parse_month("2026-13").is_err());
+    }
+}
