@@ -122,6 +122,8 @@ pub struct AppState {
     pub control: Control,
     /// Where task logs are kept: `DIR/logs/JOB/RUN/TASK.{out,err}`.
     pub data_dir: std::path::PathBuf,
+    /// The price book invoices use, if configured.
+    pub prices: crate::bills::Prices,
 }
 
 fn loop_gone() -> Problem {
@@ -179,7 +181,7 @@ impl Problem {
     pub(crate) fn not_found() -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
-    fn forbidden() -> Problem {
+    pub(crate) fn forbidden() -> Problem {
         Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -322,6 +324,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{name}/tasks/status", post(task_status))
         .route("/v1/agents/{name}/logs", post(crate::logs::push))
         .route("/v1/jobs/{id}/logs", get(crate::logs::read))
+        .route("/v1/bills", get(crate::bills::bills))
         .route("/metrics", get(crate::metrics::render))
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -1138,7 +1141,7 @@ impl utoipa::Modify for BearerAuth {
         healthz, create_tenant, list_tenants, get_tenant, set_quota, create_token, list_tokens,
         revoke_token, submit, list_jobs, get_job, cancel_job, job_events, list_nodes, drain_node,
         undrain_node, register_agent, heartbeat, task_status, crate::metrics::render,
-        crate::logs::push, crate::logs::read
+        crate::logs::push, crate::logs::read, crate::bills::bills
     ),
     components(schemas(TaskKey, TaskExit)),
     modifiers(&BearerAuth)

@@ -11,6 +11,8 @@
 //! log_format = "human"
 //! # A tracing filter: "info", "warn", "info,suanli_server=debug", ...
 //! log_level = "info"
+//! # Price book for invoices (see examples/prices.toml); none: no /v1/bills.
+//! prices = "examples/prices.toml"
 //!
 //! [scheduler]
 //! # Queue policy: fifo, sjf, srtf, las, classes, drf, backfill.
@@ -43,6 +45,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub prices: Option<PathBuf>,
     #[serde(default)]
     pub scheduler: SchedulerSection,
     #[serde(default)]
@@ -79,6 +82,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub scheduler: LoopConfig,
+    pub prices: Option<PathBuf>,
 }
 
 /// Command-line overrides.
@@ -88,6 +92,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub log_format: Option<String>,
     pub queue_policy: Option<String>,
+    pub prices: Option<PathBuf>,
 }
 
 pub fn read_file(path: &Path) -> Result<FileConfig, String> {
@@ -168,6 +173,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
         log_format,
         log_level: file.log_level.unwrap_or_else(|| "info".to_string()),
         scheduler,
+        prices: o.prices.or(file.prices),
     })
 }
 

@@ -1145,7 +1145,7 @@ impl Loop {
                     task: Some(task),
                     from: &["KILLING"],
                     to: "KILLED",
-                    at: Some(now),
+                    at: None, // billing ended when the kill was ordered
                     exit_code: None,
                     reason: String::new(),
                 });
@@ -1248,7 +1248,7 @@ impl Loop {
                 task: Some(e.task),
                 from: &["KILLING"],
                 to: "KILLED",
-                at: Some(now),
+                at: None, // billing ended when the kill was ordered
                 exit_code: e.exit_code,
                 reason: reason.clone(),
             });

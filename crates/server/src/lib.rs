@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bills;
 pub mod config;
 pub mod control;
 pub mod logs;
@@ -26,6 +27,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub scheduler: control::LoopConfig,
+    /// Price book for invoices (`/v1/bills`).
+    pub prices: Option<std::sync::Arc<suanli_ledger::PriceBook>>,
 }
 
 /// On an empty store: create an admin token and write it to
@@ -94,6 +97,7 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         store,
         control,
         data_dir: cfg.data_dir.clone(),
+        prices: cfg.prices.clone(),
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
     tokio::select! {

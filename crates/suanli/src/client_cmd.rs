@@ -781,3 +781,92 @@ pub fn logs(a: LogsArgs) -> Result<(), CliError> {
         }
     }
 }
+
+#[derive(Args)]
+pub struct BillArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// A month, YYYY-MM (UTC).
+    #[arg(long)]
+    period: String,
+    /// One tenant (admin; a tenant token sees only its own).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// table, csv or json.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+/// `suanli bill --period 2026-11`: invoices with line items and totals.
+pub fn bill(a: BillArgs) -> Result<(), CliError> {
+    if !["table", "csv", "json"].contains(&a.format.as_str()) {
+        return Err(usage(format!(
+            "--format must be table, csv or json (found {:?})",
+            a.format
+        )));
+    }
+    let mut path = format!("/v1/bills?period={}", a.period);
+    if let Some(t) = &a.tenant {
+        path.push_str(&format!("&tenant={t}"));
+    }
+    let v = a.conn.call("GET", &path, None)?;
+    if a.format == "json" {
+        print_json(&v);
+        return Ok(());
+    }
+    let cur = v["currency"].as_str().unwrap_or("");
+    let s = |x: &Value| x.as_str().map_or_else(|| x.to_string(), str::to_string);
+    if a.format == "csv" {
+        println!("tenant,resource,gpu_model,class,quantity,unit,unit_price,amount,currency");
+    }
+    for inv in v["invoices"].as_array().cloned().unwrap_or_default() {
+        let tenant = s(&inv["tenant"]);
+        if a.format == "table" {
+            println!(
+                "invoice: tenant {tenant}, period {} ({cur})",
+                s(&v["period"])
+            );
+            println!(
+                "  {:<8} {:<14} {:<11} {:>16} {:<10} {:>10} {:>12}",
+                "RESOURCE", "GPU MODEL", "CLASS", "QUANTITY", "UNIT", "PRICE", "AMOUNT"
+            );
+        }
+        for l in inv["lines"].as_array().cloned().unwrap_or_default() {
+            let q: f64 = s(&l["quantity"]).parse().unwrap_or(0.0);
+            let (model, class) = (
+                l["gpu_model"].as_str().unwrap_or("-").to_string(),
+                l["class"].as_str().unwrap_or("-").to_string(),
+            );
+            if a.format == "csv" {
+                println!(
+                    "{tenant},{},{model},{class},{},{},{},{},{cur}",
+                    s(&l["resource"]),
+                    s(&l["quantity"]),
+                    s(&l["unit"]),
+                    s(&l["unit_price"]),
+                    s(&l["amount"])
+                );
+            } else {
+                println!(
+                    "  {:<8} {:<14} {:<11} {:>16.6} {:<10} {:>10} {:>12}",
+                    s(&l["resource"]),
+                    model,
+                    class,
+                    q,
+                    s(&l["unit"]),
+                    s(&l["unit_price"]),
+                    s(&l["amount"])
+                );
+            }
+        }
+        if a.format == "table" {
+            println!("  {:>89}", format!("total {} {cur}", s(&inv["total"])));
+            if inv["unpriced_gpu_raw"].as_u64().unwrap_or(0) > 0 {
+                println!(
+                    "  note: some GPU usage has no price in the book (model or class missing)"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -57,6 +57,8 @@ enum Cmd {
     Agent(agent_cmd::AgentArgs),
     /// A whole pool on this machine: a server, N agents, a demo tenant.
     Up(agent_cmd::UpArgs),
+    /// Invoices for a month: suanli bill --period 2026-11 [--tenant T] [--format table|csv|json].
+    Bill(client_cmd::BillArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +78,9 @@ struct ServerArgs {
     /// Queue policy: fifo, sjf, srtf, las, classes, drf, backfill [default: classes].
     #[arg(long)]
     queue_policy: Option<String>,
+    /// Price book (TOML, see examples/prices.toml) for invoices.
+    #[arg(long)]
+    prices: Option<std::path::PathBuf>,
 }
 
 fn server(a: ServerArgs) -> Result<(), CliError> {
@@ -91,9 +96,16 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
             listen: a.listen,
             log_format: a.log_format,
             queue_policy: a.queue_policy,
+            prices: a.prices,
         },
     )
     .map_err(usage)?;
+    let prices = match &s.prices {
+        Some(p) => Some(std::sync::Arc::new(
+            suanli_ledger::PriceBook::read(p).map_err(usage)?,
+        )),
+        None => None,
+    };
     suanli_server::init_logging(s.log_format, &s.log_level).map_err(usage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -103,6 +115,7 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         data_dir: s.data_dir,
         listen: s.listen,
         scheduler: s.scheduler,
+        prices,
     }))
     .map_err(|e| failure(format!("{e:#}")))
 }
@@ -147,6 +160,7 @@ fn main() -> ExitCode {
         Cmd::Logs(a) => client_cmd::logs(a),
         Cmd::Agent(a) => agent_cmd::agent(a),
         Cmd::Up(a) => agent_cmd::up(a),
+        Cmd::Bill(a) => client_cmd::bill(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,7 +60,12 @@ fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
 fn pool(name: &str, agents: usize) -> Pool {
     let dir = tmp(name);
     let conf = dir.join("server.toml");
-    std::fs::write(&conf, "[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n").unwrap();
+    let prices = format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(
+        &conf,
+        format!("prices = {prices:?}\n[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n"),
+    )
+    .unwrap();
     let s = Server::start_with(&dir, &["--config", conf.to_str().unwrap()]);
     let admin = Server::admin(&dir);
     call(
@@ -311,12 +316,47 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
     });
     // SIGKILL the agent running it: no goodbye, its task keeps running as an orphan.
     let i = p.agents.iter().position(|a| a.0 == first).unwrap();
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     p.agents[i].1.kill().unwrap();
     p.agents[i].1.wait().unwrap();
     let j = wait_state(&p, id, "COMPLETED", 40);
     let runs = j["task_history"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{j}");
     assert_eq!(runs[0]["state"], "LOST");
+    // Billed until the last heartbeat, which came at most a second before the kill.
+    let lost_end = runs[0]["ended_ms"].as_i64().unwrap();
+    assert!(
+        lost_end <= killed_at && killed_at - lost_end < 2_500,
+        "{lost_end} vs {killed_at}"
+    );
+    let month = {
+        let o = Command::new("date")
+            .args(["-u", "+%Y-%m"])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let (_, b, _) = call(
+        "GET",
+        &p.s.u(&format!("/v1/bills?period={month}")),
+        Some(&p.tenant),
+        None,
+    );
+    let gpu = b["invoices"][0]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["resource"] == "gpu")
+        .unwrap()
+        .clone();
+    let expect: i64 = runs
+        .iter()
+        .map(|t| (t["ended_ms"].as_i64().unwrap() - t["started_ms"].as_i64().unwrap()) * 4000)
+        .sum();
+    assert_eq!(gpu["quantity_raw"].as_i64(), Some(expect), "{gpu}");
     assert_ne!(runs[1]["node"].as_str().unwrap(), first);
     assert!(
         events(&p, id)

@@ -576,6 +576,20 @@ fn sigkill_under_concurrent_submissions_loses_no_acknowledged_job() {
         allocated, 16_000,
         "the pool is full: spot and paid work fill every GPU"
     );
+    // Usage intervals survive the crashes: per task, attempts never overlap,
+    // only the current attempt of a RUNNING job is open, and every other
+    // interval is closed.
+    for j in jobs.iter().filter(|j| j["run"].as_i64() > Some(0)) {
+        let d = common::job(&s, &admin, j["id"].as_i64().unwrap());
+        let mut last_end = 0;
+        for t in d["task_history"].as_array().unwrap() {
+            let (a, z) = (t["started_ms"].as_i64().unwrap(), t["ended_ms"].as_i64());
+            assert!(a >= last_end, "attempts overlap: {d}");
+            let current = j["state"] == "RUNNING" && t["run"] == j["run"];
+            assert_eq!(z.is_none(), current, "{d}");
+            last_end = z.unwrap_or(i64::MAX);
+        }
+    }
     eprintln!(
         "{} acknowledged submissions across 5 SIGKILLs, {} jobs stored",
         acked.len(),
@@ -615,5 +629,148 @@ fn more_than_64_gpu_models_are_refused_without_harm() {
         .as_i64()
         .unwrap();
     assert_eq!(state(&p, id), "RUNNING");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+fn prices_path() -> String {
+    format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn a_preempted_spot_task_is_billed_only_until_its_preemption() {
+    let p = pool("bill", &["--prices", &prices_path()]);
+    register(&p.s, &p.agent, "n1", 8, "A100-80G", 64_000);
+    let spot = submit(&p.s, &p.acme, json!({"command": ["x"], "gpus": 8, "class": "spot", "cpu_milli": 2000, "memory_mib": 8192}))["id"]
+        .as_i64()
+        .unwrap();
+    heartbeat(&p.s, &p.agent, "n1", &[(spot, 1, 0)], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let beta = token_for(&p.s, &p.admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let paid = submit(
+        &p.s,
+        &beta,
+        json!({"command": ["x"], "gpus": 8, "class": "guaranteed"}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(state(&p, spot), "PENDING");
+    let t = &job(&p.s, &p.acme, spot)["task_history"][0];
+    let (start, end) = (
+        t["started_ms"].as_i64().unwrap(),
+        t["ended_ms"].as_i64().unwrap(),
+    );
+    assert!(end - start >= 300, "{t}");
+    // The agent confirms the kill later: the interval does not grow.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    heartbeat(&p.s, &p.agent, "n1", &[], &[]);
+    let month = {
+        let o = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m"])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let (code, b, _) = call(
+        "GET",
+        &p.s.u(&format!("/v1/bills?period={month}")),
+        Some(&p.acme),
+        None,
+    );
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b["currency"], "CNY");
+    let inv = &b["invoices"].as_array().unwrap();
+    assert_eq!(inv.len(), 1, "a tenant sees only its own invoice");
+    let lines = inv[0]["lines"].as_array().unwrap();
+    let gpu = lines.iter().find(|l| l["resource"] == "gpu").unwrap();
+    assert_eq!(
+        (gpu["gpu_model"].as_str(), gpu["class"].as_str()),
+        (Some("A100-80G"), Some("spot"))
+    );
+    assert_eq!(
+        gpu["quantity_raw"].as_u64().unwrap(),
+        (end - start) as u64 * 8000,
+        "{gpu}"
+    );
+    let cpu = lines.iter().find(|l| l["resource"] == "cpu").unwrap();
+    assert_eq!(
+        cpu["quantity_raw"].as_u64().unwrap(),
+        (end - start) as u64 * 2000
+    );
+    let total: f64 = inv[0]["total"].as_str().unwrap().parse().unwrap();
+    let sum: f64 = lines
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!((total - sum).abs() < 1e-9);
+    // Isolation and errors.
+    assert_eq!(
+        call(
+            "GET",
+            &p.s.u(&format!("/v1/bills?period={month}&tenant=beta")),
+            Some(&p.acme),
+            None
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &p.s.u("/v1/bills?period=2026-13"),
+            Some(&p.acme),
+            None
+        )
+        .0,
+        400
+    );
+    let (_, all, _) = call(
+        "GET",
+        &p.s.u(&format!("/v1/bills?period={month}")),
+        Some(&p.admin),
+        None,
+    );
+    assert_eq!(
+        all["invoices"].as_array().unwrap().len(),
+        2,
+        "admin: every tenant"
+    );
+    let beta_inv = all["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["tenant"] == "beta")
+        .unwrap()
+        .clone();
+    assert_eq!(beta_inv["lines"][0]["class"], "guaranteed", "{beta_inv}");
+    let _ = paid;
+    // The CLI prints the same invoice.
+    let (code, out, err) = cli(
+        &p.s.url,
+        &p.acme,
+        &["bill", "--period", &month, "--format", "csv"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("acme,gpu,A100-80G,spot,")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+#[test]
+fn without_a_price_book_bills_are_a_clear_409() {
+    let p = pool("nobill", &[]);
+    let (code, v, _) = call(
+        "GET",
+        &p.s.u("/v1/bills?period=2026-11"),
+        Some(&p.acme),
+        None,
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("no_price_book")),
+        "{v}"
+    );
     let _ = std::fs::remove_dir_all(&p.dir);
 }

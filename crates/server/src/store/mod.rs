@@ -120,6 +120,15 @@ pub trait Backend: Send + Sync {
 
     async fn node_id(&self, name: &str) -> Result<Option<i64>, StoreError>;
 
+    /// Usage intervals of tasks (of `tenant`, or all) that overlap
+    /// [from, to): one per task per attempt, `end` None while it runs.
+    async fn usage(
+        &self,
+        tenant: Option<i64>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<suanli_ledger::Usage>, StoreError>;
+
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }

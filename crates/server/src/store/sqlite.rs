@@ -480,6 +480,50 @@ impl Backend for SqliteStore {
             .await?)
     }
 
+    async fn usage(
+        &self,
+        tenant: Option<i64>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<suanli_ledger::Usage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.name AS tenant, k.job_id, k.run, k.idx, n.gpu_model, j.class, \
+             j.num_gpu * j.gpu_milli AS gpu_milli, j.cpu_milli, j.memory_mib, k.started_ms, k.ended_ms \
+             FROM tasks k JOIN jobs j ON j.id = k.job_id JOIN tenants t ON t.id = j.tenant_id \
+             JOIN nodes n ON n.id = k.node_id \
+             WHERE k.started_ms < ? AND (k.ended_ms IS NULL OR k.ended_ms > ?) \
+             AND (? IS NULL OR j.tenant_id = ?) ORDER BY k.job_id, k.run, k.idx",
+        )
+        .bind(to)
+        .bind(from)
+        .bind(tenant)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let gpu_milli: i64 = r.try_get("gpu_milli")?;
+                Ok(suanli_ledger::Usage {
+                    tenant: r.try_get("tenant")?,
+                    job: r.try_get("job_id")?,
+                    run: r.try_get("run")?,
+                    task: r.try_get("idx")?,
+                    gpu_model: if gpu_milli > 0 {
+                        r.try_get("gpu_model")?
+                    } else {
+                        None
+                    },
+                    class: r.try_get("class")?,
+                    gpu_milli,
+                    cpu_milli: r.try_get("cpu_milli")?,
+                    memory_mib: r.try_get("memory_mib")?,
+                    start: r.try_get("started_ms")?,
+                    end: r.try_get("ended_ms")?,
+                })
+            })
+            .collect()
+    }
+
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
