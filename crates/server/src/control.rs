@@ -744,20 +744,18 @@ impl Loop {
                 Decision::Preempt { job, lost_ms } => {
                     let id = self.by_handle[&job];
                     self.stop_tasks(id, "preempted", now, w);
-                    w.push(Write::JobState {
-                        job: id,
-                        state: "PENDING",
-                        ended: None,
-                    });
-                    w.push(Write::Event {
-                        job: id,
-                        at: now,
-                        kind: "PREEMPTED",
-                        detail: format!(
+                    transition(
+                        w,
+                        id,
+                        "PENDING",
+                        None,
+                        "PREEMPTED",
+                        format!(
                             "requeued; {:.1} s of work since the last checkpoint lost",
                             lost_ms as f64 / 1000.0
                         ),
-                    });
+                        now,
+                    );
                 }
             }
         }
@@ -930,17 +928,15 @@ impl Loop {
         self.stop_tasks(id, "cancelled", now, w);
         let l = self.untrack(id).expect("live job");
         self.sched.cancel(l.handle, now as u64);
-        w.push(Write::JobState {
-            job: id,
-            state: "CANCELLED",
-            ended: Some(now),
-        });
-        w.push(Write::Event {
-            job: id,
-            at: now,
-            kind: "CANCELLED",
-            detail: format!("from {}", if was_running { "RUNNING" } else { "PENDING" }),
-        });
+        transition(
+            w,
+            id,
+            "CANCELLED",
+            Some(now),
+            "CANCELLED",
+            format!("from {}", if was_running { "RUNNING" } else { "PENDING" }),
+            now,
+        );
         self.dirty = true;
         Ok(Ok(()))
     }
@@ -1280,17 +1276,15 @@ impl Loop {
         if all_ok {
             self.untrack(e.job);
             self.sched.complete(handle, now as u64);
-            w.push(Write::JobState {
-                job: e.job,
-                state: "COMPLETED",
-                ended: Some(now),
-            });
-            w.push(Write::Event {
-                job: e.job,
-                at: now,
-                kind: "COMPLETED",
-                detail: String::new(),
-            });
+            transition(
+                w,
+                e.job,
+                "COMPLETED",
+                Some(now),
+                "COMPLETED",
+                String::new(),
+                now,
+            );
             return;
         }
         // The attempt failed: stop the rest of the gang.
@@ -1298,31 +1292,19 @@ impl Loop {
         let detail = format!("task {} {reason}", e.task);
         if run <= retries && !e.timeout {
             self.sched.requeue(handle, now as u64);
-            w.push(Write::JobState {
-                job: e.job,
-                state: "PENDING",
-                ended: None,
-            });
-            w.push(Write::Event {
-                job: e.job,
-                at: now,
-                kind: "RETRYING",
-                detail: format!("{detail}; attempt {} of {}", run + 1, retries + 1),
-            });
+            transition(
+                w,
+                e.job,
+                "PENDING",
+                None,
+                "RETRYING",
+                format!("{detail}; attempt {} of {}", run + 1, retries + 1),
+                now,
+            );
         } else {
             self.untrack(e.job);
             self.sched.complete(handle, now as u64);
-            w.push(Write::JobState {
-                job: e.job,
-                state: "FAILED",
-                ended: Some(now),
-            });
-            w.push(Write::Event {
-                job: e.job,
-                at: now,
-                kind: "FAILED",
-                detail,
-            });
+            transition(w, e.job, "FAILED", Some(now), "FAILED", detail, now);
         }
     }
 
@@ -1432,6 +1414,25 @@ impl Loop {
             })
             .collect()
     }
+}
+
+/// A job's state change and the event that records it (always together).
+fn transition(
+    w: &mut Vec<Write>,
+    job: i64,
+    state: &'static str,
+    ended: Option<i64>,
+    kind: &'static str,
+    detail: String,
+    now: i64,
+) {
+    w.push(Write::JobState { job, state, ended });
+    w.push(Write::Event {
+        job,
+        at: now,
+        kind,
+        detail,
+    });
 }
 
 fn describe_tasks(tasks: &[(i64, i64)], nodes: &BTreeMap<i64, LiveNode>) -> String {

@@ -30,6 +30,22 @@ fn config_value(key: &str) -> Option<String> {
     v.get(key)?.as_str().map(str::to_string)
 }
 
+/// A problem document from the server as an error: exit code 3 for a
+/// refusal (4xx), 1 for a server failure; its detail and field are shown.
+fn refused(code: u16, r: ureq::Response) -> CliError {
+    let v: Value = r.into_json().unwrap_or(Value::Null);
+    let detail = v["detail"].as_str().unwrap_or("request failed");
+    let field = v["field"]
+        .as_str()
+        .map_or(String::new(), |f| format!(" (field {f})"));
+    let msg = format!("server: {code} {detail}{field}");
+    if (400..500).contains(&code) {
+        CliError { code: 3, msg }
+    } else {
+        failure(msg)
+    }
+}
+
 impl Conn {
     fn resolve(&self) -> Result<(String, String), CliError> {
         let server = self
@@ -67,16 +83,7 @@ impl Conn {
                     .map_err(|e| failure(format!("{url}: {e}")))?;
                 Ok((buf, next, state))
             }
-            Err(ureq::Error::Status(code, r)) => {
-                let v: Value = r.into_json().unwrap_or(Value::Null);
-                let detail = v["detail"].as_str().unwrap_or("request failed");
-                let msg = format!("server: {code} {detail}");
-                if (400..500).contains(&code) {
-                    Err(CliError { code: 3, msg })
-                } else {
-                    Err(failure(msg))
-                }
-            }
+            Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
             Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
         }
     }
@@ -97,19 +104,7 @@ impl Conn {
                 r.into_json::<Value>()
                     .map_err(|e| failure(format!("{url}: unreadable response: {e}")))
             }
-            Err(ureq::Error::Status(code, r)) => {
-                let v: Value = r.into_json().unwrap_or(Value::Null);
-                let detail = v["detail"].as_str().unwrap_or("request failed");
-                let field = v["field"]
-                    .as_str()
-                    .map_or(String::new(), |f| format!(" (field {f})"));
-                let msg = format!("server: {code} {detail}{field}");
-                if (400..500).contains(&code) {
-                    Err(CliError { code: 3, msg })
-                } else {
-                    Err(failure(msg))
-                }
-            }
+            Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
             Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
         }
     }

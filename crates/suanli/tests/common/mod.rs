@@ -198,9 +198,9 @@ pub fn heartbeat(
     v
 }
 
-/// (job, run, task) of a heartbeat answer's start orders.
-pub fn starts(hb: &Value) -> Vec<(i64, i64, i64)> {
-    hb["start"]
+/// (job, run, task) of a heartbeat answer's orders of one kind.
+fn orders(hb: &Value, kind: &str) -> Vec<(i64, i64, i64)> {
+    hb[kind]
         .as_array()
         .unwrap()
         .iter()
@@ -214,19 +214,14 @@ pub fn starts(hb: &Value) -> Vec<(i64, i64, i64)> {
         .collect()
 }
 
+/// The tasks a heartbeat answer says to start.
+pub fn starts(hb: &Value) -> Vec<(i64, i64, i64)> {
+    orders(hb, "start")
+}
+
+/// The tasks a heartbeat answer says to stop.
 pub fn kills(hb: &Value) -> Vec<(i64, i64, i64)> {
-    hb["kill"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["job"].as_i64().unwrap(),
-                a["run"].as_i64().unwrap(),
-                a["task"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    orders(hb, "kill")
 }
 
 pub fn job(s: &Server, token: &str, id: i64) -> Value {
