@@ -222,6 +222,31 @@ impl PriceBook {
     fn period_at(&self, t: Ms) -> Option<usize> {
         self.periods.iter().rposition(|p| p.from <= t)
     }
+
+    /// [start, end) cut at every price change inside it: (from, to, period
+    /// in force) for each piece.
+    fn segments(&self, start: Ms, end: Ms) -> Vec<(Ms, Ms, Option<usize>)> {
+        let mut cuts = vec![start];
+        cuts.extend(
+            self.periods
+                .iter()
+                .map(|p| p.from)
+                .filter(|&f| f > start && f < end),
+        );
+        cuts.push(end);
+        cuts.windows(2)
+            .map(|w| (w[0], w[1], self.period_at(w[0])))
+            .collect()
+    }
+
+    /// The list price of a GPU-hour of `model` in period `pi`: its on-demand
+    /// price, else its guaranteed price, else none.
+    fn list_price(&self, pi: usize, model: &str) -> Option<Decimal> {
+        let p = &self.periods[pi];
+        ["on-demand", "guaranteed"]
+            .iter()
+            .find_map(|c| p.gpu_hour.get(&(model.to_string(), c.to_string())).copied())
+    }
 }
 
 /// One task's use of resources over one attempt.
@@ -301,18 +326,8 @@ pub fn invoice(
         if end <= start {
             continue;
         }
-        // Split at every price change inside [start, end).
-        let mut cuts = vec![start];
-        cuts.extend(
-            book.periods
-                .iter()
-                .map(|p| p.from)
-                .filter(|&f| f > start && f < end),
-        );
-        cuts.push(end);
-        for w in cuts.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            let Some(pi) = book.period_at(a) else {
+        for (a, b, pi) in book.segments(start, end) {
+            let Some(pi) = pi else {
                 if u.gpu_milli > 0 {
                     unpriced += (b - a) as u128 * u.gpu_milli as u128;
                 }
@@ -376,6 +391,231 @@ pub fn invoice(
         total,
         unpriced_gpu_raw: unpriced,
     }
+}
+
+/// A stretch of time during which a node had `gpus` GPUs of `gpu_model` in
+/// one state (the store writes one when a node registers or changes state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpan {
+    pub node: String,
+    /// `None` for a CPU-only node.
+    pub gpu_model: Option<String>,
+    pub gpus: i64,
+    /// "ready", "draining" or "down". Ready and draining nodes are capacity
+    /// (powered, in the pool); down ones are not.
+    pub state: String,
+    pub start: Ms,
+    /// `None`: the node is still in this state (counted up to `now`).
+    pub end: Option<Ms>,
+}
+
+/// GPU milli × ms per GPU-hour.
+const GPU_RAW_PER_HOUR: i128 = 1000 * MS_PER_HOUR as i128;
+
+fn gpu_hours(raw: u128) -> Decimal {
+    Decimal::from_i128_with_scale(raw as i128, 0) / Decimal::from(GPU_RAW_PER_HOUR)
+}
+
+fn pct(part: u128, whole: u128) -> Option<Decimal> {
+    (whole > 0).then(|| {
+        (Decimal::from_i128_with_scale(part as i128 * 100, 0)
+            / Decimal::from_i128_with_scale(whole as i128, 0))
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
+    })
+}
+
+/// One GPU model's economics over a period.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelEconomics {
+    pub gpu_model: String,
+    /// GPU-hours of ready or draining nodes.
+    pub capacity_gpu_hours: Decimal,
+    /// GPU-hours of nodes that were down (not in the capacity).
+    pub down_gpu_hours: Decimal,
+    /// GPU-hours billed to tenants (any class, priced or not).
+    pub sold_gpu_hours: Decimal,
+    /// sold / capacity, in percent (2 decimals); `None` without capacity.
+    pub utilisation_pct: Option<Decimal>,
+    /// The GPU line items of this model on every tenant's invoice.
+    pub revenue: Decimal,
+    /// capacity − sold.
+    pub idle_gpu_hours: Decimal,
+    /// Idle GPU-hours at list price (on-demand, else guaranteed), rounded once.
+    pub idle_value: Decimal,
+    /// Idle GPU-hours with no list price in the book (not in `idle_value`).
+    pub idle_unpriced_gpu_hours: Decimal,
+    /// revenue / capacity GPU-hours (2 decimals).
+    pub revenue_per_capacity_gpu_hour: Option<Decimal>,
+}
+
+/// The operator's view of a period: what the pool could sell, what it sold,
+/// what it earned and what idle GPUs were worth at list price.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Economics {
+    pub currency: String,
+    pub from: Ms,
+    pub to: Ms,
+    pub models: Vec<ModelEconomics>,
+    pub capacity_gpu_hours: Decimal,
+    pub down_gpu_hours: Decimal,
+    pub sold_gpu_hours: Decimal,
+    pub utilisation_pct: Option<Decimal>,
+    /// GPU line items of all invoices.
+    pub gpu_revenue: Decimal,
+    /// CPU and memory line items of all invoices.
+    pub other_revenue: Decimal,
+    /// The sum of every tenant's invoice total.
+    pub revenue: Decimal,
+    pub idle_gpu_hours: Decimal,
+    pub idle_value: Decimal,
+    /// revenue (all resources) / capacity GPU-hours (2 decimals).
+    pub revenue_per_capacity_gpu_hour: Option<Decimal>,
+    /// Every tenant's invoice, by tenant name.
+    pub invoices: Vec<Invoice>,
+}
+
+#[derive(Default)]
+struct ModelAcc {
+    capacity: u128,
+    down: u128,
+    sold: u128,
+    /// Per price period (None = before the first): capacity and sold raw.
+    by_period: BTreeMap<Option<usize>, (u128, u128)>,
+}
+
+/// The economics of [from, to) (clipped to `now` for open spans and running
+/// tasks). Revenue is the sum of the tenants' invoices from [`invoice`], so
+/// the report and the bills always agree to the cent.
+pub fn economics(
+    book: &PriceBook,
+    spans: &[NodeSpan],
+    usage: &[Usage],
+    from: Ms,
+    to: Ms,
+    now: Ms,
+) -> Economics {
+    let mut acc: BTreeMap<String, ModelAcc> = BTreeMap::new();
+    for s in spans {
+        let Some(model) = &s.gpu_model else { continue };
+        if s.gpus <= 0 {
+            continue;
+        }
+        let (a, b) = (s.start.max(from), s.end.unwrap_or(now).min(to).min(now));
+        if b <= a {
+            continue;
+        }
+        let m = acc.entry(model.clone()).or_default();
+        for (x, y, pi) in book.segments(a, b) {
+            let raw = (y - x) as u128 * s.gpus as u128 * 1000;
+            if s.state == "down" {
+                m.down += raw;
+            } else {
+                m.capacity += raw;
+                m.by_period.entry(pi).or_default().0 += raw;
+            }
+        }
+    }
+    for u in usage {
+        let Some(model) = &u.gpu_model else { continue };
+        if u.gpu_milli <= 0 {
+            continue;
+        }
+        let (a, b) = (u.start.max(from), u.end.unwrap_or(now).min(to).min(now));
+        if b <= a {
+            continue;
+        }
+        let m = acc.entry(model.clone()).or_default();
+        for (x, y, pi) in book.segments(a, b) {
+            let raw = (y - x) as u128 * u.gpu_milli as u128;
+            m.sold += raw;
+            m.by_period.entry(pi).or_default().1 += raw;
+        }
+    }
+    let tenants: std::collections::BTreeSet<&str> =
+        usage.iter().map(|u| u.tenant.as_str()).collect();
+    let invoices: Vec<Invoice> = tenants
+        .into_iter()
+        .map(|t| invoice(book, t, usage, from, to.min(now), now))
+        .collect();
+    let mut gpu_revenue_by_model: BTreeMap<String, Decimal> = BTreeMap::new();
+    let (mut gpu_revenue, mut other_revenue, mut revenue) =
+        (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+    for inv in &invoices {
+        revenue += inv.total;
+        for l in &inv.lines {
+            if l.resource == Resource::Gpu {
+                gpu_revenue += l.amount;
+                *gpu_revenue_by_model
+                    .entry(l.gpu_model.clone().unwrap_or_default())
+                    .or_default() += l.amount;
+            } else {
+                other_revenue += l.amount;
+            }
+        }
+    }
+    let mut models = Vec::new();
+    let (mut cap, mut down, mut sold, mut idle) = (0u128, 0u128, 0u128, 0u128);
+    let mut idle_value = Decimal::ZERO;
+    for (model, m) in acc {
+        let mut value = Decimal::ZERO;
+        let mut unpriced = 0u128;
+        for (pi, (c, s)) in &m.by_period {
+            let idle_raw = c.saturating_sub(*s);
+            match pi.and_then(|pi| book.list_price(pi, &model)) {
+                Some(p) => value += Decimal::from_i128_with_scale(idle_raw as i128, 0) * p,
+                None => unpriced += idle_raw,
+            }
+        }
+        let value = (value / Decimal::from(GPU_RAW_PER_HOUR))
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+        let idle_raw = m.capacity.saturating_sub(m.sold);
+        let rev = gpu_revenue_by_model
+            .get(&model)
+            .copied()
+            .unwrap_or_default();
+        cap += m.capacity;
+        down += m.down;
+        sold += m.sold;
+        idle += idle_raw;
+        idle_value += value;
+        models.push(ModelEconomics {
+            capacity_gpu_hours: gpu_hours(m.capacity),
+            down_gpu_hours: gpu_hours(m.down),
+            sold_gpu_hours: gpu_hours(m.sold),
+            utilisation_pct: pct(m.sold, m.capacity),
+            revenue: rev,
+            idle_gpu_hours: gpu_hours(idle_raw),
+            idle_value: value,
+            idle_unpriced_gpu_hours: gpu_hours(unpriced),
+            revenue_per_capacity_gpu_hour: per_hour(rev, m.capacity),
+            gpu_model: model,
+        });
+    }
+    Economics {
+        currency: book.currency.clone(),
+        from,
+        to,
+        models,
+        capacity_gpu_hours: gpu_hours(cap),
+        down_gpu_hours: gpu_hours(down),
+        sold_gpu_hours: gpu_hours(sold),
+        utilisation_pct: pct(sold, cap),
+        gpu_revenue,
+        other_revenue,
+        revenue,
+        idle_gpu_hours: gpu_hours(idle),
+        idle_value,
+        revenue_per_capacity_gpu_hour: per_hour(revenue, cap),
+        invoices,
+    }
+}
+
+fn per_hour(amount: Decimal, capacity_raw: u128) -> Option<Decimal> {
+    (capacity_raw > 0).then(|| {
+        (amount * Decimal::from(GPU_RAW_PER_HOUR)
+            / Decimal::from_i128_with_scale(capacity_raw as i128, 0))
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
+    })
 }
 
 #[cfg(test)]
