@@ -95,6 +95,9 @@ pub fn parse_time(s: &str) -> Result<Ms, String> {
 pub fn parse_month(s: &str) -> Result<(Ms, Ms), String> {
     let bad = || format!("period {s:?}: expected YYYY-MM");
     let (y, m) = s.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
     let (y, m): (i64, i64) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
         return Err(bad());
@@ -102,6 +105,38 @@ pub fn parse_month(s: &str) -> Result<(Ms, Ms), String> {
     let start = days_from_civil(y, m, 1) * 86_400_000;
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     Ok((start, days_from_civil(ny, nm, 1) * 86_400_000))
+}
+
+/// (year, month, day) of a day count since 1970-01-01, the inverse of
+/// `days_from_civil`.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The month (`YYYY-MM`, UTC) that contains `t`.
+pub fn month_of(t: Ms) -> String {
+    let (y, m, _) = civil_from_days(t.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}")
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds), the form [`parse_time`] reads.
+pub fn format_time(t: Ms) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400_000));
+    let s = t.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// Service classes, as jobs name them.
@@ -637,5 +672,19 @@ mod tests {
         assert!(parse_time("2026-02-30").is_err());
         assert!(parse_time("2026-11-29T25:00:00Z").is_err());
         assert!(parse_month("2026-13").is_err());
+        assert!(parse_month("2026-1").is_err());
+        for m in ["1970-01", "2024-02", "2026-11", "2026-12", "2100-03"] {
+            let (a, b) = parse_month(m).unwrap();
+            assert_eq!(month_of(a), m);
+            assert_eq!(month_of(b - 1), m);
+        }
+        for t in [
+            "1970-01-01T00:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "2026-11-29T12:34:56Z",
+        ] {
+            assert_eq!(format_time(parse_time(t).unwrap()), t);
+        }
+        assert!(parse_month("26-11").is_err());
     }
 }

@@ -125,7 +125,7 @@ fn intervals_are_clipped_to_the_period_and_running_tasks_to_now() {
     assert_eq!(inv.lines[0].quantity, d("2"));
     // A model or class the book does not price is reported, not billed as free.
     let mut x = usage("on-demand", 1000, from, Some(from + H));
-    x.gpu_model = Some("T4".into());
+    x.gpu_model = Some("V100".into());
     let inv = invoice(&b, "acme", &[x], from, to, to);
     assert!(inv.lines.is_empty());
     assert_eq!(inv.unpriced_gpu_raw, 1000 * H as u128);

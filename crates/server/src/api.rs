@@ -325,6 +325,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{name}/logs", post(crate::logs::push))
         .route("/v1/jobs/{id}/logs", get(crate::logs::read))
         .route("/v1/bills", get(crate::bills::bills))
+        .route("/v1/reports/economics", get(crate::bills::economics_report))
         .route("/metrics", get(crate::metrics::render))
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -1141,7 +1142,7 @@ impl utoipa::Modify for BearerAuth {
         healthz, create_tenant, list_tenants, get_tenant, set_quota, create_token, list_tokens,
         revoke_token, submit, list_jobs, get_job, cancel_job, job_events, list_nodes, drain_node,
         undrain_node, register_agent, heartbeat, task_status, crate::metrics::render,
-        crate::logs::push, crate::logs::read, crate::bills::bills
+        crate::logs::push, crate::logs::read, crate::bills::bills, crate::bills::economics_report
     ),
     components(schemas(TaskKey, TaskExit)),
     modifiers(&BearerAuth)

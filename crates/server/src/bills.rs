@@ -1,7 +1,8 @@
 //! Invoices through the API: usage intervals from the store (one per task
 //! per attempt, written in the same transaction as the state change that
 //! starts or ends them), priced by the server's price book
-//! ([`suanli_ledger`]). A tenant sees only its own invoice.
+//! ([`suanli_ledger`]). A tenant sees only its own invoice. The economics
+//! report (admin) adds capacity from the node history (`node_spans`).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use suanli_ledger::{invoice, parse_month, Invoice, PriceBook};
+use suanli_ledger::{economics, invoice, parse_month, Economics, Invoice, PriceBook};
 use utoipa::IntoParams;
 
 use crate::api::{AppState, Caller, Problem};
@@ -66,13 +67,7 @@ pub async fn bills(
             .collect(),
     };
     let (from, to) = parse_month(&q.period).map_err(|e| Problem::invalid("period", e))?;
-    let Some(book) = st.prices.clone() else {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "no_price_book",
-            "this server has no price book: start it with --prices FILE (or prices = \"FILE\" in its config)",
-        ));
-    };
+    let book = price_book(&st)?;
     let scope = if tenants.len() == 1 {
         Some(tenants[0].0)
     } else {
@@ -91,4 +86,60 @@ pub async fn bills(
         to_ms: to,
         invoices,
     }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EconomicsQuery {
+    /// A month, `YYYY-MM` (UTC).
+    period: String,
+}
+
+#[derive(Serialize)]
+pub struct EconomicsReport {
+    pub period: String,
+    /// When the report was made: open spans and running tasks count up to here.
+    pub now_ms: i64,
+    #[serde(flatten)]
+    pub economics: Economics,
+}
+
+/// The operator's economics for a month (admin only): capacity GPU-hours by
+/// model from the node history, sold GPU-hours, utilisation, revenue (the sum
+/// of the invoices), idle capacity at list price.
+#[utoipa::path(get, path = "/v1/reports/economics", tag = "bills", params(EconomicsQuery), security(("bearer" = [])),
+    responses((status = 200, description = "Capacity, sold, utilisation, revenue and idle value by GPU model; every tenant's invoice"),
+        (status = 400, description = "Bad period", body = crate::api::ProblemDoc),
+        (status = 403, description = "Not an admin token", body = crate::api::ProblemDoc),
+        (status = 409, description = "No price book configured", body = crate::api::ProblemDoc)))]
+pub async fn economics_report(
+    State(st): State<AppState>,
+    c: Caller,
+    q: Result<Query<EconomicsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EconomicsReport>, Problem> {
+    if !matches!(c.0, Scope::Admin) {
+        return Err(Problem::forbidden());
+    }
+    let Query(q) =
+        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let (from, to) = parse_month(&q.period).map_err(|e| Problem::invalid("period", e))?;
+    let book = price_book(&st)?;
+    let usage = st.store.usage(None, from, to).await?;
+    let spans = st.store.node_spans(from, to).await?;
+    let now = now_ms();
+    Ok(Json(EconomicsReport {
+        period: q.period,
+        now_ms: now,
+        economics: economics(&book, &spans, &usage, from, to, now),
+    }))
+}
+
+fn price_book(st: &AppState) -> Result<Arc<PriceBook>, Problem> {
+    st.prices.clone().ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "no_price_book",
+            "this server has no price book: start it with --prices FILE (or prices = \"FILE\" in its config)",
+        )
+    })
 }

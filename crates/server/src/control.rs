@@ -833,7 +833,7 @@ impl Loop {
                 }));
             }
             Cmd::Drain { node, drain, reply } => {
-                let r = self.drain(&node, drain, w);
+                let r = self.drain(&node, drain, now, w);
                 done.push(Box::new(move || {
                     let _ = reply.send(r);
                 }));
@@ -1029,7 +1029,13 @@ impl Loop {
         Ok(Ok(node))
     }
 
-    fn drain(&mut self, name: &str, drain: bool, w: &mut Vec<Write>) -> Result<String, Refusal> {
+    fn drain(
+        &mut self,
+        name: &str,
+        drain: bool,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<String, Refusal> {
         let id = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
         let n = self.nodes.get_mut(&id).expect("node");
         let state = match (n.node.state.as_str(), drain) {
@@ -1046,7 +1052,11 @@ impl Loop {
         tracing::info!(node = name, state, "node state changed by the admin");
         let h = n.handle;
         self.sched.set_closed(h, drain);
-        w.push(Write::NodeState { node: id, state });
+        w.push(Write::NodeState {
+            node: id,
+            state,
+            at: now,
+        });
         self.dirty = true;
         Ok(state.to_string())
     }
@@ -1070,6 +1080,7 @@ impl Loop {
             w.push(Write::NodeState {
                 node,
                 state: "ready",
+                at: now,
             });
             self.dirty = true;
         }
@@ -1191,6 +1202,7 @@ impl Loop {
             w.push(Write::NodeState {
                 node: id,
                 state: "down",
+                at: last,
             });
             tracing::warn!(node = %name, "node down: no heartbeat within the lease");
             let tasks: Vec<(i64, i64)> = self

@@ -114,7 +114,14 @@ pub struct UpArgs {
     /// Address of the server.
     #[arg(long, default_value = "127.0.0.1:8420")]
     listen: String,
+    /// Price book for bills and the economics report [default: the example
+    /// book, written to DATA_DIR/prices.toml].
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
 }
+
+/// The example price book (examples/prices.toml), for `suanli up`.
+const EXAMPLE_PRICES: &str = include_str!("../../../examples/prices.toml");
 
 /// Children stopped (SIGTERM, then SIGKILL) when dropped.
 struct Children(Vec<Child>);
@@ -187,8 +194,27 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     let dir = std::fs::canonicalize(&a.data_dir).map_err(|e| failure(e.to_string()))?;
     // A local pool: agents report every second, and are down after 10 s.
     let conf = dir.join("up-server.toml");
-    std::fs::write(&conf, "[agents]\nheartbeat_interval_s = 1\nlease_s = 10\n")
-        .map_err(|e| failure(format!("{}: {e}", conf.display())))?;
+    let prices = match &a.prices {
+        Some(p) => {
+            std::fs::canonicalize(p).map_err(|e| usage(format!("--prices {}: {e}", p.display())))?
+        }
+        None => {
+            let p = dir.join("prices.toml");
+            if !p.exists() {
+                std::fs::write(&p, EXAMPLE_PRICES)
+                    .map_err(|e| failure(format!("{}: {e}", p.display())))?;
+            }
+            p
+        }
+    };
+    std::fs::write(
+        &conf,
+        format!(
+            "prices = {:?}\n[agents]\nheartbeat_interval_s = 1\nlease_s = 10\n",
+            prices.display().to_string()
+        ),
+    )
+    .map_err(|e| failure(format!("{}: {e}", conf.display())))?;
     let mut server = Command::new(&exe)
         .args(["server", "--listen", &a.listen, "--config"])
         .arg(&conf)
@@ -289,6 +315,12 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     write_env(&dir.join("env"), &url, &demo_tok)?;
     write_env(&dir.join("admin.env"), &url, &admin)?;
     let d = dir.display();
+    let month = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        suanli_ledger::month_of(now)
+    };
     println!(
         "Suanli is up: {url} with {} agents ({} each).",
         a.agents, a.gpus_per_agent
@@ -303,6 +335,10 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         "  {cli} submit --gpus 1 --name hello -- sh -c 'echo hello from GPU $CUDA_VISIBLE_DEVICES'"
     );
     println!("  {cli} queue --all; {cli} logs 1 --follow");
+    println!(
+        "  {cli} bill --period {month}; (source {d}/admin.env) {cli} report economics --period {month}"
+    );
+    println!("  prices: {}", prices.display());
     println!("Ctrl-C stops everything.");
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -865,3 +865,140 @@ pub fn bill(a: BillArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum ReportCmd {
+    /// The operator's economics for a month (admin): capacity and sold
+    /// GPU-hours by model, utilisation, revenue, idle capacity at list price.
+    Economics(EconomicsArgs),
+}
+
+#[derive(Args)]
+pub struct EconomicsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// A month, YYYY-MM (UTC).
+    #[arg(long)]
+    period: String,
+    /// table, csv or json.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+pub fn report(c: ReportCmd) -> Result<(), CliError> {
+    match c {
+        ReportCmd::Economics(a) => economics(a),
+    }
+}
+
+/// `suanli report economics --period 2026-11`.
+fn economics(a: EconomicsArgs) -> Result<(), CliError> {
+    if !["table", "csv", "json"].contains(&a.format.as_str()) {
+        return Err(usage(format!(
+            "--format must be table, csv or json (found {:?})",
+            a.format
+        )));
+    }
+    let v = a.conn.call(
+        "GET",
+        &format!("/v1/reports/economics?period={}", a.period),
+        None,
+    )?;
+    if a.format == "json" {
+        print_json(&v);
+        return Ok(());
+    }
+    let s = |x: &Value| match x {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        x => x.to_string(),
+    };
+    // Hours are exact quotients: two decimals in the table.
+    let h = |x: &Value| {
+        s(x).parse::<f64>()
+            .map_or_else(|_| s(x), |f| format!("{f:.2}"))
+    };
+    let cur = s(&v["currency"]);
+    let fields = [
+        "capacity_gpu_hours",
+        "down_gpu_hours",
+        "sold_gpu_hours",
+        "utilisation_pct",
+        "revenue",
+        "idle_gpu_hours",
+        "idle_value",
+        "revenue_per_capacity_gpu_hour",
+    ];
+    let models = v["models"].as_array().cloned().unwrap_or_default();
+    if a.format == "csv" {
+        println!("gpu_model,{},currency", fields.join(","));
+        for m in &models {
+            let row: Vec<String> = fields.iter().map(|f| s(&m[*f])).collect();
+            println!("{},{},{cur}", s(&m["gpu_model"]), row.join(","));
+        }
+        let mut total: Vec<String> = fields.iter().map(|f| s(&v[*f])).collect();
+        total[4] = s(&v["revenue"]);
+        println!("TOTAL,{},{cur}", total.join(","));
+        return Ok(());
+    }
+    println!(
+        "economics: period {} ({cur}), counted up to {} ms",
+        s(&v["period"]),
+        s(&v["now_ms"])
+    );
+    println!(
+        "{:<14} {:>14} {:>10} {:>12} {:>7} {:>12} {:>12} {:>12} {:>10}",
+        "GPU MODEL",
+        "CAPACITY GPU-H",
+        "DOWN GPU-H",
+        "SOLD GPU-H",
+        "UTIL %",
+        "REVENUE",
+        "IDLE GPU-H",
+        "IDLE VALUE",
+        "REV/CAP-H"
+    );
+    let row = |name: &str, m: &Value, revenue: &Value| {
+        println!(
+            "{:<14} {:>14} {:>10} {:>12} {:>7} {:>12} {:>12} {:>12} {:>10}",
+            name,
+            h(&m["capacity_gpu_hours"]),
+            h(&m["down_gpu_hours"]),
+            h(&m["sold_gpu_hours"]),
+            s(&m["utilisation_pct"]),
+            s(revenue),
+            h(&m["idle_gpu_hours"]),
+            s(&m["idle_value"]),
+            s(&m["revenue_per_capacity_gpu_hour"])
+        );
+    };
+    for m in &models {
+        row(&s(&m["gpu_model"]), m, &m["revenue"]);
+    }
+    row("TOTAL", &v, &v["revenue"]);
+    println!(
+        "revenue {cur}: GPU {} + CPU and memory {} = {}; idle GPUs at list price: {}",
+        s(&v["gpu_revenue"]),
+        s(&v["other_revenue"]),
+        s(&v["revenue"]),
+        s(&v["idle_value"])
+    );
+    for m in &models {
+        if h(&m["idle_unpriced_gpu_hours"]) != "0.00" {
+            println!(
+                "note: {} idle GPU-hours of {} have no list price (on-demand or guaranteed) in the book",
+                h(&m["idle_unpriced_gpu_hours"]),
+                s(&m["gpu_model"])
+            );
+        }
+    }
+    let invoices = v["invoices"].as_array().cloned().unwrap_or_default();
+    if !invoices.is_empty() {
+        let by: Vec<String> = invoices
+            .iter()
+            .map(|i| format!("{} {}", s(&i["tenant"]), s(&i["total"])))
+            .collect();
+        println!("by tenant: {}", by.join(", "));
+    }
+    Ok(())
+}

@@ -7,9 +7,12 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use suanli_ledger::{parse_time, PriceBook, Usage};
 use suanli_sched::{DEFAULT_POLICY, POLICY_NAMES, QUEUE_POLICY_NAMES};
 use suanli_sim::jobs::gen::{generate_csv, GenParams};
-use suanli_sim::jobs::{report, simulate, workload, Cluster, SimParams, SimResult, Workload};
+use suanli_sim::jobs::{
+    money, report, simulate, workload, Cluster, Meter, SimEvent, SimParams, SimResult, Workload,
+};
 
 use crate::{failure, usage, CliError};
 
@@ -46,6 +49,14 @@ pub struct SimJobsArgs {
     /// Also print per-tenant GPU-hours, shares and waits, and per-class waits and preemptions.
     #[arg(long)]
     tenants: bool,
+    /// Price book (TOML, see examples/prices.toml): add revenue, idle value
+    /// and per-tenant bills for each policy, billed as the live pool would.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+    /// With --prices: the UTC instant simulated time 0 stands for
+    /// (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ) [default: the book's first period].
+    #[arg(long, value_name = "TIME", requires = "prices")]
+    start: Option<String>,
 }
 
 pub fn parse_policies(s: &str) -> Result<Vec<String>, CliError> {
@@ -109,13 +120,16 @@ fn check_placement(name: &str) -> Result<(), CliError> {
 }
 
 /// Run every policy (in parallel), with a progress bar per policy on a terminal.
+/// With `meter_t0`, each run's usage intervals are metered (simulated time 0
+/// at that instant) and returned beside its result.
 fn run_all(
     cluster: &Cluster,
     wl: &Workload,
     policies: &[String],
     base: &SimParams,
     show_progress: bool,
-) -> Result<Vec<SimResult>, CliError> {
+    meter_t0: Option<i64>,
+) -> Result<(Vec<SimResult>, Vec<Vec<Usage>>), CliError> {
     let multi = MultiProgress::new();
     let style =
         ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} jobs arrived {elapsed}")
@@ -132,7 +146,7 @@ fn run_all(
             })
         })
         .collect();
-    let results: Vec<Result<SimResult, String>> = policies
+    let results: Vec<Result<(SimResult, Vec<Usage>), String>> = policies
         .par_iter()
         .zip(bars.par_iter())
         .map(|(p, bar)| {
@@ -143,17 +157,25 @@ fn run_all(
                     b.set_position(n as u64);
                 }
             };
-            let r = simulate(cluster, wl, &params, &mut |_| {}, &mut progress);
+            let mut meter = meter_t0.map(|t0| Meter::new(cluster, wl, t0));
+            let mut observe = |e: &SimEvent| {
+                if let Some(m) = &mut meter {
+                    m.observe(e);
+                }
+            };
+            let r = simulate(cluster, wl, &params, &mut observe, &mut progress);
             if let Some(b) = bar {
                 b.finish();
             }
-            r
+            r.map(|r| (r, meter.map(Meter::finish).unwrap_or_default()))
         })
         .collect();
-    results
+    Ok(results
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(failure)
+        .map_err(failure)?
+        .into_iter()
+        .unzip())
 }
 
 pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
@@ -165,6 +187,15 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
             a.checkpoint_s
         )));
     }
+    let book = match &a.prices {
+        Some(p) => Some(PriceBook::read(p).map_err(usage)?),
+        None => None,
+    };
+    let t0 = match (&book, &a.start) {
+        (Some(_), Some(s)) => Some(parse_time(s).map_err(|e| usage(format!("--start {e}")))?),
+        (Some(b), None) => Some(b.periods[0].from),
+        (None, _) => None,
+    };
     let (cluster, wl) = load_inputs(&a.cluster, &a.trace, a.arrival_scale)?;
     let json_stdout = a.json.as_deref() == Some(Path::new("-"));
     let show_progress = std::io::stderr().is_terminal() && !json_stdout;
@@ -172,7 +203,10 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     base.placement = a.placement.clone();
     base.seed = a.seed;
     base.checkpoint_ms = (a.checkpoint_s * 1000.0).round() as u64;
-    let results = run_all(&cluster, &wl, &policies, &base, show_progress)?;
+    let (mut results, usages) = run_all(&cluster, &wl, &policies, &base, show_progress, t0)?;
+    if let (Some(book), Some(t0)) = (&book, t0) {
+        money::price(book, &cluster, t0, &mut results, &usages);
+    }
     let cluster_desc = format!(
         "{} ({}: {} nodes, {} GPUs)",
         cluster.name,
@@ -206,6 +240,9 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     if !json_stdout {
         println!("cluster: {cluster_desc}\ntrace:   {trace_desc}");
         print!("{}", report::table(&results));
+        if book.is_some() {
+            print!("{}", report::money_table(&results));
+        }
         if a.tenants {
             print!("{}", report::tenant_table(&results));
         }

@@ -59,6 +59,9 @@ enum Cmd {
     Up(agent_cmd::UpArgs),
     /// Invoices for a month: suanli bill --period 2026-11 [--tenant T] [--format table|csv|json].
     Bill(client_cmd::BillArgs),
+    /// Operator reports: suanli report economics --period 2026-11 [--format table|csv|json].
+    #[command(subcommand)]
+    Report(client_cmd::ReportCmd),
 }
 
 #[derive(clap::Args)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => agent_cmd::agent(a),
         Cmd::Up(a) => agent_cmd::up(a),
         Cmd::Bill(a) => client_cmd::bill(a),
+        Cmd::Report(c) => client_cmd::report(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -481,6 +481,32 @@ fn up_brings_a_pool_and_its_printed_example_completes() {
         "{}",
         run(&format!("logs {id}"))
     );
+    // The printed bill and economics commands work with the demo prices.
+    let bill_line = printed
+        .iter()
+        .find(|l| l.contains(" bill --period "))
+        .expect(&text)
+        .trim()
+        .to_string();
+    let (bill, econ) = bill_line.split_once("; ").expect(&bill_line);
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(". {}/env && {bill}", dir.display()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("tenant demo"), "{out}");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(econ.replace("(source ", ". ").replace(") ", " && "))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("A100-80G") && out.contains("by tenant: demo"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // SIGTERM stops everything.
     unsafe_kill(up.id() as i32);
     let status = up.wait().unwrap();

@@ -269,6 +269,61 @@ fn gen_then_sim_jobs_writes_table_json_and_report() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["results"][0]["policy"], "fifo");
+    assert!(
+        v["results"][0]["money"].is_null(),
+        "no money without --prices"
+    );
+    // With a price book: money per policy in the table, JSON and report.
+    let prices = format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"));
+    let rep = d.join("report-money");
+    let json = d.join("money.json");
+    let (code, out, err) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        &cluster,
+        "--trace",
+        &trace,
+        "--policy",
+        "fifo,backfill",
+        "--prices",
+        &prices,
+        "--start",
+        "2026-11-14",
+        "--tenants",
+        "--json",
+        json.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("money (CNY), window 2026-11-14T00:00:00Z") && out.contains("idle_value"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let num = |x: &serde_json::Value| x.as_str().unwrap().parse::<f64>().unwrap();
+    for r in v["results"].as_array().unwrap() {
+        let m = &r["money"];
+        let invoices = m["invoices"].as_array().unwrap();
+        assert_eq!(invoices.len(), 3, "one invoice per tenant");
+        let billed: f64 = invoices.iter().map(|i| num(&i["total"])).sum();
+        assert!((billed - num(&m["revenue"])).abs() < 1e-6, "{m}");
+        assert!(num(&m["idle_value"]) > 0.0 && num(&m["revenue"]) > 0.0);
+        assert_eq!(m["from"], v["results"][0]["money"]["from"]);
+        assert_eq!(
+            m["to"], v["results"][0]["money"]["to"],
+            "one window for every policy"
+        );
+    }
+    let tenants = std::fs::read_to_string(rep.join("tenants.csv")).unwrap();
+    assert!(
+        tenants.lines().next().unwrap().ends_with(",bill"),
+        "{tenants}"
+    );
+    let html = std::fs::read_to_string(rep.join("index.html")).unwrap();
+    assert!(html.contains("<h2>Money</h2>"));
 }
 
 #[test]
@@ -355,6 +410,42 @@ fn sim_jobs_bad_input_is_a_one_line_error() {
         err.contains("c.toml") && err.contains("count must be at least 1"),
         "{err}"
     );
+    // Price-book errors name the file and where; --start needs --prices.
+    let badbook = tmpdir().join("prices-bad.toml");
+    std::fs::write(
+        &badbook,
+        "currency = \"CNY\"\n[[period]]\nfrom = \"2026-13-01\"\n",
+    )
+    .unwrap();
+    let okbook = format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"));
+    for (extra, want) in [
+        (
+            vec!["--prices", badbook.to_str().unwrap()],
+            "prices-bad.toml:period 1",
+        ),
+        (
+            vec!["--prices", "/nonexistent/p.toml"],
+            "/nonexistent/p.toml",
+        ),
+        (
+            vec!["--prices", &okbook, "--start", "2026-11-40"],
+            "--start",
+        ),
+        (vec!["--start", "2026-11-01"], "--prices"),
+    ] {
+        let mut a = vec![
+            "sim",
+            "jobs",
+            "--cluster",
+            &cluster,
+            "--trace",
+            "native:/nonexistent.csv",
+        ];
+        a.extend(extra);
+        let (code, _, err) = suanli(&a);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(want), "{want}: {err}");
+    }
     let (code, _, err) = suanli(&["gen", "--jobs", "10", "--spot", "1.5"]);
     assert_eq!(code, 2);
     assert!(err.contains("--spot"), "{err}");

@@ -129,6 +129,13 @@ pub trait Backend: Send + Sync {
         to: i64,
     ) -> Result<Vec<suanli_ledger::Usage>, StoreError>;
 
+    /// Capacity history: the node spans that overlap [from, to).
+    async fn node_spans(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<suanli_ledger::NodeSpan>, StoreError>;
+
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
@@ -355,9 +362,11 @@ pub enum Write {
         reason: String,
     },
     UpsertNode(Node),
+    /// A node changes state at `at` (for a lost node: its last heartbeat).
     NodeState {
         node: i64,
         state: &'static str,
+        at: i64,
     },
     Heartbeat {
         node: i64,

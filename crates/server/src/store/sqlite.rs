@@ -524,6 +524,35 @@ impl Backend for SqliteStore {
             .collect()
     }
 
+    async fn node_spans(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<suanli_ledger::NodeSpan>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT n.name, s.gpu_model, s.gpus, s.state, s.start_ms, s.end_ms \
+             FROM node_spans s JOIN nodes n ON n.id = s.node_id \
+             WHERE s.start_ms < ? AND (s.end_ms IS NULL OR s.end_ms > ?) \
+             ORDER BY s.node_id, s.start_ms",
+        )
+        .bind(to)
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(suanli_ledger::NodeSpan {
+                    node: r.try_get("name")?,
+                    gpu_model: r.try_get("gpu_model")?,
+                    gpus: r.try_get("gpus")?,
+                    state: r.try_get("state")?,
+                    start: r.try_get("start_ms")?,
+                    end: r.try_get("end_ms")?,
+                })
+            })
+            .collect()
+    }
+
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
@@ -533,6 +562,74 @@ impl Backend for SqliteStore {
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+/// Record that `node` is in `state` (with `inventory`, or its stored one)
+/// from `at`: close its open span and open a new one, unless nothing
+/// changed. A change dated before later spans (a lost node is down from its
+/// last heartbeat, which can precede a drain) replaces them, so the spans of
+/// a node never overlap and the history agrees with the billing of its tasks.
+async fn node_span(
+    tx: &mut sqlx::SqliteConnection,
+    node: i64,
+    state: &str,
+    inventory: Option<(Option<String>, i64)>,
+    at: i64,
+) -> Result<(), StoreError> {
+    let (model, gpus): (Option<String>, i64) = match inventory {
+        Some(i) => i,
+        None => {
+            let r = sqlx::query("SELECT gpu_model, gpus FROM nodes WHERE id = ?")
+                .bind(node)
+                .fetch_one(&mut *tx)
+                .await?;
+            (r.try_get("gpu_model")?, r.try_get("gpus")?)
+        }
+    };
+    let open = sqlx::query(
+        "SELECT start_ms, state, gpu_model, gpus FROM node_spans WHERE node_id = ? AND end_ms IS NULL",
+    )
+    .bind(node)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(r) = open {
+        let (start, st, m, g): (i64, String, Option<String>, i64) = (
+            r.try_get("start_ms")?,
+            r.try_get("state")?,
+            r.try_get("gpu_model")?,
+            r.try_get("gpus")?,
+        );
+        if st == state && m == model && g == gpus && start <= at {
+            return Ok(());
+        }
+    }
+    sqlx::query("DELETE FROM node_spans WHERE node_id = ? AND start_ms > ?")
+        .bind(node)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE node_spans SET end_ms = ? WHERE node_id = ? AND (end_ms IS NULL OR end_ms > ?)",
+    )
+    .bind(at)
+    .bind(node)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    // A zero-length span (two changes in one millisecond) is replaced.
+    sqlx::query(
+        "INSERT INTO node_spans (node_id, start_ms, end_ms, state, gpu_model, gpus) \
+         VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (node_id, start_ms) DO UPDATE SET \
+         end_ms = NULL, state = excluded.state, gpu_model = excluded.gpu_model, gpus = excluded.gpus",
+    )
+    .bind(node)
+    .bind(at)
+    .bind(state)
+    .bind(&model)
+    .bind(gpus)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -584,15 +681,16 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
 async fn node_states(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
     let mut by_state: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for w in run {
-        if let Write::NodeState { node, state } = w {
+        if let Write::NodeState { node, state, .. } = w {
             by_state.entry(state).or_default().push(*node);
         }
     }
-    // A node set twice in one run keeps its last state.
+    // A node set twice in one run keeps its last state; every change opens a span.
     let mut last: BTreeMap<i64, &str> = BTreeMap::new();
     for w in run {
-        if let Write::NodeState { node, state } = w {
+        if let Write::NodeState { node, state, at } = w {
             last.insert(*node, state);
+            node_span(tx, *node, state, None, *at).await?;
         }
     }
     for (state, nodes) in by_state {
@@ -891,13 +989,16 @@ async fn apply(w: &Write, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreEr
                 .bind(n.last_heartbeat_ms)
                 .execute(&mut *tx)
                 .await?;
+                let inventory = (n.gpu_model.clone(), n.gpus);
+                node_span(tx, n.id, &n.state, Some(inventory), n.last_heartbeat_ms).await?;
             }
-            Write::NodeState { node, state } => {
+            Write::NodeState { node, state, at } => {
                 sqlx::query("UPDATE nodes SET state = ? WHERE id = ?")
                     .bind(state)
                     .bind(node)
                     .execute(&mut *tx)
                     .await?;
+                node_span(tx, *node, state, None, *at).await?;
             }
             Write::Heartbeat { node, at } => {
                 sqlx::query("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")

@@ -138,6 +138,9 @@ pub struct SimResult {
     pub events: u64,
     /// Wall-clock seconds of the run (the only non-deterministic field).
     pub wall_s: f64,
+    /// Invoices, revenue and idle value, when priced ([`super::money::price`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub money: Option<suanli_ledger::Economics>,
     #[serde(skip)]
     pub series: Vec<SeriesPoint>,
     /// Sorted job completion times (seconds), for the CDF.
@@ -568,6 +571,7 @@ pub fn simulate(
         classes,
         events,
         wall_s: wall.elapsed().as_secs_f64(),
+        money: None,
         series: points,
         jct_sorted_s: jct.iter().map(|&x| x as f64 / 1000.0).collect(),
         rejected_examples,

@@ -54,6 +54,57 @@ pub fn table(results: &[SimResult]) -> String {
     out
 }
 
+/// Money per policy (when priced): revenue, idle capacity at list price,
+/// utilisation of the priced window and revenue per capacity GPU-hour.
+pub fn money_table(results: &[SimResult]) -> String {
+    let mut out = String::new();
+    let Some(m0) = results.iter().find_map(|r| r.money.as_ref()) else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "money ({}), window {} + {:.2} h (every policy; every GPU node is capacity), idle at list price:",
+        m0.currency,
+        suanli_ledger::format_time(m0.from),
+        (m0.to - m0.from) as f64 / 3_600_000.0
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:>14} {:>14} {:>14} {:>14} {:>8} {:>12}",
+        "policy", "revenue", "gpu_revenue", "idle_value", "sold_gpu_h", "util_%", "rev/cap_gpu_h"
+    );
+    for r in results {
+        let Some(m) = &r.money else { continue };
+        let _ = writeln!(
+            out,
+            "{:<9} {:>14} {:>14} {:>14} {:>14.1} {:>8} {:>12}",
+            r.policy,
+            m.revenue,
+            m.gpu_revenue,
+            m.idle_value,
+            m.sold_gpu_hours
+                .to_string()
+                .parse::<f64>()
+                .unwrap_or(f64::NAN),
+            m.utilisation_pct.map_or("-".into(), |d| d.to_string()),
+            m.revenue_per_capacity_gpu_hour
+                .map_or("-".into(), |d| d.to_string())
+        );
+    }
+    out
+}
+
+/// The total of `tenant`'s invoice under `r`'s pricing, if priced.
+fn bill(r: &SimResult, tenant: &str) -> Option<String> {
+    let m = r.money.as_ref()?;
+    Some(
+        m.invoices
+            .iter()
+            .find(|i| i.tenant == tenant)
+            .map_or_else(|| "0".to_string(), |i| i.total.to_string()),
+    )
+}
+
 /// Per-tenant GPU-hours and shares, and per-class waits and preemptions,
 /// one block per policy.
 pub fn tenant_table(results: &[SimResult]) -> String {
@@ -75,20 +126,28 @@ pub fn tenant_table(results: &[SimResult]) -> String {
         let _ = writeln!(out, "[{}] per tenant", r.policy);
         let _ = writeln!(
             out,
-            "  {:<14} {:>8} {:>12} {:>8} {:>11} {:>11} {:>9}",
-            "tenant", "jobs", "gpu_hours", "share_%", "jct_mean_s", "wait_mean_s", "slowdown"
+            "  {:<14} {:>8} {:>12} {:>8} {:>11} {:>11} {:>9} {:>14}",
+            "tenant",
+            "jobs",
+            "gpu_hours",
+            "share_%",
+            "jct_mean_s",
+            "wait_mean_s",
+            "slowdown",
+            "bill"
         );
         for t in &r.tenants {
             let _ = writeln!(
                 out,
-                "  {:<14} {:>8} {:>12.1} {:>8.2} {:>11.0} {:>11.0} {:>9.2}",
+                "  {:<14} {:>8} {:>12.1} {:>8.2} {:>11.0} {:>11.0} {:>9.2} {:>14}",
                 t.tenant,
                 t.jobs,
                 t.gpu_hours,
                 t.share_pct,
                 t.jct_mean_s,
                 t.wait_mean_s,
-                t.slowdown_mean
+                t.slowdown_mean,
+                bill(r, &t.tenant).unwrap_or_else(|| "-".into())
             );
         }
     }
@@ -245,13 +304,13 @@ pub fn write_report(
     }
     w("summary.csv", &sum)?;
     let mut ten = String::from(
-        "policy,tenant,jobs,gpu_hours,share_pct,jct_mean_s,wait_mean_s,slowdown_mean\n",
+        "policy,tenant,jobs,gpu_hours,share_pct,jct_mean_s,wait_mean_s,slowdown_mean,bill\n",
     );
     for r in results {
         for t in &r.tenants {
             let _ = writeln!(
                 ten,
-                "{},{},{},{:.3},{:.3},{:.1},{:.1},{:.3}",
+                "{},{},{},{:.3},{:.3},{:.1},{:.1},{:.3},{}",
                 r.policy,
                 t.tenant,
                 t.jobs,
@@ -259,7 +318,8 @@ pub fn write_report(
                 t.share_pct,
                 t.jct_mean_s,
                 t.wait_mean_s,
-                t.slowdown_mean
+                t.slowdown_mean,
+                bill(r, &t.tenant).unwrap_or_default()
             );
         }
     }
@@ -353,7 +413,15 @@ pub fn write_report(
             r.jain_index
         );
     }
-    html.push_str("</table>\n<h2>Utilisation</h2><img src=\"utilisation.svg\" alt=\"GPU utilisation over time\">\n\
+    html.push_str("</table>\n");
+    if results.iter().any(|r| r.money.is_some()) {
+        let _ = write!(
+            html,
+            "<h2>Money</h2>\n<pre>{}</pre>\n<p>Per-tenant bills: <a href=\"tenants.csv\">tenants.csv</a> (column <code>bill</code>); invoices with line items: <a href=\"results.json\">results.json</a>.</p>\n",
+            esc(&money_table(results))
+        );
+    }
+    html.push_str("<h2>Utilisation</h2><img src=\"utilisation.svg\" alt=\"GPU utilisation over time\">\n\
 <h2>Queue length</h2><img src=\"queue.svg\" alt=\"pending jobs over time\">\n\
 <h2>Job completion times</h2><img src=\"jct_cdf.svg\" alt=\"JCT CDF\">\n\
 <p>Data: <a href=\"summary.csv\">summary.csv</a>, <a href=\"series.csv\">series.csv</a>, \
