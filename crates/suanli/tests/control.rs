@@ -910,6 +910,32 @@ fn the_economics_report_counts_capacity_from_node_history_and_revenue_from_the_b
     );
     assert_eq!(code, 400, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("period"), "{v}");
+    // n1 comes back with other GPUs: the finished task stays billed as the
+    // A100 it ran on, and the new inventory is new capacity.
+    register(&p.s, &p.agent, "n1", 4, "H800", 64_000);
+    let (_, b2, _) = call(
+        "GET",
+        &p.s.u(&format!("/v1/bills?period={month}")),
+        Some(&p.acme),
+        None,
+    );
+    assert_eq!(
+        b2["invoices"][0]["lines"], b["invoices"][0]["lines"],
+        "{b2}"
+    );
+    let (_, e2, _) = call(
+        "GET",
+        &p.s.u(&format!("/v1/reports/economics?period={month}")),
+        Some(&p.admin),
+        None,
+    );
+    let models: Vec<&str> = e2["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["gpu_model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["A100-80G", "H800"], "{e2}");
     // The CLI: a table with the model and a total; CSV with exact figures.
     let (code, out, err) = cli(
         &p.s.url,

@@ -487,7 +487,7 @@ impl Backend for SqliteStore {
         to: i64,
     ) -> Result<Vec<suanli_ledger::Usage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT t.name AS tenant, k.job_id, k.run, k.idx, n.gpu_model, j.class, \
+            "SELECT t.name AS tenant, k.job_id, k.run, k.idx, COALESCE(k.gpu_model, n.gpu_model) AS gpu_model, j.class, \
              j.num_gpu * j.gpu_milli AS gpu_milli, j.cpu_milli, j.memory_mib, k.started_ms, k.ended_ms \
              FROM tasks k JOIN jobs j ON j.id = k.job_id JOIN tenants t ON t.id = j.tenant_id \
              JOIN nodes n ON n.id = k.node_id \
@@ -796,7 +796,7 @@ async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(
         }
         for part in rows.chunks(150) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms) ",
+                "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms, gpu_model) ",
             );
             q.push_values(part, |mut b, r| {
                 b.push_bind(r.0)
@@ -805,7 +805,11 @@ async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(
                     .push_bind(r.3)
                     .push_bind(r.4)
                     .push_bind("ASSIGNED")
-                    .push_bind(r.5);
+                    .push_bind(r.5)
+                    // The model it runs on, kept should the node's inventory change later.
+                    .push("(SELECT gpu_model FROM nodes WHERE id = ")
+                    .push_bind_unseparated(r.3)
+                    .push_unseparated(")");
             });
             q.build().execute(&mut *tx).await?;
         }
