@@ -353,9 +353,50 @@ pub fn invoice(
     to: Ms,
     now: Ms,
 ) -> Invoice {
+    invoice_of(
+        book,
+        tenant,
+        usage.iter().filter(|u| u.tenant == tenant),
+        from,
+        to,
+        now,
+    )
+}
+
+/// The invoices of `tenants` (in that order; one with no usage has no lines),
+/// grouping the usage by tenant once: linear in the usage, however many
+/// tenants there are.
+pub fn invoices(
+    book: &PriceBook,
+    tenants: &[&str],
+    usage: &[Usage],
+    from: Ms,
+    to: Ms,
+    now: Ms,
+) -> Vec<Invoice> {
+    let mut by: BTreeMap<&str, Vec<&Usage>> = tenants.iter().map(|t| (*t, Vec::new())).collect();
+    for u in usage {
+        if let Some(v) = by.get_mut(u.tenant.as_str()) {
+            v.push(u);
+        }
+    }
+    tenants
+        .iter()
+        .map(|t| invoice_of(book, t, by[t].iter().copied(), from, to, now))
+        .collect()
+}
+
+fn invoice_of<'a>(
+    book: &PriceBook,
+    tenant: &str,
+    usage: impl Iterator<Item = &'a Usage>,
+    from: Ms,
+    to: Ms,
+    now: Ms,
+) -> Invoice {
     let mut q: BTreeMap<LineKey, u128> = BTreeMap::new();
     let mut unpriced = 0u128;
-    for u in usage.iter().filter(|u| u.tenant == tenant) {
+    for u in usage {
         let end = u.end.unwrap_or(now).min(to);
         let start = u.start.max(from);
         if end <= start {
@@ -568,10 +609,8 @@ pub fn economics(
     }
     let tenants: std::collections::BTreeSet<&str> =
         usage.iter().map(|u| u.tenant.as_str()).collect();
-    let invoices: Vec<Invoice> = tenants
-        .into_iter()
-        .map(|t| invoice(book, t, usage, from, to.min(now), now))
-        .collect();
+    let tenants: Vec<&str> = tenants.into_iter().collect();
+    let invoices = invoices(book, &tenants, usage, from, to.min(now), now);
     let mut gpu_revenue_by_model: BTreeMap<String, Decimal> = BTreeMap::new();
     let (mut gpu_revenue, mut other_revenue, mut revenue) =
         (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
-use suanli_ledger::{economics, invoice, parse_time, NodeSpan, PriceBook, Usage};
+use suanli_ledger::{economics, invoice, invoices, parse_time, NodeSpan, PriceBook, Usage};
 
 const H: i64 = 3_600_000;
 
@@ -179,6 +179,13 @@ fn revenue_is_the_sum_of_every_tenants_invoice() {
     assert_eq!(e.gpu_revenue + e.other_revenue, e.revenue);
     let by_model: Decimal = e.models.iter().map(|m| m.revenue).sum();
     assert_eq!(by_model, e.gpu_revenue);
+    // Grouped invoices equal one invoice per tenant; a tenant with no usage
+    // gets an empty one.
+    let all = invoices(&b, &["c", "a", "idle", "b"], &u, from, to, now);
+    assert_eq!(all[0], invoice(&b, "c", &u, from, to, now));
+    assert_eq!(all[1], invoice(&b, "a", &u, from, to, now));
+    assert!(all[2].lines.is_empty() && all[2].total.is_zero());
+    assert_eq!(all[3], invoice(&b, "b", &u, from, to, now));
 }
 
 proptest! {

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use suanli_ledger::{economics, invoice, parse_month, Economics, Invoice, PriceBook};
+use suanli_ledger::{economics, invoices, parse_month, Economics, Invoice, PriceBook};
 use utoipa::IntoParams;
 
 use crate::api::{AppState, Caller, Problem};
@@ -75,10 +75,8 @@ pub async fn bills(
     };
     let usage = st.store.usage(scope, from, to).await?;
     let now = now_ms();
-    let invoices = tenants
-        .iter()
-        .map(|(_, name)| invoice(&book, name, &usage, from, to, now))
-        .collect();
+    let names: Vec<&str> = tenants.iter().map(|(_, n)| n.as_str()).collect();
+    let invoices = invoices(&book, &names, &usage, from, to, now);
     Ok(Json(Bills {
         currency: book.currency.clone(),
         period: q.period,

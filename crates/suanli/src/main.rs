@@ -2,6 +2,7 @@
 //! settings, then handed to the libraries.
 
 mod agent_cmd;
+mod bench_ledger;
 mod bench_server;
 mod client_cmd;
 mod jobs_cmd;
@@ -139,6 +140,8 @@ enum BenchCmd {
     Jobs(jobs_cmd::BenchJobsArgs),
     /// Speed of the control plane: durable submissions/s and placement decisions/s.
     Server(bench_server::BenchServerArgs),
+    /// Speed of the economics report: a month of a large pool, vs a per-tenant scan baseline.
+    Ledger(bench_ledger::BenchLedgerArgs),
 }
 
 /// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace, server
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
         Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
         Cmd::Bench(BenchCmd::Server(a)) => bench_server::run(a),
+        Cmd::Bench(BenchCmd::Ledger(a)) => bench_ledger::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
         Cmd::Submit(a) => client_cmd::submit(a),

@@ -469,6 +469,32 @@ fn bench_jobs_prints_figures() {
 }
 
 #[test]
+fn bench_ledger_prints_figures_and_checks_its_invoices() {
+    let (code, out, err) = suanli(&[
+        "bench",
+        "ledger",
+        "--nodes",
+        "60",
+        "--tenants",
+        "12",
+        "--intervals",
+        "5000",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("60 nodes (480 GPUs), 12 tenants, 5000 usage intervals"),
+        "{out}"
+    );
+    assert!(
+        out.contains("speed-up: ") && out.contains("same invoices: yes"),
+        "{out}"
+    );
+    let (code, _, err) = suanli(&["bench", "ledger", "--tenants", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--tenants"), "{err}");
+}
+
+#[test]
 fn bench_server_prints_both_figures() {
     let (code, out, err) = suanli(&[
         "bench",
