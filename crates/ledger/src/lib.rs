@@ -570,42 +570,46 @@ pub fn economics(
     to: Ms,
     now: Ms,
 ) -> Economics {
+    #[derive(PartialEq)]
+    enum Kind {
+        Capacity,
+        Down,
+        Sold,
+    }
     let mut acc: BTreeMap<String, ModelAcc> = BTreeMap::new();
-    for s in spans {
-        let Some(model) = &s.gpu_model else { continue };
-        if s.gpus <= 0 {
-            continue;
-        }
-        let (a, b) = (s.start.max(from), s.end.unwrap_or(now).min(to).min(now));
-        if b <= a {
-            continue;
+    // `milli` GPU milli of `model` over [start, end), clipped to the period and now.
+    let mut add = |model: &Option<String>, milli: i64, start: Ms, end: Option<Ms>, kind: Kind| {
+        let Some(model) = model else { return };
+        let (a, b) = (start.max(from), end.unwrap_or(now).min(to).min(now));
+        if milli <= 0 || b <= a {
+            return;
         }
         let m = acc.entry(model.clone()).or_default();
         for (x, y, pi) in book.segments(a, b) {
-            let raw = (y - x) as u128 * s.gpus as u128 * 1000;
-            if s.state == "down" {
-                m.down += raw;
-            } else {
-                m.capacity += raw;
-                m.by_period.entry(pi).or_default().0 += raw;
+            let raw = (y - x) as u128 * milli as u128;
+            match kind {
+                Kind::Down => m.down += raw,
+                Kind::Capacity => {
+                    m.capacity += raw;
+                    m.by_period.entry(pi).or_default().0 += raw;
+                }
+                Kind::Sold => {
+                    m.sold += raw;
+                    m.by_period.entry(pi).or_default().1 += raw;
+                }
             }
         }
+    };
+    for s in spans {
+        let kind = if s.state == "down" {
+            Kind::Down
+        } else {
+            Kind::Capacity
+        };
+        add(&s.gpu_model, s.gpus * 1000, s.start, s.end, kind);
     }
     for u in usage {
-        let Some(model) = &u.gpu_model else { continue };
-        if u.gpu_milli <= 0 {
-            continue;
-        }
-        let (a, b) = (u.start.max(from), u.end.unwrap_or(now).min(to).min(now));
-        if b <= a {
-            continue;
-        }
-        let m = acc.entry(model.clone()).or_default();
-        for (x, y, pi) in book.segments(a, b) {
-            let raw = (y - x) as u128 * u.gpu_milli as u128;
-            m.sold += raw;
-            m.by_period.entry(pi).or_default().1 += raw;
-        }
+        add(&u.gpu_model, u.gpu_milli, u.start, u.end, Kind::Sold);
     }
     let tenants: std::collections::BTreeSet<&str> =
         usage.iter().map(|u| u.tenant.as_str()).collect();

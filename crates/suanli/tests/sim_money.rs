@@ -22,6 +22,29 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d
 }
 
+const LIVE: &[&str] = &["ASSIGNED", "RUNNING"];
+
+/// A change of every task of one attempt, as the control loop writes it.
+fn tasks(
+    job: i64,
+    run: i64,
+    from: &'static [&'static str],
+    to: &'static str,
+    at: Option<i64>,
+    exit_code: Option<i64>,
+) -> Write {
+    Write::TaskState {
+        job,
+        run,
+        task: None,
+        from,
+        to,
+        at,
+        exit_code,
+        reason: String::new(),
+    }
+}
+
 /// What the engine did, owned, for the replay.
 enum Ev {
     Start(usize, u64, Vec<Placement>),
@@ -214,62 +237,35 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                             .collect(),
                     });
                     // The agent confirms.
-                    w.push(Write::TaskState {
-                        job: id,
-                        run: runs[*job],
-                        task: None,
-                        from: &["ASSIGNED"],
-                        to: "RUNNING",
-                        at: None,
-                        exit_code: None,
-                        reason: String::new(),
-                    });
+                    w.push(tasks(id, runs[*job], &["ASSIGNED"], "RUNNING", None, None));
                 }
                 Ev::Preempt(job, at) => {
                     let id = *job as i64 + 1;
                     // The kill order ends billing; the agent's confirmation later does not.
-                    w.push(Write::TaskState {
-                        job: id,
-                        run: runs[*job],
-                        task: None,
-                        from: &["ASSIGNED", "RUNNING"],
-                        to: "KILLING",
-                        at: Some(t0 + *at as i64),
-                        exit_code: None,
-                        reason: "preempted".into(),
-                    });
+                    let at = Some(t0 + *at as i64);
+                    w.push(tasks(id, runs[*job], LIVE, "KILLING", at, None));
                     w.push(Write::JobState {
                         job: id,
                         state: "PENDING",
                         ended: None,
                     });
-                    w.push(Write::TaskState {
-                        job: id,
-                        run: runs[*job],
-                        task: None,
-                        from: &["KILLING"],
-                        to: "KILLED",
-                        at: None,
-                        exit_code: Some(-15),
-                        reason: "killed".into(),
-                    });
+                    w.push(tasks(
+                        id,
+                        runs[*job],
+                        &["KILLING"],
+                        "KILLED",
+                        None,
+                        Some(-15),
+                    ));
                 }
                 Ev::Complete(job, at) => {
                     let id = *job as i64 + 1;
-                    w.push(Write::TaskState {
-                        job: id,
-                        run: runs[*job],
-                        task: None,
-                        from: &["ASSIGNED", "RUNNING"],
-                        to: "EXITED",
-                        at: Some(t0 + *at as i64),
-                        exit_code: Some(0),
-                        reason: String::new(),
-                    });
+                    let at = Some(t0 + *at as i64);
+                    w.push(tasks(id, runs[*job], LIVE, "EXITED", at, Some(0)));
                     w.push(Write::JobState {
                         job: id,
                         state: "COMPLETED",
-                        ended: Some(t0 + *at as i64),
+                        ended: at,
                     });
                 }
             }
