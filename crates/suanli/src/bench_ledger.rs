@@ -1,6 +1,8 @@
 //! `suanli bench ledger`: the cost of a month's economics report on a large
 //! pool, against the same-run baseline of pricing each tenant by scanning
-//! all usage (what a per-tenant `invoice` loop does).
+//! all usage (what a per-tenant `invoice` loop does). With `--store`, also
+//! the store's side: the time to read a month's usage and node history out
+//! of a year of task rows in a real SQLite store, beside the time to price it.
 
 use std::time::Instant;
 
@@ -20,6 +22,10 @@ pub struct BenchLedgerArgs {
     /// Usage intervals (task attempts) in the month.
     #[arg(long, default_value_t = 1_000_000)]
     intervals: usize,
+    /// Also measure the store: a year of history of this many task rows in a
+    /// fresh SQLite store (in a temporary directory), read for the last month.
+    #[arg(long, value_name = "ROWS")]
+    store: Option<usize>,
 }
 
 const MODELS: [&str; 3] = ["A100-80G", "H800", "Ascend910B"];
@@ -127,5 +133,153 @@ pub fn run(a: BenchLedgerArgs) -> Result<(), CliError> {
     if !same {
         return Err(failure("the grouped invoices differ from the baseline"));
     }
+    if let Some(rows) = a.store {
+        if rows == 0 {
+            return Err(usage("--store must be at least 1"));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failure(e.to_string()))?;
+        rt.block_on(store_bench(&book, a.nodes, a.tenants, rows))?;
+    }
+    Ok(())
+}
+
+/// A year of history in a real store; the economics report of its last
+/// month: reading the rows, then pricing them.
+async fn store_bench(
+    book: &PriceBook,
+    nodes: usize,
+    tenants: usize,
+    rows: usize,
+) -> Result<(), CliError> {
+    use std::collections::BTreeMap;
+    use suanli_server::store::{sqlite::SqliteStore, Node, Store, Write};
+    let f = |e: &dyn std::fmt::Display| failure(format!("store: {e}"));
+    let dir = std::env::temp_dir().join(format!("suanli-bench-ledger-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| f(&e))?;
+    let sq = SqliteStore::open(&dir).await.map_err(|e| f(&e))?;
+    let pool = sq.pool().clone();
+    let store = Store::new(std::sync::Arc::new(sq));
+    let (year_from, _) = parse_month("2025-12").map_err(failure)?;
+    let (from, to) = parse_month("2026-11").map_err(failure)?;
+    let span = to - year_from;
+    let t = Instant::now();
+    for t in 0..tenants {
+        store
+            .create_tenant(&format!("tenant-{t}"), 1.0)
+            .await
+            .map_err(|e| f(&e))?;
+    }
+    let w: Vec<Write> = (0..nodes)
+        .map(|i| {
+            Write::UpsertNode(Node {
+                id: i as i64 + 1,
+                name: format!("n{i}"),
+                addr: String::new(),
+                gpu_model: Some(MODELS[i % 3].to_string()),
+                gpus: 8,
+                gpu_memory_mib: 81_920,
+                cpu_milli: 128_000,
+                memory_mib: 1 << 20,
+                rack: String::new(),
+                labels: BTreeMap::new(),
+                state: "ready".to_string(),
+                registered_ms: year_from,
+                last_heartbeat_ms: year_from,
+            })
+        })
+        .collect();
+    store.commit(&w).await.map_err(|e| f(&e))?;
+    let mut rng = Rng(0xbe11);
+    let mut tx = pool.begin().await.map_err(|e| f(&e))?;
+    let mut id = 0i64;
+    while (id as usize) < rows {
+        let n = (rows - id as usize).min(100);
+        let batch: Vec<(i64, i64, i64, i64, i64, i64)> = (0..n as i64)
+            .map(|k| {
+                // Ids grow with time, as in a live store: job k starts at
+                // about k/rows of the year.
+                let start = year_from
+                    + ((id + k) as i128 * span as i128 / rows as i128) as i64
+                    + rng.below(600_000) as i64;
+                let end = (start + 60_000 + rng.below(12 * 3_600_000) as i64).min(to);
+                (
+                    id + k + 1,
+                    rng.below(tenants as u64) as i64 + 1,
+                    rng.below(nodes as u64) as i64 + 1,
+                    [250, 500, 1000, 2000, 4000, 8000][rng.below(6) as usize],
+                    start,
+                    end,
+                )
+            })
+            .collect();
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, \
+             gpu_milli, gpu_models, class, state, submitted_ms, ended_ms) ",
+        );
+        q.push_values(&batch, |mut b, r| {
+            let (num, milli) = if r.3 < 1000 {
+                (1, r.3)
+            } else {
+                (r.3 / 1000, 1000)
+            };
+            b.push_bind(r.0)
+                .push_bind(r.1)
+                .push_bind("j")
+                .push_bind("[]")
+                .push_bind(1)
+                .push_bind(4000)
+                .push_bind(32_768)
+                .push_bind(num)
+                .push_bind(milli)
+                .push_bind("[]")
+                .push_bind(CLASSES[(r.0 % 3) as usize])
+                .push_bind("COMPLETED")
+                .push_bind(r.4)
+                .push_bind(r.5);
+        });
+        q.build().execute(&mut *tx).await.map_err(|e| f(&e))?;
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms, ended_ms, gpu_model) ",
+        );
+        q.push_values(&batch, |mut b, r| {
+            b.push_bind(r.0)
+                .push_bind(1)
+                .push_bind(0)
+                .push_bind(r.2)
+                .push_bind(1)
+                .push_bind("EXITED")
+                .push_bind(r.4)
+                .push_bind(r.5)
+                .push_bind(MODELS[((r.2 - 1) % 3) as usize]);
+        });
+        q.build().execute(&mut *tx).await.map_err(|e| f(&e))?;
+        id += n as i64;
+    }
+    tx.commit().await.map_err(|e| f(&e))?;
+    println!(
+        "store: {rows} task rows over 12 months, {nodes} nodes, {tenants} tenants, written in {:.1} s; report for 2026-11:",
+        t.elapsed().as_secs_f64()
+    );
+    let report = || async {
+        let t = Instant::now();
+        let usage = store.usage(None, from, to).await.map_err(|e| f(&e))?;
+        let spans = store.node_spans(from, to).await.map_err(|e| f(&e))?;
+        let read = t.elapsed().as_secs_f64();
+        let e = economics(book, &spans, &usage, from, to, to);
+        Ok::<_, CliError>((read, t.elapsed().as_secs_f64(), usage.len(), e))
+    };
+    report().await?; // warm the page cache
+    let (read, total, n, _) = report().await?;
+    println!(
+        "  read {read:.3} s ({n} intervals, {:.1} us each), priced in {:.3} s more",
+        read / n.max(1) as f64 * 1e6,
+        total - read
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

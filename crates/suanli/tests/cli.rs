@@ -479,8 +479,14 @@ fn bench_ledger_prints_figures_and_checks_its_invoices() {
         "12",
         "--intervals",
         "5000",
+        "--store",
+        "3000",
     ]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("store: 3000 task rows over 12 months") && out.contains("  read "),
+        "{out}"
+    );
     assert!(
         out.contains("60 nodes (480 GPUs), 12 tenants, 5000 usage intervals"),
         "{out}"
