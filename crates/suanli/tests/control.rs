@@ -772,6 +772,17 @@ fn without_a_price_book_bills_are_a_clear_409() {
         (409, Some("no_price_book")),
         "{v}"
     );
+    let (code, v, _) = call(
+        "GET",
+        &p.s.u("/v1/reports/economics?period=2026-11"),
+        Some(&p.admin),
+        None,
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("no_price_book")),
+        "{v}"
+    );
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
