@@ -178,6 +178,37 @@ fn run_all(
         .unzip())
 }
 
+/// Say on stderr what the book does not price, so that missing revenue is
+/// never silent.
+fn warn_unpriced(results: &[SimResult], book: &Path) {
+    for r in results {
+        let Some(m) = &r.money else { continue };
+        let raw: u128 = m.invoices.iter().map(|i| i.unpriced_gpu_raw).sum();
+        if raw > 0 {
+            eprintln!(
+                "warning: [{}] {:.1} GPU-hours of usage have no price in {} (a model or class missing, or before the first period); they are not in the revenue",
+                r.policy,
+                raw as f64 / 3.6e9,
+                book.display()
+            );
+        }
+        let idle: Vec<&str> = m
+            .models
+            .iter()
+            .filter(|x| !x.idle_unpriced_gpu_hours.is_zero())
+            .map(|x| x.gpu_model.as_str())
+            .collect();
+        if !idle.is_empty() {
+            eprintln!(
+                "warning: [{}] no list price (on-demand or guaranteed) for {} in {}: their idle GPUs are not valued",
+                r.policy,
+                idle.join(", "),
+                book.display()
+            );
+        }
+    }
+}
+
 pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     let policies = parse_policies(&a.policy)?;
     check_placement(&a.placement)?;
@@ -206,6 +237,7 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     let (mut results, usages) = run_all(&cluster, &wl, &policies, &base, show_progress, t0)?;
     if let (Some(book), Some(t0)) = (&book, t0) {
         money::price(book, &cluster, t0, &mut results, &usages);
+        warn_unpriced(&results, a.prices.as_deref().unwrap_or(Path::new("")));
     }
     let cluster_desc = format!(
         "{} ({}: {} nodes, {} GPUs)",

@@ -324,6 +324,36 @@ fn gen_then_sim_jobs_writes_table_json_and_report() {
     );
     let html = std::fs::read_to_string(rep.join("index.html")).unwrap();
     assert!(html.contains("<h2>Money</h2>"));
+    assert!(
+        !err.contains("warning"),
+        "the example book prices everything: {err}"
+    );
+    // What a book does not price is said, never silently left out.
+    let thin = d.join("a100-only.toml");
+    std::fs::write(
+        &thin,
+        "currency = \"CNY\"\n[[period]]\nfrom = \"2026-01-01\"\n[period.gpu_hour.A100-80G]\non-demand = \"12\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = suanli(&[
+        "sim",
+        "jobs",
+        "--cluster",
+        &cluster,
+        "--trace",
+        &trace,
+        "--prices",
+        thin.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("GPU-hours of usage have no price in") && err.contains("a100-only.toml"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no list price (on-demand or guaranteed) for Ascend910B, H800, T4"),
+        "{err}"
+    );
 }
 
 #[test]
