@@ -332,13 +332,7 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
         lost_end <= killed_at && killed_at - lost_end < 2_500,
         "{lost_end} vs {killed_at}"
     );
-    let month = {
-        let o = Command::new("date")
-            .args(["-u", "+%Y-%m"])
-            .output()
-            .unwrap();
-        String::from_utf8(o.stdout).unwrap().trim().to_string()
-    };
+    let month = month_now();
     let (_, b, _) = call(
         "GET",
         &p.s.u(&format!("/v1/bills?period={month}")),

@@ -663,13 +663,7 @@ fn a_preempted_spot_task_is_billed_only_until_its_preemption() {
     // The agent confirms the kill later: the interval does not grow.
     std::thread::sleep(std::time::Duration::from_millis(200));
     heartbeat(&p.s, &p.agent, "n1", &[], &[]);
-    let month = {
-        let o = std::process::Command::new("date")
-            .args(["-u", "+%Y-%m"])
-            .output()
-            .unwrap();
-        String::from_utf8(o.stdout).unwrap().trim().to_string()
-    };
+    let month = month_now();
     let (code, b, _) = call(
         "GET",
         &p.s.u(&format!("/v1/bills?period={month}")),
@@ -784,14 +778,6 @@ fn without_a_price_book_bills_are_a_clear_409() {
         "{v}"
     );
     let _ = std::fs::remove_dir_all(&p.dir);
-}
-
-fn month_now() -> String {
-    let o = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m"])
-        .output()
-        .unwrap();
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 fn num(v: &Value) -> f64 {

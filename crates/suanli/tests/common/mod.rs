@@ -240,3 +240,12 @@ pub fn submit(s: &Server, token: &str, body: Value) -> Value {
     assert_eq!(code, 201, "{body}: {v}");
     v
 }
+
+/// The current month, `YYYY-MM` (UTC): the billing period of what a test runs now.
+pub fn month_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    suanli_ledger::month_of(now)
+}
