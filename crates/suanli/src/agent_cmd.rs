@@ -210,8 +210,9 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     std::fs::write(
         &conf,
         format!(
-            "prices = {:?}\n[agents]\nheartbeat_interval_s = 1\nlease_s = 10\n",
-            prices.display().to_string()
+            "prices = {}\n[agents]\nheartbeat_interval_s = 1\nlease_s = 10\n",
+            // A TOML string literal, whatever the path holds.
+            toml::Value::String(prices.display().to_string())
         ),
     )
     .map_err(|e| failure(format!("{}: {e}", conf.display())))?;
