@@ -15,11 +15,11 @@ use serde_json::json;
 use suanli_core::MAX_GPUS_PER_NODE;
 
 use crate::auth::hash_token;
-use crate::control::{Cmd, Control, Refusal, Registration, Report};
+use crate::control::{Control, Gone, Refusal, Registration, Report};
 use crate::control::{NodeView, TaskExit, TaskKey};
 use crate::store::{
-    Assignment, Job, JobEvent, NewJob, Node, Quota, Scope, Store, StoreError, TaskRef, TaskView,
-    Tenant, TokenInfo,
+    mask_devices, Assignment, Job, JobEvent, NewJob, Node, Quota, Scope, Store, StoreError,
+    TaskRef, TaskView, Tenant, TokenInfo,
 };
 use serde::Serialize;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -126,6 +126,12 @@ pub struct AppState {
     pub prices: crate::bills::Prices,
 }
 
+impl From<Gone> for Problem {
+    fn from(_: Gone) -> Problem {
+        loop_gone()
+    }
+}
+
 fn loop_gone() -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -137,12 +143,7 @@ fn loop_gone() -> Problem {
 impl From<Refusal> for Problem {
     fn from(r: Refusal) -> Problem {
         match r {
-            Refusal::NotFound => Problem::not_found(),
-            Refusal::NotCancellable(state) => Problem::new(
-                StatusCode::CONFLICT,
-                "not_cancellable",
-                format!("job is {state}: only PENDING or RUNNING jobs can be cancelled"),
-            ),
+            Refusal::NotFound | Refusal::NotLive => Problem::not_found(),
             Refusal::Invalid { field, detail } => Problem::invalid(field, detail),
             Refusal::Unsatisfiable(d) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -397,9 +398,7 @@ async fn create_tenant(
         return Err(Problem::invalid("weight", "weight must be in (0, 1e6]"));
     }
     let t = st.store.create_tenant(&b.name, w).await?;
-    st.control
-        .tell(Cmd::TenantChanged { tenant_id: t.id })
-        .await;
+    st.control.tenant_changed(t.id).await;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -480,9 +479,7 @@ async fn set_quota(
     }
     let t = st.store.tenant_by_name(&name).await?;
     st.store.set_quota(t.id, &model, g, m).await?;
-    st.control
-        .tell(Cmd::TenantChanged { tenant_id: t.id })
-        .await;
+    st.control.tenant_changed(t.id).await;
     Ok(Json(tenant_json(&st.store, t).await?))
 }
 
@@ -731,16 +728,7 @@ async fn submit(
     };
     let Json(b) = body?;
     let job = validate_job(b)?;
-    let j = st
-        .control
-        .ask(|reply| Cmd::Submit {
-            tenant_id: id,
-            tenant: name,
-            job,
-            reply,
-        })
-        .await
-        .ok_or_else(loop_gone)??;
+    let j = st.control.submit(id, name, job).await??;
     Ok((StatusCode::CREATED, Json(j)))
 }
 
@@ -838,11 +826,7 @@ async fn explain(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut reasons = st
-        .control
-        .ask(|reply| Cmd::Explain { ids, viewer, reply })
-        .await
-        .ok_or_else(loop_gone)?;
+    let mut reasons = st.control.explain(ids, viewer).await?;
     for j in jobs {
         j.reason = reasons.remove(&j.id);
     }
@@ -858,15 +842,22 @@ async fn cancel_job(
 ) -> Result<Json<Job>, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
-    st.control
-        .ask(|reply| Cmd::Cancel {
-            id,
-            tenant: scope,
-            reply,
-        })
-        .await
-        .ok_or_else(loop_gone)??;
-    Ok(Json(st.store.job(id, scope).await?))
+    match st.control.cancel(id, scope).await? {
+        Ok(()) => Ok(Json(st.store.job(id, scope).await?)),
+        // Not pending or running: absent (or another tenant's), or over.
+        Err(Refusal::NotLive) => {
+            let j = st.store.job(id, scope).await?;
+            Err(Problem::new(
+                StatusCode::CONFLICT,
+                "not_cancellable",
+                format!(
+                    "job is {}: only PENDING or RUNNING jobs can be cancelled",
+                    j.state
+                ),
+            ))
+        }
+        Err(r) => Err(r.into()),
+    }
 }
 
 /// A job's append-only event history.
@@ -888,11 +879,7 @@ async fn job_events(
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), responses((status = 200, description = "Nodes with allocation", body = NodeList), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn list_nodes(State(st): State<AppState>, c: Caller) -> Result<Json<NodeList>, Problem> {
     admin(&c)?;
-    let nodes = st
-        .control
-        .ask(|reply| Cmd::Nodes { reply })
-        .await
-        .ok_or_else(loop_gone)?;
+    let nodes = st.control.nodes().await?;
     Ok(Json(NodeList { nodes }))
 }
 
@@ -903,15 +890,7 @@ async fn set_drain(
     drain: bool,
 ) -> Result<Json<NodeStateView>, Problem> {
     admin(c)?;
-    let state = st
-        .control
-        .ask(|reply| Cmd::Drain {
-            node: name.clone(),
-            drain,
-            reply,
-        })
-        .await
-        .ok_or_else(loop_gone)??;
+    let state = st.control.drain(name.clone(), drain).await??;
     Ok(Json(NodeStateView { node: name, state }))
 }
 
@@ -1045,11 +1024,7 @@ async fn register_agent(
     agent(&c)?;
     let Json(b) = body?;
     let reg = validate_registration(b)?;
-    let node = st
-        .control
-        .ask(|reply| Cmd::Register { reg, reply })
-        .await
-        .ok_or_else(loop_gone)??;
+    let node = st.control.register(reg).await??;
     Ok(Json(Registered {
         node,
         heartbeat_interval_s: st.control.heartbeat_interval_s,
@@ -1070,17 +1045,45 @@ async fn report(
             "at most 10000 tasks per report",
         ));
     }
-    let node = st
-        .control
-        .ask(|reply| Cmd::Heartbeat {
-            node: name,
-            report,
-            full,
-            reply,
+    let orders = st.control.report(name, report, full).await??;
+    // The loop decided what to start and stop; the store adds what each
+    // started task runs (committed before the loop answered).
+    let mut jobs: std::collections::HashMap<i64, Job> = std::collections::HashMap::new();
+    let mut start = Vec::with_capacity(orders.start.len());
+    for o in orders.start {
+        let t = o.task;
+        let j = match jobs.entry(t.job) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(st.store.job(t.job, None).await?)
+            }
+        };
+        start.push(Assignment {
+            job: t.job,
+            run: t.run,
+            task: t.task,
+            tasks: j.tasks,
+            command: j.command.clone(),
+            env: j.env.clone(),
+            workdir: j.workdir.clone(),
+            max_runtime_s: j.max_runtime_s,
+            cpu_milli: j.cpu_milli,
+            memory_mib: j.memory_mib,
+            gpus: mask_devices(t.mask),
+            gpu_share: (j.gpu_milli > 0 && j.gpu_milli < 1000).then(|| j.gpu_milli as f64 / 1000.0),
+            master_addr: o.master_addr,
+        });
+    }
+    let kill = orders
+        .kill
+        .into_iter()
+        .map(|t| TaskRef {
+            job: t.job,
+            run: t.run,
+            task: t.task,
+            gpus: mask_devices(t.mask),
         })
-        .await
-        .ok_or_else(loop_gone)??;
-    let (start, kill) = st.store.node_orders(node).await?;
+        .collect();
     Ok(Json(Orders { start, kill }))
 }
 

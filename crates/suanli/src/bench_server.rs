@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::{json, Value};
-use suanli_server::control::{Cmd, Loop, LoopConfig, Registration};
+use suanli_server::control::{Command as LoopCmd, Driver, LoopConfig, Registration};
 use suanli_server::store::{NewJob, Store};
-use tokio::sync::oneshot;
 
 use crate::{failure, CliError};
 
@@ -221,10 +220,6 @@ struct Placed {
     pass: f64,
 }
 
-fn drop_reply<T>() -> oneshot::Sender<T> {
-    oneshot::channel().0
-}
-
 /// One undrain-everything step over `nodes` nodes and `pending` jobs.
 async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed, CliError> {
     let f = |e: anyhow::Error| failure(format!("{e:#}"));
@@ -241,27 +236,23 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         group_nodes: group,
         ..LoopConfig::default()
     };
-    let mut lp = Loop::recover(store, &cfg).await.map_err(f)?;
+    let mut lp = Driver::recover(store, &cfg).await.map_err(f)?;
     let models = ["A100-80G", "H800", "Ascend910B"];
     let mut cmds = Vec::new();
     for n in 0..nodes {
-        cmds.push(Cmd::Register {
-            reg: Registration {
-                name: format!("n{n:05}"),
-                addr: String::new(),
-                gpu_model: Some(models[n % 3].to_string()),
-                gpus: 8,
-                gpu_memory_mib: 81920,
-                cpu_milli: 128_000,
-                memory_mib: 1 << 20,
-                labels: [("rack".to_string(), format!("r{}", n / 32))].into(),
-            },
-            reply: drop_reply(),
-        });
-        cmds.push(Cmd::Drain {
+        cmds.push(LoopCmd::Register(Registration {
+            name: format!("n{n:05}"),
+            addr: String::new(),
+            gpu_model: Some(models[n % 3].to_string()),
+            gpus: 8,
+            gpu_memory_mib: 81920,
+            cpu_milli: 128_000,
+            memory_mib: 1 << 20,
+            labels: [("rack".to_string(), format!("r{}", n / 32))].into(),
+        }));
+        cmds.push(LoopCmd::Drain {
             node: format!("n{n:05}"),
             drain: true,
-            reply: drop_reply(),
         });
     }
     lp.step(cmds).await.map_err(f)?;
@@ -288,7 +279,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         } else {
             Vec::new()
         };
-        cmds.push(Cmd::Submit {
+        cmds.push(LoopCmd::Submit {
             tenant_id: t.id,
             tenant: "bench".to_string(),
             job: NewJob {
@@ -306,7 +297,6 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
                 max_runtime_s: None,
                 retries: 0,
             },
-            reply: drop_reply(),
         });
         if cmds.len() == 10_000 {
             lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;
@@ -315,14 +305,13 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
     lp.step(cmds).await.map_err(f)?;
     let before = lp.decisions_total();
     let cmds = (0..nodes)
-        .map(|n| Cmd::Drain {
+        .map(|n| LoopCmd::Drain {
             node: format!("n{n:05}"),
             drain: false,
-            reply: drop_reply(),
         })
         .collect();
     let t0 = Instant::now();
-    let pass = lp.step_timed(cmds).await.map_err(f)?;
+    let pass = lp.step(cmds).await.map_err(f)?.step_s;
     let total = t0.elapsed().as_secs_f64();
     let decisions = (lp.decisions_total() - before) as usize;
     drop(lp);

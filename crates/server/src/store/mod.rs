@@ -111,10 +111,6 @@ pub trait Backend: Send + Sync {
     /// Tasks of a job, every attempt, oldest first.
     async fn job_tasks(&self, job: i64) -> Result<Vec<TaskView>, StoreError>;
 
-    /// What a node's agent must do: tasks to start (ASSIGNED, with everything
-    /// needed to run them) and tasks to stop (KILLING).
-    async fn node_orders(&self, node: i64) -> Result<(Vec<Assignment>, Vec<TaskRef>), StoreError>;
-
     /// The node a task of an attempt was placed on.
     async fn task_node(&self, job: i64, run: i64, task: i64) -> Result<Option<i64>, StoreError>;
 
@@ -234,8 +230,6 @@ pub enum StoreError {
     Conflict(String),
     #[error("not found")]
     NotFound,
-    #[error("job is {0}: only PENDING or RUNNING jobs can be cancelled")]
-    NotCancellable(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("migration: {0}")]

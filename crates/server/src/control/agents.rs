@@ -1,0 +1,352 @@
+//! Nodes and their agents in the loop: registration, drain, reports
+//! (heartbeats and task exits), leases, and the orders an agent is given.
+
+use std::collections::BTreeSet;
+
+use super::core::{Core, Key, TaskSt};
+use super::{NodeOrders, Refusal, Registration, Report, StartOrder, TaskExit, TaskOrder};
+use crate::store::{Node, Write};
+
+impl Core {
+    pub(super) fn register(
+        &mut self,
+        reg: Registration,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<Node, Refusal> {
+        let rack = reg.labels.get("rack").cloned().unwrap_or_default();
+        if let Some(&id) = self.node_ids.get(&reg.name) {
+            let old = &self.nodes[&id].node;
+            let same = old.gpu_model == reg.gpu_model
+                && old.gpus == reg.gpus
+                && old.cpu_milli == reg.cpu_milli
+                && old.memory_mib == reg.memory_mib
+                && old.rack == rack;
+            let state = if old.state == "draining" {
+                "draining"
+            } else {
+                "ready"
+            };
+            let node = Node {
+                addr: reg.addr,
+                labels: reg.labels,
+                state: state.to_string(),
+                last_heartbeat_ms: now,
+                gpu_model: reg.gpu_model,
+                gpus: reg.gpus,
+                gpu_memory_mib: reg.gpu_memory_mib,
+                cpu_milli: reg.cpu_milli,
+                memory_mib: reg.memory_mib,
+                rack,
+                ..old.clone()
+            };
+            let handle = self.nodes[&id].handle;
+            if same {
+                if self.nodes[&id].node.state == "down" {
+                    self.sched.set_closed(handle, false);
+                    self.dirty = true;
+                }
+                self.nodes.get_mut(&id).expect("node").node = node.clone();
+            } else {
+                let busy = self.on_node.get(&id).is_some_and(|t| !t.is_empty());
+                if busy {
+                    return Err(Refusal::Conflict(format!(
+                        "node {} has running tasks; its inventory cannot change until they end",
+                        reg.name
+                    )));
+                }
+                if let Some(r) = self.model_room(&node) {
+                    return Err(r);
+                }
+                // Retire the old scheduler node (closed for good) and add
+                // one with the new inventory under the same id.
+                self.sched.set_closed(handle, true);
+                self.nodes.remove(&id);
+                self.add_node(node.clone())
+                    .map_err(|detail| Refusal::Invalid {
+                        field: "gpus",
+                        detail,
+                    })?;
+                if node.state != "ready" {
+                    let h = self.nodes[&id].handle;
+                    self.sched.set_closed(h, true);
+                }
+            }
+            w.push(Write::UpsertNode(node.clone()));
+            return Ok(node);
+        }
+        let node = Node {
+            id: self.next_node,
+            name: reg.name,
+            addr: reg.addr,
+            gpu_model: reg.gpu_model,
+            gpus: reg.gpus,
+            gpu_memory_mib: reg.gpu_memory_mib,
+            cpu_milli: reg.cpu_milli,
+            memory_mib: reg.memory_mib,
+            rack,
+            labels: reg.labels,
+            state: "ready".to_string(),
+            registered_ms: now,
+            last_heartbeat_ms: now,
+        };
+        if let Some(r) = self.model_room(&node) {
+            return Err(r);
+        }
+        self.next_node += 1;
+        tracing::info!(node = %node.name, gpus = node.gpus, model = ?node.gpu_model, "node registered");
+        self.add_node(node.clone())
+            .map_err(|detail| Refusal::Invalid {
+                field: "gpus",
+                detail,
+            })?;
+        w.push(Write::UpsertNode(node.clone()));
+        Ok(node)
+    }
+
+    pub(super) fn drain(
+        &mut self,
+        name: &str,
+        drain: bool,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<String, Refusal> {
+        let id = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
+        let n = self.nodes.get_mut(&id).expect("node");
+        let state = match (n.node.state.as_str(), drain) {
+            ("down", false) => {
+                return Err(Refusal::Conflict(format!(
+                    "node {name} is down; it becomes ready when its agent registers again"
+                )))
+            }
+            ("down", true) => return Ok("down".to_string()),
+            (_, true) => "draining",
+            (_, false) => "ready",
+        };
+        n.node.state = state.to_string();
+        tracing::info!(node = name, state, "node state changed by the admin");
+        let h = n.handle;
+        self.sched.set_closed(h, drain);
+        w.push(Write::NodeState {
+            node: id,
+            state,
+            at: now,
+        });
+        self.dirty = true;
+        Ok(state.to_string())
+    }
+
+    /// An agent's report; answers the node's id.
+    pub(super) fn heartbeat(
+        &mut self,
+        name: &str,
+        report: Report,
+        full: bool,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<i64, Refusal> {
+        let node = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.node.last_heartbeat_ms = now;
+        if n.node.state == "down" {
+            // The agent is back: the node takes work again.
+            n.node.state = "ready".to_string();
+            let h = n.handle;
+            self.sched.set_closed(h, false);
+            w.push(Write::NodeState {
+                node,
+                state: "ready",
+                at: now,
+            });
+            self.dirty = true;
+        }
+        w.push(Write::Heartbeat { node, at: now });
+        let mut alive: BTreeSet<Key> = BTreeSet::new();
+        for t in &report.running {
+            alive.insert((t.job, t.run, t.task));
+            let current = self.jobs.get(&t.job).is_some_and(|l| {
+                l.run == t.run && l.tasks.get(t.task as usize).is_some_and(|x| x.node == node)
+            });
+            let killing = self
+                .killing
+                .get(&node)
+                .is_some_and(|k| k.contains_key(&(t.job, t.run, t.task)));
+            if !current && !killing {
+                // Not ours (any more): a leftover, or a task of a node that
+                // was down. Have the agent stop it.
+                self.killing
+                    .entry(node)
+                    .or_default()
+                    .insert((t.job, t.run, t.task), 0);
+                w.push(Write::TaskState {
+                    job: t.job,
+                    run: t.run,
+                    task: Some(t.task),
+                    from: &["ASSIGNED", "RUNNING", "LOST"],
+                    to: "KILLING",
+                    at: None,
+                    exit_code: None,
+                    reason: "not a live task of this node".to_string(),
+                });
+                continue;
+            }
+            let Some(l) = self.jobs.get_mut(&t.job) else {
+                continue;
+            };
+            let Some(slot) = l.tasks.get_mut(t.task as usize) else {
+                continue;
+            };
+            if l.run == t.run && slot.node == node && slot.st == TaskSt::Assigned {
+                slot.st = TaskSt::Running;
+                w.push(Write::TaskState {
+                    job: t.job,
+                    run: t.run,
+                    task: Some(t.task),
+                    from: &["ASSIGNED"],
+                    to: "RUNNING",
+                    at: None,
+                    exit_code: None,
+                    reason: String::new(),
+                });
+            }
+        }
+        for e in &report.exited {
+            self.task_exited(node, e, now, w);
+        }
+        if !full {
+            return Ok(node);
+        }
+        // Kill orders the agent no longer reports running are done.
+        if let Some(k) = self.killing.get_mut(&node) {
+            let gone: Vec<Key> = k.keys().filter(|t| !alive.contains(t)).copied().collect();
+            for (job, run, task) in gone {
+                k.remove(&(job, run, task));
+                w.push(Write::TaskState {
+                    job,
+                    run,
+                    task: Some(task),
+                    from: &["KILLING"],
+                    to: "KILLED",
+                    at: None, // billing ended when the kill was ordered
+                    exit_code: None,
+                    reason: String::new(),
+                });
+            }
+        }
+        // Tasks the agent had confirmed but no longer reports are lost.
+        let lost: Vec<Key> = self
+            .on_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|&(job, task)| {
+                let l = self.jobs.get(&job)?;
+                (l.tasks.get(task as usize)?.st == TaskSt::Running).then_some((job, l.run, task))
+            })
+            .filter(|k| !alive.contains(k))
+            .collect();
+        for (job, run, task) in lost {
+            let e = TaskExit {
+                job,
+                run,
+                task,
+                exit_code: None,
+                signal: None,
+                reason: "lost: the agent no longer runs it".to_string(),
+                timeout: false,
+            };
+            self.task_exited(node, &e, now, w);
+        }
+        Ok(node)
+    }
+
+    /// Nodes whose agent missed its lease are down; their live tasks are
+    /// lost as of the last heartbeat.
+    pub(super) fn expire_leases(&mut self, now: i64, w: &mut Vec<Write>) {
+        let expired: Vec<i64> = self
+            .nodes
+            .values()
+            .filter(|n| n.node.state != "down" && now - n.node.last_heartbeat_ms > self.lease_ms)
+            .map(|n| n.node.id)
+            .collect();
+        for id in expired {
+            let n = self.nodes.get_mut(&id).expect("node");
+            n.node.state = "down".to_string();
+            let (h, last, name) = (n.handle, n.node.last_heartbeat_ms, n.node.name.clone());
+            self.sched.set_closed(h, true);
+            w.push(Write::NodeState {
+                node: id,
+                state: "down",
+                at: last,
+            });
+            tracing::warn!(node = %name, "node down: no heartbeat within the lease");
+            // Runs are read before any exit: the first lost task of a gang
+            // may end the job and stop its siblings.
+            let tasks: Vec<Key> = self
+                .on_node
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter_map(|&(job, task)| Some((job, self.jobs.get(&job)?.run, task)))
+                .collect();
+            for (job, run, task) in tasks {
+                let e = TaskExit {
+                    job,
+                    run,
+                    task,
+                    exit_code: None,
+                    signal: None,
+                    reason: format!("lost: node {name} missed its lease"),
+                    timeout: false,
+                };
+                self.task_exited(id, &e, last, w);
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// What the agent of `node` must do now: start its assigned tasks whose
+    /// devices no task being stopped still holds, and stop the tasks it was
+    /// ordered to stop.
+    pub(super) fn orders(&self, node: i64) -> NodeOrders {
+        let kill: Vec<TaskOrder> = self
+            .killing
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .map(|(&(job, run, task), &mask)| TaskOrder {
+                job,
+                run,
+                task,
+                mask,
+            })
+            .collect();
+        let busy = kill.iter().fold(0, |m, k| m | k.mask);
+        let mut start = Vec::new();
+        for &(job, task) in self.on_node.get(&node).into_iter().flatten() {
+            let Some(l) = self.jobs.get(&job) else {
+                continue;
+            };
+            let Some(t) = l.tasks.get(task as usize) else {
+                continue;
+            };
+            if t.st != TaskSt::Assigned || t.mask & busy != 0 {
+                continue;
+            }
+            let master = l.tasks.first().map(|t0| t0.node);
+            let master_addr = master
+                .and_then(|m| self.nodes.get(&m))
+                .map_or(String::new(), |n| n.node.addr.clone());
+            start.push(StartOrder {
+                task: TaskOrder {
+                    job,
+                    run: l.run,
+                    task,
+                    mask: t.mask,
+                },
+                master_addr,
+            });
+        }
+        NodeOrders { node, start, kill }
+    }
+}

@@ -1,0 +1,119 @@
+//! What the loop tells people: why a job is pending (worded for the
+//! viewer) and the nodes with what is allocated on them.
+
+use std::collections::{BTreeSet, HashMap};
+
+use suanli_core::{ModelId, ModelSet};
+use suanli_sched::jobs::WhyPending;
+
+use super::core::Core;
+use super::NodeView;
+
+impl Core {
+    pub(super) fn model_names(&self, set: ModelSet) -> String {
+        if set.is_any() {
+            return "any model".to_string();
+        }
+        let names: Vec<&str> = (0..self.models.len())
+            .filter(|&i| set.accepts(Some(ModelId(i as u8))))
+            .map(|i| self.models.name(ModelId(i as u8)))
+            .collect();
+        names.join("|")
+    }
+
+    pub(super) fn explain(&self, ids: &[i64], viewer: Option<i64>) -> HashMap<i64, String> {
+        let mut out = HashMap::new();
+        for id in ids {
+            let Some(l) = self.jobs.get(id) else { continue };
+            let Some(why) = self.sched.why_pending(l.handle) else {
+                continue;
+            };
+            let spec = self.sched.spec(l.handle);
+            let gpus = |milli: u64| {
+                let g = milli as f64 / 1000.0;
+                if g.fract() == 0.0 {
+                    format!("{g:.0}")
+                } else {
+                    format!("{g}")
+                }
+            };
+            let text = match why {
+                WhyPending::Quota {
+                    model,
+                    used,
+                    max,
+                    need,
+                } => format!(
+                    "quota: tenant {} uses {}/{} {} GPUs and this job needs {} more",
+                    self.tenant_names
+                        .get(&l.tenant_id)
+                        .map_or("?", String::as_str),
+                    gpus(used),
+                    gpus(max),
+                    self.models.name(model),
+                    gpus(need)
+                ),
+                WhyPending::Resources { models, tasks, fit } => {
+                    let r = spec.req;
+                    let what = if r.num_gpu == 0 {
+                        format!("{} CPU and {} MiB free", gpus(r.cpu_milli), r.memory_mib)
+                    } else if r.is_share() {
+                        format!(
+                            "a GPU with {} free of model {}",
+                            gpus(r.gpu_milli as u64),
+                            self.model_names(models)
+                        )
+                    } else {
+                        format!(
+                            "{} free GPUs of model {}",
+                            r.num_gpu,
+                            self.model_names(models)
+                        )
+                    };
+                    if tasks == 1 {
+                        format!("resources: no node has {what}")
+                    } else {
+                        format!(
+                            "resources: only {fit} of the gang's {tasks} tasks fit now (each needs {what})"
+                        )
+                    }
+                }
+                WhyPending::Queue { ahead: 0, .. } => {
+                    "queued: resources are free; it starts at the next pass".to_string()
+                }
+                WhyPending::Queue { ahead, own } => match viewer {
+                    None => format!("priority: waiting behind {ahead} higher-priority jobs"),
+                    Some(_) if own == ahead => {
+                        format!("priority: waiting behind {own} higher-priority jobs of yours")
+                    }
+                    Some(_) => format!(
+                        "priority: waiting behind higher-priority jobs ({own} of them yours)"
+                    ),
+                },
+            };
+            out.insert(*id, text);
+        }
+        out
+    }
+
+    pub(super) fn node_views(&self) -> Vec<NodeView> {
+        let ledger = self.sched.ledger();
+        self.nodes
+            .values()
+            .map(|n| {
+                let (spec, st) = ledger.node(n.handle).expect("node in ledger");
+                let cap = spec.gpus as u64 * 1000;
+                let jobs = self
+                    .on_node
+                    .get(&n.node.id)
+                    .map_or(0, |t| t.iter().map(|x| x.0).collect::<BTreeSet<_>>().len());
+                NodeView {
+                    node: n.node.clone(),
+                    gpu_milli_allocated: cap - st.total_gpu_left() as u64,
+                    cpu_milli_allocated: spec.cpu_milli - st.cpu_free,
+                    jobs,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,317 @@
+//! Jobs in the loop: submission, cancellation, the pass's decisions as
+//! writes, and what a task's end means for its job (the gang completes,
+//! fails, or is retried).
+
+use suanli_sched::jobs::Decision;
+
+use super::core::{Core, LiveTask, TaskSt};
+use super::{Refusal, TaskExit};
+use crate::store::{mask_devices, Job, NewJob, Write};
+
+impl Core {
+    pub(super) fn submit(
+        &mut self,
+        tenant_id: i64,
+        tenant: String,
+        job: NewJob,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<Job, Refusal> {
+        self.tenant_names.entry(tenant_id).or_insert(tenant.clone());
+        let id = self.next_job;
+        let j = Job {
+            id,
+            tenant,
+            name: job.name.clone(),
+            command: job.command.clone(),
+            tasks: job.tasks,
+            cpu_milli: job.cpu_milli,
+            memory_mib: job.memory_mib,
+            num_gpu: job.num_gpu,
+            gpu_milli: job.gpu_milli,
+            gpu_models: job.gpu_models.clone(),
+            class: job.class.clone(),
+            env: job.env.clone(),
+            workdir: job.workdir.clone(),
+            max_runtime_s: job.max_runtime_s,
+            retries: job.retries,
+            run: 0,
+            state: "PENDING".to_string(),
+            submitted_ms: now,
+            started_ms: None,
+            ended_ms: None,
+            reason: None,
+        };
+        let spec = self.spec_of(&j)?;
+        self.sched
+            .admissible(&spec)
+            .map_err(Refusal::Unsatisfiable)?;
+        self.next_job += 1;
+        w.push(Write::InsertJob {
+            id,
+            tenant_id,
+            job,
+            at: now,
+        });
+        w.push(Write::Event {
+            job: id,
+            at: now,
+            kind: "SUBMITTED",
+            detail: String::new(),
+        });
+        let h = self.sched.submit(spec);
+        self.track(&j, h);
+        self.dirty = true;
+        Ok(j)
+    }
+
+    /// Cancel a live job of `tenant` (any tenant's for the admin). A job
+    /// the loop does not hold is [`Refusal::NotLive`]: the caller asks the
+    /// store whether it is absent or over.
+    pub(super) fn cancel(
+        &mut self,
+        id: i64,
+        tenant: Option<i64>,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<(), Refusal> {
+        let visible = self
+            .jobs
+            .get(&id)
+            .is_some_and(|l| tenant.is_none_or(|t| t == l.tenant_id));
+        if !visible {
+            return Err(Refusal::NotLive);
+        }
+        let was_running = !self.jobs[&id].tasks.is_empty();
+        self.stop_tasks(id, "cancelled", now, w);
+        let l = self.untrack(id).expect("live job");
+        self.sched.cancel(l.handle, now as u64);
+        transition(
+            w,
+            id,
+            "CANCELLED",
+            Some(now),
+            "CANCELLED",
+            format!("from {}", if was_running { "RUNNING" } else { "PENDING" }),
+            now,
+        );
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub(super) fn record_decisions(&mut self, now: i64, w: &mut Vec<Write>) {
+        let decisions = self.sched.decisions().to_vec();
+        for d in decisions {
+            match d {
+                Decision::Start { job, placements } => {
+                    let id = self.by_handle[&job];
+                    let tasks: Vec<(i64, i64)> = placements
+                        .iter()
+                        .map(|p| (self.node_db[p.node as usize], p.gpus.0 as i64))
+                        .collect();
+                    let l = self.jobs.get_mut(&id).expect("tracked job");
+                    l.run += 1;
+                    l.tasks = tasks
+                        .iter()
+                        .map(|&(node, mask)| LiveTask {
+                            node,
+                            mask,
+                            st: TaskSt::Assigned,
+                        })
+                        .collect();
+                    for (i, t) in tasks.iter().enumerate() {
+                        self.on_node.entry(t.0).or_default().insert((id, i as i64));
+                    }
+                    let run = l.run;
+                    let detail = self.describe_tasks(&tasks);
+                    w.push(Write::StartJob {
+                        job: id,
+                        run,
+                        at: now,
+                        tasks,
+                    });
+                    w.push(Write::Event {
+                        job: id,
+                        at: now,
+                        kind: "STARTED",
+                        detail: format!("attempt {run} on {detail}"),
+                    });
+                }
+                Decision::Preempt { job, lost_ms } => {
+                    let id = self.by_handle[&job];
+                    self.stop_tasks(id, "preempted", now, w);
+                    transition(
+                        w,
+                        id,
+                        "PENDING",
+                        None,
+                        "PREEMPTED",
+                        format!(
+                            "requeued; {:.1} s of work since the last checkpoint lost",
+                            lost_ms as f64 / 1000.0
+                        ),
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Order the agents to stop the current attempt's live tasks.
+    pub(super) fn stop_tasks(&mut self, id: i64, reason: &str, now: i64, w: &mut Vec<Write>) {
+        let Some(l) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let run = l.run;
+        for (i, t) in std::mem::take(&mut l.tasks).into_iter().enumerate() {
+            if matches!(t.st, TaskSt::Assigned | TaskSt::Running) {
+                if let Some(set) = self.on_node.get_mut(&t.node) {
+                    set.remove(&(id, i as i64));
+                }
+                self.killing
+                    .entry(t.node)
+                    .or_default()
+                    .insert((id, run, i as i64), t.mask);
+            }
+        }
+        w.push(Write::TaskState {
+            job: id,
+            run,
+            task: None,
+            from: &["ASSIGNED", "RUNNING"],
+            to: "KILLING",
+            at: Some(now),
+            exit_code: None,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// A task of `node` ended (or was lost) at `now`.
+    pub(super) fn task_exited(&mut self, node: i64, e: &TaskExit, now: i64, w: &mut Vec<Write>) {
+        let code = e.exit_code.unwrap_or(-1);
+        let how = match (e.exit_code, e.signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            (None, None) => "no exit status".to_string(),
+        };
+        let reason = if e.reason.is_empty() {
+            how.clone()
+        } else {
+            format!("{how}: {}", e.reason)
+        };
+        let current = self.jobs.get(&e.job).is_some_and(|l| {
+            l.run == e.run
+                && l.tasks
+                    .get(e.task as usize)
+                    .is_some_and(|t| t.node == node && t.st != TaskSt::Exited(0))
+        });
+        if !current {
+            // A task of an earlier attempt, or one being killed.
+            if let Some(k) = self.killing.get_mut(&node) {
+                k.remove(&(e.job, e.run, e.task));
+            }
+            w.push(Write::TaskState {
+                job: e.job,
+                run: e.run,
+                task: Some(e.task),
+                from: &["KILLING"],
+                to: "KILLED",
+                at: None, // billing ended when the kill was ordered
+                exit_code: e.exit_code,
+                reason: reason.clone(),
+            });
+            return;
+        }
+        let lost = e.exit_code.is_none() && e.signal.is_none();
+        w.push(Write::TaskState {
+            job: e.job,
+            run: e.run,
+            task: Some(e.task),
+            from: &["ASSIGNED", "RUNNING"],
+            to: if lost { "LOST" } else { "EXITED" },
+            at: Some(now),
+            exit_code: e.exit_code,
+            reason: reason.clone(),
+        });
+        let l = self.jobs.get_mut(&e.job).expect("live");
+        l.tasks[e.task as usize].st = TaskSt::Exited(code);
+        if let Some(set) = self.on_node.get_mut(&node) {
+            set.remove(&(e.job, e.task));
+        }
+        let l = self.jobs.get_mut(&e.job).expect("live");
+        let all_ok = l.tasks.iter().all(|t| t.st == TaskSt::Exited(0));
+        let (handle, run, retries) = (l.handle, l.run, l.retries);
+        if e.exit_code == Some(0) && !all_ok {
+            return; // wait for the rest of the gang
+        }
+        self.dirty = true;
+        if all_ok {
+            self.untrack(e.job);
+            self.sched.complete(handle, now as u64);
+            transition(
+                w,
+                e.job,
+                "COMPLETED",
+                Some(now),
+                "COMPLETED",
+                String::new(),
+                now,
+            );
+            return;
+        }
+        // The attempt failed: stop the rest of the gang.
+        self.stop_tasks(e.job, "another task of the gang failed", now, w);
+        let detail = format!("task {} {reason}", e.task);
+        if run <= retries && !e.timeout {
+            self.sched.requeue(handle, now as u64);
+            transition(
+                w,
+                e.job,
+                "PENDING",
+                None,
+                "RETRYING",
+                format!("{detail}; attempt {} of {}", run + 1, retries + 1),
+                now,
+            );
+        } else {
+            self.untrack(e.job);
+            self.sched.complete(handle, now as u64);
+            transition(w, e.job, "FAILED", Some(now), "FAILED", detail, now);
+        }
+    }
+
+    fn describe_tasks(&self, tasks: &[(i64, i64)]) -> String {
+        let parts: Vec<String> = tasks
+            .iter()
+            .map(|(n, mask)| {
+                let name = self.nodes.get(n).map_or("?", |x| x.node.name.as_str());
+                let devs = mask_devices(*mask);
+                if devs.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}{devs:?}")
+                }
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// A job's state change and the event that records it (always together).
+pub(super) fn transition(
+    w: &mut Vec<Write>,
+    job: i64,
+    state: &'static str,
+    ended: Option<i64>,
+    kind: &'static str,
+    detail: String,
+    now: i64,
+) {
+    w.push(Write::JobState { job, state, ended });
+    w.push(Write::Event {
+        job,
+        at: now,
+        kind,
+        detail,
+    });
+}

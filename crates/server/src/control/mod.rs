@@ -1,0 +1,242 @@
+//! The scheduling loop: the only writer of jobs, tasks and nodes.
+//!
+//! It is split the way the data flows:
+//!
+//! - [`Core`] (`core.rs`, with `jobs.rs`, `agents.rs`, `explain.rs`): the
+//!   sans-IO heart. [`Core::step`] takes a batch of [`Command`]s and the
+//!   time, applies them to the scheduler core
+//!   ([`suanli_sched::jobs::Scheduler`], the same one the simulator drives),
+//!   runs one scheduling pass if anything changed (or a wake-up is due), and
+//!   returns a [`Step`]: the store [`Write`](crate::store::Write)s of the whole
+//!   batch and one [`Answer`] per command. No clock, no store, no channel:
+//!   every rule (leases, gangs, retries, drains, preemption, which orders an
+//!   agent may be given) is here and is unit-tested with virtual time.
+//! - `recover.rs`: [`Snapshot`] reads what the core needs from the store at
+//!   start; [`Core::recover`] rebuilds and checks the state from it.
+//! - `driver.rs`: the thin async part. [`start`] recovers and spawns the
+//!   loop; handlers talk to it through the [`Control`] handle. The driver
+//!   drains up to [`MAX_BATCH`] requests, reads the clock, calls
+//!   [`Core::step`], commits the writes in **one transaction**, and only then
+//!   answers: a submission is acknowledged once durable, and an agent learns
+//!   of an assignment only from committed rows. Batching many clients'
+//!   commands into one transaction is what makes durable submission cheap
+//!   (one fsync per batch, as in a database's group commit).
+//! - `metrics.rs`: the figures `/metrics` shows, published after each batch.
+//!
+//! The in-memory state is a cache of the store. If a commit fails the loop
+//! stops and the server exits (crash-only): on restart [`Core::recover`]
+//! rebuilds it and checks it (no device milli allocated twice, every running
+//! task on a known node) before scheduling anything.
+
+mod agents;
+mod core;
+mod driver;
+mod explain;
+mod jobs;
+mod metrics;
+mod recover;
+
+use std::collections::{BTreeMap, HashMap};
+
+use suanli_sched::jobs::QueuePolicy;
+
+pub use self::core::{Core, Step};
+pub use driver::{start, Control, Driver, Gone, Timing};
+pub use metrics::{Metrics, LATENCY_BOUNDS};
+pub use recover::Snapshot;
+
+use crate::store::{Job, NewJob, Node, Quota, Tenant};
+
+/// Most commands applied (and committed) together.
+pub const MAX_BATCH: usize = 4096;
+/// Run time assumed for a job without `max_runtime_s` (SJF, SRTF and
+/// backfill order by it): one week.
+pub const DEFAULT_WORK_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A request refused for a reason the caller can fix (a 4xx).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    NotFound,
+    /// The job is not pending or running in the loop: it does not exist (or
+    /// is another tenant's), or it is over. The store says which.
+    NotLive,
+    Invalid {
+        field: &'static str,
+        detail: String,
+    },
+    /// The job can never run on this pool as it is.
+    Unsatisfiable(String),
+    Conflict(String),
+}
+
+/// What an agent reports about one task.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskKey {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskExit {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// Exit code, or `None` if a signal ended it.
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    #[serde(default)]
+    pub reason: String,
+    /// The agent stopped it for running past the job's `max_runtime_s`:
+    /// the job fails without retry.
+    #[serde(default)]
+    pub timeout: bool,
+}
+
+/// An agent's report: every task it runs, and tasks that ended since.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    #[serde(default)]
+    pub running: Vec<TaskKey>,
+    #[serde(default)]
+    pub exited: Vec<TaskExit>,
+}
+
+/// A validated node registration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    pub name: String,
+    pub addr: String,
+    pub gpu_model: Option<String>,
+    pub gpus: i64,
+    pub gpu_memory_mib: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node as the API lists it: stored fields plus what is allocated now.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: Node,
+    pub gpu_milli_allocated: u64,
+    pub cpu_milli_allocated: u64,
+    pub jobs: usize,
+}
+
+/// One task of one attempt on a node, with its devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskOrder {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// Device bitmask on the node.
+    pub mask: i64,
+}
+
+/// A task an agent must start, with what only the loop knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOrder {
+    pub task: TaskOrder,
+    /// Address of the node running task 0 (`MASTER_ADDR`).
+    pub master_addr: String,
+}
+
+/// What a node's agent must do after its report: start these tasks, stop
+/// those. A device still held by a task being stopped is never handed to a
+/// new task in the same answer (it waits until the agent stops reporting
+/// the old one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeOrders {
+    pub node: i64,
+    pub start: Vec<StartOrder>,
+    pub kill: Vec<TaskOrder>,
+}
+
+/// One input of [`Core::step`].
+#[derive(Clone, Debug)]
+pub enum Command {
+    Submit {
+        tenant_id: i64,
+        tenant: String,
+        job: NewJob,
+    },
+    Cancel {
+        id: i64,
+        tenant: Option<i64>,
+    },
+    Register(Registration),
+    /// An agent's report. A `full` report (a heartbeat) lists every task
+    /// the agent runs, so tasks missing from it are over; a partial one (a
+    /// task-status call) only reports exits.
+    Heartbeat {
+        node: String,
+        report: Report,
+        full: bool,
+    },
+    /// Drain (or undrain) a node; answers its resulting state.
+    Drain {
+        node: String,
+        drain: bool,
+    },
+    /// A tenant's quotas or weight as now stored (the driver reads them).
+    Tenant {
+        tenant: Tenant,
+        quotas: Vec<Quota>,
+    },
+    /// Why-pending reasons of these jobs (missing = not pending), worded
+    /// for `viewer`: a tenant id, or `None` for the admin (a tenant is never
+    /// told how many of other tenants' jobs are ahead).
+    Explain {
+        ids: Vec<i64>,
+        viewer: Option<i64>,
+    },
+    Nodes,
+}
+
+/// One output of [`Core::step`], for the command at the same position.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Submitted(Result<Job, Refusal>),
+    Cancelled(Result<(), Refusal>),
+    Registered(Result<Node, Refusal>),
+    Orders(Result<NodeOrders, Refusal>),
+    /// A node's state after a drain or undrain.
+    Drained(Result<String, Refusal>),
+    Done,
+    Reasons(HashMap<i64, String>),
+    Nodes(Vec<NodeView>),
+}
+
+/// Scheduler settings of the server.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub queue_policy: QueuePolicy,
+    pub placement: String,
+    pub checkpoint_ms: u64,
+    /// See [`suanli_sched::jobs::SchedOptions::group_nodes`]; false only for
+    /// benchmark baselines.
+    pub group_nodes: bool,
+    /// A node whose agent has not reported for this long is down: its tasks
+    /// are lost (requeued, or failed once the job's retries are used).
+    pub lease_ms: u64,
+    /// How often agents are asked to report.
+    pub heartbeat_interval_s: u64,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            queue_policy: QueuePolicy::Classes,
+            placement: suanli_sched::DEFAULT_POLICY.to_string(),
+            checkpoint_ms: 0,
+            group_nodes: true,
+            lease_ms: 20_000,
+            heartbeat_interval_s: 5,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Recovery: [`Snapshot::load`] reads what the loop needs from the store;
+//! [`Core::recover`] rebuilds the state from it and checks it. Any
+//! inconsistency is an error naming the job, task and node: the server must
+//! not schedule on corrupt state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{bail, Context};
+use suanli_core::{GpuMask, Ledger, Models, NodeId};
+use suanli_sched::jobs::{SchedOptions, Scheduler};
+use suanli_sched::{make_policy, Placement, Workload};
+
+use super::core::{Core, LiveTask, TaskSt};
+use super::LoopConfig;
+use crate::store::{Job, Node, Quota, Store, Task, Tenant};
+
+/// Everything the loop is rebuilt from, as read from the store.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub max_job_id: i64,
+    pub max_node_id: i64,
+    pub tenants: Vec<(Tenant, Vec<Quota>)>,
+    pub nodes: Vec<Node>,
+    /// RUNNING jobs, and the tasks of their current attempts that hold
+    /// resources (ASSIGNED or RUNNING).
+    pub running: Vec<Job>,
+    pub active_tasks: Vec<Task>,
+    /// Tasks agents were ordered to stop and have not confirmed yet.
+    pub killing: Vec<Task>,
+    pub pending: Vec<Job>,
+}
+
+impl Snapshot {
+    pub async fn load(store: &Store) -> anyhow::Result<Snapshot> {
+        let mut tenants = Vec::new();
+        for t in store.tenants().await? {
+            let q = store.quotas(t.id).await?;
+            tenants.push((t, q));
+        }
+        Ok(Snapshot {
+            max_job_id: store.max_job_id().await?,
+            max_node_id: store.max_node_id().await?,
+            tenants,
+            nodes: store.nodes().await?,
+            running: all_jobs(store, "RUNNING").await?,
+            active_tasks: store.active_tasks().await?,
+            killing: store.killing_tasks().await?,
+            pending: all_jobs(store, "PENDING").await?,
+        })
+    }
+}
+
+async fn all_jobs(store: &Store, state: &str) -> anyhow::Result<Vec<Job>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.jobs(None, Some(state), after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        out.extend(page);
+    }
+    Ok(out)
+}
+
+impl Core {
+    /// An empty pool with these settings.
+    pub fn new(cfg: &LoopConfig) -> anyhow::Result<Core> {
+        Core::recover(Snapshot::default(), cfg, 0)
+    }
+
+    /// Rebuild the loop from a snapshot at time `now`, and check it.
+    pub fn recover(snap: Snapshot, cfg: &LoopConfig, now: i64) -> anyhow::Result<Core> {
+        let placement = make_policy(&cfg.placement, &Workload::default(), 1)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sched = Scheduler::new(
+            Ledger::new(Vec::new()),
+            Vec::new(),
+            placement,
+            cfg.queue_policy.clone(),
+            Vec::new(),
+            0,
+            SchedOptions {
+                checkpoint_ms: cfg.checkpoint_ms,
+                group_nodes: cfg.group_nodes,
+                ..SchedOptions::default()
+            },
+        );
+        let mut c = Core {
+            next_job: snap.max_job_id + 1,
+            next_node: snap.max_node_id + 1,
+            lease_ms: cfg.lease_ms as i64,
+            sched,
+            models: Models::new(),
+            racks: HashMap::new(),
+            jobs: HashMap::new(),
+            by_handle: HashMap::new(),
+            nodes: BTreeMap::new(),
+            node_ids: HashMap::new(),
+            node_db: Vec::new(),
+            killing: BTreeMap::new(),
+            on_node: HashMap::new(),
+            tenants: HashMap::new(),
+            tenant_names: HashMap::new(),
+            dirty: true,
+        };
+        for (t, q) in &snap.tenants {
+            c.set_tenant(t, q);
+        }
+        for n in &snap.nodes {
+            // Agents get a fresh lease when the server (re)starts.
+            let mut n = n.clone();
+            n.last_heartbeat_ms = n.last_heartbeat_ms.max(now);
+            let name = n.name.clone();
+            c.add_node(n)
+                .map_err(|e| anyhow::anyhow!("recovery: node {name}: {e}"))?;
+        }
+        let mut by_job: BTreeMap<i64, Vec<Task>> = BTreeMap::new();
+        for t in snap.active_tasks {
+            by_job.entry(t.job).or_default().push(t);
+        }
+        for j in &snap.running {
+            let tasks = by_job.remove(&j.id).unwrap_or_default();
+            c.restore_running(j, &tasks)
+                .with_context(|| format!("recovery: job {} (run {})", j.id, j.run))?;
+        }
+        if let Some((job, _)) = by_job.into_iter().next() {
+            bail!("recovery: job {job} has tasks holding resources but is not RUNNING");
+        }
+        for t in snap.killing {
+            c.killing
+                .entry(t.node)
+                .or_default()
+                .insert((t.job, t.run, t.index), t.gpus);
+        }
+        for j in &snap.pending {
+            let spec = c
+                .spec_of(j)
+                .map_err(|r| anyhow::anyhow!("recovery: job {}: {r:?}", j.id))?;
+            let h = c.sched.submit(spec);
+            c.track(j, h);
+        }
+        // Close draining and down nodes only now: their running jobs were
+        // restored onto them above.
+        let closed: Vec<NodeId> = c
+            .nodes
+            .values()
+            .filter(|n| n.node.state != "ready")
+            .map(|n| n.handle)
+            .collect();
+        for h in closed {
+            c.sched.set_closed(h, true);
+        }
+        c.sched
+            .ledger()
+            .check()
+            .map_err(|e| anyhow::anyhow!("recovery: allocation ledger inconsistent: {e}"))?;
+        Ok(c)
+    }
+
+    fn restore_running(&mut self, j: &Job, tasks: &[Task]) -> anyhow::Result<()> {
+        let spec = self.spec_of(j).map_err(|r| anyhow::anyhow!("{r:?}"))?;
+        if tasks.len() != j.tasks as usize {
+            bail!(
+                "{} of its {} tasks hold resources (ASSIGNED or RUNNING)",
+                tasks.len(),
+                j.tasks
+            );
+        }
+        let mut placements = Vec::new();
+        let mut live_tasks = Vec::new();
+        for t in tasks {
+            let Some(n) = self.nodes.get(&t.node) else {
+                bail!("task {} is on unknown node id {}", t.index, t.node);
+            };
+            if !(0..1 << 16).contains(&t.gpus) {
+                bail!("task {} has an invalid device mask {}", t.index, t.gpus);
+            }
+            placements.push(Placement {
+                node: n.handle,
+                gpus: GpuMask(t.gpus as u16),
+            });
+            let st = if t.state == "RUNNING" {
+                TaskSt::Running
+            } else {
+                TaskSt::Assigned
+            };
+            live_tasks.push(LiveTask {
+                node: t.node,
+                mask: t.gpus,
+                st,
+            });
+        }
+        let started = j.started_ms.unwrap_or(j.submitted_ms).max(0) as u64;
+        let h = self.sched.restore(spec, placements, started).map_err(|e| {
+            let nodes: Vec<&str> = tasks
+                .iter()
+                .map(|t| self.nodes[&t.node].node.name.as_str())
+                .collect();
+            anyhow::anyhow!("on nodes {nodes:?}: {e} (a device would be allocated twice)")
+        })?;
+        self.track(j, h);
+        for (i, t) in live_tasks.iter().enumerate() {
+            self.on_node
+                .entry(t.node)
+                .or_default()
+                .insert((j.id, i as i64));
+        }
+        self.jobs.get_mut(&j.id).expect("tracked").tasks = live_tasks;
+        Ok(())
+    }
+}

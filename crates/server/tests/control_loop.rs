@@ -1,0 +1,503 @@
+//! The scheduling loop's rules, driven through the sans-IO [`Core`] with
+//! virtual time: every step's writes are committed into a real SQLite store
+//! (in a temporary directory), so the tests also check what the store ends
+//! up saying. No process, no sleep: each test runs in milliseconds.
+
+use std::collections::BTreeMap;
+
+use suanli_server::control::{
+    Answer, Command, Core, LoopConfig, NodeOrders, Registration, Report, Snapshot, TaskExit,
+    TaskKey,
+};
+use suanli_server::store::{NewJob, Store, Task};
+
+const T0: i64 = 1_780_000_000_000;
+
+struct Pool {
+    core: Core,
+    store: Store,
+    cfg: LoopConfig,
+    now: i64,
+    tenant_id: i64,
+    _dir: tempfile::TempDir,
+}
+
+fn job(gpus: i64, tasks: i64) -> NewJob {
+    NewJob {
+        name: "j".to_string(),
+        command: vec!["x".to_string()],
+        tasks,
+        cpu_milli: 1000,
+        memory_mib: 1024,
+        num_gpu: gpus,
+        gpu_milli: if gpus > 0 { 1000 } else { 0 },
+        gpu_models: Vec::new(),
+        class: "on-demand".to_string(),
+        env: BTreeMap::new(),
+        workdir: String::new(),
+        max_runtime_s: None,
+        retries: 1,
+    }
+}
+
+type Key = (i64, i64, i64);
+
+fn starts(o: &NodeOrders) -> Vec<Key> {
+    o.start
+        .iter()
+        .map(|s| (s.task.job, s.task.run, s.task.task))
+        .collect()
+}
+
+fn kills(o: &NodeOrders) -> Vec<Key> {
+    o.kill.iter().map(|k| (k.job, k.run, k.task)).collect()
+}
+
+impl Pool {
+    async fn new(cfg: LoopConfig) -> Pool {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let t = store.create_tenant("acme", 1.0).await.unwrap();
+        let mut p = Pool {
+            core: Core::new(&cfg).unwrap(),
+            store,
+            cfg,
+            now: T0,
+            tenant_id: t.id,
+            _dir: dir,
+        };
+        p.step(vec![Command::Tenant {
+            tenant: t,
+            quotas: Vec::new(),
+        }])
+        .await;
+        p
+    }
+
+    async fn step(&mut self, cmds: Vec<Command>) -> Vec<Answer> {
+        let s = self.core.step(cmds, self.now);
+        self.store.commit(&s.writes).await.unwrap();
+        self.core.scheduler().ledger().check().unwrap();
+        s.answers
+    }
+
+    async fn one(&mut self, cmd: Command) -> Answer {
+        self.step(vec![cmd]).await.pop().unwrap()
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now += ms;
+    }
+
+    async fn register(&mut self, name: &str, gpus: i64) {
+        let reg = Registration {
+            name: name.to_string(),
+            addr: format!("{name}.local"),
+            gpu_model: Some("A100-80G".to_string()),
+            gpus,
+            gpu_memory_mib: 81920,
+            cpu_milli: 64_000,
+            memory_mib: 256 * 1024,
+            labels: BTreeMap::new(),
+        };
+        match self.one(Command::Register(reg)).await {
+            Answer::Registered(Ok(_)) => {}
+            a => panic!("register {name}: {a:?}"),
+        }
+    }
+
+    async fn submit(&mut self, j: NewJob) -> i64 {
+        let cmd = Command::Submit {
+            tenant_id: self.tenant_id,
+            tenant: "acme".to_string(),
+            job: j,
+        };
+        match self.one(cmd).await {
+            Answer::Submitted(Ok(j)) => j.id,
+            a => panic!("submit: {a:?}"),
+        }
+    }
+
+    /// A heartbeat: the tasks running, and exits as (key, exit code).
+    async fn hb(&mut self, node: &str, running: &[Key], exited: &[(Key, i64)]) -> NodeOrders {
+        let report = Report {
+            running: running
+                .iter()
+                .map(|&(job, run, task)| TaskKey { job, run, task })
+                .collect(),
+            exited: exited
+                .iter()
+                .map(|&((job, run, task), code)| TaskExit {
+                    job,
+                    run,
+                    task,
+                    exit_code: Some(code),
+                    signal: None,
+                    reason: String::new(),
+                    timeout: false,
+                })
+                .collect(),
+        };
+        let cmd = Command::Heartbeat {
+            node: node.to_string(),
+            report,
+            full: true,
+        };
+        match self.one(cmd).await {
+            Answer::Orders(Ok(o)) => o,
+            a => panic!("heartbeat {node}: {a:?}"),
+        }
+    }
+
+    async fn drain(&mut self, node: &str, drain: bool) -> String {
+        let cmd = Command::Drain {
+            node: node.to_string(),
+            drain,
+        };
+        match self.one(cmd).await {
+            Answer::Drained(Ok(s)) => s,
+            a => panic!("drain {node}: {a:?}"),
+        }
+    }
+
+    async fn state(&self, id: i64) -> String {
+        self.store.job(id, None).await.unwrap().state
+    }
+
+    async fn events(&self, id: i64) -> Vec<String> {
+        let ev = self.store.events(id).await.unwrap();
+        ev.into_iter().map(|e| e.kind).collect()
+    }
+
+    /// (run, task, node name, state) of every task of a job.
+    async fn tasks(&self, id: i64) -> Vec<(i64, i64, String, String)> {
+        let t = self.store.job_tasks(id).await.unwrap();
+        t.into_iter()
+            .map(|t| (t.run, t.index, t.node, t.state))
+            .collect()
+    }
+
+    async fn node_state(&self, name: &str) -> String {
+        let n = self.store.nodes().await.unwrap();
+        n.into_iter().find(|n| n.name == name).unwrap().state
+    }
+}
+
+#[tokio::test]
+async fn a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    // Submission and heartbeat in one batch: the pass runs before the orders
+    // are computed, so the start is in this very answer.
+    let cmds = vec![
+        Command::Submit {
+            tenant_id: p.tenant_id,
+            tenant: "acme".to_string(),
+            job: job(4, 2),
+        },
+        Command::Heartbeat {
+            node: "n1".to_string(),
+            report: Report::default(),
+            full: true,
+        },
+    ];
+    let a = p.step(cmds).await;
+    let (Answer::Submitted(Ok(j)), Answer::Orders(Ok(o))) = (&a[0], &a[1]) else {
+        panic!("{a:?}")
+    };
+    let id = j.id;
+    assert_eq!(starts(o), vec![(id, 1, 0), (id, 1, 1)]);
+    assert_eq!(o.start[0].master_addr, "n1.local");
+    assert_eq!(
+        o.start[0].task.mask & o.start[1].task.mask,
+        0,
+        "no device twice"
+    );
+    assert_eq!(p.state(id).await, "RUNNING");
+    // Confirmed, then the rank-1 task ends first: the job waits for rank 0.
+    let o = p.hb("n1", &[(id, 1, 0), (id, 1, 1)], &[]).await;
+    assert!(o.start.is_empty(), "started tasks are not ordered again");
+    p.hb("n1", &[(id, 1, 0)], &[((id, 1, 1), 0)]).await;
+    assert_eq!(p.state(id).await, "RUNNING");
+    p.hb("n1", &[], &[((id, 1, 0), 0)]).await;
+    assert_eq!(p.state(id).await, "COMPLETED");
+    assert_eq!(p.core.scheduler().allocated_gpu_milli(), 0);
+    assert_eq!(p.events(id).await, ["SUBMITTED", "STARTED", "COMPLETED"]);
+}
+
+#[tokio::test]
+async fn a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let id = p.submit(job(8, 1)).await;
+    let o = p.hb("n1", &[], &[]).await;
+    assert_eq!(starts(&o), vec![(id, 1, 0)]);
+    p.hb("n1", &[(id, 1, 0)], &[]).await;
+    let last = p.now;
+    p.register("n2", 8).await;
+    // n2 keeps reporting; n1 falls silent. Just inside the lease: still up.
+    p.advance(20_000);
+    p.hb("n2", &[], &[]).await;
+    assert_eq!(p.node_state("n1").await, "ready");
+    assert_eq!(p.state(id).await, "RUNNING");
+    // One ms past the lease: down, the task lost as of the last heartbeat,
+    // and the job (one retry left) started again on n2 in the same batch.
+    p.advance(1);
+    let o = p.hb("n2", &[], &[]).await;
+    assert_eq!(p.node_state("n1").await, "down");
+    assert_eq!(starts(&o), vec![(id, 2, 0)]);
+    assert_eq!(
+        p.events(id).await,
+        ["SUBMITTED", "STARTED", "RETRYING", "STARTED"]
+    );
+    let t = p.store.job_tasks(id).await.unwrap();
+    assert_eq!((t[0].state.as_str(), t[0].ended_ms), ("LOST", Some(last)));
+    // The agent comes back still running the old attempt: it is told to
+    // stop it, and the node takes work again.
+    p.advance(5_000);
+    let o = p.hb("n1", &[(id, 1, 0)], &[]).await;
+    assert_eq!(kills(&o), vec![(id, 1, 0)]);
+    assert_eq!(p.node_state("n1").await, "ready");
+    let o = p.hb("n1", &[], &[]).await;
+    assert!(o.kill.is_empty());
+}
+
+#[tokio::test]
+async fn a_gang_on_one_lost_node_fails_once_without_retries() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let id = p
+        .submit(NewJob {
+            retries: 0,
+            ..job(2, 2)
+        })
+        .await;
+    let o = p.hb("n1", &[], &[]).await;
+    assert_eq!(starts(&o).len(), 2);
+    p.hb("n1", &[(id, 1, 0), (id, 1, 1)], &[]).await;
+    let last = p.now;
+    p.advance(20_001);
+    // Both tasks of the gang were on the node: the first loss fails the
+    // job, the second is already stopped. No panic, one FAILED.
+    p.step(Vec::new()).await;
+    assert_eq!(p.state(id).await, "FAILED");
+    assert_eq!(p.events(id).await, ["SUBMITTED", "STARTED", "FAILED"]);
+    let t = p.store.job_tasks(id).await.unwrap();
+    assert_eq!(t[0].state, "LOST");
+    assert_eq!(t[0].ended_ms, Some(last));
+    assert_ne!(t[1].state, "RUNNING");
+    assert_eq!(
+        t[1].ended_ms,
+        Some(last),
+        "billing ends at the last heartbeat"
+    );
+    assert_eq!(p.core.scheduler().allocated_gpu_milli(), 0);
+    // Later steps are quiet.
+    p.advance(60_000);
+    p.step(Vec::new()).await;
+    assert_eq!(p.state(id).await, "FAILED");
+}
+
+#[tokio::test]
+async fn a_failed_task_is_retried_then_the_job_fails() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 4).await;
+    let id = p.submit(job(1, 1)).await;
+    assert_eq!(starts(&p.hb("n1", &[], &[]).await), vec![(id, 1, 0)]);
+    // Exit code 1: requeued and started again in the same answer.
+    let o = p.hb("n1", &[], &[((id, 1, 0), 1)]).await;
+    assert_eq!(starts(&o), vec![(id, 2, 0)]);
+    p.hb("n1", &[(id, 2, 0)], &[]).await;
+    // A confirmed task the agent stops reporting is lost: no retry left.
+    p.hb("n1", &[], &[]).await;
+    assert_eq!(p.state(id).await, "FAILED");
+    assert_eq!(
+        p.events(id).await,
+        ["SUBMITTED", "STARTED", "RETRYING", "STARTED", "FAILED"]
+    );
+    let t = p.tasks(id).await;
+    assert_eq!(t[0].3, "EXITED");
+    assert_eq!(t[1].3, "LOST");
+}
+
+#[tokio::test]
+async fn a_timeout_fails_without_retry() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 4).await;
+    let id = p.submit(job(1, 1)).await;
+    p.hb("n1", &[], &[]).await;
+    let report = Report {
+        running: Vec::new(),
+        exited: vec![TaskExit {
+            job: id,
+            run: 1,
+            task: 0,
+            exit_code: None,
+            signal: Some(9),
+            reason: "max runtime".to_string(),
+            timeout: true,
+        }],
+    };
+    p.one(Command::Heartbeat {
+        node: "n1".to_string(),
+        report,
+        full: false,
+    })
+    .await;
+    assert_eq!(p.state(id).await, "FAILED");
+}
+
+#[tokio::test]
+async fn a_drained_node_gets_no_new_work_and_keeps_its_running_task() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let a = p.submit(job(4, 1)).await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n1", &[(a, 1, 0)], &[]).await;
+    assert_eq!(p.drain("n1", true).await, "draining");
+    let b = p.submit(job(4, 1)).await;
+    let o = p.hb("n1", &[(a, 1, 0)], &[]).await;
+    assert!(o.start.is_empty() && o.kill.is_empty(), "{o:?}");
+    assert_eq!(
+        (p.state(a).await, p.state(b).await),
+        ("RUNNING".to_string(), "PENDING".to_string())
+    );
+    assert_eq!(p.node_state("n1").await, "draining");
+    // Re-registering keeps it draining.
+    p.register("n1", 8).await;
+    assert_eq!(p.node_state("n1").await, "draining");
+    assert_eq!(p.drain("n1", false).await, "ready");
+    let o = p.hb("n1", &[(a, 1, 0)], &[]).await;
+    assert_eq!(starts(&o), vec![(b, 1, 0)]);
+    // A down node cannot be undrained; draining it is a no-op.
+    p.advance(20_001);
+    p.step(Vec::new()).await;
+    assert_eq!(p.drain("n1", true).await, "down");
+    let Answer::Drained(r) = p
+        .one(Command::Drain {
+            node: "n1".to_string(),
+            drain: false,
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[tokio::test]
+async fn spot_work_is_preempted_and_its_devices_wait_for_the_kill() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let spot = p
+        .submit(NewJob {
+            class: "spot".to_string(),
+            ..job(8, 1)
+        })
+        .await;
+    assert_eq!(starts(&p.hb("n1", &[], &[]).await), vec![(spot, 1, 0)]);
+    p.hb("n1", &[(spot, 1, 0)], &[]).await;
+    let paid = p.submit(job(8, 1)).await;
+    assert_eq!(p.state(spot).await, "PENDING");
+    assert_eq!(p.state(paid).await, "RUNNING");
+    // The spot task still runs on the agent: kill it first, start nothing
+    // on its devices until the agent stops reporting it.
+    let o = p.hb("n1", &[(spot, 1, 0)], &[]).await;
+    assert_eq!(kills(&o), vec![(spot, 1, 0)]);
+    assert!(o.start.is_empty(), "{o:?}");
+    let o = p.hb("n1", &[], &[]).await;
+    assert!(o.kill.is_empty());
+    assert_eq!(starts(&o), vec![(paid, 1, 0)]);
+    assert_eq!(p.events(spot).await, ["SUBMITTED", "STARTED", "PREEMPTED"]);
+    let t = p.tasks(spot).await;
+    assert_eq!(t[0].3, "KILLED");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_tasks_and_a_job_not_live_is_refused() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let id = p.submit(job(1, 1)).await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n1", &[(id, 1, 0)], &[]).await;
+    // Another tenant cannot see it.
+    let a = p
+        .one(Command::Cancel {
+            id,
+            tenant: Some(p.tenant_id + 1),
+        })
+        .await;
+    assert!(matches!(a, Answer::Cancelled(Err(_))), "{a:?}");
+    let a = p.one(Command::Cancel { id, tenant: None }).await;
+    assert!(matches!(a, Answer::Cancelled(Ok(()))), "{a:?}");
+    assert_eq!(p.state(id).await, "CANCELLED");
+    let o = p.hb("n1", &[(id, 1, 0)], &[]).await;
+    assert_eq!(kills(&o), vec![(id, 1, 0)]);
+    let a = p.one(Command::Cancel { id, tenant: None }).await;
+    assert!(matches!(a, Answer::Cancelled(Err(_))), "{a:?}");
+}
+
+#[tokio::test]
+async fn recovery_rebuilds_the_same_state_from_the_store() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    p.register("n2", 8).await;
+    let running = p.submit(job(8, 2)).await;
+    let spot = p
+        .submit(NewJob {
+            class: "spot".to_string(),
+            ..job(0, 1)
+        })
+        .await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n2", &[], &[]).await;
+    p.hb("n1", &[(running, 1, 0)], &[]).await;
+    let cancelled = spot;
+    p.one(Command::Cancel {
+        id: cancelled,
+        tenant: None,
+    })
+    .await;
+    let pending = p.submit(job(8, 1)).await;
+    assert_eq!(p.state(pending).await, "PENDING");
+    // Rebuild from the store, as a restarted server does.
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    let mut again = Core::recover(snap, &p.cfg, p.now).unwrap();
+    assert_eq!(again.queue_lengths(), p.core.queue_lengths());
+    assert_eq!(
+        again.scheduler().allocated_gpu_milli(),
+        p.core.scheduler().allocated_gpu_milli()
+    );
+    // Both give n2's agent the same orders (its task is still assigned).
+    let hb = |n: &str| Command::Heartbeat {
+        node: n.to_string(),
+        report: Report::default(),
+        full: false,
+    };
+    let a = p.core.step(vec![hb("n2")], p.now).answers;
+    let b = again.step(vec![hb("n2")], p.now).answers;
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    let Answer::Orders(Ok(o)) = &b[0] else {
+        panic!("{b:?}")
+    };
+    assert_eq!(starts(o), vec![(running, 1, 1)]);
+}
+
+#[tokio::test]
+async fn recovery_refuses_a_device_held_twice() {
+    let cfg = LoopConfig::default();
+    let mut p = Pool::new(cfg.clone()).await;
+    p.register("n1", 8).await;
+    let a = p.submit(job(8, 1)).await;
+    let mut snap = Snapshot::load(&p.store).await.unwrap();
+    // Forge a second running job on the same devices.
+    let mut twin = p.store.job(a, None).await.unwrap();
+    twin.id = a + 1;
+    snap.running.push(twin);
+    let t = snap.active_tasks[0].clone();
+    snap.active_tasks.push(Task { job: a + 1, ..t });
+    let e = Core::recover(snap, &cfg, p.now).err().expect("refused");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("allocated twice"), "{msg}");
+    assert!(msg.contains(&format!("job {}", a + 1)), "{msg}");
+}
