@@ -26,9 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use suanli_api::{
+    GpuInfo, LogPushed, LogStream, NodeRegistration, Orders, Problem, Registered, Report, TaskExit,
+    TaskKey, PROTOCOL, PROTOCOL_HEADER,
+};
 
-use task::{Assignment, Key, Task};
+use task::{Key, Task};
 
 /// Which GPUs the node has.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,7 +186,32 @@ struct Agent {
     interval: Duration,
     tasks: BTreeMap<Key, Task>,
     /// Exits not yet acknowledged by a successful heartbeat.
-    unacked: Vec<Value>,
+    unacked: Vec<TaskExit>,
+}
+
+/// `WORK_DIR/agent-state.json`: the process groups this agent runs.
+#[derive(Serialize, Deserialize, Default)]
+struct SavedState {
+    groups: Vec<SavedGroup>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedGroup {
+    pgid: i32,
+    /// The leader's start time (clock ticks since boot), against pid reuse.
+    start: Option<u64>,
+}
+
+/// A call that failed: the HTTP status (0 if the server was not reached)
+/// and what it said.
+type CallError = (u16, String);
+
+/// What a refusal says: its problem document's detail, or the raw body.
+fn refusal_text(body: &str) -> String {
+    match serde_json::from_str::<Problem>(body) {
+        Ok(p) => format!("{} ({})", p.detail, p.code),
+        Err(_) => body.to_string(),
+    }
 }
 
 fn log(msg: &str) {
@@ -194,35 +223,58 @@ impl Agent {
         format!("{}{path}", self.cfg.server.trim_end_matches('/'))
     }
 
-    fn post(&self, path: &str, body: Value) -> Result<Value, (u16, String)> {
-        let r = self
-            .http
-            .post(&self.url(path))
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.http
+            .request(method, &self.url(path))
             .set("Authorization", &format!("Bearer {}", self.cfg.token))
-            .send_json(body);
-        match r {
-            Ok(resp) => resp.into_json().map_err(|e| (0, e.to_string())),
+            .set(PROTOCOL_HEADER, &PROTOCOL.to_string())
+    }
+
+    fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        match self.request("POST", path).send_json(body) {
+            Ok(resp) => resp
+                .into_json()
+                .map_err(|e| (0, format!("an answer this agent cannot read: {e}"))),
             Err(ureq::Error::Status(code, resp)) => {
-                Err((code, resp.into_string().unwrap_or_default()))
+                Err((code, refusal_text(&resp.into_string().unwrap_or_default())))
             }
             Err(e) => Err((0, e.to_string())),
         }
     }
 
-    fn register(&mut self) -> Result<(), (u16, String)> {
-        let gpus: Vec<Value> = self
-            .cfg
-            .gpus
-            .iter()
-            .map(|g| json!({"index": g.index, "model": g.model, "memory_mib": g.memory_mib}))
-            .collect();
-        let v = self.post(
-            "/v1/agents/register",
-            json!({"name": self.cfg.name, "addr": self.cfg.addr, "labels": self.cfg.labels,
-                "cpu_milli": self.cfg.cpu_milli, "memory_mib": self.cfg.memory_mib, "gpus": gpus}),
-        )?;
-        let s = v["heartbeat_interval_s"].as_u64().unwrap_or(5).max(1);
-        self.interval = Duration::from_secs(s);
+    fn register(&mut self) -> Result<(), CallError> {
+        let body = NodeRegistration {
+            name: self.cfg.name.clone(),
+            addr: Some(self.cfg.addr.clone()),
+            labels: Some(self.cfg.labels.clone()),
+            cpu_milli: self.cfg.cpu_milli as i64,
+            memory_mib: self.cfg.memory_mib as i64,
+            gpus: self
+                .cfg
+                .gpus
+                .iter()
+                .map(|g| GpuInfo {
+                    index: g.index as i64,
+                    model: g.model.clone(),
+                    memory_mib: Some(g.memory_mib as i64),
+                })
+                .collect(),
+        };
+        let r: Registered = self.post("/v1/agents/register", &body)?;
+        if r.protocol != PROTOCOL {
+            return Err((
+                400,
+                format!(
+                    "the server speaks agent protocol {}, this agent {PROTOCOL}",
+                    r.protocol
+                ),
+            ));
+        }
+        self.interval = Duration::from_secs(r.heartbeat_interval_s.max(1));
         Ok(())
     }
 
@@ -232,14 +284,18 @@ impl Agent {
 
     /// Remember the live process groups, so a restarted agent can kill them.
     fn save_state(&self) {
-        let groups: Vec<Value> = self
+        let groups = self
             .tasks
             .values()
             .filter(|t| t.running() && t.pgid > 0)
-            .map(|t| json!({"pgid": t.pgid, "start": task::start_ticks(t.pgid)}))
+            .map(|t| SavedGroup {
+                pgid: t.pgid,
+                start: task::start_ticks(t.pgid),
+            })
             .collect();
+        let text = serde_json::to_string(&SavedState { groups }).expect("state serialises");
         let tmp = self.state_file().with_extension("tmp");
-        if std::fs::write(&tmp, json!({ "groups": groups }).to_string()).is_ok() {
+        if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, self.state_file());
         }
     }
@@ -249,10 +305,9 @@ impl Agent {
         let Ok(text) = std::fs::read_to_string(self.state_file()) else {
             return;
         };
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        for g in v["groups"].as_array().cloned().unwrap_or_default() {
-            let pgid = g["pgid"].as_i64().unwrap_or(0) as i32;
-            let start = g["start"].as_u64();
+        let saved: SavedState = serde_json::from_str(&text).unwrap_or_default();
+        for g in saved.groups {
+            let (pgid, start) = (g.pgid, g.start);
             if pgid > 0 && start.is_some() && task::start_ticks(pgid) == start {
                 log(&format!(
                     "killing process group {pgid} left by a previous run"
@@ -267,7 +322,7 @@ impl Agent {
         const CHUNK: usize = 60 * 1024;
         let keys: Vec<Key> = self.tasks.keys().copied().collect();
         for k in keys {
-            for stream in 0..2 {
+            for (stream, name) in [LogStream::Out, LogStream::Err].iter().enumerate() {
                 for _ in 0..16 {
                     let t = &self.tasks[&k];
                     let data = t.log_chunk(stream, CHUNK);
@@ -280,33 +335,23 @@ impl Agent {
                         k.0,
                         k.1,
                         k.2,
-                        ["out", "err"][stream],
+                        name.as_str(),
                         t.pushed[stream]
                     );
                     let r = self
-                        .http
-                        .post(&self.url(&path))
-                        .set("Authorization", &format!("Bearer {}", self.cfg.token))
+                        .request("POST", &path)
                         .set("Content-Type", "application/octet-stream")
                         .send_bytes(&data);
                     let t = self.tasks.get_mut(&k).expect("task");
                     match r {
                         Ok(resp) => {
-                            let v: Value = resp.into_json().unwrap_or(Value::Null);
-                            t.pushed[stream] = v["next_offset"]
-                                .as_u64()
-                                .unwrap_or(t.pushed[stream] + data.len() as u64);
+                            let next = resp.into_json::<LogPushed>().map(|p| p.next_offset);
+                            t.pushed[stream] = next.unwrap_or(t.pushed[stream] + data.len() as u64);
                         }
                         Err(ureq::Error::Status(409, resp)) => {
                             // The server has less: resend from where it is.
-                            let detail = resp.into_string().unwrap_or_default();
-                            let at = detail
-                                .split("push from offset ")
-                                .nth(1)
-                                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(0);
-                            t.pushed[stream] = at;
+                            let p = resp.into_json::<Problem>().ok();
+                            t.pushed[stream] = p.and_then(|p| p.next_offset).unwrap_or(0);
                         }
                         Err(ureq::Error::Status(404, _)) => {
                             // The server no longer has this task here: drop its logs.
@@ -320,35 +365,30 @@ impl Agent {
         }
     }
 
-    fn heartbeat(&mut self) -> Result<(), (u16, String)> {
-        let running: Vec<Value> = self
-            .tasks
-            .values()
-            .filter(|t| t.running())
-            .map(|t| json!({"job": t.key.0, "run": t.key.1, "task": t.key.2}))
-            .collect();
+    fn heartbeat(&mut self) -> Result<(), CallError> {
         let sent = self.unacked.len();
-        let body = json!({"running": running, "exited": self.unacked});
-        let v = self.post(&format!("/v1/agents/{}/heartbeat", self.cfg.name), body)?;
+        let body = Report {
+            running: self
+                .tasks
+                .values()
+                .filter(|t| t.running())
+                .map(|t| TaskKey {
+                    job: t.key.0,
+                    run: t.key.1,
+                    task: t.key.2,
+                })
+                .collect(),
+            exited: self.unacked.clone(),
+        };
+        let orders: Orders =
+            self.post(&format!("/v1/agents/{}/heartbeat", self.cfg.name), &body)?;
         self.unacked.drain(..sent);
-        for k in v["kill"].as_array().cloned().unwrap_or_default() {
-            let key = (
-                k["job"].as_i64().unwrap_or(0),
-                k["run"].as_i64().unwrap_or(0),
-                k["task"].as_i64().unwrap_or(0),
-            );
-            if let Some(t) = self.tasks.get_mut(&key) {
+        for k in &orders.kill {
+            if let Some(t) = self.tasks.get_mut(&(k.job, k.run, k.task)) {
                 t.stop("stopped by the server", false, self.cfg.grace);
             }
         }
-        for a in v["start"].as_array().cloned().unwrap_or_default() {
-            let a: Assignment = match serde_json::from_value(a) {
-                Ok(a) => a,
-                Err(e) => {
-                    log(&format!("ignoring a malformed start order: {e}"));
-                    continue;
-                }
-            };
+        for a in orders.start {
             let key = (a.job, a.run, a.task);
             if self.tasks.contains_key(&key) {
                 continue;
@@ -356,7 +396,7 @@ impl Agent {
             let mut t = Task::start(&a, &self.cfg.work_dir);
             if let Some(e) = &t.exit {
                 log(&format!("job {} task {}: {}", a.job, a.task, e.reason));
-                self.unacked.push(exit_json(&t));
+                self.unacked.push(exit_report(&t));
                 t.reported = true;
             }
             self.tasks.insert(key, t);
@@ -376,10 +416,17 @@ impl Agent {
     }
 }
 
-fn exit_json(t: &Task) -> Value {
+fn exit_report(t: &Task) -> TaskExit {
     let e = t.exit.as_ref().expect("ended");
-    json!({"job": t.key.0, "run": t.key.1, "task": t.key.2, "exit_code": e.code,
-        "signal": e.signal, "reason": e.reason, "timeout": e.timeout})
+    TaskExit {
+        job: t.key.0,
+        run: t.key.1,
+        task: t.key.2,
+        exit_code: e.code.map(i64::from),
+        signal: e.signal.map(i64::from),
+        reason: e.reason.clone(),
+        timeout: e.timeout,
+    }
 }
 
 /// Run the agent until `stop` is set; then stop every task (SIGTERM, then
@@ -428,7 +475,7 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         if ended {
             for t in a.tasks.values_mut().filter(|t| !t.running() && !t.reported) {
                 t.reported = true;
-                a.unacked.push(exit_json(t));
+                a.unacked.push(exit_report(t));
             }
         }
         a.push_logs();
@@ -537,7 +584,7 @@ mod tests {
 
     #[test]
     fn the_environment_names_devices_rank_and_master() {
-        let a = Assignment {
+        let a = suanli_api::Assignment {
             job: 7,
             run: 2,
             task: 1,

@@ -10,28 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
-/// A start order from the server (see the server's `Assignment`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Assignment {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-    pub tasks: i64,
-    pub command: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub workdir: String,
-    pub max_runtime_s: Option<i64>,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    pub gpus: Vec<u32>,
-    pub gpu_share: Option<f64>,
-    #[serde(default)]
-    pub master_addr: String,
-}
+pub use suanli_api::Assignment;
 
 pub type Key = (i64, i64, i64);
 

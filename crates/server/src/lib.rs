@@ -7,13 +7,10 @@
 //! isolation. The scheduling loop, quotas, nodes and agents come next
 //! (issue 4 and 5).
 
-pub mod api;
 pub mod auth;
-pub mod bills;
 pub mod config;
 pub mod control;
-pub mod logs;
-pub mod metrics;
+pub mod http;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -93,7 +90,7 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     eprintln!("listening on {}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, policy = ?cfg.scheduler.queue_policy, "serving");
-    let app = api::router(api::AppState {
+    let app = http::router(http::AppState {
         store,
         control,
         data_dir: cfg.data_dir.clone(),

@@ -9,7 +9,7 @@ use suanli_server::control::{
     Answer, Command, Core, LoopConfig, NodeOrders, Registration, Report, Snapshot, TaskExit,
     TaskKey,
 };
-use suanli_server::store::{NewJob, Store, Task};
+use suanli_server::store::{Class, NewJob, Store, Task, TaskState};
 
 const T0: i64 = 1_780_000_000_000;
 
@@ -32,7 +32,7 @@ fn job(gpus: i64, tasks: i64) -> NewJob {
         num_gpu: gpus,
         gpu_milli: if gpus > 0 { 1000 } else { 0 },
         gpu_models: Vec::new(),
-        class: "on-demand".to_string(),
+        class: Class::OnDemand,
         env: BTreeMap::new(),
         workdir: String::new(),
         max_runtime_s: None,
@@ -155,31 +155,35 @@ impl Pool {
             drain,
         };
         match self.one(cmd).await {
-            Answer::Drained(Ok(s)) => s,
+            Answer::Drained(Ok(s)) => s.to_string(),
             a => panic!("drain {node}: {a:?}"),
         }
     }
 
     async fn state(&self, id: i64) -> String {
-        self.store.job(id, None).await.unwrap().state
+        self.store.job(id, None).await.unwrap().state.to_string()
     }
 
     async fn events(&self, id: i64) -> Vec<String> {
         let ev = self.store.events(id).await.unwrap();
-        ev.into_iter().map(|e| e.kind).collect()
+        ev.into_iter().map(|e| e.kind.to_string()).collect()
     }
 
     /// (run, task, node name, state) of every task of a job.
     async fn tasks(&self, id: i64) -> Vec<(i64, i64, String, String)> {
         let t = self.store.job_tasks(id).await.unwrap();
         t.into_iter()
-            .map(|t| (t.run, t.index, t.node, t.state))
+            .map(|t| (t.run, t.index, t.node, t.state.to_string()))
             .collect()
     }
 
     async fn node_state(&self, name: &str) -> String {
         let n = self.store.nodes().await.unwrap();
-        n.into_iter().find(|n| n.name == name).unwrap().state
+        n.into_iter()
+            .find(|n| n.name == name)
+            .unwrap()
+            .state
+            .to_string()
     }
 }
 
@@ -251,7 +255,7 @@ async fn a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere() {
         ["SUBMITTED", "STARTED", "RETRYING", "STARTED"]
     );
     let t = p.store.job_tasks(id).await.unwrap();
-    assert_eq!((t[0].state.as_str(), t[0].ended_ms), ("LOST", Some(last)));
+    assert_eq!((t[0].state, t[0].ended_ms), (TaskState::Lost, Some(last)));
     // The agent comes back still running the old attempt: it is told to
     // stop it, and the node takes work again.
     p.advance(5_000);
@@ -283,9 +287,9 @@ async fn a_gang_on_one_lost_node_fails_once_without_retries() {
     assert_eq!(p.state(id).await, "FAILED");
     assert_eq!(p.events(id).await, ["SUBMITTED", "STARTED", "FAILED"]);
     let t = p.store.job_tasks(id).await.unwrap();
-    assert_eq!(t[0].state, "LOST");
+    assert_eq!(t[0].state, TaskState::Lost);
     assert_eq!(t[0].ended_ms, Some(last));
-    assert_ne!(t[1].state, "RUNNING");
+    assert_ne!(t[1].state, TaskState::Running);
     assert_eq!(
         t[1].ended_ms,
         Some(last),
@@ -391,7 +395,7 @@ async fn spot_work_is_preempted_and_its_devices_wait_for_the_kill() {
     p.register("n1", 8).await;
     let spot = p
         .submit(NewJob {
-            class: "spot".to_string(),
+            class: Class::Spot,
             ..job(8, 1)
         })
         .await;
@@ -445,7 +449,7 @@ async fn recovery_rebuilds_the_same_state_from_the_store() {
     let running = p.submit(job(8, 2)).await;
     let spot = p
         .submit(NewJob {
-            class: "spot".to_string(),
+            class: Class::Spot,
             ..job(0, 1)
         })
         .await;

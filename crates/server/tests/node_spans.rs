@@ -20,7 +20,7 @@ fn node(gpus: i64, model: &str, state: &str, at: i64) -> Node {
         memory_mib: 1024,
         rack: String::new(),
         labels: BTreeMap::new(),
-        state: state.into(),
+        state: state.parse().unwrap(),
         registered_ms: 1000,
         last_heartbeat_ms: at,
     }
@@ -41,7 +41,11 @@ fn span(gpus: i64, model: &str, state: &str, start: i64, end: Option<i64>) -> No
 async fn spans_follow_node_changes_and_never_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
-    let state = |state: &'static str, at| Write::NodeState { node: 1, state, at };
+    let state = |state: &'static str, at| Write::NodeState {
+        node: 1,
+        state: state.parse().unwrap(),
+        at,
+    };
     // Registered at 1000; the same registration again changes nothing.
     store
         .commit(&[Write::UpsertNode(node(8, "A100", "ready", 1000))])

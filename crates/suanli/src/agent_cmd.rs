@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use suanli_api::{NewTenant, NewToken, TokenRequest};
 
 use crate::{failure, usage, CliError};
 
@@ -151,33 +152,52 @@ impl Drop for Children {
     }
 }
 
-fn post(url: &str, token: &str, body: Value) -> Result<Value, CliError> {
+/// POST as the admin; `None` if it already exists (409).
+fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+    url: &str,
+    token: &str,
+    body: &B,
+) -> Result<Option<T>, CliError> {
     match ureq::post(url)
         .set("Authorization", &format!("Bearer {token}"))
         .send_json(body)
     {
-        Ok(r) => r.into_json().map_err(|e| failure(format!("{url}: {e}"))),
-        Err(ureq::Error::Status(409, _)) => Ok(Value::Null), // already there
+        Ok(r) => r
+            .into_json()
+            .map(Some)
+            .map_err(|e| failure(format!("{url}: {e}"))),
+        Err(ureq::Error::Status(409, _)) => Ok(None),
         Err(e) => Err(failure(format!("{url}: {e}"))),
     }
 }
 
-fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {
+/// `DATA_DIR/up-tokens.json`: the agents' and the demo tenant's tokens.
+#[derive(Serialize, Deserialize)]
+struct UpTokens {
+    agent: String,
+    demo: String,
+}
+
+/// Write a file only its owner can read (mode 0600): it holds a token.
+fn write_secret(path: &Path, text: &str) -> Result<(), CliError> {
     use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| failure(format!("{}: {e}", path.display())))?;
-    writeln!(
-        f,
-        "export SUANLI_SERVER={server}\nexport SUANLI_TOKEN={token}"
+    f.write_all(text.as_bytes())
+        .map_err(|e| failure(format!("{}: {e}", path.display())))
+}
+
+fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {
+    write_secret(
+        path,
+        &format!("export SUANLI_SERVER={server}\nexport SUANLI_TOKEN={token}\n"),
     )
-    .map_err(|e| failure(format!("{}: {e}", path.display())))
 }
 
 /// Start a server and `--agents` agents, create the demo tenant, print how
@@ -253,35 +273,34 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         .to_string();
     // Tokens for the agents and the demo tenant are created once and kept.
     let tokens = dir.join("up-tokens.json");
-    let saved: Value = std::fs::read_to_string(&tokens)
+    let saved: Option<UpTokens> = std::fs::read_to_string(&tokens)
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    let (agent_tok, demo_tok) = match (saved["agent"].as_str(), saved["demo"].as_str()) {
-        (Some(a), Some(d)) => (a.to_string(), d.to_string()),
-        _ => {
-            post(
-                &format!("{url}/v1/tenants"),
-                &admin,
-                json!({"name": "demo"}),
-            )?;
-            let agent = post(
-                &format!("{url}/v1/tokens"),
-                &admin,
-                json!({"scope": "agent", "name": "up"}),
-            )?;
-            let demo = post(
-                &format!("{url}/v1/tokens"),
-                &admin,
-                json!({"scope": "tenant", "tenant": "demo", "name": "up"}),
-            )?;
-            let (a, d) = (
-                agent["token"].as_str().unwrap_or_default().to_string(),
-                demo["token"].as_str().unwrap_or_default().to_string(),
-            );
-            let body = json!({"agent": a, "demo": d}).to_string();
-            std::fs::write(&tokens, body).map_err(|e| failure(e.to_string()))?;
-            (a, d)
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let (agent_tok, demo_tok) = match saved {
+        Some(t) => (t.agent, t.demo),
+        None => {
+            let tenant = NewTenant {
+                name: "demo".to_string(),
+                weight: None,
+            };
+            post::<_, serde::de::IgnoredAny>(&format!("{url}/v1/tenants"), &admin, &tenant)?;
+            let token = |scope: &str, tenant: Option<&str>| -> Result<String, CliError> {
+                let body = TokenRequest {
+                    scope: scope.to_string(),
+                    tenant: tenant.map(str::to_string),
+                    name: Some("up".to_string()),
+                };
+                let t: Option<NewToken> = post(&format!("{url}/v1/tokens"), &admin, &body)?;
+                t.map(|t| t.token)
+                    .ok_or_else(|| failure("the server refused a new token"))
+            };
+            let saved = UpTokens {
+                agent: token("agent", None)?,
+                demo: token("tenant", Some("demo"))?,
+            };
+            let body = serde_json::to_string(&saved).expect("tokens serialise");
+            write_secret(&tokens, &body)?;
+            (saved.agent, saved.demo)
         }
     };
     for i in 0..a.agents {

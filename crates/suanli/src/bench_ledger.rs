@@ -186,7 +186,7 @@ async fn store_bench(
                 memory_mib: 1 << 20,
                 rack: String::new(),
                 labels: BTreeMap::new(),
-                state: "ready".to_string(),
+                state: suanli_api::NodeState::Ready,
                 registered_ms: year_from,
                 last_heartbeat_ms: year_from,
             })

@@ -18,7 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde::Serialize;
+use suanli_api::Class;
+use suanli_api::{
+    GpuInfo, JobSubmit, NewTenant, NewToken, NodeRegistration, TokenRequest, PROTOCOL,
+    PROTOCOL_HEADER,
+};
 use suanli_server::control::{Command as LoopCmd, Driver, LoopConfig, Registration};
 use suanli_server::store::{NewJob, Store};
 
@@ -87,6 +92,28 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A request body of any type, for one closure that posts them all.
+trait ErasedBody {
+    fn json(&self) -> String;
+}
+
+impl<T: Serialize> ErasedBody for T {
+    fn json(&self) -> String {
+        serde_json::to_string(self).expect("request bodies serialise")
+    }
+}
+
+/// The server under test, killed however the benchmark ends (an early
+/// error must not leave it running, holding the caller's pipes).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn tmp_dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("suanli-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -98,20 +125,23 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
     let dir = tmp_dir(&format!("submit{clients}"));
     std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
     let exe = std::env::current_exe().map_err(|e| failure(e.to_string()))?;
-    let mut child = Command::new(exe)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failure(format!("cannot start the server: {e}")))?;
-    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut child = Child(
+        Command::new(exe)
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| failure(format!("cannot start the server: {e}")))?,
+    );
+    let mut lines = BufReader::new(child.0.stderr.take().expect("piped")).lines();
     let addr = loop {
         match lines.next() {
             Some(Ok(l)) => {
@@ -128,36 +158,51 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
         .map_err(|e| failure(e.to_string()))?
         .trim()
         .to_string();
-    let post = |path: &str, tok: &str, body: Value| -> Result<Value, CliError> {
+    let post = |path: &str, tok: &str, body: &dyn ErasedBody| -> Result<ureq::Response, CliError> {
         ureq::post(&format!("{url}{path}"))
             .set("Authorization", &format!("Bearer {tok}"))
-            .send_json(body)
-            .map_err(|e| failure(format!("{path}: {e}")))?
-            .into_json()
-            .map_err(|e| failure(e.to_string()))
+            .set(PROTOCOL_HEADER, &PROTOCOL.to_string())
+            .set("Content-Type", "application/json")
+            .send_string(&body.json())
+            .map_err(|e| failure(format!("{path}: {e}")))
     };
-    post("/v1/tenants", &admin, json!({"name": "bench"}))?;
-    let tok = post(
-        "/v1/tokens",
-        &admin,
-        json!({"scope": "tenant", "tenant": "bench"}),
-    )?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let agent = post("/v1/tokens", &admin, json!({"scope": "agent"}))?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let gpus: Vec<Value> = (0..8)
-        .map(|i| json!({"index": i, "model": "A100-80G"}))
-        .collect();
+    let token = |req: TokenRequest| -> Result<String, CliError> {
+        let t: NewToken = post("/v1/tokens", &admin, &req)?
+            .into_json()
+            .map_err(|e| failure(e.to_string()))?;
+        Ok(t.token)
+    };
+    let tenant = NewTenant {
+        name: "bench".to_string(),
+        weight: None,
+    };
+    post("/v1/tenants", &admin, &tenant)?;
+    let tok = token(TokenRequest {
+        scope: "tenant".to_string(),
+        tenant: Some("bench".to_string()),
+        name: None,
+    })?;
+    let agent = token(TokenRequest {
+        scope: "agent".to_string(),
+        tenant: None,
+        name: None,
+    })?;
     for n in 0..4 {
-        post(
-            "/v1/agents/register",
-            &agent,
-            json!({"name": format!("n{n}"), "cpu_milli": 64000, "memory_mib": 1 << 20, "gpus": gpus}),
-        )?;
+        let reg = NodeRegistration {
+            name: format!("n{n}"),
+            addr: None,
+            labels: None,
+            cpu_milli: 64_000,
+            memory_mib: 1 << 20,
+            gpus: (0..8)
+                .map(|i| GpuInfo {
+                    index: i,
+                    model: "A100-80G".to_string(),
+                    memory_mib: None,
+                })
+                .collect(),
+        };
+        post("/v1/agents/register", &agent, &reg)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -178,13 +223,17 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let class = ["spot", "on-demand"][(i % 2) as usize];
-                let body = json!({"name": format!("c{c}-{i}"), "command": ["sleep", "60"],
-                    "gpus": i % 3, "class": class});
+                let body = JobSubmit {
+                    name: Some(format!("c{c}-{i}")),
+                    command: vec!["sleep".to_string(), "60".to_string()],
+                    gpus: Some((i % 3) as i64),
+                    class: Some(["spot", "on-demand"][(i % 2) as usize].to_string()),
+                    ..JobSubmit::default()
+                };
                 match agent
                     .post(&format!("{url}/v1/jobs"))
                     .set("Authorization", &format!("Bearer {tok}"))
-                    .send_json(body)
+                    .send_json(&body)
                 {
                     Ok(r) if r.status() == 201 => {
                         acked.fetch_add(1, Ordering::Relaxed);
@@ -204,8 +253,7 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
     for t in threads {
         let _ = t.join();
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let _ = std::fs::remove_dir_all(&dir);
     let e = errors.load(Ordering::Relaxed);
     if e > 0 {
@@ -291,7 +339,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
                 num_gpu,
                 gpu_milli,
                 gpu_models,
-                class: ["spot", "on-demand", "guaranteed"][(x >> 50) as usize % 3].to_string(),
+                class: [Class::Spot, Class::OnDemand, Class::Guaranteed][(x >> 50) as usize % 3],
                 env: Default::default(),
                 workdir: String::new(),
                 max_runtime_s: None,

@@ -4,7 +4,7 @@
 mod agent_cmd;
 mod bench_ledger;
 mod bench_server;
-mod client_cmd;
+mod client;
 mod jobs_cmd;
 mod openb_cmd;
 
@@ -36,33 +36,33 @@ enum Cmd {
     /// Run the control-plane server: store, API, scheduling loop.
     Server(ServerArgs),
     /// Submit a job: suanli submit [--gpus N | --gpu-share F] ... -- CMD ARGS...
-    Submit(client_cmd::SubmitArgs),
+    Submit(client::SubmitArgs),
     /// List jobs (yours; all for an admin token).
-    Queue(client_cmd::QueueArgs),
+    Queue(client::QueueArgs),
     /// Inspect a job.
     #[command(subcommand)]
-    Job(client_cmd::JobCmd),
+    Job(client::JobCmd),
     /// Cancel a job.
-    Cancel(client_cmd::JobIdArgs),
+    Cancel(client::JobIdArgs),
     /// Manage tenants (admin).
     #[command(subcommand)]
-    Tenant(client_cmd::TenantCmd),
+    Tenant(client::TenantCmd),
     /// Manage API tokens (admin).
     #[command(subcommand)]
-    Token(client_cmd::TokenCmd),
+    Token(client::TokenCmd),
     /// List nodes; `nodes drain NAME`, `nodes undrain NAME` (admin).
-    Nodes(client_cmd::NodesArgs),
+    Nodes(client::NodesArgs),
     /// A task's output: suanli logs JOB [--task I] [--stderr] [--follow].
-    Logs(client_cmd::LogsArgs),
+    Logs(client::LogsArgs),
     /// Run the node agent: register this machine's GPUs and run tasks.
     Agent(agent_cmd::AgentArgs),
     /// A whole pool on this machine: a server, N agents, a demo tenant.
     Up(agent_cmd::UpArgs),
     /// Invoices for a month: suanli bill --period 2026-11 [--tenant T] [--format table|csv|json].
-    Bill(client_cmd::BillArgs),
+    Bill(client::BillArgs),
     /// Operator reports: suanli report economics --period 2026-11 [--format table|csv|json].
     #[command(subcommand)]
-    Report(client_cmd::ReportCmd),
+    Report(client::ReportCmd),
 }
 
 #[derive(clap::Args)]
@@ -157,18 +157,18 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Ledger(a)) => bench_ledger::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
-        Cmd::Submit(a) => client_cmd::submit(a),
-        Cmd::Queue(a) => client_cmd::queue(a),
-        Cmd::Job(c) => client_cmd::job(c),
-        Cmd::Cancel(a) => client_cmd::cancel(a),
-        Cmd::Tenant(c) => client_cmd::tenant(c),
-        Cmd::Token(c) => client_cmd::token(c),
-        Cmd::Nodes(a) => client_cmd::nodes(a),
-        Cmd::Logs(a) => client_cmd::logs(a),
+        Cmd::Submit(a) => client::submit(a),
+        Cmd::Queue(a) => client::queue(a),
+        Cmd::Job(c) => client::job(c),
+        Cmd::Cancel(a) => client::cancel(a),
+        Cmd::Tenant(c) => client::tenant(c),
+        Cmd::Token(c) => client::token(c),
+        Cmd::Nodes(a) => client::nodes(a),
+        Cmd::Logs(a) => client::logs(a),
         Cmd::Agent(a) => agent_cmd::agent(a),
         Cmd::Up(a) => agent_cmd::up(a),
-        Cmd::Bill(a) => client_cmd::bill(a),
-        Cmd::Report(c) => client_cmd::report(c),
+        Cmd::Bill(a) => client::bill(a),
+        Cmd::Report(c) => client::report(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -254,6 +254,32 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         Some("{}"),
     );
     assert_eq!(code, 404);
+    // An agent of another protocol version (or one too old to say) is
+    // refused clearly, naming both versions; the token is checked first.
+    let url = u("/v1/agents/register");
+    let reg = json!({"name": "old", "cpu_milli": 1000, "memory_mib": 1}).to_string();
+    for header in [None, Some("0"), Some("x")] {
+        let mut r = ureq::post(&url)
+            .set("Authorization", &format!("Bearer {agent}"))
+            .set("Content-Type", "application/json");
+        if let Some(h) = header {
+            r = r.set(suanli_api::PROTOCOL_HEADER, h);
+        }
+        let resp = match r.send_string(&reg) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(resp.status(), 400);
+        let v: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+        assert_eq!(v["code"], "protocol_mismatch", "{v}");
+        let d = v["detail"].as_str().unwrap();
+        assert!(
+            d.contains(&format!("protocol {}", suanli_api::PROTOCOL)),
+            "{d}"
+        );
+    }
+    let (code, v, _) = call("POST", &url, Some(&acme), Some(&reg));
+    assert_eq!((code, v["code"].as_str()), (403, Some("forbidden")));
     // A huge body: the server answers 413 from the declared length, without
     // reading the body (a raw request: a client still sending would see the
     // connection close under it).
@@ -599,19 +625,24 @@ fn openapi_documents_every_route_and_every_documented_route_exists() {
     // Request bodies and problem documents are described.
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for k in [
-        "JobBody",
+        "JobSubmit",
         "Job",
-        "ProblemDoc",
-        "RegisterBody",
+        "Problem",
+        "NodeRegistration",
         "Orders",
         "Report",
+        "TaskExit",
+        "JobState",
+        "LogPushed",
+        "Bills",
+        "EconomicsReport",
     ] {
         assert!(schemas.contains_key(k), "schema {k} missing");
     }
     assert_eq!(
         doc["paths"]["/v1/jobs"]["post"]["responses"]["422"]["content"]["application/json"]
             ["schema"]["$ref"],
-        "#/components/schemas/ProblemDoc"
+        "#/components/schemas/Problem"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use suanli_ledger::{economics, parse_time, PriceBook};
 use suanli_sched::Placement;
-use suanli_server::store::{NewJob, Node, Store, Write};
+use suanli_server::store::{JobState, NewJob, Node, NodeState, Store, TaskState, Write};
 use suanli_sim::jobs::{money, simulate, workload, Cluster, Meter, SimEvent, SimParams, Workload};
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -22,14 +22,14 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d
 }
 
-const LIVE: &[&str] = &["ASSIGNED", "RUNNING"];
+const LIVE: &[TaskState] = &[TaskState::Assigned, TaskState::Running];
 
 /// A change of every task of one attempt, as the control loop writes it.
 fn tasks(
     job: i64,
     run: i64,
-    from: &'static [&'static str],
-    to: &'static str,
+    from: &'static [TaskState],
+    to: TaskState,
     at: Option<i64>,
     exit_code: Option<i64>,
 ) -> Write {
@@ -192,7 +192,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                 memory_mib: n.memory_mib as i64,
                 rack: String::new(),
                 labels: BTreeMap::new(),
-                state: "ready".into(),
+                state: NodeState::Ready,
                 registered_ms: t0,
                 last_heartbeat_ms: t0,
             }));
@@ -210,7 +210,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                     num_gpu: j.req.num_gpu as i64,
                     gpu_milli: j.req.gpu_milli as i64,
                     gpu_models: Vec::new(),
-                    class: j.class.name().into(),
+                    class: j.class.name().parse().unwrap(),
                     env: BTreeMap::new(),
                     workdir: String::new(),
                     max_runtime_s: None,
@@ -237,23 +237,30 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                             .collect(),
                     });
                     // The agent confirms.
-                    w.push(tasks(id, runs[*job], &["ASSIGNED"], "RUNNING", None, None));
+                    w.push(tasks(
+                        id,
+                        runs[*job],
+                        &[TaskState::Assigned],
+                        TaskState::Running,
+                        None,
+                        None,
+                    ));
                 }
                 Ev::Preempt(job, at) => {
                     let id = *job as i64 + 1;
                     // The kill order ends billing; the agent's confirmation later does not.
                     let at = Some(t0 + *at as i64);
-                    w.push(tasks(id, runs[*job], LIVE, "KILLING", at, None));
+                    w.push(tasks(id, runs[*job], LIVE, TaskState::Killing, at, None));
                     w.push(Write::JobState {
                         job: id,
-                        state: "PENDING",
+                        state: JobState::Pending,
                         ended: None,
                     });
                     w.push(tasks(
                         id,
                         runs[*job],
-                        &["KILLING"],
-                        "KILLED",
+                        &[TaskState::Killing],
+                        TaskState::Killed,
                         None,
                         Some(-15),
                     ));
@@ -261,10 +268,10 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                 Ev::Complete(job, at) => {
                     let id = *job as i64 + 1;
                     let at = Some(t0 + *at as i64);
-                    w.push(tasks(id, runs[*job], LIVE, "EXITED", at, Some(0)));
+                    w.push(tasks(id, runs[*job], LIVE, TaskState::Exited, at, Some(0)));
                     w.push(Write::JobState {
                         job: id,
-                        state: "COMPLETED",
+                        state: JobState::Completed,
                         ended: at,
                     });
                 }

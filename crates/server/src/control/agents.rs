@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::core::{Core, Key, TaskSt};
 use super::{NodeOrders, Refusal, Registration, Report, StartOrder, TaskExit, TaskOrder};
-use crate::store::{Node, Write};
+use crate::store::{Node, NodeState, TaskState, Write};
 
 impl Core {
     pub(super) fn register(
@@ -22,15 +22,15 @@ impl Core {
                 && old.cpu_milli == reg.cpu_milli
                 && old.memory_mib == reg.memory_mib
                 && old.rack == rack;
-            let state = if old.state == "draining" {
-                "draining"
+            let state = if old.state == NodeState::Draining {
+                NodeState::Draining
             } else {
-                "ready"
+                NodeState::Ready
             };
             let node = Node {
                 addr: reg.addr,
                 labels: reg.labels,
-                state: state.to_string(),
+                state,
                 last_heartbeat_ms: now,
                 gpu_model: reg.gpu_model,
                 gpus: reg.gpus,
@@ -42,7 +42,7 @@ impl Core {
             };
             let handle = self.nodes[&id].handle;
             if same {
-                if self.nodes[&id].node.state == "down" {
+                if self.nodes[&id].node.state == NodeState::Down {
                     self.sched.set_closed(handle, false);
                     self.dirty = true;
                 }
@@ -67,7 +67,7 @@ impl Core {
                         field: "gpus",
                         detail,
                     })?;
-                if node.state != "ready" {
+                if node.state != NodeState::Ready {
                     let h = self.nodes[&id].handle;
                     self.sched.set_closed(h, true);
                 }
@@ -86,7 +86,7 @@ impl Core {
             memory_mib: reg.memory_mib,
             rack,
             labels: reg.labels,
-            state: "ready".to_string(),
+            state: NodeState::Ready,
             registered_ms: now,
             last_heartbeat_ms: now,
         };
@@ -110,21 +110,21 @@ impl Core {
         drain: bool,
         now: i64,
         w: &mut Vec<Write>,
-    ) -> Result<String, Refusal> {
+    ) -> Result<NodeState, Refusal> {
         let id = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
         let n = self.nodes.get_mut(&id).expect("node");
-        let state = match (n.node.state.as_str(), drain) {
-            ("down", false) => {
+        let state = match (n.node.state, drain) {
+            (NodeState::Down, false) => {
                 return Err(Refusal::Conflict(format!(
                     "node {name} is down; it becomes ready when its agent registers again"
                 )))
             }
-            ("down", true) => return Ok("down".to_string()),
-            (_, true) => "draining",
-            (_, false) => "ready",
+            (NodeState::Down, true) => return Ok(NodeState::Down),
+            (_, true) => NodeState::Draining,
+            (_, false) => NodeState::Ready,
         };
-        n.node.state = state.to_string();
-        tracing::info!(node = name, state, "node state changed by the admin");
+        n.node.state = state;
+        tracing::info!(node = name, %state, "node state changed by the admin");
         let h = n.handle;
         self.sched.set_closed(h, drain);
         w.push(Write::NodeState {
@@ -133,7 +133,7 @@ impl Core {
             at: now,
         });
         self.dirty = true;
-        Ok(state.to_string())
+        Ok(state)
     }
 
     /// An agent's report; answers the node's id.
@@ -148,14 +148,14 @@ impl Core {
         let node = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
         let n = self.nodes.get_mut(&node).expect("node");
         n.node.last_heartbeat_ms = now;
-        if n.node.state == "down" {
+        if n.node.state == NodeState::Down {
             // The agent is back: the node takes work again.
-            n.node.state = "ready".to_string();
+            n.node.state = NodeState::Ready;
             let h = n.handle;
             self.sched.set_closed(h, false);
             w.push(Write::NodeState {
                 node,
-                state: "ready",
+                state: NodeState::Ready,
                 at: now,
             });
             self.dirty = true;
@@ -182,8 +182,8 @@ impl Core {
                     job: t.job,
                     run: t.run,
                     task: Some(t.task),
-                    from: &["ASSIGNED", "RUNNING", "LOST"],
-                    to: "KILLING",
+                    from: &[TaskState::Assigned, TaskState::Running, TaskState::Lost],
+                    to: TaskState::Killing,
                     at: None,
                     exit_code: None,
                     reason: "not a live task of this node".to_string(),
@@ -202,8 +202,8 @@ impl Core {
                     job: t.job,
                     run: t.run,
                     task: Some(t.task),
-                    from: &["ASSIGNED"],
-                    to: "RUNNING",
+                    from: &[TaskState::Assigned],
+                    to: TaskState::Running,
                     at: None,
                     exit_code: None,
                     reason: String::new(),
@@ -225,8 +225,8 @@ impl Core {
                     job,
                     run,
                     task: Some(task),
-                    from: &["KILLING"],
-                    to: "KILLED",
+                    from: &[TaskState::Killing],
+                    to: TaskState::Killed,
                     at: None, // billing ended when the kill was ordered
                     exit_code: None,
                     reason: String::new(),
@@ -266,17 +266,19 @@ impl Core {
         let expired: Vec<i64> = self
             .nodes
             .values()
-            .filter(|n| n.node.state != "down" && now - n.node.last_heartbeat_ms > self.lease_ms)
+            .filter(|n| {
+                n.node.state != NodeState::Down && now - n.node.last_heartbeat_ms > self.lease_ms
+            })
             .map(|n| n.node.id)
             .collect();
         for id in expired {
             let n = self.nodes.get_mut(&id).expect("node");
-            n.node.state = "down".to_string();
+            n.node.state = NodeState::Down;
             let (h, last, name) = (n.handle, n.node.last_heartbeat_ms, n.node.name.clone());
             self.sched.set_closed(h, true);
             w.push(Write::NodeState {
                 node: id,
-                state: "down",
+                state: NodeState::Down,
                 at: last,
             });
             tracing::warn!(node = %name, "node down: no heartbeat within the lease");

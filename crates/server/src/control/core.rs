@@ -285,7 +285,11 @@ impl Core {
             .map_or(DEFAULT_WORK_MS, |s| s.max(1) as u64 * 1000);
         Ok(JobSpec {
             tenant: self.tenant(tenant_id),
-            class: Class::parse(&j.class).unwrap_or(Class::OnDemand),
+            class: match j.class {
+                suanli_api::Class::Guaranteed => Class::Guaranteed,
+                suanli_api::Class::OnDemand => Class::OnDemand,
+                suanli_api::Class::Spot => Class::Spot,
+            },
             tasks: j.tasks as u32,
             req,
             submit: j.submitted_ms.max(0) as u64,

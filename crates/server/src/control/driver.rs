@@ -14,7 +14,7 @@ use super::recover::Snapshot;
 use super::{
     Answer, Command, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report, MAX_BATCH,
 };
-use crate::store::{now_ms, Job, NewJob, Node, Store};
+use crate::store::{now_ms, Job, NewJob, Node, NodeState, Store};
 
 #[allow(clippy::large_enum_variant)] // nearly every message is an Ask
 enum Msg {
@@ -92,7 +92,11 @@ impl Control {
         }
     }
 
-    pub async fn drain(&self, node: String, drain: bool) -> Result<Result<String, Refusal>, Gone> {
+    pub async fn drain(
+        &self,
+        node: String,
+        drain: bool,
+    ) -> Result<Result<NodeState, Refusal>, Gone> {
         match self.ask(Command::Drain { node, drain }).await? {
             Answer::Drained(r) => Ok(r),
             _ => Err(Gone),

@@ -6,7 +6,7 @@ use suanli_sched::jobs::Decision;
 
 use super::core::{Core, LiveTask, TaskSt};
 use super::{Refusal, TaskExit};
-use crate::store::{mask_devices, Job, NewJob, Write};
+use crate::store::{mask_devices, EventKind, Job, JobState, NewJob, TaskState, Write};
 
 impl Core {
     pub(super) fn submit(
@@ -30,13 +30,13 @@ impl Core {
             num_gpu: job.num_gpu,
             gpu_milli: job.gpu_milli,
             gpu_models: job.gpu_models.clone(),
-            class: job.class.clone(),
+            class: job.class,
             env: job.env.clone(),
             workdir: job.workdir.clone(),
             max_runtime_s: job.max_runtime_s,
             retries: job.retries,
             run: 0,
-            state: "PENDING".to_string(),
+            state: JobState::Pending,
             submitted_ms: now,
             started_ms: None,
             ended_ms: None,
@@ -56,7 +56,7 @@ impl Core {
         w.push(Write::Event {
             job: id,
             at: now,
-            kind: "SUBMITTED",
+            kind: EventKind::Submitted,
             detail: String::new(),
         });
         let h = self.sched.submit(spec);
@@ -89,9 +89,9 @@ impl Core {
         transition(
             w,
             id,
-            "CANCELLED",
+            JobState::Cancelled,
             Some(now),
-            "CANCELLED",
+            EventKind::Cancelled,
             format!("from {}", if was_running { "RUNNING" } else { "PENDING" }),
             now,
         );
@@ -133,7 +133,7 @@ impl Core {
                     w.push(Write::Event {
                         job: id,
                         at: now,
-                        kind: "STARTED",
+                        kind: EventKind::Started,
                         detail: format!("attempt {run} on {detail}"),
                     });
                 }
@@ -143,9 +143,9 @@ impl Core {
                     transition(
                         w,
                         id,
-                        "PENDING",
+                        JobState::Pending,
                         None,
-                        "PREEMPTED",
+                        EventKind::Preempted,
                         format!(
                             "requeued; {:.1} s of work since the last checkpoint lost",
                             lost_ms as f64 / 1000.0
@@ -178,8 +178,8 @@ impl Core {
             job: id,
             run,
             task: None,
-            from: &["ASSIGNED", "RUNNING"],
-            to: "KILLING",
+            from: &[TaskState::Assigned, TaskState::Running],
+            to: TaskState::Killing,
             at: Some(now),
             exit_code: None,
             reason: reason.to_string(),
@@ -214,8 +214,8 @@ impl Core {
                 job: e.job,
                 run: e.run,
                 task: Some(e.task),
-                from: &["KILLING"],
-                to: "KILLED",
+                from: &[TaskState::Killing],
+                to: TaskState::Killed,
                 at: None, // billing ended when the kill was ordered
                 exit_code: e.exit_code,
                 reason: reason.clone(),
@@ -227,8 +227,12 @@ impl Core {
             job: e.job,
             run: e.run,
             task: Some(e.task),
-            from: &["ASSIGNED", "RUNNING"],
-            to: if lost { "LOST" } else { "EXITED" },
+            from: &[TaskState::Assigned, TaskState::Running],
+            to: if lost {
+                TaskState::Lost
+            } else {
+                TaskState::Exited
+            },
             at: Some(now),
             exit_code: e.exit_code,
             reason: reason.clone(),
@@ -251,9 +255,9 @@ impl Core {
             transition(
                 w,
                 e.job,
-                "COMPLETED",
+                JobState::Completed,
                 Some(now),
-                "COMPLETED",
+                EventKind::Completed,
                 String::new(),
                 now,
             );
@@ -267,16 +271,24 @@ impl Core {
             transition(
                 w,
                 e.job,
-                "PENDING",
+                JobState::Pending,
                 None,
-                "RETRYING",
+                EventKind::Retrying,
                 format!("{detail}; attempt {} of {}", run + 1, retries + 1),
                 now,
             );
         } else {
             self.untrack(e.job);
             self.sched.complete(handle, now as u64);
-            transition(w, e.job, "FAILED", Some(now), "FAILED", detail, now);
+            transition(
+                w,
+                e.job,
+                JobState::Failed,
+                Some(now),
+                EventKind::Failed,
+                detail,
+                now,
+            );
         }
     }
 
@@ -301,9 +313,9 @@ impl Core {
 pub(super) fn transition(
     w: &mut Vec<Write>,
     job: i64,
-    state: &'static str,
+    state: JobState,
     ended: Option<i64>,
-    kind: &'static str,
+    kind: EventKind,
     detail: String,
     now: i64,
 ) {

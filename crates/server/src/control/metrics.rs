@@ -6,6 +6,7 @@ use std::time::Duration;
 use suanli_core::ModelId;
 
 use super::core::Core;
+use crate::store::NodeState;
 
 /// Figures for `/metrics`, updated after every batch.
 #[derive(Clone, Debug, Default)]
@@ -14,7 +15,7 @@ pub struct Metrics {
     pub running: usize,
     /// (model, capacity milli, allocated milli).
     pub gpus: Vec<(String, u64, u64)>,
-    pub nodes_by_state: BTreeMap<String, usize>,
+    pub nodes_by_state: BTreeMap<NodeState, usize>,
     /// Scheduling pass plus commit, in seconds: bucket counts (cumulative
     /// at export), sum, count.
     pub latency_buckets: Vec<u64>,
@@ -50,7 +51,7 @@ impl Metrics {
             .collect();
         self.nodes_by_state.clear();
         for n in core.nodes.values() {
-            *self.nodes_by_state.entry(n.node.state.clone()).or_default() += 1;
+            *self.nodes_by_state.entry(n.node.state).or_default() += 1;
         }
         if let Some(t) = took {
             let s = t.as_secs_f64();

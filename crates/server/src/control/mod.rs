@@ -45,7 +45,9 @@ pub use driver::{start, Control, Driver, Gone, Timing};
 pub use metrics::{Metrics, LATENCY_BOUNDS};
 pub use recover::Snapshot;
 
-use crate::store::{Job, NewJob, Node, Quota, Tenant};
+pub use suanli_api::{NodeView, Report, TaskExit, TaskKey};
+
+use crate::store::{Job, NewJob, Node, NodeState, Quota, Tenant};
 
 /// Most commands applied (and committed) together.
 pub const MAX_BATCH: usize = 4096;
@@ -69,42 +71,6 @@ pub enum Refusal {
     Conflict(String),
 }
 
-/// What an agent reports about one task.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskKey {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskExit {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-    /// Exit code, or `None` if a signal ended it.
-    pub exit_code: Option<i64>,
-    pub signal: Option<i64>,
-    #[serde(default)]
-    pub reason: String,
-    /// The agent stopped it for running past the job's `max_runtime_s`:
-    /// the job fails without retry.
-    #[serde(default)]
-    pub timeout: bool,
-}
-
-/// An agent's report: every task it runs, and tasks that ended since.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Report {
-    #[serde(default)]
-    pub running: Vec<TaskKey>,
-    #[serde(default)]
-    pub exited: Vec<TaskExit>,
-}
-
 /// A validated node registration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Registration {
@@ -116,16 +82,6 @@ pub struct Registration {
     pub cpu_milli: i64,
     pub memory_mib: i64,
     pub labels: BTreeMap<String, String>,
-}
-
-/// A node as the API lists it: stored fields plus what is allocated now.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct NodeView {
-    #[serde(flatten)]
-    pub node: Node,
-    pub gpu_milli_allocated: u64,
-    pub cpu_milli_allocated: u64,
-    pub jobs: usize,
 }
 
 /// One task of one attempt on a node, with its devices.
@@ -206,7 +162,7 @@ pub enum Answer {
     Registered(Result<Node, Refusal>),
     Orders(Result<NodeOrders, Refusal>),
     /// A node's state after a drain or undrain.
-    Drained(Result<String, Refusal>),
+    Drained(Result<NodeState, Refusal>),
     Done,
     Reasons(HashMap<i64, String>),
     Nodes(Vec<NodeView>),

@@ -12,7 +12,7 @@ use suanli_sched::{make_policy, Placement, Workload};
 
 use super::core::{Core, LiveTask, TaskSt};
 use super::LoopConfig;
-use crate::store::{Job, Node, Quota, Store, Task, Tenant};
+use crate::store::{Job, JobState, Node, NodeState, Quota, Store, Task, TaskState, Tenant};
 
 /// Everything the loop is rebuilt from, as read from the store.
 #[derive(Clone, Debug, Default)]
@@ -42,15 +42,15 @@ impl Snapshot {
             max_node_id: store.max_node_id().await?,
             tenants,
             nodes: store.nodes().await?,
-            running: all_jobs(store, "RUNNING").await?,
+            running: all_jobs(store, JobState::Running).await?,
             active_tasks: store.active_tasks().await?,
             killing: store.killing_tasks().await?,
-            pending: all_jobs(store, "PENDING").await?,
+            pending: all_jobs(store, JobState::Pending).await?,
         })
     }
 }
 
-async fn all_jobs(store: &Store, state: &str) -> anyhow::Result<Vec<Job>> {
+async fn all_jobs(store: &Store, state: JobState) -> anyhow::Result<Vec<Job>> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -144,7 +144,7 @@ impl Core {
         let closed: Vec<NodeId> = c
             .nodes
             .values()
-            .filter(|n| n.node.state != "ready")
+            .filter(|n| n.node.state != NodeState::Ready)
             .map(|n| n.handle)
             .collect();
         for h in closed {
@@ -179,7 +179,7 @@ impl Core {
                 node: n.handle,
                 gpus: GpuMask(t.gpus as u16),
             });
-            let st = if t.state == "RUNNING" {
+            let st = if t.state == TaskState::Running {
                 TaskSt::Running
             } else {
                 TaskSt::Assigned

@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
+pub use suanli_api::{
+    Class, EventKind, Job, JobEvent, JobState, Node, NodeState, Quota, TaskState, TaskView, Tenant,
+    TokenInfo, TokenScope,
+};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -85,7 +88,7 @@ pub trait Backend: Send + Sync {
     async fn jobs(
         &self,
         tenant: Option<i64>,
-        state: Option<&str>,
+        state: Option<JobState>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<Job>, StoreError>;
@@ -133,23 +136,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<suanli_ledger::NodeSpan>, StoreError>;
 
     /// Jobs by state (for metrics).
-    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Tenant {
-    pub id: i64,
-    pub name: String,
-    pub weight: f64,
-}
-
-/// A tenant's quota on one GPU model, in GPUs.
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Quota {
-    pub gpu_model: String,
-    pub guaranteed: f64,
-    /// `None` = unlimited.
-    pub max: Option<f64>,
+    async fn job_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,46 +144,6 @@ pub enum Scope {
     Admin,
     Tenant { id: i64, name: String },
     Agent,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct TokenInfo {
-    pub id: i64,
-    pub scope: String,
-    pub tenant: Option<String>,
-    pub name: String,
-    pub created_ms: i64,
-    pub revoked: bool,
-}
-
-/// A job as stored and returned by the API.
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Job {
-    pub id: i64,
-    pub tenant: String,
-    pub name: String,
-    pub command: Vec<String>,
-    pub tasks: i64,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    pub num_gpu: i64,
-    pub gpu_milli: i64,
-    pub gpu_models: Vec<String>,
-    pub class: String,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
-    pub max_runtime_s: Option<i64>,
-    pub retries: i64,
-    /// Attempts started so far.
-    pub run: i64,
-    pub state: String,
-    pub submitted_ms: i64,
-    /// Start of the current (or last) attempt.
-    pub started_ms: Option<i64>,
-    pub ended_ms: Option<i64>,
-    /// For a PENDING job in a queue view: why it has not started.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 /// A validated submission.
@@ -210,18 +157,11 @@ pub struct NewJob {
     pub num_gpu: i64,
     pub gpu_milli: i64,
     pub gpu_models: Vec<String>,
-    pub class: String,
+    pub class: Class,
     pub env: BTreeMap<String, String>,
     pub workdir: String,
     pub max_runtime_s: Option<i64>,
     pub retries: i64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct JobEvent {
-    pub at_ms: i64,
-    pub kind: String,
-    pub detail: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,24 +181,6 @@ pub fn mask_devices(mask: i64) -> Vec<u32> {
     (0..16).filter(|d| mask & (1 << d) != 0).collect()
 }
 
-/// A node as stored.
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Node {
-    pub id: i64,
-    pub name: String,
-    pub addr: String,
-    pub gpu_model: Option<String>,
-    pub gpus: i64,
-    pub gpu_memory_mib: i64,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    pub rack: String,
-    pub labels: BTreeMap<String, String>,
-    pub state: String,
-    pub registered_ms: i64,
-    pub last_heartbeat_ms: i64,
-}
-
 /// A task holding resources (for recovery).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Task {
@@ -267,53 +189,8 @@ pub struct Task {
     pub index: i64,
     pub node: i64,
     pub gpus: i64,
-    pub state: String,
+    pub state: TaskState,
     pub started_ms: i64,
-}
-
-/// A task as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct TaskView {
-    pub run: i64,
-    pub index: i64,
-    pub node: String,
-    pub gpus: Vec<u32>,
-    pub state: String,
-    pub started_ms: i64,
-    pub ended_ms: Option<i64>,
-    pub exit_code: Option<i64>,
-    pub reason: String,
-}
-
-/// A task an agent must start.
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Assignment {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-    /// Gang size (`WORLD_SIZE`); `task` is the rank.
-    pub tasks: i64,
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
-    pub max_runtime_s: Option<i64>,
-    pub cpu_milli: i64,
-    pub memory_mib: i64,
-    /// Device indexes on the node (`CUDA_VISIBLE_DEVICES`).
-    pub gpus: Vec<u32>,
-    /// Fraction of the one device, for a GPU share.
-    pub gpu_share: Option<f64>,
-    /// Address of the node running task 0 (`MASTER_ADDR`).
-    pub master_addr: String,
-}
-
-/// One task of one attempt.
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct TaskRef {
-    pub job: i64,
-    pub run: i64,
-    pub task: i64,
-    pub gpus: Vec<u32>,
 }
 
 /// One write of a batch (see [`Store::commit`]).
@@ -328,13 +205,13 @@ pub enum Write {
     Event {
         job: i64,
         at: i64,
-        kind: &'static str,
+        kind: EventKind,
         detail: String,
     },
     /// Set a job's state; `ended` for a final state.
     JobState {
         job: i64,
-        state: &'static str,
+        state: JobState,
         ended: Option<i64>,
     },
     /// A new attempt starts: state RUNNING, `run` bumped, tasks inserted.
@@ -349,8 +226,8 @@ pub enum Write {
         job: i64,
         run: i64,
         task: Option<i64>,
-        from: &'static [&'static str],
-        to: &'static str,
+        from: &'static [TaskState],
+        to: TaskState,
         at: Option<i64>,
         exit_code: Option<i64>,
         reason: String,
@@ -359,7 +236,7 @@ pub enum Write {
     /// A node changes state at `at` (for a lost node: its last heartbeat).
     NodeState {
         node: i64,
-        state: &'static str,
+        state: NodeState,
         at: i64,
     },
     Heartbeat {

@@ -128,9 +128,9 @@ impl Backend for SqliteStore {
 
     async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError> {
         let (s, tid) = match scope {
-            Scope::Admin => ("admin", None),
-            Scope::Agent => ("agent", None),
-            Scope::Tenant { id, .. } => ("tenant", Some(*id)),
+            Scope::Admin => (TokenScope::Admin, None),
+            Scope::Agent => (TokenScope::Agent, None),
+            Scope::Tenant { id, .. } => (TokenScope::Tenant, Some(*id)),
         };
         let r = sqlx::query(
             "INSERT INTO tokens (hash, scope, tenant_id, name, created_ms) VALUES (?, ?, ?, ?, ?)",
@@ -155,11 +155,11 @@ impl Backend for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = r else { return Ok(None) };
-        let scope: String = r.try_get("scope")?;
-        Ok(Some(match scope.as_str() {
-            "admin" => Scope::Admin,
-            "agent" => Scope::Agent,
-            _ => Scope::Tenant {
+        let scope: TokenScope = r.try_get("scope")?;
+        Ok(Some(match scope {
+            TokenScope::Admin => Scope::Admin,
+            TokenScope::Agent => Scope::Agent,
+            TokenScope::Tenant => Scope::Tenant {
                 id: r.try_get("tenant_id")?,
                 name: r.try_get("name")?,
             },
@@ -221,7 +221,7 @@ impl Backend for SqliteStore {
     async fn jobs(
         &self,
         tenant: Option<i64>,
-        state: Option<&str>,
+        state: Option<JobState>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<Job>, StoreError> {
@@ -265,21 +265,21 @@ impl Backend for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        // Writes are applied in order, except that runs of job inserts and of
-        // job starts become multi-row statements, and events (append-only,
-        // read by no other write) are inserted last, in their own order: far
-        // fewer round trips to SQLite for the same result.
+        // Writes are applied in order, except that runs of job inserts, of
+        // job starts and of node states become multi-row statements, and
+        // events (append-only, read by no other write) are inserted last, in
+        // their own order: far fewer round trips for the same result.
         let mut events: Vec<&Write> = Vec::new();
         let mut i = 0;
         while i < writes.len() {
             let w = &writes[i];
-            let same = |x: &Write| std::mem::discriminant(x) == std::mem::discriminant(w);
             match w {
                 Write::Event { .. } => {
                     events.push(w);
                     i += 1;
                 }
                 Write::InsertJob { .. } | Write::StartJob { .. } | Write::NodeState { .. } => {
+                    let same = |x: &Write| std::mem::discriminant(x) == std::mem::discriminant(w);
                     let mut run = Vec::new();
                     while i < writes.len() {
                         match &writes[i] {
@@ -289,16 +289,62 @@ impl Backend for SqliteStore {
                         }
                         i += 1;
                     }
-                    if matches!(w, Write::NodeState { .. }) {
-                        node_states(&mut tx, &run).await?;
-                    } else if matches!(w, Write::InsertJob { .. }) {
-                        insert_jobs(&mut tx, &run).await?;
-                    } else {
-                        start_jobs(&mut tx, &run).await?;
+                    match w {
+                        Write::InsertJob { .. } => insert_jobs(&mut tx, &run).await?,
+                        Write::StartJob { .. } => start_jobs(&mut tx, &run).await?,
+                        _ => node_states(&mut tx, &run).await?,
                     }
                 }
-                _ => {
-                    apply(w, &mut tx).await?;
+                Write::JobState { job, state, ended } => {
+                    sqlx::query("UPDATE jobs SET state = ?, ended_ms = ? WHERE id = ?")
+                        .bind(*state)
+                        .bind(ended)
+                        .bind(job)
+                        .execute(&mut *tx)
+                        .await?;
+                    i += 1;
+                }
+                Write::TaskState {
+                    job,
+                    run,
+                    task,
+                    from,
+                    to,
+                    at,
+                    exit_code,
+                    reason,
+                } => {
+                    for f in *from {
+                        sqlx::query(
+                            "UPDATE tasks SET state = ?, ended_ms = COALESCE(?, ended_ms), \
+                             exit_code = COALESCE(?, exit_code), reason = CASE WHEN ? = '' THEN reason ELSE ? END \
+                             WHERE job_id = ? AND run = ? AND (? IS NULL OR idx = ?) AND state = ?",
+                        )
+                        .bind(*to)
+                        .bind(at)
+                        .bind(exit_code)
+                        .bind(reason)
+                        .bind(reason)
+                        .bind(job)
+                        .bind(run)
+                        .bind(task)
+                        .bind(task)
+                        .bind(*f)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    i += 1;
+                }
+                Write::UpsertNode(n) => {
+                    upsert_node(&mut tx, n).await?;
+                    i += 1;
+                }
+                Write::Heartbeat { node, at } => {
+                    sqlx::query("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")
+                        .bind(at)
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await?;
                     i += 1;
                 }
             }
@@ -490,7 +536,7 @@ impl Backend for SqliteStore {
     }
 
     /// Jobs by state (for metrics).
-    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn job_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
@@ -508,7 +554,7 @@ impl Backend for SqliteStore {
 async fn node_span(
     tx: &mut sqlx::SqliteConnection,
     node: i64,
-    state: &str,
+    state: NodeState,
     inventory: Option<(Option<String>, i64)>,
     at: i64,
 ) -> Result<(), StoreError> {
@@ -529,7 +575,7 @@ async fn node_span(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(r) = open {
-        let (start, st, m, g): (i64, String, Option<String>, i64) = (
+        let (start, st, m, g): (i64, NodeState, Option<String>, i64) = (
             r.try_get("start_ms")?,
             r.try_get("state")?,
             r.try_get("gpu_model")?,
@@ -615,18 +661,18 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
 }
 
 async fn node_states(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
-    let mut by_state: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut by_state: BTreeMap<NodeState, Vec<i64>> = BTreeMap::new();
     for w in run {
         if let Write::NodeState { node, state, .. } = w {
-            by_state.entry(state).or_default().push(*node);
+            by_state.entry(*state).or_default().push(*node);
         }
     }
     // A node set twice in one run keeps its last state; every change opens a span.
-    let mut last: BTreeMap<i64, &str> = BTreeMap::new();
+    let mut last: BTreeMap<i64, NodeState> = BTreeMap::new();
     for w in run {
         if let Write::NodeState { node, state, at } = w {
-            last.insert(*node, state);
-            node_span(tx, *node, state, None, *at).await?;
+            last.insert(*node, *state);
+            node_span(tx, *node, *state, None, *at).await?;
         }
     }
     for (state, nodes) in by_state {
@@ -669,12 +715,12 @@ async fn insert_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<
                     .push_bind(j.num_gpu)
                     .push_bind(j.gpu_milli)
                     .push_bind(serde_json::to_string(&j.gpu_models).expect("strings serialise"))
-                    .push_bind(j.class.clone())
+                    .push_bind(j.class)
                     .push_bind(serde_json::to_string(&j.env).expect("strings serialise"))
                     .push_bind(j.workdir.clone())
                     .push_bind(j.max_runtime_s)
                     .push_bind(j.retries)
-                    .push_bind("PENDING")
+                    .push_bind(JobState::Pending)
                     .push_bind(*at);
             }
         });
@@ -740,7 +786,7 @@ async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(
                     .push_bind(r.2)
                     .push_bind(r.3)
                     .push_bind(r.4)
-                    .push_bind("ASSIGNED")
+                    .push_bind(TaskState::Assigned)
                     .push_bind(r.5)
                     // The model it runs on, kept should the node's inventory change later.
                     .push("(SELECT gpu_model FROM nodes WHERE id = ")
@@ -788,166 +834,32 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Task, StoreError> {
     })
 }
 
-/// Apply one write inside a transaction.
-async fn apply(w: &Write, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
-    {
-        match w {
-            Write::InsertJob {
-                id,
-                tenant_id,
-                job: j,
-                at,
-            } => {
-                sqlx::query(
-                    "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, gpu_milli, \
-                     gpu_models, class, env, workdir, max_runtime_s, retries, state, submitted_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?)",
-                )
-                .bind(id)
-                .bind(tenant_id)
-                .bind(&j.name)
-                .bind(serde_json::to_string(&j.command).expect("strings serialise"))
-                .bind(j.tasks)
-                .bind(j.cpu_milli)
-                .bind(j.memory_mib)
-                .bind(j.num_gpu)
-                .bind(j.gpu_milli)
-                .bind(serde_json::to_string(&j.gpu_models).expect("strings serialise"))
-                .bind(&j.class)
-                .bind(serde_json::to_string(&j.env).expect("strings serialise"))
-                .bind(&j.workdir)
-                .bind(j.max_runtime_s)
-                .bind(j.retries)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Write::Event {
-                job,
-                at,
-                kind,
-                detail,
-            } => {
-                sqlx::query(
-                    "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES (?, ?, ?, ?)",
-                )
-                .bind(job)
-                .bind(at)
-                .bind(kind)
-                .bind(detail)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Write::JobState { job, state, ended } => {
-                sqlx::query("UPDATE jobs SET state = ?, ended_ms = ? WHERE id = ?")
-                    .bind(state)
-                    .bind(ended)
-                    .bind(job)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Write::StartJob {
-                job,
-                run,
-                at,
-                tasks,
-            } => {
-                sqlx::query(
-                    "UPDATE jobs SET state = 'RUNNING', run = ?, started_ms = ? WHERE id = ?",
-                )
-                .bind(run)
-                .bind(at)
-                .bind(job)
-                .execute(&mut *tx)
-                .await?;
-                for (i, (node, mask)) in tasks.iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms) \
-                         VALUES (?, ?, ?, ?, ?, 'ASSIGNED', ?)",
-                    )
-                    .bind(job)
-                    .bind(run)
-                    .bind(i as i64)
-                    .bind(node)
-                    .bind(mask)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            Write::TaskState {
-                job,
-                run,
-                task,
-                from,
-                to,
-                at,
-                exit_code,
-                reason,
-            } => {
-                for f in *from {
-                    sqlx::query(
-                        "UPDATE tasks SET state = ?, ended_ms = COALESCE(?, ended_ms), \
-                         exit_code = COALESCE(?, exit_code), reason = CASE WHEN ? = '' THEN reason ELSE ? END \
-                         WHERE job_id = ? AND run = ? AND (? IS NULL OR idx = ?) AND state = ?",
-                    )
-                    .bind(to)
-                    .bind(at)
-                    .bind(exit_code)
-                    .bind(reason)
-                    .bind(reason)
-                    .bind(job)
-                    .bind(run)
-                    .bind(task)
-                    .bind(task)
-                    .bind(f)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            Write::UpsertNode(n) => {
-                sqlx::query(
-                    "INSERT INTO nodes (id, name, addr, gpu_model, gpus, gpu_memory_mib, cpu_milli, memory_mib, rack, \
-                     labels, state, registered_ms, last_heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, gpu_model = excluded.gpu_model, \
-                     gpus = excluded.gpus, gpu_memory_mib = excluded.gpu_memory_mib, cpu_milli = excluded.cpu_milli, \
-                     memory_mib = excluded.memory_mib, rack = excluded.rack, labels = excluded.labels, \
-                     state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms",
-                )
-                .bind(n.id)
-                .bind(&n.name)
-                .bind(&n.addr)
-                .bind(&n.gpu_model)
-                .bind(n.gpus)
-                .bind(n.gpu_memory_mib)
-                .bind(n.cpu_milli)
-                .bind(n.memory_mib)
-                .bind(&n.rack)
-                .bind(serde_json::to_string(&n.labels).expect("strings serialise"))
-                .bind(&n.state)
-                .bind(n.registered_ms)
-                .bind(n.last_heartbeat_ms)
-                .execute(&mut *tx)
-                .await?;
-                let inventory = (n.gpu_model.clone(), n.gpus);
-                node_span(tx, n.id, &n.state, Some(inventory), n.last_heartbeat_ms).await?;
-            }
-            Write::NodeState { node, state, at } => {
-                sqlx::query("UPDATE nodes SET state = ? WHERE id = ?")
-                    .bind(state)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?;
-                node_span(tx, *node, state, None, *at).await?;
-            }
-            Write::Heartbeat { node, at } => {
-                sqlx::query("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")
-                    .bind(at)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
+/// Insert a node or update its inventory and state, and record the change
+/// in its history.
+async fn upsert_node(tx: &mut sqlx::SqliteConnection, n: &Node) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO nodes (id, name, addr, gpu_model, gpus, gpu_memory_mib, cpu_milli, memory_mib, rack, \
+             labels, state, registered_ms, last_heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, gpu_model = excluded.gpu_model, \
+             gpus = excluded.gpus, gpu_memory_mib = excluded.gpu_memory_mib, cpu_milli = excluded.cpu_milli, \
+             memory_mib = excluded.memory_mib, rack = excluded.rack, labels = excluded.labels, \
+             state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms",
+        )
+        .bind(n.id)
+        .bind(&n.name)
+        .bind(&n.addr)
+        .bind(&n.gpu_model)
+        .bind(n.gpus)
+        .bind(n.gpu_memory_mib)
+        .bind(n.cpu_milli)
+        .bind(n.memory_mib)
+        .bind(&n.rack)
+        .bind(serde_json::to_string(&n.labels).expect("strings serialise"))
+        .bind(n.state)
+        .bind(n.registered_ms)
+        .bind(n.last_heartbeat_ms)
+        .execute(&mut *tx)
+        .await?;
+    let inventory = (n.gpu_model.clone(), n.gpus);
+    node_span(tx, n.id, n.state, Some(inventory), n.last_heartbeat_ms).await
 }

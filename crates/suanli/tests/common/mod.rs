@@ -71,6 +71,13 @@ pub fn call(
     if let Some(t) = token {
         r = r.set("Authorization", &format!("Bearer {t}"));
     }
+    if url.contains("/v1/agents/") {
+        // As every agent does (calls without it are tested apart).
+        r = r.set(
+            suanli_api::PROTOCOL_HEADER,
+            &suanli_api::PROTOCOL.to_string(),
+        );
+    }
     let res = match body {
         Some(b) => r.set("Content-Type", "application/json").send_string(b),
         None => r.call(),

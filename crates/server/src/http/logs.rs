@@ -13,10 +13,23 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
-use crate::api::{agent, job_scope, AppState, Caller, Problem};
+use suanli_api::{LogPushed, LogStream};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{job_scope, AgentCaller, Caller};
+use super::error::Problem;
+use super::state::AppState;
+use suanli_api::Problem as ProblemDoc;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(push))
+        .routes(routes!(read))
+}
 
 /// Most bytes one read returns.
 pub const MAX_READ: u64 = 1 << 20;
@@ -27,32 +40,17 @@ pub struct PushQuery {
     job: i64,
     run: i64,
     task: i64,
-    /// `out` or `err`.
-    stream: String,
+    stream: LogStream,
     /// Where these bytes start in the task's stream.
     offset: u64,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Pushed {
-    /// The server's length of the stream after this push.
-    pub next_offset: u64,
-}
-
-fn stream_ok(s: &str) -> Result<(), Problem> {
-    if s == "out" || s == "err" {
-        Ok(())
-    } else {
-        Err(Problem::invalid("stream", "stream must be out or err"))
-    }
-}
-
-fn path(st: &AppState, job: i64, run: i64, task: i64, stream: &str) -> PathBuf {
+fn path(st: &AppState, job: i64, run: i64, task: i64, stream: LogStream) -> PathBuf {
     st.data_dir
         .join("logs")
         .join(job.to_string())
         .join(run.to_string())
-        .join(format!("{task}.{stream}"))
+        .join(format!("{task}.{}", stream.as_str()))
 }
 
 fn io(e: std::io::Error) -> Problem {
@@ -67,26 +65,23 @@ fn io(e: std::io::Error) -> Problem {
 /// Append a chunk of a task's output (agent of the node the task runs on).
 #[utoipa::path(post, path = "/v1/agents/{name}/logs", tag = "agents", params(("name" = String, Path), PushQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = [])),
-    responses((status = 200, description = "Stored", body = Pushed),
-        (status = 409, description = "Offset past the end: push from next_offset", body = crate::api::ProblemDoc),
-        (status = 404, description = "No such task on this node", body = crate::api::ProblemDoc)))]
-pub async fn push(
+    responses((status = 200, description = "Stored", body = LogPushed),
+        (status = 409, description = "Offset past the end: push from next_offset", body = ProblemDoc),
+        (status = 404, description = "No such task on this node", body = ProblemDoc)))]
+async fn push(
     State(st): State<AppState>,
-    c: Caller,
+    _: AgentCaller,
     Path(name): Path<String>,
     q: Result<Query<PushQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
-) -> Result<Json<Pushed>, Problem> {
-    agent(&c)?;
-    let Query(q) =
-        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    stream_ok(&q.stream)?;
+) -> Result<Json<LogPushed>, Problem> {
+    let Query(q) = q.map_err(Problem::bad_query)?;
     let node = st.store.node_id(&name).await?;
     let on = st.store.task_node(q.job, q.run, q.task).await?;
     if node.is_none() || on != node {
         return Err(Problem::not_found());
     }
-    let p = path(&st, q.job, q.run, q.task, &q.stream);
+    let p = path(&st, q.job, q.run, q.task, q.stream);
     let next = tokio::task::spawn_blocking(move || -> Result<Result<u64, u64>, std::io::Error> {
         std::fs::create_dir_all(p.parent().expect("has a parent"))?;
         let mut f = std::fs::OpenOptions::new()
@@ -107,12 +102,8 @@ pub async fn push(
     .map_err(|e| io(std::io::Error::other(e)))?
     .map_err(io)?;
     match next {
-        Ok(n) => Ok(Json(Pushed { next_offset: n })),
-        Err(len) => Err(Problem::new(
-            StatusCode::CONFLICT,
-            "offset_gap",
-            format!("the server has {len} bytes of this stream; push from offset {len}"),
-        )),
+        Ok(n) => Ok(Json(LogPushed { next_offset: n })),
+        Err(len) => Err(Problem::offset_gap(len)),
     }
 }
 
@@ -124,7 +115,7 @@ pub struct ReadQuery {
     /// Attempt (default: the job's latest).
     run: Option<i64>,
     /// `out` (default) or `err`.
-    stream: Option<String>,
+    stream: Option<LogStream>,
     /// Byte offset to read from (default 0).
     offset: Option<u64>,
 }
@@ -134,8 +125,8 @@ pub struct ReadQuery {
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", params(("id" = i64, Path), ReadQuery),
     security(("bearer" = [])),
     responses((status = 200, description = "Bytes of the stream", content_type = "application/octet-stream"),
-        (status = 404, description = "No such job, or not yours", body = crate::api::ProblemDoc)))]
-pub async fn read(
+        (status = 404, description = "No such job, or not yours", body = ProblemDoc)))]
+async fn read(
     State(st): State<AppState>,
     c: Caller,
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
@@ -143,11 +134,9 @@ pub async fn read(
 ) -> Result<impl IntoResponse, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
-    let Query(q) =
-        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(Problem::bad_query)?;
     let job = st.store.job(id, scope).await?;
-    let stream = q.stream.unwrap_or_else(|| "out".to_string());
-    stream_ok(&stream)?;
+    let stream = q.stream.unwrap_or(LogStream::Out);
     let task = q.task.unwrap_or(0);
     if !(0..job.tasks).contains(&task) {
         return Err(Problem::invalid(
@@ -157,7 +146,7 @@ pub async fn read(
     }
     let run = q.run.unwrap_or(job.run);
     let offset = q.offset.unwrap_or(0);
-    let p = path(&st, id, run, task, &stream);
+    let p = path(&st, id, run, task, stream);
     let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, std::io::Error> {
         let mut f = match std::fs::File::open(&p) {
             Ok(f) => f,
@@ -177,7 +166,10 @@ pub async fn read(
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (HeaderName::from_static("x-next-offset"), next.to_string()),
-            (HeaderName::from_static("x-job-state"), job.state.clone()),
+            (
+                HeaderName::from_static("x-job-state"),
+                job.state.to_string(),
+            ),
         ],
         data,
     ))

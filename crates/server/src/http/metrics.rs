@@ -10,16 +10,27 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::api::{AppState, Caller, Problem};
+use suanli_api::{JobState, NodeState};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{admin, Caller};
+use super::error::Problem;
+use super::state::AppState;
 use crate::control::LATENCY_BOUNDS;
+use suanli_api::Problem as ProblemDoc;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(render))
+}
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])), responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain"),
-    (status = 401, description = "Missing, unknown or revoked token", body = crate::api::ProblemDoc),
-    (status = 403, description = "Not an admin token", body = crate::api::ProblemDoc)))]
-pub async fn render(State(st): State<AppState>, c: Caller) -> Result<impl IntoResponse, Problem> {
-    crate::api::admin(&c)?;
+    (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc),
+    (status = 403, description = "Not an admin token", body = ProblemDoc)))]
+async fn render(State(st): State<AppState>, c: Caller) -> Result<impl IntoResponse, Problem> {
+    admin(&c)?;
     let counts = st.store.job_counts().await?;
     let m = st.control.metrics.lock().expect("metrics lock").clone();
     let mut o = String::new();
@@ -27,7 +38,7 @@ pub async fn render(State(st): State<AppState>, c: Caller) -> Result<impl IntoRe
         o,
         "# HELP suanli_jobs Jobs by state.\n# TYPE suanli_jobs gauge"
     );
-    for s in crate::api::STATES {
+    for s in JobState::ALL {
         let n = counts.iter().find(|c| c.0 == *s).map_or(0, |c| c.1);
         let _ = writeln!(o, "suanli_jobs{{state=\"{s}\"}} {n}");
     }
@@ -63,7 +74,7 @@ pub async fn render(State(st): State<AppState>, c: Caller) -> Result<impl IntoRe
         o,
         "# HELP suanli_nodes Nodes by state.\n# TYPE suanli_nodes gauge"
     );
-    for s in ["ready", "draining", "down"] {
+    for s in NodeState::ALL {
         let n = m.nodes_by_state.get(s).copied().unwrap_or(0);
         let _ = writeln!(o, "suanli_nodes{{state=\"{s}\"}} {n}");
     }

@@ -6,15 +6,28 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use suanli_ledger::{economics, invoices, parse_month, Economics, Invoice, PriceBook};
+use serde::Deserialize;
+use suanli_api::{Bills, EconomicsReport};
+use suanli_ledger::{economics, invoices, parse_month, PriceBook};
 use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::api::{AppState, Caller, Problem};
+use super::auth::Caller;
+use super::error::Problem;
+use super::state::AppState;
 use crate::store::{now_ms, Scope};
+use suanli_api::Problem as ProblemDoc;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(bills))
+        .routes(routes!(economics_report))
+}
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -25,30 +38,18 @@ pub struct BillQuery {
     tenant: Option<String>,
 }
 
-#[derive(Serialize)]
-pub struct Bills {
-    pub currency: String,
-    pub period: String,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    pub invoices: Vec<Invoice>,
-}
-
-pub type Prices = Option<Arc<PriceBook>>;
-
 /// Invoices for a month: the caller's own (tenant), or every tenant's or
 /// one's (admin).
 #[utoipa::path(get, path = "/v1/bills", tag = "bills", params(BillQuery), security(("bearer" = [])),
-    responses((status = 200, description = "Invoices: line items by resource, GPU model and class; total"),
-        (status = 400, description = "Bad period", body = crate::api::ProblemDoc),
-        (status = 409, description = "No price book configured", body = crate::api::ProblemDoc)))]
-pub async fn bills(
+    responses((status = 200, description = "Invoices: line items by resource, GPU model and class; total", body = Bills),
+        (status = 400, description = "Bad period", body = ProblemDoc),
+        (status = 409, description = "No price book configured", body = ProblemDoc)))]
+async fn bills(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<BillQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<BillQuery>, QueryRejection>,
 ) -> Result<Json<Bills>, Problem> {
-    let Query(q) =
-        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(Problem::bad_query)?;
     let tenants: Vec<(i64, String)> = match (&c.0, &q.tenant) {
         (Scope::Tenant { id, name }, None) => vec![(*id, name.clone())],
         (Scope::Tenant { id, name }, Some(t)) if t == name => vec![(*id, name.clone())],
@@ -82,7 +83,7 @@ pub async fn bills(
         period: q.period,
         from_ms: from,
         to_ms: to,
-        invoices,
+        invoices: invoices.iter().map(super::wire::invoice).collect(),
     }))
 }
 
@@ -93,43 +94,30 @@ pub struct EconomicsQuery {
     period: String,
 }
 
-#[derive(Serialize)]
-pub struct EconomicsReport {
-    pub period: String,
-    /// When the report was made: open spans and running tasks count up to here.
-    pub now_ms: i64,
-    #[serde(flatten)]
-    pub economics: Economics,
-}
-
 /// The operator's economics for a month (admin only): capacity GPU-hours by
 /// model from the node history, sold GPU-hours, utilisation, revenue (the sum
 /// of the invoices), idle capacity at list price.
 #[utoipa::path(get, path = "/v1/reports/economics", tag = "bills", params(EconomicsQuery), security(("bearer" = [])),
-    responses((status = 200, description = "Capacity, sold, utilisation, revenue and idle value by GPU model; every tenant's invoice"),
-        (status = 400, description = "Bad period", body = crate::api::ProblemDoc),
-        (status = 403, description = "Not an admin token", body = crate::api::ProblemDoc),
-        (status = 409, description = "No price book configured", body = crate::api::ProblemDoc)))]
-pub async fn economics_report(
+    responses((status = 200, description = "Capacity, sold, utilisation, revenue and idle value by GPU model; every tenant's invoice", body = EconomicsReport),
+        (status = 400, description = "Bad period", body = ProblemDoc),
+        (status = 403, description = "Not an admin token", body = ProblemDoc),
+        (status = 409, description = "No price book configured", body = ProblemDoc)))]
+async fn economics_report(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<EconomicsQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<EconomicsQuery>, QueryRejection>,
 ) -> Result<Json<EconomicsReport>, Problem> {
     if !matches!(c.0, Scope::Admin) {
         return Err(Problem::forbidden());
     }
-    let Query(q) =
-        q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(Problem::bad_query)?;
     let (from, to) = parse_month(&q.period).map_err(|e| Problem::invalid("period", e))?;
     let book = price_book(&st)?;
     let usage = st.store.usage(None, from, to).await?;
     let spans = st.store.node_spans(from, to).await?;
     let now = now_ms();
-    Ok(Json(EconomicsReport {
-        period: q.period,
-        now_ms: now,
-        economics: economics(&book, &spans, &usage, from, to, now),
-    }))
+    let e = economics(&book, &spans, &usage, from, to, now);
+    Ok(Json(super::wire::economics(q.period, now, &e)))
 }
 
 fn price_book(st: &AppState) -> Result<Arc<PriceBook>, Problem> {

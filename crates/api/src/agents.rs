@@ -1,0 +1,187 @@
+//! The agent protocol. An agent registers its node, then reports every few
+//! seconds (the heartbeat): every task it runs and the exits since. The
+//! answer is its [`Orders`]. Task output goes up in [`LogPushed`]-answered
+//! chunks at byte offsets (idempotent). Every call carries
+//! [`crate::PROTOCOL_HEADER`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::nodes::Node;
+
+/// One GPU of a registering node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GpuInfo {
+    pub index: i64,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+}
+
+/// `POST /v1/agents/register`: a node's inventory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// The answer to a registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Registered {
+    pub node: Node,
+    pub heartbeat_interval_s: u64,
+    /// The server's [`crate::PROTOCOL`].
+    pub protocol: u32,
+}
+
+/// One task of one attempt, as an agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TaskKey {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TaskExit {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// Exit code, or `None` if a signal ended it.
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    #[serde(default)]
+    pub reason: String,
+    /// The agent stopped it for running past the job's `max_runtime_s`:
+    /// the job fails without retry.
+    #[serde(default)]
+    pub timeout: bool,
+}
+
+impl TaskExit {
+    pub fn key(&self) -> TaskKey {
+        TaskKey {
+            job: self.job,
+            run: self.run,
+            task: self.task,
+        }
+    }
+}
+
+/// An agent's report: every task it runs (a heartbeat), and tasks that
+/// ended since. A task-status call reports exits only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    #[serde(default)]
+    pub running: Vec<TaskKey>,
+    #[serde(default)]
+    pub exited: Vec<TaskExit>,
+}
+
+/// A task an agent must start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Assignment {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// Gang size (`WORLD_SIZE`); `task` is the rank.
+    pub tasks: i64,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    /// Device indexes on the node (`CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<u32>,
+    /// Fraction of the one device, for a GPU share.
+    pub gpu_share: Option<f64>,
+    /// Address of the node running task 0 (`MASTER_ADDR`).
+    pub master_addr: String,
+}
+
+impl Assignment {
+    pub fn key(&self) -> TaskKey {
+        TaskKey {
+            job: self.job,
+            run: self.run,
+            task: self.task,
+        }
+    }
+}
+
+/// A task to stop, with the devices it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskRef {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    pub gpus: Vec<u32>,
+}
+
+impl TaskRef {
+    pub fn key(&self) -> TaskKey {
+        TaskKey {
+            job: self.job,
+            run: self.run,
+            task: self.task,
+        }
+    }
+}
+
+/// What an agent must do: start these tasks, stop those.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Orders {
+    pub start: Vec<Assignment>,
+    pub kill: Vec<TaskRef>,
+}
+
+/// A task's output stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Out,
+    Err,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Out => "out",
+            LogStream::Err => "err",
+        }
+    }
+}
+
+/// The answer to a log chunk: the stream's length on the server, where the
+/// next chunk starts. (A chunk past the end is refused with the problem
+/// code `offset_gap`, whose `next_offset` says where to resume.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogPushed {
+    pub next_offset: u64,
+}

@@ -1,0 +1,127 @@
+//! Jobs: submission, the job as the API shows it, its tasks and history.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::states::{Class, EventKind, JobState, TaskState};
+
+/// `POST /v1/jobs`: a submission. Absent fields take the server's
+/// defaults (1 task, 1 CPU, 1 GiB, no GPU, class on-demand, 1 retry).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct JobSubmit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program and its arguments (no shell unless you name one).
+    pub command: Vec<String>,
+    /// Gang size: tasks started together, each with `RANK` and `WORLD_SIZE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+    /// Whole GPUs per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<i64>,
+    /// A share of one GPU, in (0, 1); exclusive with `gpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_share: Option<f64>,
+    /// Accepted GPU models; absent or empty = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_models: Option<Vec<String>>,
+    /// `guaranteed`, `on-demand` or `spot` (text, so that a wrong value is
+    /// reported as an invalid field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_s: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+}
+
+/// A job as stored and returned by the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Job {
+    pub id: i64,
+    pub tenant: String,
+    pub name: String,
+    pub command: Vec<String>,
+    /// Gang size.
+    pub tasks: i64,
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub num_gpu: i64,
+    /// Per device: 1000 for whole GPUs, less for a share.
+    pub gpu_milli: i64,
+    pub gpu_models: Vec<String>,
+    pub class: Class,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub max_runtime_s: Option<i64>,
+    pub retries: i64,
+    /// Attempts started so far.
+    pub run: i64,
+    pub state: JobState,
+    pub submitted_ms: i64,
+    /// Start of the current (or last) attempt.
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    /// For a PENDING job: why it has not started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One page of jobs; pass `next_cursor` as `cursor` for the next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<i64>,
+}
+
+/// A job with its tasks (every attempt). `tasks` is the gang size;
+/// `task_history` the tasks themselves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: Job,
+    pub task_history: Vec<TaskView>,
+}
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskView {
+    pub run: i64,
+    pub index: i64,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub state: TaskState,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobEvent {
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventList {
+    pub events: Vec<JobEvent>,
+}

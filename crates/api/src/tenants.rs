@@ -1,0 +1,103 @@
+//! Tenants, their quotas, and tokens.
+
+use serde::{Deserialize, Serialize};
+
+use crate::states::TokenScope;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Tenant {
+    pub id: i64,
+    pub name: String,
+    /// Share weight for fair-share (DRF) queues.
+    pub weight: f64,
+}
+
+/// A tenant's quota on one GPU model, in GPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Quota {
+    pub gpu_model: String,
+    pub guaranteed: f64,
+    /// `None` = unlimited.
+    pub max: Option<f64>,
+}
+
+/// A tenant with its quotas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantView {
+    pub id: i64,
+    pub name: String,
+    pub weight: f64,
+    pub quotas: Vec<Quota>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+/// `PUT /v1/tenants/{name}/quotas/{model}`, in GPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSet {
+    /// GPUs the tenant can always reclaim.
+    pub guaranteed: f64,
+    /// GPUs the tenant may never exceed; absent = unlimited.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// `POST /v1/tokens`. `scope` is text so that a wrong value is reported as
+/// an invalid field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// `admin`, `tenant` or `agent`.
+    pub scope: String,
+    /// For a tenant token: its tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A new token: the secret is shown once, here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewToken {
+    pub id: i64,
+    pub token: String,
+}
+
+/// A token without its secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenInfo {
+    pub id: i64,
+    pub scope: TokenScope,
+    pub tenant: Option<String>,
+    pub name: String,
+    pub created_ms: i64,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}

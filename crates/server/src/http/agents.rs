@@ -1,0 +1,202 @@
+//! `/v1/agents`: the agent protocol ([`suanli_api::agents`]). Every call
+//! needs an agent token and the agent protocol header ([`AgentCaller`]).
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use suanli_api::{Assignment, Job, NodeRegistration, Orders, Registered, Report, TaskRef};
+use suanli_core::MAX_GPUS_PER_NODE;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::AgentCaller;
+use super::error::{valid_name, Problem};
+use super::state::AppState;
+use crate::control::Registration;
+use crate::store::mask_devices;
+use suanli_api::Problem as ProblemDoc;
+
+/// Most tasks one report may list.
+pub const MAX_REPORT_TASKS: usize = 10_000;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_agent))
+        .routes(routes!(heartbeat))
+        .routes(routes!(task_status))
+}
+
+fn validate_registration(b: NodeRegistration) -> Result<Registration, Problem> {
+    valid_name("name", &b.name)?;
+    if !(1..=100_000_000).contains(&b.cpu_milli) {
+        return Err(Problem::invalid(
+            "cpu_milli",
+            format!("cpu_milli must be 1..=1e8 (found {})", b.cpu_milli),
+        ));
+    }
+    if !(1..=1 << 34).contains(&b.memory_mib) {
+        return Err(Problem::invalid(
+            "memory_mib",
+            format!("memory_mib must be 1..=2^34 (found {})", b.memory_mib),
+        ));
+    }
+    if b.gpus.len() > MAX_GPUS_PER_NODE {
+        return Err(Problem::invalid(
+            "gpus",
+            format!(
+                "at most {MAX_GPUS_PER_NODE} GPUs per node (found {})",
+                b.gpus.len()
+            ),
+        ));
+    }
+    let mut seen = 0u32;
+    for g in &b.gpus {
+        if !(0..b.gpus.len() as i64).contains(&g.index) || seen & (1 << g.index) != 0 {
+            return Err(Problem::invalid(
+                "gpus",
+                "GPU indexes must be 0..n-1, each once",
+            ));
+        }
+        seen |= 1 << g.index;
+        valid_name("gpus", &g.model)?;
+        if g.memory_mib.is_some_and(|m| !(0..=1 << 24).contains(&m)) {
+            return Err(Problem::invalid("gpus", "GPU memory_mib must be 0..=2^24"));
+        }
+    }
+    if let Some(g) = b.gpus.iter().find(|g| g.model != b.gpus[0].model) {
+        return Err(Problem::invalid(
+            "gpus",
+            format!(
+                "a node's GPUs must be one model (found {} and {})",
+                b.gpus[0].model, g.model
+            ),
+        ));
+    }
+    let labels = b.labels.unwrap_or_default();
+    if labels.len() > 64
+        || labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 253)
+    {
+        return Err(Problem::invalid(
+            "labels",
+            "at most 64 labels, keys 1-63 bytes, values at most 253",
+        ));
+    }
+    let addr = b.addr.unwrap_or_default();
+    if addr.len() > 253 {
+        return Err(Problem::invalid("addr", "addr is at most 253 bytes"));
+    }
+    Ok(Registration {
+        name: b.name,
+        addr,
+        gpu_model: b.gpus.first().map(|g| g.model.clone()),
+        gpus: b.gpus.len() as i64,
+        gpu_memory_mib: b.gpus.first().and_then(|g| g.memory_mib).unwrap_or(0),
+        cpu_milli: b.cpu_milli,
+        memory_mib: b.memory_mib,
+        labels,
+    })
+}
+
+/// Register (or re-register) a node (agent).
+#[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = NodeRegistration, security(("bearer" = [])), responses((status = 200, description = "Registered", body = Registered), (status = 400, description = "Invalid, or another protocol version", body = ProblemDoc), (status = 409, description = "Inventory changed under running tasks", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn register_agent(
+    State(st): State<AppState>,
+    _: AgentCaller,
+    body: Result<Json<NodeRegistration>, JsonRejection>,
+) -> Result<Json<Registered>, Problem> {
+    let Json(b) = body?;
+    let reg = validate_registration(b)?;
+    let node = st.control.register(reg).await??;
+    Ok(Json(Registered {
+        node,
+        heartbeat_interval_s: st.control.heartbeat_interval_s,
+        protocol: suanli_api::PROTOCOL,
+    }))
+}
+
+async fn report(
+    st: &AppState,
+    name: String,
+    report: Report,
+    full: bool,
+) -> Result<Json<Orders>, Problem> {
+    if report.running.len() + report.exited.len() > MAX_REPORT_TASKS {
+        return Err(Problem::invalid(
+            "running",
+            format!("at most {MAX_REPORT_TASKS} tasks per report"),
+        ));
+    }
+    let orders = st.control.report(name, report, full).await??;
+    // The loop decided what to start and stop; the store adds what each
+    // started task runs (committed before the loop answered).
+    let mut jobs: HashMap<i64, Job> = HashMap::new();
+    let mut start = Vec::with_capacity(orders.start.len());
+    for o in orders.start {
+        let t = o.task;
+        let j = match jobs.entry(t.job) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(st.store.job(t.job, None).await?),
+        };
+        start.push(Assignment {
+            job: t.job,
+            run: t.run,
+            task: t.task,
+            tasks: j.tasks,
+            command: j.command.clone(),
+            env: j.env.clone(),
+            workdir: j.workdir.clone(),
+            max_runtime_s: j.max_runtime_s,
+            cpu_milli: j.cpu_milli,
+            memory_mib: j.memory_mib,
+            gpus: mask_devices(t.mask),
+            gpu_share: (j.gpu_milli > 0 && j.gpu_milli < 1000).then(|| j.gpu_milli as f64 / 1000.0),
+            master_addr: o.master_addr,
+        });
+    }
+    let kill = orders
+        .kill
+        .into_iter()
+        .map(|t| TaskRef {
+            job: t.job,
+            run: t.run,
+            task: t.task,
+            gpus: mask_devices(t.mask),
+        })
+        .collect();
+    Ok(Json(Orders { start, kill }))
+}
+
+/// Report every running task and the exits since; get tasks to start and to stop (agent).
+#[utoipa::path(post, path = "/v1/agents/{name}/heartbeat", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 404, description = "Unregistered node", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn heartbeat(
+    State(st): State<AppState>,
+    _: AgentCaller,
+    Path(name): Path<String>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Result<Json<Orders>, Problem> {
+    let Json(r) = body?;
+    report(&st, name, r, true).await
+}
+
+/// Report task exits between heartbeats (agent).
+#[utoipa::path(post, path = "/v1/agents/{name}/tasks/status", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn task_status(
+    State(st): State<AppState>,
+    _: AgentCaller,
+    Path(name): Path<String>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Result<Json<Orders>, Problem> {
+    let Json(r) = body?;
+    if !r.running.is_empty() {
+        return Err(Problem::invalid(
+            "running",
+            "a task-status call reports exits only; use the heartbeat",
+        ));
+    }
+    report(&st, name, r, false).await
+}

@@ -1,0 +1,84 @@
+//! Who is calling: [`Caller`] (a bearer token → its scope), the guards each
+//! resource uses ([`admin`], [`job_scope`]), and [`AgentCaller`], which also
+//! checks the agent protocol version.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+
+use super::error::Problem;
+use super::state::AppState;
+use crate::auth::hash_token;
+use crate::store::Scope;
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Scope);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Caller, Problem> {
+        let unauth = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", d);
+        let h = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauth("missing Authorization: Bearer <token>"))?;
+        let t = h
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauth("expected Authorization: Bearer <token>"))?;
+        match st.store.scope_of(&hash_token(t.trim())).await? {
+            Some(s) => Ok(Caller(s)),
+            None => Err(unauth("unknown or revoked token")),
+        }
+    }
+}
+
+/// An agent: an agent token, speaking this server's protocol version.
+pub struct AgentCaller;
+
+impl FromRequestParts<AppState> for AgentCaller {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<AgentCaller, Problem> {
+        let c = Caller::from_request_parts(parts, st).await?;
+        if !matches!(c.0, Scope::Agent) {
+            return Err(Problem::forbidden());
+        }
+        let theirs = parts
+            .headers
+            .get(suanli_api::PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let ours = suanli_api::PROTOCOL;
+        match theirs.map(|v| v.trim().parse::<u32>()) {
+            Some(Ok(v)) if v == ours => Ok(AgentCaller),
+            found => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "protocol_mismatch",
+                format!(
+                    "this server speaks agent protocol {ours}; the agent sent {}: run an agent of the server's version",
+                    match found {
+                        None => format!("no {} header (an agent older than protocol 1)", suanli_api::PROTOCOL_HEADER),
+                        Some(Ok(v)) => format!("protocol {v}"),
+                        Some(Err(_)) => format!("an unreadable {} header", suanli_api::PROTOCOL_HEADER),
+                    }
+                ),
+            )),
+        }
+    }
+}
+
+pub fn admin(c: &Caller) -> Result<(), Problem> {
+    match c.0 {
+        Scope::Admin => Ok(()),
+        _ => Err(Problem::forbidden()),
+    }
+}
+
+/// Tenant filter for job queries: a tenant sees its own, the admin all.
+pub fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
+    match &c.0 {
+        Scope::Admin => Ok(None),
+        Scope::Tenant { id, .. } => Ok(Some(*id)),
+        Scope::Agent => Err(Problem::forbidden()),
+    }
+}

@@ -1,0 +1,59 @@
+//! `/v1/nodes`: the pool's nodes with what is allocated on them, drain and
+//! undrain (admin).
+
+use axum::extract::{Path, State};
+use axum::Json;
+use suanli_api::{NodeList, NodeStateView};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{admin, Caller};
+use super::error::Problem;
+use super::state::AppState;
+use suanli_api::Problem as ProblemDoc;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes))
+        .routes(routes!(drain_node))
+        .routes(routes!(undrain_node))
+}
+
+/// List nodes (admin).
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), responses((status = 200, description = "Nodes with allocation", body = NodeList), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn list_nodes(State(st): State<AppState>, c: Caller) -> Result<Json<NodeList>, Problem> {
+    admin(&c)?;
+    let nodes = st.control.nodes().await?;
+    Ok(Json(NodeList { nodes }))
+}
+
+async fn set_drain(
+    st: &AppState,
+    c: &Caller,
+    name: String,
+    drain: bool,
+) -> Result<Json<NodeStateView>, Problem> {
+    admin(c)?;
+    let state = st.control.drain(name.clone(), drain).await??;
+    Ok(Json(NodeStateView { node: name, state }))
+}
+
+/// Stop placing work on a node (admin).
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", tag = "nodes", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The node's state", body = NodeStateView), (status = 404, description = "No such node", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn drain_node(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<NodeStateView>, Problem> {
+    set_drain(&st, &c, name, true).await
+}
+
+/// Place work on a drained node again (admin).
+#[utoipa::path(post, path = "/v1/nodes/{name}/undrain", tag = "nodes", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "The node's state", body = NodeStateView), (status = 409, description = "The node is down", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn undrain_node(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<NodeStateView>, Problem> {
+    set_drain(&st, &c, name, false).await
+}

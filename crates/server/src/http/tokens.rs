@@ -1,0 +1,96 @@
+//! `/v1/tokens`: issue, list and revoke tokens (admin). Secrets are shown
+//! once and stored as SHA-256 only.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use suanli_api::{NewToken, TokenList, TokenRequest};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{admin, Caller};
+use super::error::{IdPath, Problem};
+use super::state::AppState;
+use crate::store::{Scope, StoreError};
+use suanli_api::Problem as ProblemDoc;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+}
+
+/// Issue a token: admin, agent, or tenant (admin).
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequest, security(("bearer" = [])), responses((status = 201, description = "Created; the secret is shown once", body = NewToken), (status = 400, description = "Invalid", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn create_token(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<NewToken>), Problem> {
+    admin(&c)?;
+    let Json(b) = body?;
+    let scope = match (b.scope.as_str(), &b.tenant) {
+        ("admin", None) => Scope::Admin,
+        ("agent", None) => Scope::Agent,
+        ("tenant", Some(name)) => {
+            let t = st.store.tenant_by_name(name).await.map_err(|e| match e {
+                StoreError::NotFound => {
+                    Problem::invalid("tenant", format!("no tenant named {name:?}"))
+                }
+                e => e.into(),
+            })?;
+            Scope::Tenant {
+                id: t.id,
+                name: t.name,
+            }
+        }
+        ("tenant", None) => {
+            return Err(Problem::invalid(
+                "tenant",
+                "a tenant token names its tenant",
+            ))
+        }
+        ("admin" | "agent", Some(_)) => {
+            return Err(Problem::invalid(
+                "tenant",
+                "only tenant tokens name a tenant",
+            ))
+        }
+        (s, _) => {
+            return Err(Problem::invalid(
+                "scope",
+                format!("scope must be admin, tenant or agent (found {s:?})"),
+            ))
+        }
+    };
+    let name = b.name.unwrap_or_default();
+    if name.len() > 200 {
+        return Err(Problem::invalid("name", "name is limited to 200 bytes"));
+    }
+    let (secret, hash) = crate::auth::new_token();
+    let id = st.store.insert_token(&hash, &scope, &name).await?;
+    Ok((StatusCode::CREATED, Json(NewToken { id, token: secret })))
+}
+
+/// List tokens (admin).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), responses((status = 200, description = "Tokens, without secrets", body = TokenList), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn list_tokens(State(st): State<AppState>, c: Caller) -> Result<Json<TokenList>, Problem> {
+    admin(&c)?;
+    Ok(Json(TokenList {
+        tokens: st.store.tokens().await?,
+    }))
+}
+
+/// Revoke a token (admin).
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 204, description = "Revoked"), (status = 404, description = "No such live token", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn revoke_token(
+    State(st): State<AppState>,
+    c: Caller,
+    id: IdPath,
+) -> Result<StatusCode, Problem> {
+    let Path(id) = id?;
+    admin(&c)?;
+    st.store.revoke_token(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,278 @@
+//! `tenant`, `token`, `nodes` (admin).
+
+use clap::Args;
+use clap::Subcommand;
+use suanli_api::{
+    NewTenant, NewToken, NodeList, NodeStateView, QuotaSet, Tenant, TenantList, TenantView,
+    TokenList, TokenRequest,
+};
+
+use super::output::{or_dash, print_json};
+use super::Conn;
+use crate::{usage, CliError};
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (admin).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a tenant's quota on one GPU model, in GPUs (admin).
+    SetQuota {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        guaranteed: f64,
+        /// Omit for no maximum.
+        #[arg(long)]
+        max: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants (admin).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn tenant(c: TenantCmd) -> Result<(), CliError> {
+    match c {
+        TenantCmd::Create {
+            conn,
+            name,
+            weight,
+            json,
+        } => {
+            let body = NewTenant {
+                name,
+                weight: Some(weight),
+            };
+            let t: Tenant = conn.post("/v1/tenants", &body)?;
+            if json {
+                print_json(&t);
+            } else {
+                println!("created tenant {}", t.name);
+            }
+        }
+        TenantCmd::SetQuota {
+            conn,
+            name,
+            model,
+            guaranteed,
+            max,
+            json,
+        } => {
+            let body = QuotaSet { guaranteed, max };
+            let t: TenantView = conn.put(&format!("/v1/tenants/{name}/quotas/{model}"), &body)?;
+            if json {
+                print_json(&t);
+            } else {
+                let max = max.map_or("unlimited".to_string(), |m| m.to_string());
+                println!("tenant {name}: {model} guaranteed {guaranteed}, max {max}");
+            }
+        }
+        TenantCmd::List { conn, json } => {
+            let v: TenantList = conn.get("/v1/tenants")?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:>6} {:<20} {:>7}  QUOTAS (model guaranteed/max GPUs)",
+                "ID", "NAME", "WEIGHT"
+            );
+            for t in &v.tenants {
+                let quotas: Vec<String> = t
+                    .quotas
+                    .iter()
+                    .map(|q| {
+                        let max = q.max.map_or("-".to_string(), |m| m.to_string());
+                        format!("{} {}/{max}", q.gpu_model, q.guaranteed)
+                    })
+                    .collect();
+                println!(
+                    "{:>6} {:<20} {:>7}  {}",
+                    t.id,
+                    t.name,
+                    t.weight,
+                    quotas.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Issue a token (admin): for a tenant, or an admin or agent token.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, conflicts_with_all = ["admin", "agent"])]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "agent")]
+        admin: bool,
+        #[arg(long)]
+        agent: bool,
+        #[arg(long)]
+        name: Option<String>,
+        /// Print `{"id", "token"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (admin; secrets are never shown).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id (admin).
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        id: i64,
+    },
+}
+
+pub fn token(c: TokenCmd) -> Result<(), CliError> {
+    match c {
+        TokenCmd::Create {
+            conn,
+            tenant,
+            admin,
+            agent,
+            name,
+            json,
+        } => {
+            let scope = match (&tenant, admin, agent) {
+                (Some(_), false, false) => "tenant",
+                (None, true, false) => "admin",
+                (None, false, true) => "agent",
+                _ => {
+                    return Err(usage(
+                        "token create needs one of --tenant NAME, --admin, --agent",
+                    ))
+                }
+            };
+            let body = TokenRequest {
+                scope: scope.to_string(),
+                tenant,
+                name,
+            };
+            let t: NewToken = conn.post("/v1/tokens", &body)?;
+            if json {
+                print_json(&t);
+            } else {
+                println!("{}", t.token);
+            }
+        }
+        TokenCmd::List { conn, json } => {
+            let v: TokenList = conn.get("/v1/tokens")?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:>6} {:<7} {:<16} {:<20} {:<8}",
+                "ID", "SCOPE", "TENANT", "NAME", "REVOKED"
+            );
+            for t in &v.tokens {
+                println!(
+                    "{:>6} {:<7} {:<16} {:<20} {:<8}",
+                    t.id,
+                    t.scope.as_str(),
+                    or_dash(t.tenant.as_deref()),
+                    t.name,
+                    t.revoked
+                );
+            }
+        }
+        TokenCmd::Revoke { conn, id } => {
+            conn.post_empty(&format!("/v1/tokens/{id}/revoke"))?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Option<NodeCmd>,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Stop placing new work on a node; its running tasks continue.
+    Drain { name: String },
+    /// Place work on a drained node again.
+    Undrain { name: String },
+}
+
+/// `suanli nodes`: list the pool's nodes (admin); `nodes drain|undrain NAME`.
+pub fn nodes(a: NodesArgs) -> Result<(), CliError> {
+    if let Some(c) = a.cmd {
+        let (verb, name) = match c {
+            NodeCmd::Drain { name } => ("drain", name),
+            NodeCmd::Undrain { name } => ("undrain", name),
+        };
+        #[derive(serde::Serialize)]
+        struct NoBody {}
+        let v: NodeStateView = a
+            .conn
+            .post(&format!("/v1/nodes/{name}/{verb}"), &NoBody {})?;
+        if a.json {
+            print_json(&v);
+        } else {
+            println!("{} {}", v.node, v.state);
+        }
+        return Ok(());
+    }
+    let v: NodeList = a.conn.get("/v1/nodes")?;
+    if a.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<9} {:<14} {:>9} {:>9} {:>5} {:<10}",
+        "NAME", "STATE", "GPU MODEL", "GPUS", "CPU", "JOBS", "HEARTBEAT"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for n in &v.nodes {
+        let used = n.gpu_milli_allocated as f64 / 1000.0;
+        let cpu = n.node.cpu_milli as f64 / 1000.0;
+        let cpu_used = n.cpu_milli_allocated as f64 / 1000.0;
+        let ago = (now - n.node.last_heartbeat_ms).max(0) / 1000;
+        println!(
+            "{:<20} {:<9} {:<14} {:>9} {:>9} {:>5} {}s ago",
+            n.node.name,
+            n.node.state.as_str(),
+            or_dash(n.node.gpu_model.as_deref()),
+            format!("{used}/{}", n.node.gpus),
+            format!("{cpu_used}/{cpu}"),
+            n.jobs,
+            ago
+        );
+    }
+    Ok(())
+}

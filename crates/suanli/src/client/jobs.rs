@@ -1,0 +1,315 @@
+//! `submit`, `queue`, `job show`, `cancel`, `logs`.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use suanli_api::{Class, EventList, Job, JobDetail, JobEvent, JobPage, JobState, JobSubmit};
+
+use super::output::{gpus_of, print_json};
+use super::{parse_duration, parse_mem, Conn};
+use crate::{failure, usage, CliError};
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Whole GPUs per task.
+    #[arg(long, conflicts_with = "gpu_share")]
+    gpus: Option<u32>,
+    /// A fraction of one GPU per task, e.g. 0.25.
+    #[arg(long)]
+    gpu_share: Option<f64>,
+    /// Allowed GPU models, comma-separated (default: any).
+    #[arg(long, value_name = "A,B")]
+    gpu_model: Option<String>,
+    /// Gang size: tasks that start together.
+    #[arg(long, default_value_t = 1)]
+    tasks: u32,
+    /// CPU cores per task (decimals allowed).
+    #[arg(long, default_value_t = 1.0)]
+    cpu: f64,
+    /// Memory per task: a number of MiB, or with a K/M/G/T suffix (binary).
+    #[arg(long, default_value = "1G")]
+    mem: String,
+    /// Service class: guaranteed, on-demand or spot.
+    #[arg(long, default_value = "on-demand", value_parser = |s: &str| s.parse::<Class>())]
+    class: Class,
+    #[arg(long)]
+    name: Option<String>,
+    /// Environment variable for the tasks, NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Working directory of the tasks on the node.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Maximum run time: seconds, or with s/m/h/d (e.g. 90m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    time: Option<String>,
+    /// Attempts allowed after the first one fails.
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Print the job as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The command to run (after --).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
+    if !(a.cpu.is_finite() && a.cpu >= 0.0) {
+        return Err(usage(format!("--cpu must be >= 0, found {}", a.cpu)));
+    }
+    let env = a
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| usage(format!("--env {kv:?}: expected NAME=VALUE")))
+        })
+        .collect::<Result<_, _>>()?;
+    let body = JobSubmit {
+        name: a.name,
+        command: a.command,
+        tasks: Some(a.tasks.into()),
+        cpu_milli: Some((a.cpu * 1000.0).round() as i64),
+        memory_mib: Some(parse_mem(&a.mem)? as i64),
+        gpus: a.gpus.map(i64::from),
+        gpu_share: a.gpu_share,
+        gpu_models: a
+            .gpu_model
+            .map(|m| m.split(',').map(|s| s.trim().to_string()).collect()),
+        class: Some(a.class.to_string()),
+        env: (!a.env.is_empty()).then_some(env),
+        workdir: a.workdir,
+        max_runtime_s: a
+            .time
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .map(|s| s as i64),
+        retries: a.retries.map(i64::from),
+    };
+    let j: Job = a.conn.post("/v1/jobs", &body)?;
+    if a.json {
+        print_json(&j);
+    } else {
+        println!("submitted job {}", j.id);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED,
+    /// PREEMPTED) [default: PENDING and RUNNING].
+    #[arg(long, value_parser = |s: &str| s.parse::<JobState>())]
+    state: Option<JobState>,
+    /// Every job, whatever its state.
+    #[arg(long, conflicts_with = "state")]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn list_jobs(conn: &Conn, state: Option<JobState>) -> Result<Vec<Job>, CliError> {
+    let mut all = Vec::new();
+    let mut cursor = 0i64;
+    loop {
+        let mut path = format!("/v1/jobs?limit=1000&cursor={cursor}");
+        if let Some(s) = state {
+            path.push_str(&format!("&state={s}"));
+        }
+        let page: JobPage = conn.get(&path)?;
+        all.extend(page.jobs);
+        match page.next_cursor {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    Ok(all)
+}
+
+#[derive(Serialize)]
+struct JobList {
+    jobs: Vec<Job>,
+}
+
+pub fn queue(a: QueueArgs) -> Result<(), CliError> {
+    let mut all = match (a.state, a.all) {
+        (Some(s), _) => list_jobs(&a.conn, Some(s))?,
+        (None, true) => list_jobs(&a.conn, None)?,
+        (None, false) => {
+            let mut v = list_jobs(&a.conn, Some(JobState::Running))?;
+            v.extend(list_jobs(&a.conn, Some(JobState::Pending))?);
+            v
+        }
+    };
+    all.sort_by_key(|j| j.id);
+    if a.json {
+        print_json(&JobList { jobs: all });
+        return Ok(());
+    }
+    println!(
+        "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} REASON",
+        "ID", "TENANT", "NAME", "STATE", "TASKS", "GPUS", "CLASS"
+    );
+    for j in &all {
+        println!(
+            "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} {}",
+            j.id,
+            j.tenant,
+            j.name,
+            j.state.as_str(),
+            j.tasks,
+            gpus_of(j),
+            j.class.as_str(),
+            j.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct JobIdArgs {
+    #[command(flatten)]
+    conn: Conn,
+    id: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// A job's details and event history.
+    Show(JobIdArgs),
+}
+
+/// `job show --json`: the job, its tasks and its history.
+#[derive(Serialize)]
+struct JobShow {
+    #[serde(flatten)]
+    detail: JobDetail,
+    events: Vec<JobEvent>,
+}
+
+pub fn job(c: JobCmd) -> Result<(), CliError> {
+    let JobCmd::Show(a) = c;
+    let d: JobDetail = a.conn.get(&format!("/v1/jobs/{}", a.id))?;
+    let ev: EventList = a.conn.get(&format!("/v1/jobs/{}/events", a.id))?;
+    if a.json {
+        print_json(&JobShow {
+            detail: d,
+            events: ev.events,
+        });
+        return Ok(());
+    }
+    let j = &d.job;
+    let rows: [(&str, String); 8] = [
+        ("id", j.id.to_string()),
+        ("tenant", j.tenant.clone()),
+        ("name", j.name.clone()),
+        ("state", j.state.to_string()),
+        ("class", j.class.to_string()),
+        ("tasks", j.tasks.to_string()),
+        ("cpu_milli", j.cpu_milli.to_string()),
+        ("memory_mib", j.memory_mib.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<12} {v}");
+    }
+    println!("{:<12} {}", "gpus", gpus_of(j));
+    println!("{:<12} {:?}", "command", j.command);
+    if let Some(r) = &j.reason {
+        println!("{:<12} {r}", "reason");
+    }
+    if !d.task_history.is_empty() {
+        println!("tasks:");
+        for t in &d.task_history {
+            println!(
+                "  attempt {} task {} on {} gpus {:?} {} {}",
+                t.run, t.index, t.node, t.gpus, t.state, t.reason
+            );
+        }
+    }
+    println!("events:");
+    for e in &ev.events {
+        println!("  {} {} {}", e.at_ms, e.kind, e.detail);
+    }
+    Ok(())
+}
+
+pub fn cancel(a: JobIdArgs) -> Result<(), CliError> {
+    #[derive(Serialize)]
+    struct NoBody {}
+    let j: Job = a
+        .conn
+        .post(&format!("/v1/jobs/{}/cancel", a.id), &NoBody {})?;
+    if a.json {
+        print_json(&j);
+    } else {
+        println!("job {} {}", j.id, j.state);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    id: i64,
+    /// Task index.
+    #[arg(long, default_value_t = 0)]
+    task: i64,
+    /// Attempt [default: the latest].
+    #[arg(long)]
+    run: Option<i64>,
+    /// Standard error instead of standard output.
+    #[arg(long)]
+    stderr: bool,
+    /// Keep printing new output until the job ends.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+/// `suanli logs JOB`: a task's output, through the server.
+pub fn logs(a: LogsArgs) -> Result<(), CliError> {
+    use std::io::Write;
+    let stream = if a.stderr { "err" } else { "out" };
+    let mut offset = 0u64;
+    let mut out = std::io::stdout();
+    let path = |offset: u64| {
+        let mut p = format!(
+            "/v1/jobs/{}/logs?task={}&stream={stream}&offset={offset}",
+            a.id, a.task
+        );
+        if let Some(r) = a.run {
+            p.push_str(&format!("&run={r}"));
+        }
+        p
+    };
+    let mut print = |data: &[u8]| {
+        out.write_all(data)
+            .and_then(|_| out.flush())
+            .map_err(|e| failure(e.to_string()))
+    };
+    loop {
+        let (data, next, state) = a.conn.get_bytes(&path(offset))?;
+        print(&data)?;
+        offset = next.max(offset);
+        if !a.follow {
+            return Ok(());
+        }
+        if data.is_empty() {
+            if state.parse::<JobState>().is_ok_and(JobState::is_final) {
+                // The agent pushes the tail right after the exit: one last read.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                let (data, _, _) = a.conn.get_bytes(&path(offset))?;
+                return print(&data);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}

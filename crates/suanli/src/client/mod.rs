@@ -1,0 +1,250 @@
+//! The CLI client of the control plane, one module per command group:
+//! `jobs.rs` (`submit`, `queue`, `job show`, `cancel`, `logs`), `admin.rs`
+//! (`tenant`, `token`, `nodes`), `bills.rs` (`bill`, `report economics`);
+//! `output.rs` renders tables, CSV and JSON. Requests and answers are the
+//! protocol's own types ([`suanli_api`]); nothing indexes JSON by string.
+//!
+//! The server and token come from `--server` / `--token`, else
+//! `SUANLI_SERVER` / `SUANLI_TOKEN`, else `~/.config/suanli/config.toml`
+//! (`server = "..."`, `token = "..."`).
+//!
+//! Exit codes: 0 success; 1 the server could not be reached or failed; 2 an
+//! invalid command line; 3 the server refused the request (4xx: unknown job,
+//! quota, permission, validation), with its problem detail printed.
+
+mod admin;
+mod bills;
+mod jobs;
+mod output;
+
+pub use admin::{nodes, tenant, token, NodesArgs, TenantCmd, TokenCmd};
+pub use bills::{bill, report, BillArgs, ReportCmd};
+pub use jobs::{
+    cancel, job, logs, queue, submit, JobCmd, JobIdArgs, LogsArgs, QueueArgs, SubmitArgs,
+};
+
+use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{failure, usage, CliError};
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Server URL (env SUANLI_SERVER; default from ~/.config/suanli/config.toml).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// API token (env SUANLI_TOKEN; default from ~/.config/suanli/config.toml).
+    #[arg(long, global = true)]
+    token: Option<String>,
+}
+
+fn config_value(key: &str) -> Option<String> {
+    let home = std::env::var_os("HOME")?;
+    let p = std::path::Path::new(&home).join(".config/suanli/config.toml");
+    let text = std::fs::read_to_string(p).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    v.get(key)?.as_str().map(str::to_string)
+}
+
+/// A problem document from the server as an error: exit code 3 for a
+/// refusal (4xx), 1 for a server failure; its detail and field are shown.
+fn refused(code: u16, r: ureq::Response) -> CliError {
+    let p: Option<suanli_api::Problem> = r.into_json().ok();
+    let detail = p.as_ref().map_or("request failed", |p| p.detail.as_str());
+    let field = p
+        .as_ref()
+        .and_then(|p| p.field.as_deref())
+        .map_or(String::new(), |f| format!(" (field {f})"));
+    let msg = format!("server: {code} {detail}{field}");
+    if (400..500).contains(&code) {
+        CliError { code: 3, msg }
+    } else {
+        failure(msg)
+    }
+}
+
+/// No body (for POSTs whose meaning is in the path).
+#[derive(Serialize)]
+struct Empty {}
+
+impl Conn {
+    fn resolve(&self) -> Result<(String, String), CliError> {
+        let server = self
+            .server
+            .clone()
+            .or_else(|| std::env::var("SUANLI_SERVER").ok())
+            .or_else(|| config_value("server"))
+            .ok_or_else(|| usage("no server: pass --server URL or set SUANLI_SERVER"))?;
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("SUANLI_TOKEN").ok())
+            .or_else(|| config_value("token"))
+            .ok_or_else(|| usage("no token: pass --token T or set SUANLI_TOKEN"))?;
+        Ok((server.trim_end_matches('/').to_string(), token))
+    }
+
+    /// GET raw bytes; returns them with the `x-next-offset` and
+    /// `x-job-state` headers.
+    fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, u64, String), CliError> {
+        let (server, token) = self.resolve()?;
+        let url = format!("{server}{path}");
+        match ureq::get(&url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+        {
+            Ok(r) => {
+                let next = r
+                    .header("x-next-offset")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let state = r.header("x-job-state").unwrap_or("").to_string();
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)
+                    .map_err(|e| failure(format!("{url}: {e}")))?;
+                Ok((buf, next, state))
+            }
+            Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
+            Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&dyn ErasedBody>,
+    ) -> Result<ureq::Response, CliError> {
+        let (server, token) = self.resolve()?;
+        let url = format!("{server}{path}");
+        let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+        let res = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(&b.json()),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
+            Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
+        }
+    }
+
+    fn read<T: DeserializeOwned>(path: &str, r: ureq::Response) -> Result<T, CliError> {
+        r.into_json::<T>()
+            .map_err(|e| failure(format!("{path}: an answer this client cannot read: {e}")))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let r = self.send("GET", path, None)?;
+        Conn::read(path, r)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let r = self.send("POST", path, Some(&Body(body)))?;
+        Conn::read(path, r)
+    }
+
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let r = self.send("PUT", path, Some(&Body(body)))?;
+        Conn::read(path, r)
+    }
+
+    /// A POST whose answer has no body (204).
+    pub fn post_empty(&self, path: &str) -> Result<(), CliError> {
+        self.send("POST", path, Some(&Body(&Empty {}))).map(|_| ())
+    }
+}
+
+/// A request body, serialised once.
+trait ErasedBody {
+    fn json(&self) -> String;
+}
+
+struct Body<'a, B: Serialize>(&'a B);
+
+impl<B: Serialize> ErasedBody for Body<'_, B> {
+    fn json(&self) -> String {
+        serde_json::to_string(self.0).expect("request bodies serialise")
+    }
+}
+
+/// `90m` → 5400 s; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<u64, CliError> {
+    let bad = || {
+        usage(format!(
+            "--time {s:?}: expected seconds or a number with s, m, h or d"
+        ))
+    };
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1.0),
+        Some('m') => (&t[..t.len() - 1], 60.0),
+        Some('h') => (&t[..t.len() - 1], 3600.0),
+        Some('d') => (&t[..t.len() - 1], 86400.0),
+        _ => (t, 1.0),
+    };
+    let x: f64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = (x * mult).round();
+    if !(secs.is_finite() && secs >= 1.0) {
+        return Err(bad());
+    }
+    Ok(secs as u64)
+}
+
+/// `16G` → 16384 MiB; a bare number is MiB.
+pub fn parse_mem(s: &str) -> Result<u64, CliError> {
+    let bad = || {
+        usage(format!(
+            "--mem {s:?}: expected MiB or a number with K, M, G or T"
+        ))
+    };
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1.0 / 1024.0),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1.0),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024.0),
+        Some('T' | 't') => (&t[..t.len() - 1], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    let x: f64 = num.trim().parse().map_err(|_| bad())?;
+    let mib = x * mult;
+    if !(mib.is_finite() && mib >= 0.0 && mib <= (1u64 << 30) as f64) {
+        return Err(bad());
+    }
+    Ok(mib.ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_mem("16G").unwrap(), 16_384);
+        assert_eq!(parse_mem("512").unwrap(), 512);
+        assert_eq!(parse_mem("1.5g").unwrap(), 1536);
+        assert_eq!(parse_mem("1T").unwrap(), 1_048_576);
+        assert!(parse_mem("-1G").is_err());
+        assert!(parse_mem("lots").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90m").unwrap(), 5400);
+        assert_eq!(parse_duration("2h").unwrap(), 7200);
+        assert_eq!(parse_duration("30").unwrap(), 30);
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0").is_err());
+    }
+}
