@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -14,20 +15,15 @@ use suanli_api::{NewTenant, NewToken, TokenRequest};
 
 use crate::{failure, usage, CliError};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM set [`STOP`].
-fn install_stop_handler() {
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+/// A flag that SIGINT and SIGTERM set (through `signal-hook`, whose handler
+/// only stores to the atomic).
+fn stop_flag() -> Result<Arc<AtomicBool>, CliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| failure(format!("cannot handle signal {sig}: {e}")))?;
     }
+    Ok(stop)
 }
 
 #[derive(Args)]
@@ -82,7 +78,7 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
         Some(g) => return Err(usage(format!("--memory-gib must be > 0 (found {g})"))),
         None => mem,
     };
-    install_stop_handler();
+    let stop = stop_flag()?;
     suanli_agent::run(
         suanli_agent::AgentConfig {
             server: a.server,
@@ -96,7 +92,7 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
             work_dir: a.work_dir,
             grace: Duration::from_secs_f64(a.grace_s),
         },
-        &STOP,
+        &stop,
     )
     .map_err(failure)
 }
@@ -207,7 +203,7 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     if a.agents > 64 {
         return Err(usage("--agents is at most 64"));
     }
-    install_stop_handler();
+    let stop = stop_flag()?;
     let exe = std::env::current_exe().map_err(|e| failure(e.to_string()))?;
     std::fs::create_dir_all(&a.data_dir)
         .map_err(|e| failure(format!("{}: {e}", a.data_dir.display())))?;
@@ -362,7 +358,7 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     println!("Ctrl-C stops everything.");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    while !STOP.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if let Ok(Some(s)) = children.0[0].try_wait() {
             return Err(failure(format!("the server stopped: {s}")));

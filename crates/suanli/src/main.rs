@@ -76,11 +76,11 @@ struct ServerArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed) [default: 127.0.0.1:8420].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Log format: human or json.
-    #[arg(long)]
+    /// Log format.
+    #[arg(long, value_parser = ["human", "json"])]
     log_format: Option<String>,
-    /// Queue policy: fifo, sjf, srtf, las, classes, drf, backfill [default: classes].
-    #[arg(long)]
+    /// Queue policy [default: classes].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(suanli_sched::jobs::QUEUE_POLICY_NAMES))]
     queue_policy: Option<String>,
     /// Price book (TOML, see examples/prices.toml) for invoices.
     #[arg(long)]

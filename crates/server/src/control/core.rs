@@ -156,6 +156,11 @@ impl Core {
         (self.sched.pending_len(), self.sched.running_len())
     }
 
+    /// Registered nodes, whatever their state.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// The scheduler core (read-only), e.g. to check the allocation ledger.
     pub fn scheduler(&self) -> &Scheduler {
         &self.sched

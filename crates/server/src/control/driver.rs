@@ -2,7 +2,6 @@
 //! batch, answers out after the commit. Every decision is [`Core::step`]'s.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,7 +31,7 @@ pub struct Gone;
 #[derive(Clone)]
 pub struct Control {
     tx: mpsc::Sender<Msg>,
-    pub metrics: Arc<Mutex<Metrics>>,
+    pub metrics: Metrics,
     /// Told to agents when they register.
     pub heartbeat_interval_s: u64,
 }
@@ -137,7 +136,7 @@ pub struct Timing {
 pub struct Driver {
     core: Core,
     store: Store,
-    metrics: Arc<Mutex<Metrics>>,
+    metrics: Metrics,
 }
 
 impl Driver {
@@ -145,11 +144,11 @@ impl Driver {
     pub async fn recover(store: Store, cfg: &LoopConfig) -> anyhow::Result<Driver> {
         let snap = Snapshot::load(&store).await?;
         let core = Core::recover(snap, cfg, now_ms())?;
-        let mut m = Metrics::new();
+        let m = Metrics::new();
         m.publish(&core, None, 0);
         let (pending, running) = core.queue_lengths();
         tracing::info!(
-            nodes = m.nodes_by_state.values().sum::<usize>(),
+            nodes = core.node_count(),
             running,
             pending,
             gpu_milli_allocated = core.scheduler().allocated_gpu_milli(),
@@ -158,13 +157,13 @@ impl Driver {
         Ok(Driver {
             core,
             store,
-            metrics: Arc::new(Mutex::new(m)),
+            metrics: m,
         })
     }
 
     /// Decisions taken since start.
     pub fn decisions_total(&self) -> u64 {
-        self.metrics.lock().expect("metrics lock").decisions
+        self.metrics.decisions()
     }
 
     /// One batch without answers (benchmarks).
@@ -216,11 +215,8 @@ impl Driver {
         for (a, r) in step.answers.into_iter().zip(replies) {
             let _ = r.send(a);
         }
-        self.metrics.lock().expect("metrics lock").publish(
-            &self.core,
-            Some(t0.elapsed()),
-            step.decisions as u64,
-        );
+        self.metrics
+            .publish(&self.core, Some(t0.elapsed()), step.decisions as u64);
         Ok(Timing {
             step_s,
             commit_s,

@@ -1,67 +1,134 @@
-//! The loop's figures for `/metrics`, published after every batch.
+//! The loop's figures for `/metrics` (through `prometheus-client`),
+//! published after every batch. Handles are cheap clones of shared atomics:
+//! the loop writes them, the `/metrics` handler encodes them.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use suanli_core::ModelId;
 
 use super::core::Core;
 use crate::store::NodeState;
-
-/// Figures for `/metrics`, updated after every batch.
-#[derive(Clone, Debug, Default)]
-pub struct Metrics {
-    pub pending: usize,
-    pub running: usize,
-    /// (model, capacity milli, allocated milli).
-    pub gpus: Vec<(String, u64, u64)>,
-    pub nodes_by_state: BTreeMap<NodeState, usize>,
-    /// Scheduling pass plus commit, in seconds: bucket counts (cumulative
-    /// at export), sum, count.
-    pub latency_buckets: Vec<u64>,
-    pub latency_sum: f64,
-    pub latency_count: u64,
-    pub decisions: u64,
-    pub batches: u64,
-}
 
 /// Upper bounds of the latency histogram, seconds.
 pub const LATENCY_BOUNDS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: String,
+}
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+
+/// The scheduling loop's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    queue: Family<StateLabel, Gauge>,
+    gpus_capacity: Family<ModelLabel, GaugeF64>,
+    gpus_allocated: Family<ModelLabel, GaugeF64>,
+    nodes: Family<StateLabel, Gauge>,
+    latency: Histogram,
+    decisions: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics {
-            latency_buckets: vec![0; LATENCY_BOUNDS.len()],
-            ..Metrics::default()
+            queue: Family::default(),
+            gpus_capacity: Family::default(),
+            gpus_allocated: Family::default(),
+            nodes: Family::default(),
+            latency: Histogram::new(LATENCY_BOUNDS),
+            decisions: Counter::default(),
         }
     }
 
+    /// Starts and preemptions decided since start.
+    pub fn decisions(&self) -> u64 {
+        self.decisions.get()
+    }
+
+    /// Add the loop's metrics to a registry (the `/metrics` handler adds
+    /// the store's job counts beside them).
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "suanli_queue_length",
+            "Jobs the scheduler holds, pending or running",
+            self.queue.clone(),
+        );
+        reg.register(
+            "suanli_gpus_capacity",
+            "GPUs in registered nodes, by model",
+            self.gpus_capacity.clone(),
+        );
+        reg.register(
+            "suanli_gpus_allocated",
+            "GPUs allocated to tasks, by model (shares count by fraction)",
+            self.gpus_allocated.clone(),
+        );
+        reg.register("suanli_nodes", "Nodes by state", self.nodes.clone());
+        reg.register(
+            "suanli_scheduling_latency_seconds",
+            "One batch of the scheduling loop: the pass and its commit",
+            self.latency.clone(),
+        );
+        reg.register(
+            "suanli_scheduling_decisions",
+            "Starts and preemptions decided",
+            self.decisions.clone(),
+        );
+    }
+
     /// Take the core's gauges; count a batch that took `took`.
-    pub(super) fn publish(&mut self, core: &Core, took: Option<Duration>, decided: u64) {
-        self.pending = core.sched.pending_len();
-        self.running = core.sched.running_len();
-        self.gpus = (0..core.models.len())
-            .map(|i| {
-                let id = ModelId(i as u8);
-                let (cap, free) = core.sched.model_gpu_milli(id);
-                (core.models.name(id).to_string(), cap, cap - free)
-            })
-            .collect();
-        self.nodes_by_state.clear();
-        for n in core.nodes.values() {
-            *self.nodes_by_state.entry(n.node.state).or_default() += 1;
+    pub(super) fn publish(&self, core: &Core, took: Option<Duration>, decided: u64) {
+        let label = |s: &str| StateLabel {
+            state: s.to_string(),
+        };
+        self.queue
+            .get_or_create(&label("pending"))
+            .set(core.sched.pending_len() as i64);
+        self.queue
+            .get_or_create(&label("running"))
+            .set(core.sched.running_len() as i64);
+        for i in 0..core.models.len() {
+            let id = ModelId(i as u8);
+            let (cap, free) = core.sched.model_gpu_milli(id);
+            let model = ModelLabel {
+                model: core.models.name(id).to_string(),
+            };
+            self.gpus_capacity
+                .get_or_create(&model)
+                .set(cap as f64 / 1000.0);
+            self.gpus_allocated
+                .get_or_create(&model)
+                .set((cap - free) as f64 / 1000.0);
+        }
+        for s in NodeState::ALL {
+            let n = core.nodes.values().filter(|n| n.node.state == *s).count();
+            self.nodes.get_or_create(&label(s.as_str())).set(n as i64);
         }
         if let Some(t) = took {
-            let s = t.as_secs_f64();
-            if let Some(i) = LATENCY_BOUNDS.iter().position(|&b| s <= b) {
-                self.latency_buckets[i] += 1;
-            }
-            self.latency_sum += s;
-            self.latency_count += 1;
-            self.batches += 1;
+            self.latency.observe(t.as_secs_f64());
         }
-        self.decisions += decided;
+        self.decisions.inc_by(decided);
     }
 }

@@ -42,7 +42,7 @@ use suanli_sched::jobs::QueuePolicy;
 
 pub use self::core::{Core, Step};
 pub use driver::{start, Control, Driver, Gone, Timing};
-pub use metrics::{Metrics, LATENCY_BOUNDS};
+pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
 pub use recover::Snapshot;
 
 pub use suanli_api::{NodeView, Report, TaskExit, TaskKey};

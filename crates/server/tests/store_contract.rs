@@ -1,0 +1,442 @@
+//! The store contract: what every [`Backend`] must do, written against the
+//! trait alone. Each check is a plain async function taking a fresh
+//! [`Store`]; `backends!` runs all of them on each backend (today SQLite;
+//! a second backend adds one line and passes the same checks).
+
+use std::collections::BTreeMap;
+
+use suanli_server::store::{
+    Class, EventKind, JobState, NewJob, Node, NodeState, Scope, Store, StoreError, TaskState,
+    TokenScope, Write,
+};
+
+/// A fresh, empty store of one backend, and what keeps it alive.
+struct Fixture {
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    Fixture {
+        store: Store::open(dir.path()).await.unwrap(),
+        _dir: dir,
+    }
+}
+
+/// Every check, as tests of one backend's module.
+macro_rules! checks {
+    ($backend:ident; $($check:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let f = super::$backend().await;
+                    super::$check(&f.store).await;
+                }
+            )+
+        }
+    };
+}
+
+/// The contract, run on one backend.
+macro_rules! backend {
+    ($backend:ident) => {
+        checks!($backend;
+            tenants_and_quotas,
+            tokens,
+            jobs_are_scoped_paged_and_filtered,
+            a_batch_is_all_or_nothing,
+            starts_tasks_and_their_transitions,
+            node_states_in_one_batch_keep_the_last,
+            usage_follows_task_rows,
+        );
+    };
+}
+
+backend!(sqlite);
+
+fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
+    NewJob {
+        name: name.to_string(),
+        command: vec!["run".to_string(), "--x".to_string()],
+        tasks,
+        cpu_milli: 2000,
+        memory_mib: 4096,
+        num_gpu: gpus,
+        gpu_milli: if gpus > 0 { 1000 } else { 0 },
+        gpu_models: vec!["A100-80G".to_string()],
+        class: Class::Spot,
+        env: [("K".to_string(), "v".to_string())].into(),
+        workdir: "/w".to_string(),
+        max_runtime_s: Some(60),
+        retries: 2,
+    }
+}
+
+fn node(id: i64, name: &str, gpus: i64, at: i64) -> Node {
+    Node {
+        id,
+        name: name.to_string(),
+        addr: format!("{name}.local"),
+        gpu_model: Some("A100-80G".to_string()),
+        gpus,
+        gpu_memory_mib: 81920,
+        cpu_milli: 64_000,
+        memory_mib: 1 << 18,
+        rack: "r1".to_string(),
+        labels: BTreeMap::new(),
+        state: NodeState::Ready,
+        registered_ms: at,
+        last_heartbeat_ms: at,
+    }
+}
+
+fn insert(id: i64, tenant_id: i64, j: NewJob, at: i64) -> [Write; 2] {
+    [
+        Write::InsertJob {
+            id,
+            tenant_id,
+            job: j,
+            at,
+        },
+        Write::Event {
+            job: id,
+            at,
+            kind: EventKind::Submitted,
+            detail: String::new(),
+        },
+    ]
+}
+
+async fn tenants_and_quotas(s: &Store) {
+    let a = s.create_tenant("acme", 2.0).await.unwrap();
+    let b = s.create_tenant("beta", 1.0).await.unwrap();
+    assert_ne!(a.id, b.id);
+    assert!(matches!(
+        s.create_tenant("acme", 1.0).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.tenant_by_name("acme").await.unwrap(), a);
+    assert!(matches!(
+        s.tenant_by_name("nobody").await,
+        Err(StoreError::NotFound)
+    ));
+    let names: Vec<String> = s
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["acme", "beta"]);
+    s.set_quota(a.id, "H800", 4000, Some(8000)).await.unwrap();
+    s.set_quota(a.id, "A100-80G", 500, None).await.unwrap();
+    // Setting again replaces.
+    s.set_quota(a.id, "H800", 2000, None).await.unwrap();
+    let q = s.quotas(a.id).await.unwrap();
+    assert_eq!(q.len(), 2);
+    let h = q.iter().find(|q| q.gpu_model == "H800").unwrap();
+    assert_eq!((h.guaranteed, h.max), (2.0, None));
+    let x = q.iter().find(|q| q.gpu_model == "A100-80G").unwrap();
+    assert_eq!((x.guaranteed, x.max), (0.5, None));
+    assert!(s.quotas(b.id).await.unwrap().is_empty());
+}
+
+async fn tokens(s: &Store) {
+    assert_eq!(s.token_count().await.unwrap(), 0);
+    let t = s.create_tenant("acme", 1.0).await.unwrap();
+    let scope = Scope::Tenant {
+        id: t.id,
+        name: "acme".to_string(),
+    };
+    let admin = s
+        .insert_token("h-admin", &Scope::Admin, "root")
+        .await
+        .unwrap();
+    let tenant = s.insert_token("h-acme", &scope, "ci").await.unwrap();
+    s.insert_token("h-agent", &Scope::Agent, "").await.unwrap();
+    assert_eq!(s.token_count().await.unwrap(), 3);
+    assert_eq!(s.scope_of("h-acme").await.unwrap(), Some(scope));
+    assert_eq!(s.scope_of("h-agent").await.unwrap(), Some(Scope::Agent));
+    assert_eq!(s.scope_of("unknown").await.unwrap(), None);
+    s.revoke_token(tenant).await.unwrap();
+    assert_eq!(s.scope_of("h-acme").await.unwrap(), None, "revoked");
+    assert!(matches!(
+        s.revoke_token(tenant).await,
+        Err(StoreError::NotFound)
+    ));
+    let list = s.tokens().await.unwrap();
+    let by_id = |id| list.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(
+        (by_id(admin).scope, by_id(admin).revoked),
+        (TokenScope::Admin, false)
+    );
+    assert_eq!(
+        (
+            by_id(tenant).scope,
+            by_id(tenant).tenant.as_deref(),
+            by_id(tenant).revoked
+        ),
+        (TokenScope::Tenant, Some("acme"), true)
+    );
+}
+
+async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
+    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let b = s.create_tenant("beta", 1.0).await.unwrap();
+    assert_eq!(s.max_job_id().await.unwrap(), 0);
+    let mut w = Vec::new();
+    for id in 1..=5 {
+        let t = if id % 2 == 1 { a.id } else { b.id };
+        w.extend(insert(id, t, job(&format!("j{id}"), 1, 1), 1000 + id));
+    }
+    w.push(Write::JobState {
+        job: 3,
+        state: JobState::Cancelled,
+        ended: Some(2000),
+    });
+    s.commit(&w).await.unwrap();
+    assert_eq!(s.max_job_id().await.unwrap(), 5);
+    let j = s.job(1, Some(a.id)).await.unwrap();
+    assert_eq!(j.tenant, "acme");
+    assert_eq!(j.state, JobState::Pending);
+    assert_eq!(j.class, Class::Spot);
+    assert_eq!(j.command, ["run", "--x"]);
+    assert_eq!(j.env["K"], "v");
+    assert_eq!((j.max_runtime_s, j.retries, j.run), (Some(60), 2, 0));
+    assert_eq!(j.submitted_ms, 1001);
+    // Another tenant's job does not exist for this one.
+    assert!(matches!(
+        s.job(2, Some(a.id)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.job(2, None).await.is_ok());
+    let ids = |v: Vec<suanli_server::store::Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.jobs(Some(a.id), None, 0, 100).await.unwrap()),
+        [1, 3, 5]
+    );
+    assert_eq!(ids(s.jobs(None, None, 0, 2).await.unwrap()), [1, 2]);
+    assert_eq!(ids(s.jobs(None, None, 2, 2).await.unwrap()), [3, 4]);
+    assert_eq!(
+        ids(s.jobs(None, Some(JobState::Pending), 0, 100).await.unwrap()),
+        [1, 2, 4, 5]
+    );
+    assert_eq!(
+        ids(s
+            .jobs(Some(a.id), Some(JobState::Cancelled), 0, 100)
+            .await
+            .unwrap()),
+        [3]
+    );
+    let c = s.job(3, None).await.unwrap();
+    assert_eq!((c.state, c.ended_ms), (JobState::Cancelled, Some(2000)));
+    let counts: BTreeMap<JobState, i64> = s.job_counts().await.unwrap().into_iter().collect();
+    assert_eq!(counts[&JobState::Pending], 4);
+    assert_eq!(counts[&JobState::Cancelled], 1);
+    let ev = s.events(1).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].kind, ev[0].at_ms), (EventKind::Submitted, 1001));
+}
+
+async fn a_batch_is_all_or_nothing(s: &Store) {
+    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    s.commit(&insert(1, a.id, job("a", 0, 1), 10))
+        .await
+        .unwrap();
+    // The second insert reuses id 1: the whole batch fails, the first
+    // insert and the event included.
+    let mut w = insert(2, a.id, job("b", 0, 1), 20).to_vec();
+    w.extend(insert(1, a.id, job("dup", 0, 1), 20));
+    assert!(s.commit(&w).await.is_err());
+    assert!(matches!(s.job(2, None).await, Err(StoreError::NotFound)));
+    assert!(s.events(2).await.unwrap().is_empty());
+    assert_eq!(s.job(1, None).await.unwrap().name, "a");
+    assert_eq!(s.events(1).await.unwrap().len(), 1);
+    // An empty batch is fine.
+    s.commit(&[]).await.unwrap();
+}
+
+async fn starts_tasks_and_their_transitions(s: &Store) {
+    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let mut w = vec![
+        Write::UpsertNode(node(1, "n1", 8, 100)),
+        Write::UpsertNode(node(2, "n2", 8, 100)),
+    ];
+    w.extend(insert(1, a.id, job("gang", 4, 2), 100));
+    w.push(Write::StartJob {
+        job: 1,
+        run: 1,
+        at: 200,
+        tasks: vec![(1, 0b1111), (2, 0b1111_0000)],
+    });
+    s.commit(&w).await.unwrap();
+    assert_eq!(s.max_node_id().await.unwrap(), 2);
+    let j = s.job(1, None).await.unwrap();
+    assert_eq!(
+        (j.state, j.run, j.started_ms),
+        (JobState::Running, 1, Some(200))
+    );
+    let active = s.active_tasks().await.unwrap();
+    assert_eq!(active.len(), 2);
+    assert_eq!((active[1].node, active[1].gpus), (2, 0b1111_0000));
+    assert!(active.iter().all(|t| t.state == TaskState::Assigned));
+    assert_eq!(s.task_node(1, 1, 1).await.unwrap(), Some(2));
+    assert_eq!(s.task_node(1, 1, 9).await.unwrap(), None);
+    assert_eq!(s.node_id("n2").await.unwrap(), Some(2));
+    // A transition applies only from the states it names.
+    let to = |task, from: &'static [TaskState], to, at| Write::TaskState {
+        job: 1,
+        run: 1,
+        task,
+        from,
+        to,
+        at,
+        exit_code: None,
+        reason: String::new(),
+    };
+    s.commit(&[
+        to(Some(0), &[TaskState::Assigned], TaskState::Running, None),
+        to(Some(0), &[TaskState::Assigned], TaskState::Lost, Some(250)),
+    ])
+    .await
+    .unwrap();
+    let v = s.job_tasks(1).await.unwrap();
+    assert_eq!(
+        v[0].state,
+        TaskState::Running,
+        "the second write did not apply"
+    );
+    assert_eq!(
+        (v[0].node.as_str(), v[0].gpus.as_slice()),
+        ("n1", &[0, 1, 2, 3][..])
+    );
+    // Every task of the attempt at once, then the kill is confirmed.
+    s.commit(&[to(
+        None,
+        &[TaskState::Assigned, TaskState::Running],
+        TaskState::Killing,
+        Some(300),
+    )])
+    .await
+    .unwrap();
+    let killing = s.killing_tasks().await.unwrap();
+    assert_eq!(killing.len(), 2);
+    assert!(s.active_tasks().await.unwrap().is_empty());
+    s.commit(&[Write::TaskState {
+        job: 1,
+        run: 1,
+        task: Some(1),
+        from: &[TaskState::Killing],
+        to: TaskState::Killed,
+        at: None,
+        exit_code: Some(137),
+        reason: "killed".to_string(),
+    }])
+    .await
+    .unwrap();
+    let v = s.job_tasks(1).await.unwrap();
+    assert_eq!(
+        (v[1].state, v[1].ended_ms),
+        (TaskState::Killed, Some(300)),
+        "at: None keeps the end"
+    );
+    assert_eq!(
+        (v[1].exit_code, v[1].reason.as_str()),
+        (Some(137), "killed")
+    );
+    assert_eq!(s.killing_tasks().await.unwrap().len(), 1);
+}
+
+async fn node_states_in_one_batch_keep_the_last(s: &Store) {
+    s.commit(&[
+        Write::UpsertNode(node(1, "n1", 8, 100)),
+        Write::UpsertNode(node(2, "n2", 4, 100)),
+    ])
+    .await
+    .unwrap();
+    let st = |node, state, at| Write::NodeState { node, state, at };
+    s.commit(&[
+        st(1, NodeState::Draining, 200),
+        st(2, NodeState::Down, 150),
+        st(1, NodeState::Ready, 300),
+        Write::Heartbeat { node: 2, at: 400 },
+    ])
+    .await
+    .unwrap();
+    let n = s.nodes().await.unwrap();
+    assert_eq!(
+        (n[0].state, n[1].state),
+        (NodeState::Ready, NodeState::Down)
+    );
+    assert_eq!(n[1].last_heartbeat_ms, 400);
+    // Re-registering with another inventory updates the row in place.
+    let mut again = node(2, "n2", 2, 500);
+    again.addr = "10.0.0.2".to_string();
+    s.commit(&[Write::UpsertNode(again)]).await.unwrap();
+    let n = s.nodes().await.unwrap();
+    assert_eq!(
+        (n[1].gpus, n[1].addr.as_str(), n[1].state),
+        (2, "10.0.0.2", NodeState::Ready)
+    );
+    assert_eq!(n[1].registered_ms, 100, "the first registration is kept");
+    let spans = s.node_spans(0, 1000).await.unwrap();
+    let n1: Vec<(&str, i64)> = spans
+        .iter()
+        .filter(|x| x.node == "n1")
+        .map(|x| (x.state.as_str(), x.start))
+        .collect();
+    assert_eq!(n1, [("ready", 100), ("draining", 200), ("ready", 300)]);
+}
+
+async fn usage_follows_task_rows(s: &Store) {
+    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let b = s.create_tenant("beta", 1.0).await.unwrap();
+    let mut w = vec![Write::UpsertNode(node(1, "n1", 8, 0))];
+    w.extend(insert(1, a.id, job("a", 2, 1), 0));
+    w.extend(insert(2, b.id, job("b", 0, 1), 0));
+    w.push(Write::StartJob {
+        job: 1,
+        run: 1,
+        at: 1000,
+        tasks: vec![(1, 0b11)],
+    });
+    w.push(Write::StartJob {
+        job: 2,
+        run: 1,
+        at: 1500,
+        tasks: vec![(1, 0)],
+    });
+    w.push(Write::TaskState {
+        job: 1,
+        run: 1,
+        task: Some(0),
+        from: &[TaskState::Assigned],
+        to: TaskState::Exited,
+        at: Some(5000),
+        exit_code: Some(0),
+        reason: String::new(),
+    });
+    s.commit(&w).await.unwrap();
+    let u = s.usage(None, 0, 10_000).await.unwrap();
+    assert_eq!(u.len(), 2);
+    assert_eq!(
+        (u[0].tenant.as_str(), u[0].start, u[0].end),
+        ("acme", 1000, Some(5000))
+    );
+    assert_eq!(
+        (u[0].gpu_milli, u[0].gpu_model.as_deref()),
+        (2000, Some("A100-80G"))
+    );
+    assert_eq!(u[0].class, "spot");
+    assert_eq!(
+        (u[1].gpu_model.as_deref(), u[1].end),
+        (None, None),
+        "a CPU task, still running"
+    );
+    // By tenant, and only intervals overlapping the window.
+    assert_eq!(s.usage(Some(b.id), 0, 10_000).await.unwrap().len(), 1);
+    assert_eq!(s.usage(None, 5000, 10_000).await.unwrap().len(), 1);
+    assert_eq!(s.usage(None, 0, 1000).await.unwrap().len(), 0);
+}
