@@ -1,7 +1,10 @@
 //! Workload readers: every malformed row is an error naming file:line and
 //! column; the real traces in ../shared load with the documented counts (the
-//! tests print why and pass when ../shared is absent); and the Philly replay
+//! tests print why and pass when ../shared is absent, and fail when
+//! SUANLI_REQUIRE_TRACES=1); and the Philly replay
 //! orders the policies as the literature does.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -9,18 +12,8 @@ use suanli_sched::Class;
 use suanli_sim::jobs::{simulate, workload, Cluster, SimParams};
 
 fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
-    if p.join("philly-pollux").is_dir() {
-        Some(p)
-    } else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: {} not found (the Philly and Chronus traces live in ../shared)",
-            p.display()
-        );
-        None
-    }
+    common::shared("traces/philly-pollux", "the Philly and Chronus traces")
+        .map(|p| p.join("traces"))
 }
 
 fn mixed() -> Cluster {
