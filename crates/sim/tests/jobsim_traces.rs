@@ -63,6 +63,33 @@ fn native_csv_reads_every_field() {
 }
 
 #[test]
+fn native_csv_fields_may_be_quoted() {
+    let p = write(
+        "quoted.csv",
+        &format!(
+            "{HEADER}\"run 7, retry\",\"acme\",1,60,1,0,0,1,1000,\"A100-80G|H800\",spot,,\n\
+             \"say \"\"hi\"\"\",lab,2,60,1,0,0,1,1000,,,,\n\
+             c,lab,2,60,1,0,0,1,1000,,bogus,,\n"
+        ),
+    );
+    let e = workload::load("native", &p, &mixed())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("quoted.csv:4: column class"), "{e}");
+    std::fs::write(
+        &p,
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace(",bogus,", ",,"),
+    )
+    .unwrap();
+    let w = workload::load("native", &p, &mixed()).unwrap();
+    assert_eq!(w.jobs.len(), 3);
+    assert_eq!(w.jobs[0].class, Class::Spot);
+    assert!(!w.jobs[0].req.models.is_any());
+}
+
+#[test]
 fn native_errors_name_file_line_and_column() {
     let cases = [
         (

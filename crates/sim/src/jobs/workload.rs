@@ -1,7 +1,8 @@
 //! Workloads for the job simulator and their readers.
 //!
-//! Every reader streams its file line by line into compact [`Job`]s (about
-//! 80 bytes each) and reports a malformed row as `file:line: column C: what`.
+//! Every reader streams its file record by record into compact [`Job`]s
+//! (about 80 bytes each) and reports a malformed row as
+//! `file:line: column C: what`. CSV fields may be quoted (RFC 4180).
 //!
 //! **Native format** (CSV with a header, or JSONL with the same field names):
 //!
