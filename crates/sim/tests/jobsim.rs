@@ -271,12 +271,10 @@ fn same_inputs_same_json() {
     gp.share_frac = 0.2;
     gp.pinned_frac = 0.3;
     let csv = suanli_sim::jobs::gen::generate_csv(&gp, Some(&cl)).unwrap();
-    let dir = std::env::temp_dir().join(format!("suanli-det-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("w.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.csv");
     std::fs::write(&path, csv).unwrap();
     let wl = suanli_sim::jobs::workload::load("native", &path, &cl).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     let strip = |mut r: SimResult| {
         r.wall_s = 0.0;
         r

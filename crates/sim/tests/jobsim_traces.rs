@@ -21,12 +21,8 @@ fn mixed() -> Cluster {
         .unwrap()
 }
 
-fn write(name: &str, text: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("suanli-traces-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+fn write(name: &str, text: &str) -> common::TempFile {
+    common::TempFile::new(name, text)
 }
 
 fn load_err(kind: &str, name: &str, text: &str) -> String {
@@ -291,8 +287,8 @@ fn generator_calibrates_from_reference_stats() {
         "median run {median_run} vs 1,216 s"
     );
     // A bad table is a file:line error.
-    let d = std::env::temp_dir().join(format!("suanli-cal-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
     for f in std::fs::read_dir(t.join("reference-stats/alibaba-spot-2026-stats")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
@@ -302,6 +298,6 @@ fn generator_calibrates_from_reference_stats() {
         ",duration_seconds\n0.5,12x\n",
     )
     .unwrap();
-    let e = GenParams::new(1, 1).calibrate(&d).unwrap_err();
+    let e = GenParams::new(1, 1).calibrate(d).unwrap_err();
     assert!(e.contains("duration_quantiles.csv:2"), "{e}");
 }

@@ -1,5 +1,8 @@
-//! Where the tests find the real traces: `../shared` beside the repository.
+//! Test helpers: where the real traces are (`../shared` beside the
+//! repository), and files in temporary directories.
+#![allow(dead_code)]
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 /// The variable that turns a missing `../shared` from a skip into a failure
@@ -29,4 +32,33 @@ pub fn shared(probe: &str, what: &str) -> Option<PathBuf> {
         missing.display()
     );
     None
+}
+
+/// A file written into a fresh temporary directory, which is removed when
+/// this is dropped; derefs to the file's path.
+pub struct TempFile {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TempFile {
+    pub fn new(name: &str, text: &str) -> TempFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile { path, _dir: dir }
+    }
+}
+
+impl Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
 }
