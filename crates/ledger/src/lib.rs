@@ -23,6 +23,9 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use jiff::civil::{self, DateTime};
+use jiff::fmt::strtime;
+use jiff::SignedDuration;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
@@ -31,112 +34,77 @@ pub type Ms = i64;
 
 const MS_PER_HOUR: i64 = 3_600_000;
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The Unix epoch, as a civil datetime in UTC.
+const EPOCH: DateTime = civil::date(1970, 1, 1).to_datetime(civil::Time::midnight());
+
+/// Whether `s` has exactly the shape of `pattern`, where `9` stands for one
+/// ASCII digit and any other character for itself. jiff's `strptime` is
+/// lenient (it skips blanks, takes a sign or fewer digits); checking the
+/// shape first keeps the accepted forms exactly the documented ones.
+fn has_shape(s: &str, pattern: &str) -> bool {
+    s.len() == pattern.len()
+        && s.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
+            b'9' => c.is_ascii_digit(),
+            _ => c == p,
+        })
+}
+
+/// A civil datetime in UTC → milliseconds since the epoch.
+fn ms_of(dt: DateTime) -> Ms {
+    // Civil datetimes span years -9999..=9999, far inside i64 milliseconds.
+    dt.duration_since(EPOCH).as_millis() as Ms
+}
+
+/// Milliseconds since the epoch → civil datetime in UTC (clamped to jiff's
+/// years -9999..=9999; every time [`parse_time`] reads is inside).
+fn civil_of(t: Ms) -> DateTime {
+    EPOCH.saturating_add(SignedDuration::from_millis(t))
 }
 
 /// `2026-11-15` or `2026-11-15T08:00:00Z` → milliseconds (UTC).
 pub fn parse_time(s: &str) -> Result<Ms, String> {
-    let bad = || format!("{s:?}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)");
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
-        None => (s, None),
+    let bad = |why: &dyn std::fmt::Display| {
+        format!("{s:?}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC){why}")
     };
-    let p: Vec<&str> = date.split('-').collect();
-    if p.len() != 3 || p[0].len() != 4 || p[1].len() != 2 || p[2].len() != 2 {
-        return Err(bad());
-    }
-    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
-    let (y, m, d) = (num(p[0])?, num(p[1])?, num(p[2])?);
-    let days_in = [
-        31,
-        if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) {
-            29
-        } else {
-            28
-        },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] {
-        return Err(bad());
-    }
-    let mut secs = 0;
-    if let Some(t) = time {
-        let q: Vec<&str> = t.split(':').collect();
-        if q.len() != 3 {
-            return Err(bad());
-        }
-        let (h, mi, se) = (num(q[0])?, num(q[1])?, num(q[2])?);
-        if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..60).contains(&se) {
-            return Err(bad());
-        }
-        secs = h * 3600 + mi * 60 + se;
-    }
-    Ok((days_from_civil(y, m, d) * 86_400 + secs) * 1000)
+    let parsed = if has_shape(s, "9999-99-99") {
+        civil::Date::strptime("%Y-%m-%d", s).map(|d| d.to_datetime(civil::Time::midnight()))
+    } else if has_shape(s, "9999-99-99T99:99:99Z") && !s.ends_with(":60Z") {
+        // (jiff reads a leap second as :59; it is refused, as ever.)
+        DateTime::strptime("%Y-%m-%dT%H:%M:%SZ", s)
+    } else {
+        return Err(bad(&""));
+    };
+    parsed.map(ms_of).map_err(|e| bad(&format_args!(": {e}")))
 }
 
 /// `2026-11` → [start, end) of that month, UTC.
 pub fn parse_month(s: &str) -> Result<(Ms, Ms), String> {
     let bad = || format!("period {s:?}: expected YYYY-MM");
-    let (y, m) = s.split_once('-').ok_or_else(bad)?;
-    if y.len() != 4 || m.len() != 2 {
+    if !has_shape(s, "9999-99") {
         return Err(bad());
     }
-    let (y, m): (i64, i64) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
+    let tm = strtime::parse("%Y-%m", s).map_err(|e| format!("{}: {e}", bad()))?;
+    let (Some(y), Some(m)) = (tm.year(), tm.month()) else {
         return Err(bad());
+    };
+    if !(1970..=9999).contains(&y) {
+        return Err(format!("{}: years 1970 to 9999", bad()));
     }
-    let start = days_from_civil(y, m, 1) * 86_400_000;
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    Ok((start, days_from_civil(ny, nm, 1) * 86_400_000))
-}
-
-/// (year, month, day) of a day count since 1970-01-01, the inverse of
-/// `days_from_civil`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let first = civil::Date::new(y, m, 1).map_err(|e| format!("{}: {e}", bad()))?;
+    let start = ms_of(first.to_datetime(civil::Time::midnight()));
+    // The end is computed from the month's length, not as the next month's
+    // first day, which for 9999-12 is past jiff's last year.
+    Ok((start, start + i64::from(first.days_in_month()) * 86_400_000))
 }
 
 /// The month (`YYYY-MM`, UTC) that contains `t`.
 pub fn month_of(t: Ms) -> String {
-    let (y, m, _) = civil_from_days(t.div_euclid(86_400_000));
-    format!("{y:04}-{m:02}")
+    civil_of(t).strftime("%Y-%m").to_string()
 }
 
 /// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds), the form [`parse_time`] reads.
 pub fn format_time(t: Ms) -> String {
-    let (y, m, d) = civil_from_days(t.div_euclid(86_400_000));
-    let s = t.div_euclid(1000).rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    civil_of(t).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Service classes, as jobs name them.
@@ -729,5 +697,43 @@ mod tests {
             assert_eq!(format_time(parse_time(t).unwrap()), t);
         }
         assert!(parse_month("26-11").is_err());
+    }
+
+    #[test]
+    fn times_keep_their_exact_forms_and_range() {
+        for bad in [
+            "2026-11-5",
+            " 2026-11-05",
+            "2026-11-05 ",
+            "+026-11-05",
+            "2026-11-05T8:00:00Z",
+            "2026-11-05T08:00:00",
+            "2026-11-05T08:00:00+00:00",
+            "2026-11-05T08:00:00.5Z",
+            "2026-11-05T23:59:60Z",
+            "2026-11-05T24:00:00Z",
+            "2026-00-05",
+            "2025-02-29",
+            "",
+        ] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.contains("expected YYYY-MM-DD"), "{bad:?}: {e}");
+        }
+        assert_eq!(parse_time("2024-02-29T23:59:59Z").unwrap() % 1000, 0);
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), Ok(-1000));
+        assert_eq!(format_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(format_time(1_500), "1970-01-01T00:00:01Z");
+        assert_eq!(month_of(-1), "1969-12");
+        assert_eq!(
+            parse_time("9999-12-31T23:59:59Z").unwrap() + 1000,
+            parse_month("9999-12").unwrap().1
+        );
+        for bad in ["1969-12", "2026-00", "2026-1 ", "2026/11", "+2026-11"] {
+            let e = parse_month(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("period {bad:?}: expected YYYY-MM")),
+                "{e}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use suanli_core::{ModelSet, Models, NodeSpec, Request, MAX_GPUS_PER_NODE};
@@ -68,18 +68,55 @@ impl OpenbTrace {
     }
 }
 
-/// Streams the rows of a simple CSV (no quoting: openb has none) with the
-/// header resolved to column positions.
+/// Streams the rows of a CSV file (RFC 4180: a field may be quoted, and a
+/// quoted field may hold commas, doubled quotes and line breaks), with the
+/// header resolved to column positions. Fields are trimmed; blank lines are
+/// skipped. One record is held at a time.
 pub(crate) struct Csv {
     file: PathBuf,
-    lines: std::io::Lines<BufReader<File>>,
+    reader: csv::Reader<Terminated<File>>,
     header: Vec<String>,
+    record: csv::StringRecord,
+    /// Line where the current record starts; 1 for the header.
     line: usize,
 }
 
 pub(crate) struct Row<'a> {
     pub(crate) csv: &'a Csv,
-    fields: Vec<String>,
+}
+
+/// A reader that adds a final line break when the file lacks one, so every
+/// CSV record ends with a consumed `\n`.
+///
+/// Why: the csv crate's own record positions are wrong after a skipped blank
+/// line and with CRLF line ends (rust-csv issues 208 and 395). The line where
+/// a record starts is instead computed from the reader's position *after*
+/// it, which counts every `\n` consumed: minus the terminator, minus the line
+/// breaks inside quoted fields. With `\n` as the only terminator a CRLF
+/// file's `\r` stays at the end of the last field, and trimming removes it.
+pub(crate) struct Terminated<R> {
+    inner: R,
+    last: Option<u8>,
+    done: bool,
+}
+
+impl<R: Read> Read for Terminated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.last = Some(buf[n - 1]);
+            return Ok(n);
+        }
+        self.done = true;
+        if self.last.is_some_and(|b| b != b'\n') {
+            buf[0] = b'\n';
+            return Ok(1);
+        }
+        Ok(0)
+    }
 }
 
 impl Csv {
@@ -91,18 +128,21 @@ impl Csv {
             message,
         };
         let f = File::open(path).map_err(|e| err(0, format!("cannot open: {e}")))?;
-        let mut lines = BufReader::new(f).lines();
-        let header = match lines.next() {
-            None => return Err(err(1, "empty file: expected a header line".into())),
-            Some(Err(e)) => return Err(err(1, format!("cannot read: {e}"))),
-            Some(Ok(h)) => h,
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_reader(Terminated {
+                inner: f,
+                last: None,
+                done: false,
+            });
+        let header: Vec<String> = match reader.headers() {
+            Err(e) => return Err(err(1, format!("cannot read: {e}"))),
+            Ok(h) if h.is_empty() => {
+                return Err(err(1, "empty file: expected a header line".into()))
+            }
+            Ok(h) => h.iter().map(|s| s.trim().to_string()).collect(),
         };
-        let header: Vec<String> = header
-            .trim_end_matches('\r')
-            .trim_start_matches('\u{feff}')
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect();
         for r in required {
             if !header.iter().any(|h| h == r) {
                 return Err(err(
@@ -117,8 +157,9 @@ impl Csv {
         }
         Ok(Csv {
             file: path.to_path_buf(),
-            lines,
+            reader,
             header,
+            record: csv::StringRecord::new(),
             line: 1,
         })
     }
@@ -134,26 +175,33 @@ impl Csv {
 
     pub(crate) fn next_row(&mut self) -> Option<Result<Row<'_>, TraceError>> {
         loop {
-            let l = match self.lines.next()? {
-                Ok(l) => l,
+            match self.reader.read_record(&mut self.record) {
+                Ok(false) => return None,
+                Ok(true) => {}
                 Err(e) => {
-                    self.line += 1;
+                    // Where the reader began looking for the record: exact
+                    // unless blank lines came first.
+                    self.line = e.position().map_or(self.line + 1, |p| p.line() as usize);
                     return Some(Err(self.error(None, format!("cannot read: {e}"))));
                 }
-            };
-            self.line += 1;
-            let l = l.trim_end_matches('\r');
-            if l.trim().is_empty() {
+            }
+            let breaks: usize = self.record.iter().map(|f| f.matches('\n').count()).sum();
+            self.line = self.reader.position().line() as usize - 1 - breaks;
+            // A line of blanks (the reader itself skips empty lines).
+            if self.record.len() == 1 && self.record[0].trim().is_empty() {
                 continue;
             }
-            let fields: Vec<String> = l.split(',').map(|s| s.trim().to_string()).collect();
-            if fields.len() != self.header.len() {
+            if self.record.len() != self.header.len() {
                 return Some(Err(self.error(
                     None,
-                    format!("{} fields, header has {}", fields.len(), self.header.len()),
+                    format!(
+                        "{} fields, header has {}",
+                        self.record.len(),
+                        self.header.len()
+                    ),
                 )));
             }
-            return Some(Ok(Row { csv: self, fields }));
+            return Some(Ok(Row { csv: self }));
         }
     }
 }
@@ -167,7 +215,11 @@ impl Row<'_> {
     }
     pub(crate) fn get(&self, col: &str) -> Option<&str> {
         let i = self.csv.header.iter().position(|h| h == col)?;
-        Some(self.fields[i].as_str())
+        self.csv.record.get(i).map(str::trim)
+    }
+    /// Every field, trimmed, in column order.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = &str> {
+        self.csv.record.iter().map(str::trim)
     }
     pub(crate) fn str(&self, col: &str) -> &str {
         self.get(col).unwrap_or("")
@@ -292,4 +344,53 @@ pub fn read_pods(path: &Path, models: &mut Models) -> Result<Vec<OpenbPod>, Trac
         return Err(csv.error(None, "no pods in file".into()));
     }
     Ok(pods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: impl AsRef<[u8]>) -> Result<Vec<(usize, Vec<String>)>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.csv");
+        std::fs::write(&p, text).unwrap();
+        let mut csv = Csv::open(&p, &["a", "b"]).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(row) = csv.next_row() {
+            let row = row.map_err(|e| e.to_string())?;
+            out.push((row.line(), vec![row.str("a").into(), row.str("b").into()]));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn quoted_fields_blank_lines_and_line_numbers() {
+        let got = rows(
+            "\u{feff}a, b\r\n\"x, y\",\"say \"\"hi\"\"\"\r\n\r\n   \n\"two\nlines\", 2\n3,4\n",
+        )
+        .unwrap();
+        let want = [
+            (2, ["x, y", "say \"hi\""]),
+            (5, ["two\nlines", "2"]),
+            (7, ["3", "4"]),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((line, fields), (wl, wf)) in got.iter().zip(want) {
+            assert_eq!((*line, fields.as_slice()), (wl, &wf.map(String::from)[..]));
+        }
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = rows("a,b\n1,2\n\n1,2,3\n").unwrap_err();
+        assert!(e.ends_with("t.csv:4: 3 fields, header has 2"), "{e}");
+        let e = rows("a,b\r\n1,2\r\n\r\n\"x\r\ny\",2\r\n1,2,3").unwrap_err();
+        assert!(e.ends_with("t.csv:6: 3 fields, header has 2"), "{e}");
+        let e = rows("a,c\n1,2\n").unwrap_err();
+        assert!(e.contains("t.csv:1: header lacks column \"b\""), "{e}");
+        let e = rows("").unwrap_err();
+        assert!(e.contains("t.csv:1: empty file"), "{e}");
+        let e = rows(b"a,b\n1,2\n\"3\xff\",4\n").unwrap_err();
+        assert!(e.contains("t.csv:3: cannot read"), "{e}");
+    }
 }

@@ -3,7 +3,8 @@
 //! `shared/specs/openb-seed42/`), or two policy versions on identical input.
 //!
 //! Order file: lines `index pod_name` (`#` comments), where `NAME-tuned-I` is a
-//! copy of pod `NAME`. Rank file: CSV `node,rank` (lower rank wins a tie).
+//! copy of pod `NAME`. Rank file: CSV with a `node,rank` header (lower rank wins
+//! a tie).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::path::Path;
 use suanli_core::NodeId;
 
 use crate::fill::Plan;
-use crate::openb::TraceError;
+use crate::openb::{Csv, TraceError};
 
 fn err(path: &Path, line: usize, message: String) -> TraceError {
     TraceError {
@@ -58,24 +59,17 @@ pub fn load_plan(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let text = std::fs::read_to_string(rank_file)
-        .map_err(|e| err(rank_file, 0, format!("cannot read: {e}")))?;
+    let mut csv = Csv::open(rank_file, &["node", "rank"])?;
     let mut ranked: Vec<(u64, NodeId)> = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (name, rank) = line
-            .split_once(',')
-            .ok_or_else(|| err(rank_file, i + 1, "expected `node,rank`".into()))?;
+    while let Some(row) = csv.next_row() {
+        let row = row?;
+        let (name, rank) = (row.str("node"), row.str("rank"));
         let rank: u64 = rank
-            .trim()
             .parse()
-            .map_err(|_| err(rank_file, i + 1, format!("bad rank {rank:?}")))?;
+            .map_err(|_| row.err("rank", format!("bad rank {rank:?}")))?;
         let n = node_ix
-            .get(name.trim())
-            .ok_or_else(|| err(rank_file, i + 1, format!("unknown node {name:?}")))?;
+            .get(name)
+            .ok_or_else(|| row.err("node", format!("unknown node {name:?}")))?;
         ranked.push((rank, *n as NodeId));
     }
     if ranked.len() != node_names.len() {

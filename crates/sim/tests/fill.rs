@@ -1,7 +1,7 @@
 //! The fill experiment on synthetic data (no ../shared needed): determinism,
 //! conservation, curve shape, and trace-reader errors.
 
-use std::io::Write;
+mod common;
 
 use suanli_sim::fill::experiment;
 use suanli_sim::openb::{read_nodes, read_pods};
@@ -46,15 +46,8 @@ fn allocation_never_exceeds_arrival_or_capacity() {
     }
 }
 
-fn tmp(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("suanli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::File::create(&p)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    p
+fn tmp(name: &str, text: &str) -> common::TempFile {
+    common::TempFile::new(name, text)
 }
 
 #[test]

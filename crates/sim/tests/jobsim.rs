@@ -1,5 +1,6 @@
-//! Job simulator: safety and conservation properties under every queue
-//! policy, each policy's defining behaviour on small scenarios, determinism.
+//! Job simulator: safety and conservation properties under every queue ×
+//! placement policy pair in every generated case, each policy's defining
+//! behaviour on small scenarios, determinism.
 
 use std::collections::HashMap;
 
@@ -270,12 +271,10 @@ fn same_inputs_same_json() {
     gp.share_frac = 0.2;
     gp.pinned_frac = 0.3;
     let csv = suanli_sim::jobs::gen::generate_csv(&gp, Some(&cl)).unwrap();
-    let dir = std::env::temp_dir().join(format!("suanli-det-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("w.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.csv");
     std::fs::write(&path, csv).unwrap();
     let wl = suanli_sim::jobs::workload::load("native", &path, &cl).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     let strip = |mut r: SimResult| {
         r.wall_s = 0.0;
         r
@@ -324,18 +323,137 @@ fn arb_job() -> impl Strategy<Value = J> {
         })
 }
 
+/// One run of `wl` on `cl` under (`policy`, `placement`), checked event by
+/// event: no device over 1000 milli and no node over its CPU; no start before
+/// arrival; a gang's tasks start in one decision, on one GPU model; every
+/// admitted job completes; served GPU-time equals demand, and allocated =
+/// served + lost.
+fn check_safety_and_conservation(
+    cl: &Cluster,
+    wl: &Workload,
+    policy: &str,
+    placement: &str,
+    ckpt: u64,
+) -> Result<(), TestCaseError> {
+    let specs = cl.nodes.clone();
+    let mut used: HashMap<(u32, usize), u32> = HashMap::new();
+    let mut cpu: HashMap<u32, u64> = HashMap::new();
+    let mut held: HashMap<usize, Vec<suanli_sched::Placement>> = HashMap::new();
+    let mut arrived: HashMap<usize, u64> = HashMap::new();
+    let mut run_ms: HashMap<usize, u64> = HashMap::new();
+    let mut started_at: HashMap<usize, u64> = HashMap::new();
+    let mut lost: HashMap<usize, u64> = HashMap::new();
+    let mut done = 0usize;
+    let mut violation: Option<String> = None;
+    let release = |job: usize,
+                   held: &mut HashMap<usize, Vec<suanli_sched::Placement>>,
+                   used: &mut HashMap<(u32, usize), u32>,
+                   cpu: &mut HashMap<u32, u64>| {
+        let r = &wl.jobs[job].req;
+        for p in held.remove(&job).unwrap_or_default() {
+            for d in p.gpus.iter() {
+                *used.get_mut(&(p.node, d)).unwrap() -= r.gpu_milli as u32;
+            }
+            *cpu.get_mut(&p.node).unwrap() -= r.cpu_milli;
+        }
+    };
+    let mut obs = |e: &SimEvent| match e {
+        SimEvent::Arrive { job, at } => {
+            arrived.insert(*job, *at);
+        }
+        SimEvent::Start {
+            job,
+            at,
+            placements,
+        } => {
+            let r = &wl.jobs[*job].req;
+            if placements.len() != wl.jobs[*job].tasks as usize {
+                violation = Some(format!(
+                    "job {job}: {} of {} tasks started",
+                    placements.len(),
+                    wl.jobs[*job].tasks
+                ));
+            }
+            if arrived.get(job).is_none_or(|&a| *at < a) {
+                violation = Some(format!("job {job} started before arriving"));
+            }
+            let models: std::collections::HashSet<_> = placements
+                .iter()
+                .map(|p| specs[p.node as usize].model)
+                .collect();
+            if r.num_gpu > 0 && models.len() != 1 {
+                violation = Some(format!("job {job}: gang spans GPU models"));
+            }
+            for p in placements.iter() {
+                if p.gpus.count() != r.num_gpu as u32 {
+                    violation = Some(format!("job {job}: wrong device count"));
+                }
+                for d in p.gpus.iter() {
+                    let u = used.entry((p.node, d)).or_default();
+                    *u += r.gpu_milli as u32;
+                    if *u > 1000 {
+                        violation = Some(format!("node {} device {d} over-allocated: {u}", p.node));
+                    }
+                }
+                let c = cpu.entry(p.node).or_default();
+                *c += r.cpu_milli;
+                if *c > specs[p.node as usize].cpu_milli {
+                    violation = Some(format!("node {} CPU over-allocated", p.node));
+                }
+            }
+            held.insert(*job, placements.to_vec());
+            started_at.insert(*job, *at);
+        }
+        SimEvent::Preempt { job, at, lost_ms } => {
+            release(*job, &mut held, &mut used, &mut cpu);
+            *run_ms.entry(*job).or_default() += at - started_at[job];
+            *lost.entry(*job).or_default() += lost_ms;
+        }
+        SimEvent::Complete { job, at } => {
+            release(*job, &mut held, &mut used, &mut cpu);
+            *run_ms.entry(*job).or_default() += at - started_at[job];
+            done += 1;
+        }
+    };
+    let mut p = SimParams::new(policy);
+    p.placement = placement.to_string();
+    p.check_ledger = true;
+    p.checkpoint_ms = ckpt * S;
+    let r = simulate(cl, wl, &p, &mut obs, &mut |_| {}).unwrap();
+    prop_assert!(violation.is_none(), "{}", violation.unwrap());
+    prop_assert_eq!(done, r.jobs);
+    prop_assert_eq!(r.jobs + r.rejected, wl.jobs.len());
+    for (job, ms) in &run_ms {
+        // Run time = work + redone (lost) work, for every completed job.
+        let w = &wl.jobs[*job];
+        prop_assert_eq!(
+            *ms,
+            w.work + lost.get(job).copied().unwrap_or(0),
+            "job {}",
+            job
+        );
+    }
+    let served: f64 = run_ms
+        .keys()
+        .map(|&j| wl.jobs[j].gpu_milli() as f64 * wl.jobs[j].work as f64)
+        .sum::<f64>()
+        / 1000.0
+        / 3.6e6;
+    prop_assert!((r.gpu_hours_served - served).abs() < 1e-9);
+    prop_assert!((r.gpu_hours_allocated - r.gpu_hours_served - r.lost_gpu_hours).abs() < 1e-9);
+    prop_assert!(r.gpu_util_pct <= 100.0 + 1e-9);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Under every queue and placement policy: no device over 1000 milli and no
-    /// node over its CPU at any event; no start before arrival; a gang's tasks
-    /// start in one decision; every admitted job completes; served GPU-time
-    /// equals demand, and allocated = served + lost.
+    /// Every case runs its workload under every queue × placement policy pair
+    /// (so no pair goes unchecked in a run), with the ledger's own `check`
+    /// after every pass.
     #[test]
     fn safety_and_conservation(
         mut jobs in prop::collection::vec(arb_job(), 1..40),
-        policy in 0usize..7,
-        placement in 0usize..7,
         ckpt in prop_oneof![Just(0u64), Just(7u64)],
     ) {
         jobs.sort_by_key(|x| x.submit);
@@ -346,89 +464,13 @@ proptest! {
              [[tenant]]\nname='t1'\nquota.A100 = { guaranteed = 4, max = 12 }\nquota.T4 = { guaranteed = 2, max = 4 }\n",
         );
         let wl = workload(&jobs, 3);
-        let specs = cl.nodes.clone();
-        let mut used: HashMap<(u32, usize), u32> = HashMap::new();
-        let mut cpu: HashMap<u32, u64> = HashMap::new();
-        let mut held: HashMap<usize, Vec<suanli_sched::Placement>> = HashMap::new();
-        let mut arrived: HashMap<usize, u64> = HashMap::new();
-        let mut run_ms: HashMap<usize, u64> = HashMap::new();
-        let mut started_at: HashMap<usize, u64> = HashMap::new();
-        let mut lost: HashMap<usize, u64> = HashMap::new();
-        let mut done = 0usize;
-        let mut violation: Option<String> = None;
-        let release = |job: usize, held: &mut HashMap<usize, Vec<suanli_sched::Placement>>,
-                           used: &mut HashMap<(u32, usize), u32>, cpu: &mut HashMap<u32, u64>| {
-            let r = &wl.jobs[job].req;
-            for p in held.remove(&job).unwrap_or_default() {
-                for d in p.gpus.iter() {
-                    *used.get_mut(&(p.node, d)).unwrap() -= r.gpu_milli as u32;
-                }
-                *cpu.get_mut(&p.node).unwrap() -= r.cpu_milli;
+        for policy in QUEUE_POLICY_NAMES {
+            for placement in POLICY_NAMES {
+                check_safety_and_conservation(&cl, &wl, policy, placement, ckpt).map_err(|e| {
+                    TestCaseError::fail(format!("{policy} × {placement}, checkpoint {ckpt} s: {e}"))
+                })?;
             }
-        };
-        let mut obs = |e: &SimEvent| match e {
-            SimEvent::Arrive { job, at } => { arrived.insert(*job, *at); }
-            SimEvent::Start { job, at, placements } => {
-                let r = &wl.jobs[*job].req;
-                if placements.len() != wl.jobs[*job].tasks as usize {
-                    violation = Some(format!("job {job}: {} of {} tasks started", placements.len(), wl.jobs[*job].tasks));
-                }
-                if arrived.get(job).is_none_or(|&a| *at < a) {
-                    violation = Some(format!("job {job} started before arriving"));
-                }
-                let models: std::collections::HashSet<_> =
-                    placements.iter().map(|p| specs[p.node as usize].model).collect();
-                if r.num_gpu > 0 && models.len() != 1 {
-                    violation = Some(format!("job {job}: gang spans GPU models"));
-                }
-                for p in placements.iter() {
-                    if p.gpus.count() != r.num_gpu as u32 {
-                        violation = Some(format!("job {job}: wrong device count"));
-                    }
-                    for d in p.gpus.iter() {
-                        let u = used.entry((p.node, d)).or_default();
-                        *u += r.gpu_milli as u32;
-                        if *u > 1000 {
-                            violation = Some(format!("node {} device {d} over-allocated: {u}", p.node));
-                        }
-                    }
-                    let c = cpu.entry(p.node).or_default();
-                    *c += r.cpu_milli;
-                    if *c > specs[p.node as usize].cpu_milli {
-                        violation = Some(format!("node {} CPU over-allocated", p.node));
-                    }
-                }
-                held.insert(*job, placements.to_vec());
-                started_at.insert(*job, *at);
-            }
-            SimEvent::Preempt { job, at, lost_ms } => {
-                release(*job, &mut held, &mut used, &mut cpu);
-                *run_ms.entry(*job).or_default() += at - started_at[job];
-                *lost.entry(*job).or_default() += lost_ms;
-            }
-            SimEvent::Complete { job, at } => {
-                release(*job, &mut held, &mut used, &mut cpu);
-                *run_ms.entry(*job).or_default() += at - started_at[job];
-                done += 1;
-            }
-        };
-        let mut p = SimParams::new(QUEUE_POLICY_NAMES[policy]);
-        p.placement = POLICY_NAMES[placement].to_string();
-        p.check_ledger = true;
-        p.checkpoint_ms = ckpt * S;
-        let r = simulate(&cl, &wl, &p, &mut obs, &mut |_| {}).unwrap();
-        prop_assert!(violation.is_none(), "{}", violation.unwrap());
-        prop_assert_eq!(done, r.jobs);
-        prop_assert_eq!(r.jobs + r.rejected, jobs.len());
-        for (job, ms) in &run_ms {
-            // Run time = work + redone (lost) work, for every completed job.
-            let w = &wl.jobs[*job];
-            prop_assert_eq!(*ms, w.work + lost.get(job).copied().unwrap_or(0), "job {}", job);
         }
-        let served: f64 = run_ms.keys().map(|&j| wl.jobs[j].gpu_milli() as f64 * wl.jobs[j].work as f64).sum::<f64>() / 1000.0 / 3.6e6;
-        prop_assert!((r.gpu_hours_served - served).abs() < 1e-9);
-        prop_assert!((r.gpu_hours_allocated - r.gpu_hours_served - r.lost_gpu_hours).abs() < 1e-9);
-        prop_assert!(r.gpu_util_pct <= 100.0 + 1e-9);
     }
 }
 

@@ -1,7 +1,10 @@
 //! Workload readers: every malformed row is an error naming file:line and
 //! column; the real traces in ../shared load with the documented counts (the
-//! tests print why and pass when ../shared is absent); and the Philly replay
+//! tests print why and pass when ../shared is absent, and fail when
+//! SUANLI_REQUIRE_TRACES=1); and the Philly replay
 //! orders the policies as the literature does.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -9,18 +12,8 @@ use suanli_sched::Class;
 use suanli_sim::jobs::{simulate, workload, Cluster, SimParams};
 
 fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
-    if p.join("philly-pollux").is_dir() {
-        Some(p)
-    } else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: {} not found (the Philly and Chronus traces live in ../shared)",
-            p.display()
-        );
-        None
-    }
+    common::shared("traces/philly-pollux", "the Philly and Chronus traces")
+        .map(|p| p.join("traces"))
 }
 
 fn mixed() -> Cluster {
@@ -28,12 +21,8 @@ fn mixed() -> Cluster {
         .unwrap()
 }
 
-fn write(name: &str, text: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("suanli-traces-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+fn write(name: &str, text: &str) -> common::TempFile {
+    common::TempFile::new(name, text)
 }
 
 fn load_err(kind: &str, name: &str, text: &str) -> String {
@@ -67,6 +56,33 @@ fn native_csv_reads_every_field() {
         ["carmaker", "inference", "lab"],
         "cluster tenants first"
     );
+}
+
+#[test]
+fn native_csv_fields_may_be_quoted() {
+    let p = write(
+        "quoted.csv",
+        &format!(
+            "{HEADER}\"run 7, retry\",\"acme\",1,60,1,0,0,1,1000,\"A100-80G|H800\",spot,,\n\
+             \"say \"\"hi\"\"\",lab,2,60,1,0,0,1,1000,,,,\n\
+             c,lab,2,60,1,0,0,1,1000,,bogus,,\n"
+        ),
+    );
+    let e = workload::load("native", &p, &mixed())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("quoted.csv:4: column class"), "{e}");
+    std::fs::write(
+        &p,
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace(",bogus,", ",,"),
+    )
+    .unwrap();
+    let w = workload::load("native", &p, &mixed()).unwrap();
+    assert_eq!(w.jobs.len(), 3);
+    assert_eq!(w.jobs[0].class, Class::Spot);
+    assert!(!w.jobs[0].req.models.is_any());
 }
 
 #[test]
@@ -271,8 +287,8 @@ fn generator_calibrates_from_reference_stats() {
         "median run {median_run} vs 1,216 s"
     );
     // A bad table is a file:line error.
-    let d = std::env::temp_dir().join(format!("suanli-cal-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
     for f in std::fs::read_dir(t.join("reference-stats/alibaba-spot-2026-stats")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
@@ -282,6 +298,6 @@ fn generator_calibrates_from_reference_stats() {
         ",duration_seconds\n0.5,12x\n",
     )
     .unwrap();
-    let e = GenParams::new(1, 1).calibrate(&d).unwrap_err();
+    let e = GenParams::new(1, 1).calibrate(d).unwrap_err();
     assert!(e.contains("duration_quantiles.csv:2"), "{e}");
 }

@@ -1,26 +1,17 @@
 //! Checks against the reference simulator and the published figures. These read
-//! `../shared`; without it they print why and pass.
+//! `../shared`; without it they print why and pass, or fail when
+//! SUANLI_REQUIRE_TRACES=1 (as in CI).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use suanli_sched::{make_policy, Workload};
 use suanli_sim::fill::{fill, TYPICAL_THRESHOLD_PCT};
 use suanli_sim::{replay, OpenbTrace};
 
 fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    if p.join("traces/openb").is_dir() {
-        Some(p)
-    } else {
-        // Written to the raw handle so that the test harness does not capture it.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: {} not found (the openb traces live in ../shared)",
-            p.display()
-        );
-        None
-    }
+    common::shared("traces/openb", "the openb traces")
 }
 
 fn replay_matches(policy: &str, events_file: &str) {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,12 +11,13 @@ use common::*;
 use serde_json::{json, Value};
 
 struct Pool {
-    dir: PathBuf,
     s: Server,
     admin: String,
     agent_token: String,
     tenant: String,
     agents: Vec<(String, Child)>,
+    /// Last, so that it is removed after the server and agents stop.
+    dir: TmpDir,
 }
 
 impl Drop for Pool {
@@ -244,7 +245,6 @@ fn tasks_run_with_their_devices_logs_and_gang_rendezvous() {
         "{:?}",
         events(&p, bad)
     );
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 fn alive(pid: i32) -> bool {
@@ -296,7 +296,6 @@ fn cancel_kills_the_process_tree_and_max_runtime_fails_the_job() {
     let ev = events(&p, t);
     let failed = ev.iter().find(|e| e.0 == "FAILED").unwrap();
     assert!(failed.1.contains("max runtime exceeded (1 s)"), "{ev:?}");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -382,7 +381,6 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
     });
     let log = std::fs::read_to_string(p.dir.join(format!("{first}.log"))).unwrap();
     assert!(log.contains("left by a previous run"), "{log}");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -515,7 +513,6 @@ fn up_brings_a_pool_and_its_printed_example_completes() {
         ureq::get(&format!("{url}/healthz")).call().is_err(),
         "the server is gone"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn unsafe_kill(pid: i32) {

@@ -14,15 +14,14 @@ fn suanli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn tmpdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("suanli-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 #[test]
 fn synthetic_run_writes_json_curve_and_plot() {
-    let d = tmpdir();
+    let tmp = tmpdir();
+    let d = tmp.path();
     let (j, c, p) = (d.join("r.json"), d.join("c.csv"), d.join("p.svg"));
     let (code, out, err) = suanli(&[
         "sim",
@@ -126,7 +125,8 @@ fn bad_input_is_a_one_line_error_listing_what_is_valid() {
 
 #[test]
 fn malformed_trace_reports_file_line_column() {
-    let d = tmpdir();
+    let tmp = tmpdir();
+    let d = tmp.path();
     let n = d.join("n.csv");
     let p = d.join("p.csv");
     std::fs::write(
@@ -164,7 +164,8 @@ fn example(name: &str) -> String {
 
 #[test]
 fn gen_then_sim_jobs_writes_table_json_and_report() {
-    let d = tmpdir().join("jobs");
+    let tmp = tmpdir();
+    let d = tmp.path().join("jobs");
     std::fs::create_dir_all(&d).unwrap();
     let w = d.join("w.csv");
     let cluster = example("mixed.toml");
@@ -359,7 +360,8 @@ fn gen_then_sim_jobs_writes_table_json_and_report() {
 #[test]
 fn sim_jobs_bad_input_is_a_one_line_error() {
     let cluster = example("philly.toml");
-    let bad = tmpdir().join("bad.csv");
+    let tmp = tmpdir();
+    let bad = tmp.path().join("bad.csv");
     std::fs::write(
         &bad,
         "timestamp,duration,num_gpus,gpu_time,cluster\n2017-10-09 07:01:55,abc,1,1,vc\n",
@@ -421,7 +423,8 @@ fn sim_jobs_bad_input_is_a_one_line_error() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("KIND:PATH"), "{err}");
-    let badtoml = tmpdir().join("c.toml");
+    let tmp = tmpdir();
+    let badtoml = tmp.path().join("c.toml");
     std::fs::write(
         &badtoml,
         "[[group]]\nname='x'\ncount=0\ncpu_cores=1\nmemory_gib=1\n",
@@ -441,7 +444,8 @@ fn sim_jobs_bad_input_is_a_one_line_error() {
         "{err}"
     );
     // Price-book errors name the file and where; --start needs --prices.
-    let badbook = tmpdir().join("prices-bad.toml");
+    let tmp = tmpdir();
+    let badbook = tmp.path().join("prices-bad.toml");
     std::fs::write(
         &badbook,
         "currency = \"CNY\"\n[[period]]\nfrom = \"2026-13-01\"\n",
@@ -559,7 +563,8 @@ fn bench_server_prints_both_figures() {
 
 #[test]
 fn server_config_errors_name_file_line_and_column() {
-    let d = tmpdir();
+    let tmp = tmpdir();
+    let d = tmp.path();
     let f = d.join("bad.toml");
     std::fs::write(
         &f,

@@ -10,11 +10,12 @@ use common::*;
 use serde_json::{json, Value};
 
 struct Pool {
-    dir: std::path::PathBuf,
     s: Server,
     admin: String,
     agent: String,
     acme: String,
+    /// Last, so that it is removed after the server stops.
+    dir: TmpDir,
 }
 
 fn pool(name: &str, flags: &[&str]) -> Pool {
@@ -126,7 +127,6 @@ fn a_gang_runs_across_two_agents_and_completes() {
     for n in nodes["nodes"].as_array().unwrap() {
         assert_eq!(n["gpu_milli_allocated"], 0, "{n}");
     }
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -161,7 +161,6 @@ fn a_failed_task_retries_then_fails_the_job() {
         (Some("EXITED"), Some(1))
     );
     assert_eq!(t[1]["state"], "LOST");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -252,7 +251,6 @@ fn quotas_limit_tenants_and_pending_jobs_say_why() {
     );
     assert_eq!(state(&p, b), "RUNNING");
     assert_eq!(state(&p, small), "RUNNING");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -297,7 +295,6 @@ fn spot_work_is_preempted_and_its_devices_are_handed_over_only_after_the_kill() 
             .starts_with("resources: no node has 8 free GPUs"),
         "{v}"
     );
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 fn metrics(s: &Server, admin: &str) -> String {
@@ -383,7 +380,6 @@ fn restart_restores_running_jobs_and_metrics_report_them() {
             .all(|g| g.as_i64().unwrap() >= 6)),
         "{devs:?}"
     );
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -433,7 +429,6 @@ fn a_corrupt_store_stops_the_server_with_a_clear_message() {
     assert!(err.contains(&format!("recovery: job {b}")), "{err}");
     assert!(err.contains("allocated twice"), "{err}");
     assert!(!err.contains("listening on"), "it must not serve: {err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every job listed by the admin, all pages.
@@ -595,7 +590,6 @@ fn sigkill_under_concurrent_submissions_loses_no_acknowledged_job() {
         acked.len(),
         jobs.len()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -629,7 +623,6 @@ fn more_than_64_gpu_models_are_refused_without_harm() {
         .as_i64()
         .unwrap();
     assert_eq!(state(&p, id), "RUNNING");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 fn prices_path() -> String {
@@ -749,7 +742,6 @@ fn a_preempted_spot_task_is_billed_only_until_its_preemption() {
             .any(|l| l.starts_with("acme,gpu,A100-80G,spot,")),
         "{out}"
     );
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 #[test]
@@ -777,7 +769,6 @@ fn without_a_price_book_bills_are_a_clear_409() {
         (409, Some("no_price_book")),
         "{v}"
     );
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 fn num(v: &Value) -> f64 {
@@ -800,7 +791,8 @@ fn node(p: &Pool, name: &str) -> Value {
 
 #[test]
 fn the_economics_report_counts_capacity_from_node_history_and_revenue_from_the_bills() {
-    let conf = tmp("econ-conf").join("server.toml");
+    let conf_dir = tmp("econ-conf");
+    let conf = conf_dir.join("server.toml");
     std::fs::write(
         &conf,
         format!(
@@ -959,6 +951,5 @@ fn the_economics_report_counts_capacity_from_node_history_and_revenue_from_the_b
     );
     assert_ne!(code, 0);
     assert!(err.contains("--format"), "{err}");
-    let _ = std::fs::remove_dir_all(&p.dir);
     let _ = std::fs::remove_dir_all(conf.parent().unwrap());
 }

@@ -422,7 +422,6 @@ fn tenants_tokens_jobs_isolation_and_restart() {
         401,
         "revocation is durable"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -577,7 +576,6 @@ fn the_cli_drives_the_server() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -644,5 +642,4 @@ fn openapi_documents_every_route_and_every_documented_route_exists() {
             ["schema"]["$ref"],
         "#/components/schemas/Problem"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,13 +15,6 @@ use suanli_sched::Placement;
 use suanli_server::store::{JobState, NewJob, Node, NodeState, Store, TaskState, Write};
 use suanli_sim::jobs::{money, simulate, workload, Cluster, Meter, SimEvent, SimParams, Workload};
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("suanli-simmoney-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 const LIVE: &[TaskState] = &[TaskState::Assigned, TaskState::Running];
 
 /// A change of every task of one attempt, as the control loop writes it.
@@ -116,8 +109,9 @@ fn inputs(dir: &std::path::Path) -> (Cluster, Workload) {
 
 #[test]
 fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
-    let dir = tmp("same");
-    let (cluster, wl) = inputs(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cluster, wl) = inputs(dir);
     let book = PriceBook::read(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/prices.toml"
@@ -174,7 +168,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
         .build()
         .unwrap();
     let live = rt.block_on(async {
-        let store = Store::open(&dir).await.unwrap();
+        let store = Store::open(dir).await.unwrap();
         let mut tenant_ids = Vec::new();
         for t in &wl.tenants {
             tenant_ids.push(store.create_tenant(t, 1.0).await.unwrap().id);
@@ -296,5 +290,4 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
         sim.currency,
         sim.idle_value
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

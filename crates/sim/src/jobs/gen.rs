@@ -17,6 +17,7 @@ use suanli_core::ModelId;
 
 use super::cluster::Cluster;
 use super::workload::split_gpus;
+use crate::openb::Csv;
 
 /// An inverse CDF given by quantile anchors, interpolated log-linearly.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,16 +134,15 @@ impl GenParams {
     /// Take distributions from the aggregate tables in `dir`
     /// (`alibaba-spot-2026-stats`). Errors name the file and line.
     pub fn calibrate(&mut self, dir: &Path) -> Result<(), String> {
-        let read = |name: &str| -> Result<Vec<Vec<String>>, String> {
-            let p = dir.join(name);
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
-            Ok(text
-                .lines()
-                .skip(1)
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| l.split(',').map(|s| s.trim().to_string()).collect())
-                .collect())
+        // (line, fields) of each row after the header.
+        let read = |name: &str| -> Result<Vec<(usize, Vec<String>)>, String> {
+            let mut csv = Csv::open(&dir.join(name), &[]).map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            while let Some(row) = csv.next_row() {
+                let row = row.map_err(|e| e.to_string())?;
+                rows.push((row.line(), row.fields().map(str::to_string).collect()));
+            }
+            Ok(rows)
         };
         let num = |name: &str, line: usize, v: &str| -> Result<f64, String> {
             v.parse::<f64>()
@@ -150,23 +150,21 @@ impl GenParams {
                 .filter(|x| x.is_finite() && *x >= 0.0)
                 .ok_or_else(|| {
                     format!(
-                        "{}:{}: expected a number, found {v:?}",
+                        "{}:{line}: expected a number, found {v:?}",
                         dir.join(name).display(),
-                        line + 2
                     )
                 })
         };
         let quantiles = |name: &str, floor: f64| -> Result<Quantiles, String> {
             let mut a = vec![(0.0, floor)];
-            for (i, r) in read(name)?.iter().enumerate() {
+            for (line, r) in read(name)? {
                 if r.len() < 2 {
                     return Err(format!(
-                        "{}:{}: expected quantile,value",
+                        "{}:{line}: expected quantile,value",
                         dir.join(name).display(),
-                        i + 2
                     ));
                 }
-                a.push((num(name, i, &r[0])?, num(name, i, &r[1])?));
+                a.push((num(name, line, &r[0])?, num(name, line, &r[1])?));
             }
             if a.len() < 2 || a.windows(2).any(|w| w[1].0 <= w[0].0) {
                 return Err(format!(
@@ -179,33 +177,32 @@ impl GenParams {
         self.inter_arrival = Dist::Empirical(quantiles("inter_arrival_quantiles.csv", 0.5)?);
         self.duration = Dist::Empirical(quantiles("duration_quantiles.csv", 10.0)?);
         let mut mix = Vec::new();
-        for (i, r) in read("bucket_gpu_demand.csv")?.iter().enumerate() {
+        for (line, r) in read("bucket_gpu_demand.csv")? {
             let name = "bucket_gpu_demand.csv";
             if r.len() < 2 {
                 return Err(format!(
-                    "{}:{}: too few fields",
-                    dir.join(name).display(),
-                    i + 2
+                    "{}:{line}: too few fields",
+                    dir.join(name).display()
                 ));
             }
             let b = r[0].as_str();
             let range = if let Some((lo, hi)) = b.split_once(" to ") {
-                (num(name, i, lo)? as u32, num(name, i, hi)? as u32)
+                (num(name, line, lo)? as u32, num(name, line, hi)? as u32)
             } else if let Some(lo) = b.strip_suffix(" plus") {
-                let lo = num(name, i, lo)? as u32;
+                let lo = num(name, line, lo)? as u32;
                 (lo, lo * 2)
             } else {
-                let v = num(name, i, b)? as u32;
+                let v = num(name, line, b)? as u32;
                 (v, v)
             };
-            mix.push((range, num(name, i, &r[1])?));
+            mix.push((range, num(name, line, &r[1])?));
         }
         mix.sort_by_key(|m| m.0);
         self.gpu_mix = mix;
         let mut hp = 0.0;
         let mut spot = 0.0;
-        for (i, r) in read("job_type_summary.csv")?.iter().enumerate() {
-            let jobs = num("job_type_summary.csv", i, r.get(1).map_or("", |s| s))?;
+        for (line, r) in read("job_type_summary.csv")? {
+            let jobs = num("job_type_summary.csv", line, r.get(1).map_or("", |s| s))?;
             match r[0].as_str() {
                 "Spot" => spot += jobs,
                 _ => hp += jobs,
@@ -215,8 +212,8 @@ impl GenParams {
             self.spot_frac = spot / (hp + spot);
         }
         let mut tenants = Vec::new();
-        for (i, r) in read("org_by_gpu_seconds.csv")?.iter().enumerate() {
-            let jobs = num("org_by_gpu_seconds.csv", i, r.get(1).map_or("", |s| s))?;
+        for (line, r) in read("org_by_gpu_seconds.csv")? {
+            let jobs = num("org_by_gpu_seconds.csv", line, r.get(1).map_or("", |s| s))?;
             if jobs > 0.0 {
                 tenants.push((format!("org-{}", r[0]), jobs));
             }
@@ -225,9 +222,9 @@ impl GenParams {
             self.tenants = tenants;
         }
         let mut hours = [0.0; 24];
-        for (i, r) in read("hour_of_day_patterns.csv")?.iter().enumerate() {
-            let h = num("hour_of_day_patterns.csv", i, &r[0])? as usize;
-            let jobs = num("hour_of_day_patterns.csv", i, r.get(1).map_or("", |s| s))?;
+        for (line, r) in read("hour_of_day_patterns.csv")? {
+            let h = num("hour_of_day_patterns.csv", line, &r[0])? as usize;
+            let jobs = num("hour_of_day_patterns.csv", line, r.get(1).map_or("", |s| s))?;
             if h < 24 {
                 hours[h] = jobs;
             }

@@ -1,7 +1,8 @@
 //! Workloads for the job simulator and their readers.
 //!
-//! Every reader streams its file line by line into compact [`Job`]s (about
-//! 80 bytes each) and reports a malformed row as `file:line: column C: what`.
+//! Every reader streams its file record by record into compact [`Job`]s
+//! (about 80 bytes each) and reports a malformed row as
+//! `file:line: column C: what`. CSV fields may be quoted (RFC 4180).
 //!
 //! **Native format** (CSV with a header, or JSONL with the same field names):
 //!
@@ -389,39 +390,13 @@ impl NativeRecord {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD HH:MM:SS` → seconds since the Unix epoch.
+/// `YYYY-MM-DD HH:MM:SS` (UTC; leading zeros optional, years 1970 on) →
+/// seconds since the Unix epoch.
 pub fn parse_datetime(v: &str) -> Option<u64> {
-    let (date, time) = v.trim().split_once(' ')?;
-    let mut d = date.split('-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let mo: u32 = d.next()?.parse().ok()?;
-    let da: u32 = d.next()?.parse().ok()?;
-    let mut t = time.split(':');
-    let h: u64 = t.next()?.parse().ok()?;
-    let mi: u64 = t.next()?.parse().ok()?;
-    let s: u64 = t.next()?.parse().ok()?;
-    if d.next().is_some() || t.next().is_some() {
-        return None;
-    }
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || !(1..=31).contains(&da) {
-        return None;
-    }
-    if h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(y, mo, da);
-    Some(days as u64 * 86_400 + h * 3600 + mi * 60 + s)
+    use jiff::civil::{date, DateTime, Time};
+    let t = DateTime::strptime("%Y-%m-%d %H:%M:%S", v.trim()).ok()?;
+    let epoch = date(1970, 1, 1).to_datetime(Time::midnight());
+    u64::try_from(t.duration_since(epoch).as_secs()).ok()
 }
 
 /// `philly-pollux/philly.csv`: `timestamp,duration,num_gpus,gpu_time,cluster`;
@@ -606,6 +581,9 @@ mod tests {
         assert_eq!(parse_datetime("2017-10-09 07:01:55"), Some(1_507_532_515));
         assert_eq!(parse_datetime("2017-13-09 07:01:55"), None);
         assert_eq!(parse_datetime("2017-10-09"), None);
+        assert_eq!(parse_datetime("2017-02-29 00:00:00"), None);
+        assert_eq!(parse_datetime("1969-12-31 23:59:59"), None);
+        assert_eq!(parse_datetime(" 2017-10-9 7:01:55 "), Some(1_507_532_515));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
@@ -53,11 +53,32 @@ impl Drop for Server {
     }
 }
 
-pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("suanli-server-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A temporary directory, removed with all it holds when dropped (declare
+/// it before, or as a struct's last field after, whatever runs in it);
+/// derefs to its path.
+pub struct TmpDir(tempfile::TempDir);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TmpDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// A fresh temporary directory named after the test.
+pub fn tmp(name: &str) -> TmpDir {
+    TmpDir(
+        tempfile::Builder::new()
+            .prefix(&format!("suanli-server-{name}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// (status, body as JSON or Null, content type)
