@@ -12,20 +12,20 @@
 //! * [`policies`]: `random`, `dotprod`, `clustering`, `packing`, `bestfit`, `fgd`
 //!   (the published baselines) and `fgd-sa` (Suanli's own default).
 //! * [`registry`]: policy names → constructors.
-//! * [`jobs`]: the job scheduler over time — queue policies (FIFO, SJF, SRTF,
+//! * [`scheduler`]: the job [`Scheduler`] over time — queue policies (FIFO, SJF, SRTF,
 //!   2D-LAS, strict classes, DRF with quotas, EASY backfill), gang placement and
 //!   preemption. The simulator and the live server both drive it.
 
 pub mod frag;
-pub mod jobs;
 pub mod policies;
 pub mod policy;
 pub mod registry;
+pub mod scheduler;
 
 pub use frag::{TypicalPod, Workload};
-pub use jobs::{
+pub use policy::{Placement, PlacementPolicy, ScoredPolicy, Scorer};
+pub use registry::{make_policy, PolicyError, DEFAULT_POLICY, POLICY_NAMES};
+pub use scheduler::{
     parse_queue_policy, Class, Decision, JobId, JobSpec, JobState, QueuePolicy, SchedOptions,
     Scheduler, TenantId, TenantQuota, Time, QUEUE_POLICY_NAMES,
 };
-pub use policy::{Placement, PlacementPolicy, ScoredPolicy, Scorer};
-pub use registry::{make_policy, PolicyError, DEFAULT_POLICY, POLICY_NAMES};

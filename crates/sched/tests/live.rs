@@ -3,7 +3,7 @@
 //! run time, and why-pending reasons.
 
 use suanli_core::{GpuMask, Ledger, ModelId, ModelSet, NodeSpec, Request};
-use suanli_sched::jobs::{
+use suanli_sched::scheduler::{
     Class, Decision, JobSpec, QueuePolicy, SchedOptions, Scheduler, TenantId, TenantQuota,
     WhyPending,
 };
@@ -274,7 +274,7 @@ fn why_pending_counts_the_jobs_ahead() {
     );
     // After the running job ends there is room for a small job, but FIFO
     // holds it behind the gang (and behind the small jobs before it).
-    s.complete(suanli_sched::jobs::JobId(0), 3);
+    s.complete(suanli_sched::scheduler::JobId(0), 3);
     assert_eq!(
         s.why_pending(small[2]),
         Some(WhyPending::Queue { ahead: 3, own: 3 })

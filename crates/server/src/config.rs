@@ -131,7 +131,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
     };
     let mut scheduler = LoopConfig::default();
     if let Some(p) = o.queue_policy.or(file.scheduler.queue_policy) {
-        scheduler.queue_policy = suanli_sched::jobs::parse_queue_policy(&p)
+        scheduler.queue_policy = suanli_sched::scheduler::parse_queue_policy(&p)
             .map_err(|e| format!("scheduler.queue_policy: {e}"))?;
     }
     if let Some(p) = file.scheduler.placement {
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(s.listen.port(), 2);
         assert_eq!(
             s.scheduler.queue_policy,
-            suanli_sched::jobs::QueuePolicy::Fifo
+            suanli_sched::scheduler::QueuePolicy::Fifo
         );
     }
 }

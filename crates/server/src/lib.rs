@@ -25,7 +25,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub scheduler: control::LoopConfig,
     /// Price book for invoices (`/v1/bills`).
-    pub prices: Option<std::sync::Arc<suanli_ledger::PriceBook>>,
+    pub prices: Option<std::sync::Arc<suanli_billing::PriceBook>>,
 }
 
 /// On an empty store: create an admin token and write it to

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use suanli_ledger::NodeSpan;
+use suanli_billing::NodeSpan;
 use suanli_server::store::{Node, Store, Write};
 
 fn node(gpus: i64, model: &str, state: &str, at: i64) -> Node {

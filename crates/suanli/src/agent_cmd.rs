@@ -335,7 +335,7 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        suanli_ledger::month_of(now)
+        suanli_billing::month_of(now)
     };
     println!(
         "Suanli is up: {url} with {} agents ({} each).",

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use suanli_ledger::{parse_time, PriceBook, Usage};
+use suanli_billing::{parse_time, PriceBook, Usage};
 use suanli_sched::{DEFAULT_POLICY, POLICY_NAMES, QUEUE_POLICY_NAMES};
 use suanli_sim::jobs::gen::{generate_csv, GenParams};
 use suanli_sim::jobs::{

@@ -2,7 +2,7 @@
 //! settings, then handed to the libraries.
 
 mod agent_cmd;
-mod bench_ledger;
+mod bench_billing;
 mod bench_server;
 mod client;
 mod jobs_cmd;
@@ -80,7 +80,7 @@ struct ServerArgs {
     #[arg(long, value_parser = ["human", "json"])]
     log_format: Option<String>,
     /// Queue policy [default: classes].
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(suanli_sched::jobs::QUEUE_POLICY_NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(suanli_sched::scheduler::QUEUE_POLICY_NAMES))]
     queue_policy: Option<String>,
     /// Price book (TOML, see examples/prices.toml) for invoices.
     #[arg(long)]
@@ -106,7 +106,7 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
     .map_err(usage)?;
     let prices = match &s.prices {
         Some(p) => Some(std::sync::Arc::new(
-            suanli_ledger::PriceBook::read(p).map_err(usage)?,
+            suanli_billing::PriceBook::read(p).map_err(usage)?,
         )),
         None => None,
     };
@@ -141,7 +141,7 @@ enum BenchCmd {
     /// Speed of the control plane: durable submissions/s and placement decisions/s.
     Server(bench_server::BenchServerArgs),
     /// Speed of the economics report: a month of a large pool, vs a per-tenant scan baseline.
-    Ledger(bench_ledger::BenchLedgerArgs),
+    Billing(bench_billing::BenchBillingArgs),
 }
 
 /// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace, server
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
         Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
         Cmd::Bench(BenchCmd::Server(a)) => bench_server::run(a),
-        Cmd::Bench(BenchCmd::Ledger(a)) => bench_ledger::run(a),
+        Cmd::Bench(BenchCmd::Billing(a)) => bench_billing::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
         Cmd::Submit(a) => client::submit(a),

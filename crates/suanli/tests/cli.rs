@@ -503,10 +503,10 @@ fn bench_jobs_prints_figures() {
 }
 
 #[test]
-fn bench_ledger_prints_figures_and_checks_its_invoices() {
+fn bench_billing_prints_figures_and_checks_its_invoices() {
     let (code, out, err) = suanli(&[
         "bench",
-        "ledger",
+        "billing",
         "--nodes",
         "60",
         "--tenants",
@@ -529,7 +529,7 @@ fn bench_ledger_prints_figures_and_checks_its_invoices() {
         out.contains("speed-up: ") && out.contains("same invoices: yes"),
         "{out}"
     );
-    let (code, _, err) = suanli(&["bench", "ledger", "--tenants", "0"]);
+    let (code, _, err) = suanli(&["bench", "billing", "--tenants", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("--tenants"), "{err}");
 }

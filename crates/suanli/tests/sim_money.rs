@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use suanli_ledger::{economics, parse_time, PriceBook};
+use suanli_billing::{economics, parse_time, PriceBook};
 use suanli_sched::Placement;
 use suanli_server::store::{JobState, NewJob, Node, NodeState, Store, TaskState, Write};
 use suanli_sim::jobs::{money, simulate, workload, Cluster, Meter, SimEvent, SimParams, Workload};

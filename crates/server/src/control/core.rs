@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use suanli_core::{ModelId, ModelSet, Models, NodeId, NodeSpec, Request};
-use suanli_sched::jobs::{Class, JobId, JobSpec, Scheduler, TenantId, TenantQuota};
+use suanli_sched::scheduler::{Class, JobId, JobSpec, Scheduler, TenantId, TenantQuota};
 
 use super::{Answer, Command, Refusal, DEFAULT_WORK_MS};
 use crate::store::{Job, Node, Quota, Tenant, Write};

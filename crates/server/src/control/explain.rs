@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use suanli_core::{ModelId, ModelSet};
-use suanli_sched::jobs::WhyPending;
+use suanli_sched::scheduler::WhyPending;
 
 use super::core::Core;
 use super::NodeView;

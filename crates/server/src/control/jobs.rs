@@ -2,7 +2,7 @@
 //! writes, and what a task's end means for its job (the gang completes,
 //! fails, or is retried).
 
-use suanli_sched::jobs::Decision;
+use suanli_sched::scheduler::Decision;
 
 use super::core::{Core, LiveTask, TaskSt};
 use super::{Refusal, TaskExit};

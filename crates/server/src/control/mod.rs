@@ -5,7 +5,7 @@
 //! - [`Core`] (`core.rs`, with `jobs.rs`, `agents.rs`, `explain.rs`): the
 //!   sans-IO heart. [`Core::step`] takes a batch of [`Command`]s and the
 //!   time, applies them to the scheduler core
-//!   ([`suanli_sched::jobs::Scheduler`], the same one the simulator drives),
+//!   ([`suanli_sched::scheduler::Scheduler`], the same one the simulator drives),
 //!   runs one scheduling pass if anything changed (or a wake-up is due), and
 //!   returns a [`Step`]: the store [`Write`](crate::store::Write)s of the whole
 //!   batch and one [`Answer`] per command. No clock, no store, no channel:
@@ -38,7 +38,7 @@ mod recover;
 
 use std::collections::{BTreeMap, HashMap};
 
-use suanli_sched::jobs::QueuePolicy;
+use suanli_sched::scheduler::QueuePolicy;
 
 pub use self::core::{Core, Step};
 pub use driver::{start, Control, Driver, Gone, Timing};
@@ -174,7 +174,7 @@ pub struct LoopConfig {
     pub queue_policy: QueuePolicy,
     pub placement: String,
     pub checkpoint_ms: u64,
-    /// See [`suanli_sched::jobs::SchedOptions::group_nodes`]; false only for
+    /// See [`suanli_sched::scheduler::SchedOptions::group_nodes`]; false only for
     /// benchmark baselines.
     pub group_nodes: bool,
     /// A node whose agent has not reported for this long is down: its tasks

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Context};
 use suanli_core::{GpuMask, Ledger, Models, NodeId};
-use suanli_sched::jobs::{SchedOptions, Scheduler};
+use suanli_sched::scheduler::{SchedOptions, Scheduler};
 use suanli_sched::{make_policy, Placement, Workload};
 
 use super::core::{Core, LiveTask, TaskSt};

@@ -1,7 +1,7 @@
 //! Invoices through the API: usage intervals from the store (one per task
 //! per attempt, written in the same transaction as the state change that
 //! starts or ends them), priced by the server's price book
-//! ([`suanli_ledger`]). A tenant sees only its own invoice. The economics
+//! ([`suanli_billing`]). A tenant sees only its own invoice. The economics
 //! report (admin) adds capacity from the node history (`node_spans`).
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use suanli_api::{Bills, EconomicsReport};
-use suanli_ledger::{economics, invoices, parse_month, PriceBook};
+use suanli_billing::{economics, invoices, parse_month, PriceBook};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

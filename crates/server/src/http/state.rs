@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use suanli_ledger::PriceBook;
+use suanli_billing::PriceBook;
 
 use crate::control::Control;
 use crate::store::Store;

@@ -1,7 +1,7 @@
 //! The billing crate's results as wire types ([`suanli_api::bills`]):
 //! decimals become their exact text.
 
-use suanli_ledger::{Economics, Invoice, LineItem, ModelEconomics, Resource};
+use suanli_billing::{Economics, Invoice, LineItem, ModelEconomics, Resource};
 
 pub fn invoice(i: &Invoice) -> suanli_api::Invoice {
     suanli_api::Invoice {

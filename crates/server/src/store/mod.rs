@@ -126,14 +126,14 @@ pub trait Backend: Send + Sync {
         tenant: Option<i64>,
         from: i64,
         to: i64,
-    ) -> Result<Vec<suanli_ledger::Usage>, StoreError>;
+    ) -> Result<Vec<suanli_billing::Usage>, StoreError>;
 
     /// Capacity history: the node spans that overlap [from, to).
     async fn node_spans(
         &self,
         from: i64,
         to: i64,
-    ) -> Result<Vec<suanli_ledger::NodeSpan>, StoreError>;
+    ) -> Result<Vec<suanli_billing::NodeSpan>, StoreError>;
 
     /// Jobs by state (for metrics).
     async fn job_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError>;

@@ -467,7 +467,7 @@ impl Backend for SqliteStore {
         tenant: Option<i64>,
         from: i64,
         to: i64,
-    ) -> Result<Vec<suanli_ledger::Usage>, StoreError> {
+    ) -> Result<Vec<suanli_billing::Usage>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.name AS tenant, k.job_id, k.run, k.idx, COALESCE(k.gpu_model, n.gpu_model) AS gpu_model, j.class, \
              j.num_gpu * j.gpu_milli AS gpu_milli, j.cpu_milli, j.memory_mib, k.started_ms, k.ended_ms \
@@ -485,7 +485,7 @@ impl Backend for SqliteStore {
         rows.iter()
             .map(|r| {
                 let gpu_milli: i64 = r.try_get("gpu_milli")?;
-                Ok(suanli_ledger::Usage {
+                Ok(suanli_billing::Usage {
                     tenant: r.try_get("tenant")?,
                     job: r.try_get("job_id")?,
                     run: r.try_get("run")?,
@@ -510,7 +510,7 @@ impl Backend for SqliteStore {
         &self,
         from: i64,
         to: i64,
-    ) -> Result<Vec<suanli_ledger::NodeSpan>, StoreError> {
+    ) -> Result<Vec<suanli_billing::NodeSpan>, StoreError> {
         let rows = sqlx::query(
             "SELECT n.name, s.gpu_model, s.gpus, s.state, s.start_ms, s.end_ms \
              FROM node_spans s JOIN nodes n ON n.id = s.node_id \
@@ -523,7 +523,7 @@ impl Backend for SqliteStore {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(suanli_ledger::NodeSpan {
+                Ok(suanli_billing::NodeSpan {
                     node: r.try_get("name")?,
                     gpu_model: r.try_get("gpu_model")?,
                     gpus: r.try_get("gpus")?,

@@ -140,7 +140,7 @@ pub struct SimResult {
     pub wall_s: f64,
     /// Invoices, revenue and idle value, when priced ([`super::money::price`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub money: Option<suanli_ledger::Economics>,
+    pub money: Option<suanli_billing::Economics>,
     #[serde(skip)]
     pub series: Vec<SeriesPoint>,
     /// Sorted job completion times (seconds), for the CDF.

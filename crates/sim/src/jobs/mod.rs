@@ -1,7 +1,7 @@
 //! The job-level simulator: a cluster description ([`cluster`]), workloads and
 //! their readers ([`workload`]), a synthetic generator ([`gen`]), the
 //! discrete-event engine ([`engine`]) that drives the scheduler core of
-//! `suanli_sched::jobs`, money ([`money`]: the live ledger's invoices and
+//! `suanli_sched::scheduler`, money ([`money`]: the live pool's invoices and
 //! economics for a simulated schedule), and reports ([`report`]).
 
 pub mod cluster;

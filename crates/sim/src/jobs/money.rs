@@ -1,11 +1,11 @@
-//! Money in the simulator, with the live pool's ledger.
+//! Money in the simulator, with the live pool's billing.
 //!
 //! A [`Meter`] observes the engine's events and writes the usage intervals
 //! the live store would write for the same schedule: one per task per
 //! attempt, from its start to its completion or preemption, with the job's
 //! tenant and class, the node's GPU model, and the task's GPU milli, CPU
 //! milli and memory. [`price`] then prices every policy's intervals with
-//! [`suanli_ledger::economics`]: the tenants' invoices, revenue, and idle
+//! [`suanli_billing::economics`]: the tenants' invoices, revenue, and idle
 //! capacity at list price. Simulated time 0 is mapped to a wall-clock
 //! instant (`t0`) so that the book's effective dates apply.
 //!
@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use suanli_ledger::{economics, Ms, NodeSpan, PriceBook, Usage};
+use suanli_billing::{economics, Ms, NodeSpan, PriceBook, Usage};
 
 use super::cluster::Cluster;
 use super::engine::{SimEvent, SimResult};

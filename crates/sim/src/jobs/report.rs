@@ -65,7 +65,7 @@ pub fn money_table(results: &[SimResult]) -> String {
         out,
         "money ({}), window {} + {:.2} h (every policy; every GPU node is capacity), idle at list price:",
         m0.currency,
-        suanli_ledger::format_time(m0.from),
+        suanli_billing::format_time(m0.from),
         (m0.to - m0.from) as f64 / 3_600_000.0
     );
     let _ = writeln!(

@@ -275,5 +275,5 @@ pub fn month_now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    suanli_ledger::month_of(now)
+    suanli_billing::month_of(now)
 }

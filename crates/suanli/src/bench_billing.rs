@@ -1,4 +1,4 @@
-//! `suanli bench ledger`: the cost of a month's economics report on a large
+//! `suanli bench billing`: the cost of a month's economics report on a large
 //! pool, against the same-run baseline of pricing each tenant by scanning
 //! all usage (what a per-tenant `invoice` loop does). With `--store`, also
 //! the store's side: the time to read a month's usage and node history out
@@ -7,12 +7,12 @@
 use std::time::Instant;
 
 use clap::Args;
-use suanli_ledger::{economics, invoice, parse_month, NodeSpan, PriceBook, Usage};
+use suanli_billing::{economics, invoice, parse_month, NodeSpan, PriceBook, Usage};
 
 use crate::{failure, usage, CliError};
 
 #[derive(Args)]
-pub struct BenchLedgerArgs {
+pub struct BenchBillingArgs {
     /// Nodes of 8 GPUs (three models).
     #[arg(long, default_value_t = 10_000)]
     nodes: usize,
@@ -45,7 +45,7 @@ impl Rng {
     }
 }
 
-pub fn run(a: BenchLedgerArgs) -> Result<(), CliError> {
+pub fn run(a: BenchBillingArgs) -> Result<(), CliError> {
     if a.nodes == 0 || a.tenants == 0 || a.intervals == 0 {
         return Err(usage(
             "--nodes, --tenants and --intervals must be at least 1",

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
-use suanli_ledger::{economics, invoice, invoices, parse_time, NodeSpan, PriceBook, Usage};
+use suanli_billing::{economics, invoice, invoices, parse_time, NodeSpan, PriceBook, Usage};
 
 const H: i64 = 3_600_000;
 

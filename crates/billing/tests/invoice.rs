@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
-use suanli_ledger::{invoice, parse_time, PriceBook, Resource, Usage};
+use suanli_billing::{invoice, parse_time, PriceBook, Resource, Usage};
 
 const H: i64 = 3_600_000;
 
@@ -51,7 +51,7 @@ fn the_total_is_the_sum_of_the_line_items_and_shares_pay_their_fraction() {
     ];
     u[1].cpu_milli = 1500; // 3 core-hours at 0.08
     u[1].memory_mib = 4096; // 8 GiB-hours at 0.01
-    let (from, to) = suanli_ledger::parse_month("2026-11").unwrap();
+    let (from, to) = suanli_billing::parse_month("2026-11").unwrap();
     let inv = invoice(&b, "acme", &u, from, to, to);
     let gpu: Vec<_> = inv
         .lines
@@ -97,7 +97,7 @@ fn a_price_change_inside_an_interval_splits_it() {
     let change = parse_time("2026-11-15").unwrap();
     // 10 spot GPU-hours: 4 before the change at 4.80, 6 after at 4.00.
     let u = vec![usage("spot", 1000, change - 4 * H, Some(change + 6 * H))];
-    let (from, to) = suanli_ledger::parse_month("2026-11").unwrap();
+    let (from, to) = suanli_billing::parse_month("2026-11").unwrap();
     let inv = invoice(&b, "acme", &u, from, to, to);
     let mut got: Vec<(Decimal, Decimal, Decimal)> = inv
         .lines
@@ -118,7 +118,7 @@ fn a_price_change_inside_an_interval_splits_it() {
 #[test]
 fn intervals_are_clipped_to_the_period_and_running_tasks_to_now() {
     let b = book();
-    let (from, to) = suanli_ledger::parse_month("2026-11").unwrap();
+    let (from, to) = suanli_billing::parse_month("2026-11").unwrap();
     // Started in October, still running "now" (2 h into November).
     let u = vec![usage("on-demand", 1000, from - 5 * H, None)];
     let inv = invoice(&b, "acme", &u, from, to, from + 2 * H);

@@ -1,4 +1,4 @@
-//! # suanli-ledger: prices and invoices
+//! # suanli-billing: prices and invoices
 //!
 //! A [`PriceBook`] lists prices in periods that start at an effective time,
 //! so prices can change mid-month. Each period has:
