@@ -505,3 +505,116 @@ async fn recovery_refuses_a_device_held_twice() {
     assert!(msg.contains("allocated twice"), "{msg}");
     assert!(msg.contains(&format!("job {}", a + 1)), "{msg}");
 }
+
+/// The orders a core gives `node` for a report of `running`, without
+/// committing anything (to compare a live core with a recovered one).
+fn orders_of(core: &mut Core, node: &str, running: &[Key], now: i64) -> NodeOrders {
+    let report = Report {
+        running: running
+            .iter()
+            .map(|&(job, run, task)| TaskKey { job, run, task })
+            .collect(),
+        exited: Vec::new(),
+    };
+    let cmd = Command::Heartbeat {
+        node: node.to_string(),
+        report,
+        full: true,
+    };
+    match core.step(vec![cmd], now).answers.pop() {
+        Some(Answer::Orders(Ok(o))) => o,
+        a => panic!("{a:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_task_back_from_a_lost_node_keeps_its_devices_until_it_stops() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let id = p.submit(job(8, 1)).await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n1", &[(id, 1, 0)], &[]).await;
+    p.advance(20_001);
+    p.step(Vec::new()).await;
+    assert_eq!(p.node_state("n1").await, "down");
+    assert_eq!(p.state(id).await, "PENDING", "requeued");
+    // A server restarted now must answer the returning agent as the live
+    // one does.
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    let mut recovered = Core::recover(snap, &p.cfg, p.now).unwrap();
+    p.advance(1_000);
+    let again = orders_of(&mut recovered, "n1", &[(id, 1, 0)], p.now);
+    // The agent comes back still running attempt 1 on all 8 devices: it is
+    // told to stop it, and attempt 2 is not started on those devices yet.
+    let o = p.hb("n1", &[(id, 1, 0)], &[]).await;
+    assert_eq!(kills(&o), vec![(id, 1, 0)]);
+    assert_eq!(o.kill[0].mask, 0xFF);
+    assert!(o.start.is_empty(), "{o:?}");
+    assert_eq!(again, o, "the recovered core gives the same orders");
+    // Once it is gone, attempt 2 starts.
+    let o = p.hb("n1", &[], &[]).await;
+    assert!(o.kill.is_empty());
+    assert_eq!(starts(&o), vec![(id, 2, 0)]);
+}
+
+#[tokio::test]
+async fn a_gang_stopped_at_lease_expiry_keeps_its_devices_until_both_stop() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let id = p.submit(job(4, 2)).await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n1", &[(id, 1, 0), (id, 1, 1)], &[]).await;
+    p.advance(20_001);
+    p.step(Vec::new()).await;
+    assert_eq!(p.state(id).await, "PENDING");
+    // Back with both old tasks: both are stopped, with their devices, and
+    // the new attempt waits for them.
+    let o = p.hb("n1", &[(id, 1, 0), (id, 1, 1)], &[]).await;
+    assert_eq!(kills(&o), vec![(id, 1, 0), (id, 1, 1)]);
+    assert_eq!(o.kill[0].mask | o.kill[1].mask, 0xFF);
+    assert!(o.start.is_empty(), "{o:?}");
+    // One is gone: what the new attempt would need is still partly held.
+    let o = p.hb("n1", &[(id, 1, 1)], &[]).await;
+    assert_eq!(kills(&o), vec![(id, 1, 1)]);
+    assert!(
+        o.start.iter().all(|s| s.task.mask & o.kill[0].mask == 0),
+        "{o:?}"
+    );
+    let o = p.hb("n1", &[], &[]).await;
+    let mut st = starts(&o);
+    st.sort();
+    assert_eq!(st, vec![(id, 2, 0), (id, 2, 1)]);
+}
+
+#[tokio::test]
+async fn another_nodes_task_reported_by_an_agent_is_stopped_there_only() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    p.register("n2", 8).await;
+    let id = p.submit(job(8, 1)).await;
+    let on = if starts(&p.hb("n1", &[], &[]).await).is_empty() {
+        "n2"
+    } else {
+        "n1"
+    };
+    let other = if on == "n1" { "n2" } else { "n1" };
+    p.hb(on, &[(id, 1, 0)], &[]).await;
+    // The other node's agent claims to run it: it is told to stop its own
+    // copy (whose devices are unknown: all of them wait), and the owner's
+    // task is untouched.
+    let o = p.hb(other, &[(id, 1, 0)], &[]).await;
+    assert_eq!(kills(&o), vec![(id, 1, 0)]);
+    assert_eq!(o.kill[0].mask, 0xFFFF);
+    let o = p.hb(on, &[(id, 1, 0)], &[]).await;
+    assert!(o.kill.is_empty(), "{o:?}");
+    assert_eq!(p.tasks(id).await[0].3, "RUNNING");
+    assert_eq!(p.state(id).await, "RUNNING");
+    // The store still recovers.
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    let again = Core::recover(snap, &p.cfg, p.now).unwrap();
+    assert_eq!(again.queue_lengths(), (0, 1));
+    // Its agent's exit report for the copy does not end the real task.
+    p.hb(other, &[], &[((id, 1, 0), 0)]).await;
+    assert_eq!(p.tasks(id).await[0].3, "RUNNING");
+    assert_eq!(p.state(id).await, "RUNNING");
+}

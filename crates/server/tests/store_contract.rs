@@ -50,6 +50,7 @@ macro_rules! backend {
             starts_tasks_and_their_transitions,
             node_states_in_one_batch_keep_the_last,
             usage_follows_task_rows,
+            lost_tasks_of_a_down_node_may_still_hold_devices,
         );
     };
 }
@@ -290,6 +291,7 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
         job: 1,
         run: 1,
         task,
+        node: None,
         from,
         to,
         at,
@@ -324,10 +326,26 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
     let killing = s.killing_tasks().await.unwrap();
     assert_eq!(killing.len(), 2);
     assert!(s.active_tasks().await.unwrap().is_empty());
+    // A transition scoped to a node leaves another node's task alone.
     s.commit(&[Write::TaskState {
         job: 1,
         run: 1,
         task: Some(1),
+        node: Some(1),
+        from: &[TaskState::Killing],
+        to: TaskState::Killed,
+        at: None,
+        exit_code: None,
+        reason: String::new(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.job_tasks(1).await.unwrap()[1].state, TaskState::Killing);
+    s.commit(&[Write::TaskState {
+        job: 1,
+        run: 1,
+        task: Some(1),
+        node: Some(2),
         from: &[TaskState::Killing],
         to: TaskState::Killed,
         at: None,
@@ -412,6 +430,7 @@ async fn usage_follows_task_rows(s: &Store) {
         job: 1,
         run: 1,
         task: Some(0),
+        node: None,
         from: &[TaskState::Assigned],
         to: TaskState::Exited,
         at: Some(5000),
@@ -439,4 +458,42 @@ async fn usage_follows_task_rows(s: &Store) {
     assert_eq!(s.usage(Some(b.id), 0, 10_000).await.unwrap().len(), 1);
     assert_eq!(s.usage(None, 5000, 10_000).await.unwrap().len(), 1);
     assert_eq!(s.usage(None, 0, 1000).await.unwrap().len(), 0);
+}
+
+async fn lost_tasks_of_a_down_node_may_still_hold_devices(s: &Store) {
+    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let mut w = vec![
+        Write::UpsertNode(node(1, "n1", 8, 100)),
+        Write::UpsertNode(node(2, "n2", 8, 100)),
+    ];
+    for (id, n) in [(1, 1), (2, 2)] {
+        w.extend(insert(id, a.id, job("j", 8, 1), 100));
+        w.push(Write::StartJob {
+            job: id,
+            run: 1,
+            at: 200,
+            tasks: vec![(n, 0xFF)],
+        });
+        w.push(Write::TaskState {
+            job: id,
+            run: 1,
+            task: None,
+            node: None,
+            from: &[TaskState::Assigned],
+            to: TaskState::Lost,
+            at: Some(100),
+            exit_code: None,
+            reason: String::new(),
+        });
+    }
+    // n1 went down as of its last heartbeat (100); n2 is up.
+    w.push(Write::NodeState {
+        node: 1,
+        state: NodeState::Down,
+        at: 100,
+    });
+    s.commit(&w).await.unwrap();
+    let k = s.killing_tasks().await.unwrap();
+    let held: Vec<(i64, i64, i64)> = k.iter().map(|t| (t.job, t.node, t.gpus)).collect();
+    assert_eq!(held, [(1, 1, 0xFF)], "only the down node's lost task");
 }

@@ -30,6 +30,7 @@ fn tasks(
         job,
         run,
         task: None,
+        node: None,
         from,
         to,
         at,

@@ -4,6 +4,9 @@
 use std::collections::BTreeSet;
 
 use super::core::{Core, Key, TaskSt};
+
+/// The device mask of a task whose devices are unknown: every device.
+const ALL_DEVICES: i64 = 0xFFFF;
 use super::{NodeOrders, Refusal, Registration, Report, StartOrder, TaskExit, TaskOrder};
 use crate::store::{Node, NodeState, TaskState, Write};
 
@@ -172,16 +175,20 @@ impl Core {
                 .get(&node)
                 .is_some_and(|k| k.contains_key(&(t.job, t.run, t.task)));
             if !current && !killing {
-                // Not ours (any more): a leftover, or a task of a node that
-                // was down. Have the agent stop it.
+                // Not a task this node should run, and not one the loop
+                // knows it still holds (a task lost with the node is): which
+                // devices it uses is unknown, so until the agent stops it
+                // none of the node's devices is handed to a new task.
                 self.killing
                     .entry(node)
                     .or_default()
-                    .insert((t.job, t.run, t.task), 0);
+                    .insert((t.job, t.run, t.task), ALL_DEVICES);
                 w.push(Write::TaskState {
                     job: t.job,
                     run: t.run,
                     task: Some(t.task),
+                    // Only this node's row: another node's task stays its own.
+                    node: Some(node),
                     from: &[TaskState::Assigned, TaskState::Running, TaskState::Lost],
                     to: TaskState::Killing,
                     at: None,
@@ -202,6 +209,7 @@ impl Core {
                     job: t.job,
                     run: t.run,
                     task: Some(t.task),
+                    node: None,
                     from: &[TaskState::Assigned],
                     to: TaskState::Running,
                     at: None,
@@ -225,6 +233,7 @@ impl Core {
                     job,
                     run,
                     task: Some(task),
+                    node: Some(node),
                     from: &[TaskState::Killing],
                     to: TaskState::Killed,
                     at: None, // billing ended when the kill was ordered
@@ -282,16 +291,32 @@ impl Core {
                 at: last,
             });
             tracing::warn!(node = %name, "node down: no heartbeat within the lease");
-            // Runs are read before any exit: the first lost task of a gang
-            // may end the job and stop its siblings.
-            let tasks: Vec<Key> = self
+            // Read before any exit: the first lost task of a gang may end
+            // the job and stop its siblings (which then wait in `killing`).
+            let tasks: Vec<(Key, i64)> = self
                 .on_node
                 .get(&id)
                 .into_iter()
                 .flatten()
-                .filter_map(|&(job, task)| Some((job, self.jobs.get(&job)?.run, task)))
+                .filter_map(|&(job, task)| {
+                    let l = self.jobs.get(&job)?;
+                    Some(((job, l.run, task), l.tasks.get(task as usize)?.mask))
+                })
                 .collect();
-            for (job, run, task) in tasks {
+            for ((job, run, task), mask) in tasks {
+                let still_live = self
+                    .on_node
+                    .get(&id)
+                    .is_some_and(|s| s.contains(&(job, task)));
+                if !still_live {
+                    continue; // stopped with its gang: already in `killing`
+                }
+                // The agent may come back still running it: its devices stay
+                // busy until the agent reports it gone.
+                self.killing
+                    .entry(id)
+                    .or_default()
+                    .insert((job, run, task), mask);
                 let e = TaskExit {
                     job,
                     run,

@@ -178,6 +178,7 @@ impl Core {
             job: id,
             run,
             task: None,
+            node: None,
             from: &[TaskState::Assigned, TaskState::Running],
             to: TaskState::Killing,
             at: Some(now),
@@ -214,6 +215,7 @@ impl Core {
                 job: e.job,
                 run: e.run,
                 task: Some(e.task),
+                node: Some(node),
                 from: &[TaskState::Killing],
                 to: TaskState::Killed,
                 at: None, // billing ended when the kill was ordered
@@ -227,6 +229,7 @@ impl Core {
             job: e.job,
             run: e.run,
             task: Some(e.task),
+            node: None,
             from: &[TaskState::Assigned, TaskState::Running],
             to: if lost {
                 TaskState::Lost

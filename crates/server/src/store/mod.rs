@@ -108,7 +108,10 @@ pub trait Backend: Send + Sync {
     /// (ASSIGNED or RUNNING), by job id then task index.
     async fn active_tasks(&self) -> Result<Vec<Task>, StoreError>;
 
-    /// Tasks agents were ordered to stop and have not confirmed yet.
+    /// Tasks whose devices an agent may still hold: those it was ordered to
+    /// stop and has not confirmed gone (KILLING), and those lost with a node
+    /// that is down (LOST as of the node's last heartbeat: its agent may
+    /// come back still running them).
     async fn killing_tasks(&self) -> Result<Vec<Task>, StoreError>;
 
     /// Tasks of a job, every attempt, oldest first.
@@ -221,11 +224,13 @@ pub enum Write {
         at: i64,
         tasks: Vec<(i64, i64)>, // (node id, device mask), by task index
     },
-    /// Tasks of one attempt in one of `from` states move to `to`.
+    /// Tasks of one attempt in one of `from` states move to `to` (only on
+    /// `node`, when given).
     TaskState {
         job: i64,
         run: i64,
         task: Option<i64>,
+        node: Option<i64>,
         from: &'static [TaskState],
         to: TaskState,
         at: Option<i64>,
