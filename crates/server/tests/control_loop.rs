@@ -2,6 +2,9 @@
 //! virtual time: every step's writes are committed into a real SQLite store
 //! (in a temporary directory), so the tests also check what the store ends
 //! up saying. No process, no sleep: each test runs in milliseconds.
+//!
+//! One file on purpose, past 600 lines: one scenario per rule of the loop,
+//! sharing the `Pool` harness at the top.
 
 use std::collections::BTreeMap;
 

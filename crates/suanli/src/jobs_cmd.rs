@@ -391,7 +391,7 @@ pub fn gen(a: GenArgs) -> Result<(), CliError> {
     }
     let csv = generate_csv(&p, cluster.as_ref()).map_err(usage)?;
     let text = match &a.out {
-        Some(o) if o.extension().is_some_and(|e| e == "jsonl") => csv_to_jsonl(&csv),
+        Some(o) if o.extension().is_some_and(|e| e == "jsonl") => csv_to_jsonl(&csv)?,
         _ => csv,
     };
     match &a.out {
@@ -404,17 +404,21 @@ pub fn gen(a: GenArgs) -> Result<(), CliError> {
 }
 
 /// The generator's CSV as JSONL (same field names; empty fields omitted).
-fn csv_to_jsonl(csv: &str) -> String {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+fn csv_to_jsonl(csv: &str) -> Result<String, CliError> {
+    let mut r = csv::Reader::from_reader(csv.as_bytes());
+    let header = r
+        .headers()
+        .map_err(|e| failure(format!("generated CSV: {e}")))?
+        .clone();
     let mut out = String::new();
-    for l in lines {
+    for rec in r.records() {
+        let rec = rec.map_err(|e| failure(format!("generated CSV: {e}")))?;
         let mut obj = serde_json::Map::new();
-        for (k, v) in header.iter().zip(l.split(',')) {
+        for (k, v) in header.iter().zip(rec.iter()) {
             if v.is_empty() {
                 continue;
             }
-            let val = match *k {
+            let val = match k {
                 "id" | "tenant" | "gpu_models" | "class" => {
                     serde_json::Value::String(v.to_string())
                 }
@@ -435,7 +439,7 @@ fn csv_to_jsonl(csv: &str) -> String {
         out.push_str(&serde_json::Value::Object(obj).to_string());
         out.push('\n');
     }
-    out
+    Ok(out)
 }
 
 #[derive(Args)]

@@ -2,6 +2,9 @@
 //! data directory: bootstrap, tenants and tokens, job submit/list/cancel,
 //! tenant isolation endpoint by endpoint, bad input as 4xx problem
 //! documents, and durability across a restart.
+//!
+//! Longer than most files on purpose: it is a table of cases (every
+//! endpoint × every kind of caller), read top to bottom.
 
 mod common;
 

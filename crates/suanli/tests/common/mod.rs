@@ -2,6 +2,8 @@
 //! on 127.0.0.1 with a temporary data dir, HTTP calls, tokens, fake nodes.
 #![allow(dead_code)]
 
+pub mod pool;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
