@@ -79,7 +79,7 @@ fn jobs_wait_for_nodes_and_start_when_one_joins() {
             }]
         )]
     );
-    assert_eq!(s.ledger().check(), Ok(()));
+    assert_eq!(s.check_indexes(), Ok(()));
     assert_eq!(s.allocated_gpu_milli(), 4000);
     assert_eq!(s.capacity_gpu_milli(), 8000);
 }
@@ -122,7 +122,7 @@ fn a_drained_node_gets_no_new_work_but_keeps_its_jobs() {
             }]
         )
     );
-    assert_eq!(s.ledger().check(), Ok(()));
+    assert_eq!(s.check_indexes(), Ok(()));
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn restore_rebuilds_running_jobs_and_refuses_a_device_held_twice() {
         )
         .unwrap_err();
     assert!(err.contains("unknown node"), "{err}");
-    assert_eq!(s.ledger().check(), Ok(()));
+    assert_eq!(s.check_indexes(), Ok(()));
     // The restored spot job is preemptible like any other.
     s.submit(job(1, 1, 8, Class::Guaranteed));
     s.schedule(100);
@@ -203,7 +203,7 @@ fn restore_rebuilds_running_jobs_and_refuses_a_device_held_twice() {
         .decisions()
         .iter()
         .any(|d| matches!(d, Decision::Preempt { job, .. } if *job == j)));
-    assert_eq!(s.ledger().check(), Ok(()));
+    assert_eq!(s.check_indexes(), Ok(()));
 }
 
 #[test]
@@ -219,7 +219,7 @@ fn requeue_frees_the_devices_and_queues_the_job_again() {
     assert_eq!(s.pending_len(), 1);
     s.schedule(60);
     assert_eq!(starts(&s).len(), 1);
-    assert_eq!(s.ledger().check(), Ok(()));
+    assert_eq!(s.check_indexes(), Ok(()));
 }
 
 #[test]

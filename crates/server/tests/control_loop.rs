@@ -80,7 +80,7 @@ impl Pool {
     async fn step(&mut self, cmds: Vec<Command>) -> Vec<Answer> {
         let s = self.core.step(cmds, self.now);
         self.store.commit(&s.writes).await.unwrap();
-        self.core.scheduler().ledger().check().unwrap();
+        self.core.scheduler().check_indexes().unwrap();
         s.answers
     }
 

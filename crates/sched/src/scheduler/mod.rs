@@ -26,6 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
+mod check;
 mod live;
 mod place;
 mod preempt;

@@ -411,9 +411,8 @@ pub fn simulate(
         }
         if params.check_ledger {
             sched
-                .ledger()
-                .check()
-                .map_err(|e| format!("ledger invariant broken at t={now} ms: {e}"))?;
+                .check_indexes()
+                .map_err(|e| format!("invariant broken at t={now} ms: {e}"))?;
             if sched.allocated_gpu_milli() > capacity {
                 return Err(format!("capacity exceeded at t={now} ms"));
             }
