@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use suanli_api::{
-    GpuInfo, LogPushed, LogStream, NodeRegistration, Orders, Problem, Registered, Report, TaskExit,
-    TaskKey, PROTOCOL, PROTOCOL_HEADER,
+    GpuInfo, LogChunk, LogPushed, LogStream, NodeRegistration, Orders, Problem, Registered, Report,
+    TaskExit, TaskKey, PROTOCOL, PROTOCOL_HEADER,
 };
 
 pub use discover::{discover_gpus, discover_host, model_name, Gpu, GpuSpec};
@@ -195,22 +195,22 @@ impl Agent {
         const CHUNK: usize = 60 * 1024;
         let keys: Vec<Key> = self.tasks.keys().copied().collect();
         for k in keys {
-            for (stream, name) in [LogStream::Out, LogStream::Err].iter().enumerate() {
+            for (stream, &name) in [LogStream::Out, LogStream::Err].iter().enumerate() {
                 for _ in 0..16 {
                     let t = &self.tasks[&k];
                     let data = t.log_chunk(stream, CHUNK);
                     if data.is_empty() {
                         break;
                     }
-                    let path = format!(
-                        "/v1/agents/{}/logs?job={}&run={}&task={}&stream={}&offset={}",
-                        self.cfg.name,
-                        k.0,
-                        k.1,
-                        k.2,
-                        name.as_str(),
-                        t.pushed[stream]
-                    );
+                    let chunk = LogChunk {
+                        job: k.0,
+                        run: k.1,
+                        task: k.2,
+                        stream: name,
+                        offset: t.pushed[stream],
+                    };
+                    let query = serde_urlencoded::to_string(&chunk).expect("a query serialises");
+                    let path = format!("/v1/agents/{}/logs?{query}", self.cfg.name);
                     let r = self
                         .request("POST", &path)
                         .set("Content-Type", "application/octet-stream")

@@ -185,3 +185,18 @@ impl LogStream {
 pub struct LogPushed {
     pub next_offset: u64,
 }
+
+/// `POST /v1/agents/{name}/logs?...`: where a chunk of a task's output (the
+/// raw body) starts. Idempotent: bytes the server already has are skipped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    pub stream: LogStream,
+    /// Where these bytes start in the task's stream.
+    pub offset: u64,
+}

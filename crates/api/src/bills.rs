@@ -98,3 +98,26 @@ pub struct EconomicsReport {
     /// Every tenant's invoice.
     pub invoices: Vec<Invoice>,
 }
+
+/// `GET /v1/bills?...`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct BillQuery {
+    /// A month, `YYYY-MM` (UTC).
+    pub period: String,
+    /// Admin only: one tenant (default: every tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// `GET /v1/reports/economics?...`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct EconomicsQuery {
+    /// A month, `YYYY-MM` (UTC).
+    pub period: String,
+}

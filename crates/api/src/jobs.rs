@@ -125,3 +125,51 @@ pub struct JobEvent {
 pub struct EventList {
     pub events: Vec<JobEvent>,
 }
+
+/// `GET /v1/jobs?...`: a page of jobs, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    /// Only jobs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// Admin only: one tenant's jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Jobs with ids above this (a page's `next_cursor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<i64>,
+    /// 1..=1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// `GET /v1/jobs/{id}/logs?...`: a task's output from an offset, at most
+/// 1 MiB; the answer's [`NEXT_OFFSET_HEADER`] says where to continue and
+/// [`JOB_STATE_HEADER`] the job's state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct LogRead {
+    /// Task index (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<i64>,
+    /// Attempt (default: the job's latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
+    /// `out` (default) or `err`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::agents::LogStream>,
+    /// Byte offset to read from (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Header of a log read: the offset after the bytes returned.
+pub const NEXT_OFFSET_HEADER: &str = "x-next-offset";
+/// Header of a log read: the job's state (a reader following the output
+/// stops once it is final).
+pub const JOB_STATE_HEADER: &str = "x-job-state";

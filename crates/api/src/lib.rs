@@ -9,7 +9,9 @@
 //! - [`states`]: job, task and node states, job classes, event kinds and
 //!   token scopes as enums (with their database encodings under the `sqlx`
 //!   feature).
-//! - [`jobs`], [`tenants`], [`nodes`]: the tenant and admin API.
+//! - [`jobs`], [`tenants`], [`nodes`]: the tenant and admin API (bodies,
+//!   answers and query strings; clients encode queries with
+//!   `serde_urlencoded`, the server decodes them with axum's `Query`).
 //! - [`agents`]: the agent protocol (registration, heartbeat report,
 //!   orders, log chunks), versioned by [`PROTOCOL`].
 //! - [`problem`]: the RFC 9457 problem document every error is.

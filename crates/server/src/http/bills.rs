@@ -10,10 +10,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use suanli_api::{Bills, EconomicsReport};
+use suanli_api::{BillQuery, Bills, EconomicsQuery, EconomicsReport};
 use suanli_billing::{economics, invoices, parse_month, PriceBook};
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -27,15 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(bills))
         .routes(routes!(economics_report))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct BillQuery {
-    /// A month, `YYYY-MM` (UTC).
-    period: String,
-    /// Admin only: one tenant (default: every tenant).
-    tenant: Option<String>,
 }
 
 /// Invoices for a month: the caller's own (tenant), or every tenant's or
@@ -85,13 +74,6 @@ async fn bills(
         to_ms: to,
         invoices: invoices.iter().map(super::wire::invoice).collect(),
     }))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct EconomicsQuery {
-    /// A month, `YYYY-MM` (UTC).
-    period: String,
 }
 
 /// The operator's economics for a month (admin only): capacity GPU-hours by

@@ -6,10 +6,8 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use suanli_api::{Class, EventList, Job, JobDetail, JobPage, JobState, JobSubmit};
+use suanli_api::{Class, EventList, Job, JobDetail, JobPage, JobState, JobSubmit, JobsQuery};
 use suanli_core::MAX_GPUS_PER_NODE;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -180,30 +178,16 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(j)))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    tenant: Option<String>,
-    cursor: Option<i64>,
-    limit: Option<i64>,
-}
-
 /// List jobs: a tenant's own, or all (admin).
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery), security(("bearer" = [])), responses((status = 200, description = "A page of jobs; pending ones carry a reason", body = JobPage), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery), security(("bearer" = [])), responses((status = 200, description = "A page of jobs; pending ones carry a reason", body = JobPage), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn list_jobs(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<JobsQuery>, QueryRejection>,
 ) -> Result<Json<JobPage>, Problem> {
     let mut scope = job_scope(&c)?;
     let Query(q) = q.map_err(Problem::bad_query)?;
-    let state = q
-        .state
-        .as_deref()
-        .map(str::parse::<JobState>)
-        .transpose()
-        .map_err(|e| Problem::invalid("state", e))?;
+    let state = q.state;
     if let Some(t) = &q.tenant {
         if scope.is_some() {
             return Err(Problem::forbidden());

@@ -13,10 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
-use utoipa::IntoParams;
 
-use suanli_api::{LogPushed, LogStream};
+use suanli_api::{LogChunk, LogPushed, LogRead, LogStream, NEXT_OFFSET_HEADER};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -33,17 +31,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Most bytes one read returns.
 pub const MAX_READ: u64 = 1 << 20;
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PushQuery {
-    job: i64,
-    run: i64,
-    task: i64,
-    stream: LogStream,
-    /// Where these bytes start in the task's stream.
-    offset: u64,
-}
 
 fn path(st: &AppState, job: i64, run: i64, task: i64, stream: LogStream) -> PathBuf {
     st.data_dir
@@ -63,7 +50,7 @@ fn io(e: std::io::Error) -> Problem {
 }
 
 /// Append a chunk of a task's output (agent of the node the task runs on).
-#[utoipa::path(post, path = "/v1/agents/{name}/logs", tag = "agents", params(("name" = String, Path), PushQuery),
+#[utoipa::path(post, path = "/v1/agents/{name}/logs", tag = "agents", params(("name" = String, Path), LogChunk),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = [])),
     responses((status = 200, description = "Stored", body = LogPushed),
         (status = 409, description = "Offset past the end: push from next_offset", body = ProblemDoc),
@@ -72,7 +59,7 @@ async fn push(
     State(st): State<AppState>,
     _: AgentCaller,
     Path(name): Path<String>,
-    q: Result<Query<PushQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<LogChunk>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Json<LogPushed>, Problem> {
     let Query(q) = q.map_err(Problem::bad_query)?;
@@ -107,22 +94,9 @@ async fn push(
     }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    /// Task index (default 0).
-    task: Option<i64>,
-    /// Attempt (default: the job's latest).
-    run: Option<i64>,
-    /// `out` (default) or `err`.
-    stream: Option<LogStream>,
-    /// Byte offset to read from (default 0).
-    offset: Option<u64>,
-}
-
 /// A task's output from `offset`, at most 1 MiB; the `x-next-offset` header
 /// says where to continue.
-#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", params(("id" = i64, Path), ReadQuery),
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", params(("id" = i64, Path), LogRead),
     security(("bearer" = [])),
     responses((status = 200, description = "Bytes of the stream", content_type = "application/octet-stream"),
         (status = 404, description = "No such job, or not yours", body = ProblemDoc)))]
@@ -130,7 +104,7 @@ async fn read(
     State(st): State<AppState>,
     c: Caller,
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
-    q: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<LogRead>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     let Path(id) = id?;
     let scope = job_scope(&c)?;
@@ -165,7 +139,10 @@ async fn read(
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (HeaderName::from_static("x-next-offset"), next.to_string()),
+            (
+                HeaderName::from_static(NEXT_OFFSET_HEADER),
+                next.to_string(),
+            ),
             (
                 HeaderName::from_static("x-job-state"),
                 job.state.to_string(),

@@ -1,10 +1,10 @@
 //! `bill` and `report economics`.
 
 use clap::{Args, Subcommand};
-use suanli_api::{Bills, EconomicsReport};
+use suanli_api::{BillQuery, Bills, EconomicsQuery, EconomicsReport};
 
 use super::output::{or_dash, print_json, two_decimals, Format};
-use super::Conn;
+use super::{query, Conn};
 use crate::CliError;
 
 #[derive(Args)]
@@ -23,11 +23,11 @@ pub struct BillArgs {
 
 /// `suanli bill --period 2026-11`: invoices with line items and totals.
 pub fn bill(a: BillArgs) -> Result<(), CliError> {
-    let mut path = format!("/v1/bills?period={}", a.period);
-    if let Some(t) = &a.tenant {
-        path.push_str(&format!("&tenant={t}"));
-    }
-    let v: Bills = a.conn.get(&path)?;
+    let q = BillQuery {
+        period: a.period,
+        tenant: a.tenant,
+    };
+    let v: Bills = a.conn.get(&format!("/v1/bills?{}", query(&q)))?;
     let cur = &v.currency;
     match a.format {
         Format::Json => print_json(&v),
@@ -154,9 +154,10 @@ impl Row<'_> {
 
 /// `suanli report economics --period 2026-11`.
 fn economics(a: EconomicsArgs) -> Result<(), CliError> {
+    let q = EconomicsQuery { period: a.period };
     let v: EconomicsReport = a
         .conn
-        .get(&format!("/v1/reports/economics?period={}", a.period))?;
+        .get(&format!("/v1/reports/economics?{}", query(&q)))?;
     if a.format == Format::Json {
         print_json(&v);
         return Ok(());

@@ -2,10 +2,13 @@
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use suanli_api::{Class, EventList, Job, JobDetail, JobEvent, JobPage, JobState, JobSubmit};
+use suanli_api::{
+    Class, EventList, Job, JobDetail, JobEvent, JobPage, JobState, JobSubmit, JobsQuery, LogRead,
+    LogStream,
+};
 
 use super::output::{gpus_of, print_json};
-use super::{parse_duration, parse_mem, Conn};
+use super::{parse_duration, parse_mem, query, Conn};
 use crate::{failure, usage, CliError};
 
 #[derive(Args)]
@@ -118,11 +121,13 @@ fn list_jobs(conn: &Conn, state: Option<JobState>) -> Result<Vec<Job>, CliError>
     let mut all = Vec::new();
     let mut cursor = 0i64;
     loop {
-        let mut path = format!("/v1/jobs?limit=1000&cursor={cursor}");
-        if let Some(s) = state {
-            path.push_str(&format!("&state={s}"));
-        }
-        let page: JobPage = conn.get(&path)?;
+        let q = JobsQuery {
+            state,
+            tenant: None,
+            cursor: Some(cursor),
+            limit: Some(1000),
+        };
+        let page: JobPage = conn.get(&format!("/v1/jobs?{}", query(&q)))?;
         all.extend(page.jobs);
         match page.next_cursor {
             Some(c) => cursor = c,
@@ -277,18 +282,21 @@ pub struct LogsArgs {
 /// `suanli logs JOB`: a task's output, through the server.
 pub fn logs(a: LogsArgs) -> Result<(), CliError> {
     use std::io::Write;
-    let stream = if a.stderr { "err" } else { "out" };
+    let stream = if a.stderr {
+        LogStream::Err
+    } else {
+        LogStream::Out
+    };
     let mut offset = 0u64;
     let mut out = std::io::stdout();
     let path = |offset: u64| {
-        let mut p = format!(
-            "/v1/jobs/{}/logs?task={}&stream={stream}&offset={offset}",
-            a.id, a.task
-        );
-        if let Some(r) = a.run {
-            p.push_str(&format!("&run={r}"));
-        }
-        p
+        let q = LogRead {
+            task: Some(a.task),
+            run: a.run,
+            stream: Some(stream),
+            offset: Some(offset),
+        };
+        format!("/v1/jobs/{}/logs?{}", a.id, query(&q))
     };
     let mut print = |data: &[u8]| {
         out.write_all(data)

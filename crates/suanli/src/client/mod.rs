@@ -96,10 +96,13 @@ impl Conn {
         {
             Ok(r) => {
                 let next = r
-                    .header("x-next-offset")
+                    .header(suanli_api::NEXT_OFFSET_HEADER)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                let state = r.header("x-job-state").unwrap_or("").to_string();
+                let state = r
+                    .header(suanli_api::JOB_STATE_HEADER)
+                    .unwrap_or("")
+                    .to_string();
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)
                     .map_err(|e| failure(format!("{url}: {e}")))?;
@@ -177,6 +180,11 @@ impl<B: Serialize> ErasedBody for Body<'_, B> {
     fn json(&self) -> String {
         serde_json::to_string(self.0).expect("request bodies serialise")
     }
+}
+
+/// A query string from one of the protocol's query types.
+fn query<Q: Serialize>(q: &Q) -> String {
+    serde_urlencoded::to_string(q).expect("query types serialise")
 }
 
 /// `90m` → 5400 s; a bare number is seconds.
