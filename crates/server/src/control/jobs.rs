@@ -92,7 +92,14 @@ impl Core {
             JobState::Cancelled,
             Some(now),
             EventKind::Cancelled,
-            format!("from {}", if was_running { "RUNNING" } else { "PENDING" }),
+            format!(
+                "from {}",
+                if was_running {
+                    JobState::Running
+                } else {
+                    JobState::Pending
+                }
+            ),
             now,
         );
         self.dirty = true;

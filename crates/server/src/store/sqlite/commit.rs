@@ -200,9 +200,8 @@ async fn insert_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<
 /// statements per hundred jobs.
 async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
     for chunk in run.chunks(100) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "UPDATE jobs SET state = 'RUNNING', run = CASE id",
-        );
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE jobs SET state = ");
+        q.push_bind(JobState::Running).push(", run = CASE id");
         for w in chunk {
             if let Write::StartJob { job, run, .. } = w {
                 q.push(" WHEN ")

@@ -290,21 +290,27 @@ impl Backend for SqliteStore {
         let rows = sqlx::query(
             "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
              JOIN jobs j ON j.id = k.job_id AND j.run = k.run \
-             WHERE j.state = 'RUNNING' AND k.state IN ('ASSIGNED', 'RUNNING') ORDER BY k.job_id, k.idx",
+             WHERE j.state = ? AND k.state IN (?, ?) ORDER BY k.job_id, k.idx",
         )
+        .bind(JobState::Running)
+        .bind(TaskState::Assigned)
+        .bind(TaskState::Running)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(task_from_row).collect()
     }
 
-    /// Tasks agents were ordered to stop and have not confirmed yet.
+    /// Tasks whose devices an agent may still hold (see the trait).
     async fn killing_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let rows = sqlx::query(
             "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
              JOIN nodes n ON n.id = k.node_id \
-             WHERE k.state = 'KILLING' \
-             OR (k.state = 'LOST' AND n.state = 'down' AND k.ended_ms >= n.last_heartbeat_ms)",
+             WHERE k.state = ? \
+             OR (k.state = ? AND n.state = ? AND k.ended_ms >= n.last_heartbeat_ms)",
         )
+        .bind(TaskState::Killing)
+        .bind(TaskState::Lost)
+        .bind(NodeState::Down)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(task_from_row).collect()
