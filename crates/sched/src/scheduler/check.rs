@@ -24,10 +24,9 @@ impl Scheduler {
             if spec.gpus == 0 {
                 continue;
             }
-            let closed = st.is_closed();
+            let (full, key) = self.node_index(node);
             if let Some(m) = spec.model {
                 free[m.0 as usize] += st.total_gpu_left() as u64;
-                let full = if closed { 0 } else { st.fully_free() as u8 };
                 if self.node_full[node as usize] != full {
                     return Err(format!(
                         "node {node}: {} fully free GPUs indexed, {full} in the ledger",
@@ -36,16 +35,6 @@ impl Scheduler {
                 }
                 hist[m.0 as usize][full as usize] += 1;
             }
-            let key = (st.total_gpu_left() > 0 && !closed).then(|| {
-                let mut left = [0u16; MAX_GPUS_PER_NODE];
-                left[..st.gpu_left().len()].copy_from_slice(st.gpu_left());
-                (
-                    self.shape_class[node as usize],
-                    st.cpu_free,
-                    st.mem_free,
-                    left,
-                )
-            });
             if self.node_key[node as usize] != key {
                 return Err(format!("node {node}: its state group is stale"));
             }

@@ -39,21 +39,13 @@ impl Scheduler {
             .sum()
     }
 
-    pub(super) fn note_node(&mut self, node: NodeId) {
-        let (spec, st) = self.ledger.node(node).expect("node exists");
-        if spec.gpus == 0 {
-            return;
-        }
-        // Whole-GPU histogram.
+    /// What the indexes should hold for a GPU node, from the ledger: its
+    /// count of fully free GPUs (0 when closed) and its state group (none
+    /// when closed or full).
+    pub(super) fn node_index(&self, node: NodeId) -> (u8, Option<StateKey>) {
+        let (_, st) = self.ledger.node(node).expect("node exists");
         let closed = st.is_closed();
-        if let Some(m) = spec.model {
-            let full = if closed { 0 } else { st.fully_free() as u8 };
-            let h = &mut self.full_hist[m.0 as usize];
-            h[self.node_full[node as usize] as usize] -= 1;
-            h[full as usize] += 1;
-            self.node_full[node as usize] = full;
-        }
-        // State groups.
+        let full = if closed { 0 } else { st.fully_free() as u8 };
         let key = (st.total_gpu_left() > 0 && !closed).then(|| {
             let mut left = [0u16; MAX_GPUS_PER_NODE];
             left[..st.gpu_left().len()].copy_from_slice(st.gpu_left());
@@ -64,6 +56,23 @@ impl Scheduler {
                 left,
             )
         });
+        (full, key)
+    }
+
+    pub(super) fn note_node(&mut self, node: NodeId) {
+        let (spec, _) = self.ledger.node(node).expect("node exists");
+        if spec.gpus == 0 {
+            return;
+        }
+        let model = spec.model;
+        let (full, key) = self.node_index(node);
+        // Whole-GPU histogram.
+        if let Some(m) = model {
+            let h = &mut self.full_hist[m.0 as usize];
+            h[self.node_full[node as usize] as usize] -= 1;
+            h[full as usize] += 1;
+            self.node_full[node as usize] = full;
+        }
         if self.node_key[node as usize] != key {
             if let Some(old) = self.node_key[node as usize].take() {
                 let g = self.groups.get_mut(&old).expect("group of node");
@@ -92,6 +101,8 @@ impl Scheduler {
                 self.node_key[node as usize] = Some(k);
             }
         }
+        let (spec, st) = self.ledger.node(node).expect("node exists");
+        let closed = st.is_closed();
         let is_idle = st.cpu_free == spec.cpu_milli
             && st.mem_free == spec.memory_mib
             && st.total_gpu_left() == spec.gpus as u32 * MILLI_PER_GPU as u32;
