@@ -10,6 +10,12 @@
 //!    and the loop's step (the pass plus the commit of every decision) is
 //!    timed. Baseline: the same step with node grouping off (every node with
 //!    free GPUs scored for every job).
+//! 3. The commit's cost against plain SQLite, in the same process: the same
+//!    number of rows as the timed commit wrote, inserted with multi-row
+//!    statements in one transaction into a fresh store opened with the same
+//!    settings. The ratio (commit time / plain insert time) moves with the
+//!    code, not with the machine's disk, so `--max-commit-ratio` can guard
+//!    it in CI.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -25,6 +31,7 @@ use suanli_api::{
     PROTOCOL_HEADER,
 };
 use suanli_server::control::{Command as LoopCmd, Driver, LoopConfig, Registration};
+use suanli_server::store::sqlite::SqliteStore;
 use suanli_server::store::{NewJob, Store};
 
 use crate::{failure, CliError};
@@ -49,22 +56,81 @@ pub struct BenchServerArgs {
     /// Skip the placement benchmark.
     #[arg(long)]
     no_place: bool,
+    /// Also write the figures as JSON to FILE (`-`: standard output, and
+    /// no text).
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+    /// Fail (exit 1) when the loop's commit takes more than this many times
+    /// the plain SQLite insert of the same rows.
+    #[arg(long, value_name = "RATIO")]
+    max_commit_ratio: Option<f64>,
+}
+
+/// `bench server --json`.
+#[derive(Serialize, Default)]
+struct Figures {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submissions: Option<SubmitFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<PlaceFigures>,
+}
+
+#[derive(Serialize)]
+struct SubmitFigures {
+    clients: usize,
+    one_client_per_s: f64,
+    many_clients_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct PlaceFigures {
+    nodes: usize,
+    pending: usize,
+    decisions: usize,
+    decisions_per_s: f64,
+    pass_s: f64,
+    commit_s: f64,
+    /// Rows the timed commit inserted or updated.
+    commit_rows: usize,
+    /// Node grouping off, same workload.
+    baseline_decisions_per_s: f64,
+    /// The same number of rows through plain multi-row inserts.
+    plain_insert_s: f64,
+    /// commit_s / plain_insert_s.
+    commit_ratio: f64,
 }
 
 pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
     if a.clients == 0 || !a.seconds.is_finite() || a.seconds <= 0.0 {
         return Err(crate::usage("--clients and --seconds must be positive"));
     }
+    if a.nodes == 0 || a.pending == 0 {
+        return Err(crate::usage("--nodes and --pending must be positive"));
+    }
+    if a.max_commit_ratio
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        return Err(crate::usage("--max-commit-ratio must be a positive number"));
+    }
+    let text = a.json.as_deref() != Some(std::path::Path::new("-"));
+    let mut fig = Figures::default();
     if !a.no_submit {
         let base = submissions(1, a.seconds)?;
         let many = submissions(a.clients, a.seconds)?;
-        println!(
-            "submissions: 1 client {:.0}/s, {} clients {:.0}/s ({:.1}x)",
-            base,
-            a.clients,
-            many,
-            many / base
-        );
+        if text {
+            println!(
+                "submissions: 1 client {:.0}/s, {} clients {:.0}/s ({:.1}x)",
+                base,
+                a.clients,
+                many,
+                many / base
+            );
+        }
+        fig.submissions = Some(SubmitFigures {
+            clients: a.clients,
+            one_client_per_s: base,
+            many_clients_per_s: many,
+        });
     }
     if !a.no_place {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,23 +139,104 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
             .map_err(|e| failure(e.to_string()))?;
         let base = rt.block_on(placements(a.nodes, a.pending, false))?;
         let fast = rt.block_on(placements(a.nodes, a.pending, true))?;
-        println!(
-            "placement: {} nodes, {} pending: baseline {} decisions in {:.3} s ({:.0}/s); \
+        let plain = rt.block_on(plain_insert(fast.rows))?;
+        let ratio = fast.commit / plain;
+        fig.placement = Some(PlaceFigures {
+            nodes: a.nodes,
+            pending: a.pending,
+            decisions: fast.decisions,
+            decisions_per_s: fast.decisions as f64 / fast.total,
+            pass_s: fast.pass,
+            commit_s: fast.commit,
+            commit_rows: fast.rows,
+            baseline_decisions_per_s: base.decisions as f64 / base.total,
+            plain_insert_s: plain,
+            commit_ratio: ratio,
+        });
+        if text {
+            println!(
+                "placement: {} nodes, {} pending: baseline {} decisions in {:.3} s ({:.0}/s); \
              suanli {} decisions in {:.3} s ({:.0}/s, {:.1}x); pass {:.3} s, commit {:.3} s",
-            a.nodes,
-            a.pending,
-            base.decisions,
-            base.total,
-            base.decisions as f64 / base.total,
-            fast.decisions,
-            fast.total,
-            fast.decisions as f64 / fast.total,
-            (fast.decisions as f64 / fast.total) / (base.decisions as f64 / base.total),
-            fast.pass,
-            fast.total - fast.pass,
-        );
+                a.nodes,
+                a.pending,
+                base.decisions,
+                base.total,
+                base.decisions as f64 / base.total,
+                fast.decisions,
+                fast.total,
+                fast.decisions as f64 / fast.total,
+                (fast.decisions as f64 / fast.total) / (base.decisions as f64 / base.total),
+                fast.pass,
+                fast.commit,
+            );
+            println!(
+                "commit: {} rows in {:.3} s; the same rows as plain SQLite inserts {:.3} s ({:.1}x)",
+                fast.rows, fast.commit, plain, ratio
+            );
+        }
+    }
+    if let Some(path) = &a.json {
+        let j = serde_json::to_string_pretty(&fig).expect("figures serialise");
+        if path.as_os_str() == "-" {
+            println!("{j}");
+        } else {
+            std::fs::write(path, j + "\n")
+                .map_err(|e| failure(format!("{}: {e}", path.display())))?;
+        }
+    }
+    if let (Some(max), Some(p)) = (a.max_commit_ratio, &fig.placement) {
+        if p.commit_ratio > max {
+            return Err(failure(format!(
+                "the loop's commit took {:.1}x the plain insert of the same rows (limit {max}x): \
+                 a slower commit path?",
+                p.commit_ratio
+            )));
+        }
     }
     Ok(())
+}
+
+/// Seconds to insert `rows` rows of 7 integer and text columns, with a
+/// primary key like the task rows', in one transaction of multi-row
+/// statements, into a fresh store opened with the server's settings.
+async fn plain_insert(rows: usize) -> Result<f64, CliError> {
+    let f = |e: sqlx::Error| failure(format!("plain insert: {e}"));
+    let dir = tmp_dir("plain");
+    std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
+    let store = SqliteStore::open(&dir)
+        .await
+        .map_err(|e| failure(e.to_string()))?;
+    let pool = store.pool();
+    sqlx::query(
+        "CREATE TABLE plain (a INTEGER NOT NULL, b INTEGER NOT NULL, c INTEGER NOT NULL, \
+         d INTEGER, e INTEGER, f INTEGER, g TEXT, PRIMARY KEY (a, b, c))",
+    )
+    .execute(pool)
+    .await
+    .map_err(f)?;
+    let t0 = Instant::now();
+    let mut tx = pool.begin().await.map_err(f)?;
+    let all: Vec<usize> = (0..rows).collect();
+    for chunk in all.chunks(150) {
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO plain (a, b, c, d, e, f, g) ");
+        q.push_values(chunk, |mut b, &i| {
+            let i = i as i64;
+            b.push_bind(i)
+                .push_bind(1i64)
+                .push_bind(i % 2)
+                .push_bind(i % 5000)
+                .push_bind(255i64)
+                .push_bind(1_780_000_000_000i64 + i)
+                .push_bind("ASSIGNED");
+        });
+        q.build().execute(&mut *tx).await.map_err(f)?;
+    }
+    tx.commit().await.map_err(f)?;
+    let took = t0.elapsed().as_secs_f64();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(took)
 }
 
 /// A request body of any type, for one closure that posts them all.
@@ -266,6 +413,8 @@ struct Placed {
     decisions: usize,
     total: f64,
     pass: f64,
+    commit: f64,
+    rows: usize,
 }
 
 /// One undrain-everything step over `nodes` nodes and `pending` jobs.
@@ -359,7 +508,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         })
         .collect();
     let t0 = Instant::now();
-    let pass = lp.step(cmds).await.map_err(f)?.step_s;
+    let timing = lp.step(cmds).await.map_err(f)?;
     let total = t0.elapsed().as_secs_f64();
     let decisions = (lp.decisions_total() - before) as usize;
     drop(lp);
@@ -367,6 +516,8 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
     Ok(Placed {
         decisions,
         total,
-        pass,
+        pass: timing.step_s,
+        commit: timing.commit_s,
+        rows: timing.rows,
     })
 }

@@ -13,7 +13,7 @@ use super::recover::Snapshot;
 use super::{
     Answer, Command, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report, MAX_BATCH,
 };
-use crate::store::{now_ms, Job, NewJob, Node, NodeState, Store};
+use crate::store::{now_ms, Job, NewJob, Node, NodeState, Store, Write};
 
 #[allow(clippy::large_enum_variant)] // nearly every message is an Ask
 enum Msg {
@@ -129,6 +129,8 @@ pub struct Timing {
     /// The store commit of the batch's writes.
     pub commit_s: f64,
     pub decisions: usize,
+    /// Rows the commit inserted or updated.
+    pub rows: usize,
 }
 
 /// The core with its store and metrics: what [`start`] runs, and what
@@ -221,6 +223,7 @@ impl Driver {
             step_s,
             commit_s,
             decisions: step.decisions,
+            rows: step.writes.iter().map(Write::rows).sum(),
         })
     }
 

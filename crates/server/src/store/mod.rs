@@ -196,6 +196,16 @@ pub struct Task {
     pub started_ms: i64,
 }
 
+impl Write {
+    /// Rows this write inserts or updates (a start: the job and each task).
+    pub fn rows(&self) -> usize {
+        match self {
+            Write::StartJob { tasks, .. } => 1 + tasks.len(),
+            _ => 1,
+        }
+    }
+}
+
 /// One write of a batch (see [`Store::commit`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
