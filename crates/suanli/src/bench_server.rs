@@ -139,7 +139,11 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
             .map_err(|e| failure(e.to_string()))?;
         let base = rt.block_on(placements(a.nodes, a.pending, false))?;
         let fast = rt.block_on(placements(a.nodes, a.pending, true))?;
-        let plain = rt.block_on(plain_insert(fast.rows))?;
+        // The plain insert is short: the best of three.
+        let mut plain = f64::INFINITY;
+        for _ in 0..3 {
+            plain = plain.min(rt.block_on(plain_insert(fast.rows))?);
+        }
         let ratio = fast.commit / plain;
         fig.placement = Some(PlaceFigures {
             nodes: a.nodes,

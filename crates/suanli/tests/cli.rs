@@ -559,6 +559,35 @@ fn bench_server_prints_both_figures() {
     );
     let (code, _, err) = suanli(&["bench", "server", "--clients", "0"]);
     assert_eq!(code, 2, "{err}");
+    // JSON for scripts, and the commit-ratio guard of CI: it passes under a
+    // generous limit and fails (exit 1, naming the ratio) under an
+    // impossible one.
+    let place = [
+        "bench",
+        "server",
+        "--no-submit",
+        "--nodes",
+        "60",
+        "--pending",
+        "2000",
+    ];
+    let (code, out, err) =
+        suanli(&[&place[..], &["--json", "-", "--max-commit-ratio", "1000"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("only JSON on stdout");
+    let p = &v["placement"];
+    assert!(p["decisions"].as_u64().unwrap() > 0, "{v}");
+    assert!(p["commit_rows"].as_u64().unwrap() > p["decisions"].as_u64().unwrap());
+    assert!(p["commit_ratio"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v.get("submissions").is_none());
+    let (code, _, err) = suanli(&[&place[..], &["--max-commit-ratio", "0.001"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the loop's commit took") && err.contains("limit 0.001x"),
+        "{err}"
+    );
+    let (code, _, err) = suanli(&[&place[..], &["--max-commit-ratio", "0"]].concat());
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]
