@@ -98,6 +98,9 @@ struct PlaceFigures {
     plain_insert_s: f64,
     /// commit_s / plain_insert_s.
     commit_ratio: f64,
+    /// Resident memory the loop grew by per pending job, bytes (includes
+    /// SQLite's page cache).
+    rss_bytes_per_pending_job: f64,
 }
 
 pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
@@ -156,6 +159,8 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
             baseline_decisions_per_s: base.decisions as f64 / base.total,
             plain_insert_s: plain,
             commit_ratio: ratio,
+            // The first run's growth: the second reuses memory the first freed.
+            rss_bytes_per_pending_job: base.rss_per_pending,
         });
         if text {
             println!(
@@ -176,6 +181,10 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
             println!(
                 "commit: {} rows in {:.3} s; the same rows as plain SQLite inserts {:.3} s ({:.1}x)",
                 fast.rows, fast.commit, plain, ratio
+            );
+            println!(
+                "memory: {:.0} bytes of resident memory per pending job",
+                base.rss_per_pending
             );
         }
     }
@@ -198,6 +207,17 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The process's resident memory (Linux `/proc/self/statm`), 0 elsewhere.
+fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
 }
 
 /// Seconds to insert `rows` rows of 7 integer and text columns, with a
@@ -419,6 +439,9 @@ struct Placed {
     pass: f64,
     commit: f64,
     rows: usize,
+    /// Growth of the process's resident memory while the pending jobs were
+    /// queued, per job (includes SQLite's page cache).
+    rss_per_pending: f64,
 }
 
 /// One undrain-everything step over `nodes` nodes and `pending` jobs.
@@ -457,6 +480,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         });
     }
     lp.step(cmds).await.map_err(f)?;
+    let rss_before = rss_bytes();
     // Mixed shapes: shares, 1, 2, 4 and 8 GPUs, a few 2-node gangs, some
     // pinned to a model, classes mixed.
     let mut x: u64 = 42;
@@ -504,6 +528,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         }
     }
     lp.step(cmds).await.map_err(f)?;
+    let rss_pending = rss_bytes().saturating_sub(rss_before);
     let before = lp.decisions_total();
     let cmds = (0..nodes)
         .map(|n| LoopCmd::Drain {
@@ -523,5 +548,6 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         pass: timing.step_s,
         commit: timing.commit_s,
         rows: timing.rows,
+        rss_per_pending: rss_pending as f64 / pending as f64,
     })
 }
