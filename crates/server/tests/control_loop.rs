@@ -213,6 +213,8 @@ async fn a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes() {
         panic!("{a:?}")
     };
     let id = j.id;
+    // The answer is the job as committed: started by this batch's pass.
+    assert_eq!((j.state.as_str(), j.run), ("RUNNING", 1));
     assert_eq!(starts(o), vec![(id, 1, 0), (id, 1, 1)]);
     assert_eq!(o.start[0].master_addr, "n1.local");
     assert_eq!(
@@ -362,7 +364,22 @@ async fn a_drained_node_gets_no_new_work_and_keeps_its_running_task() {
     p.hb("n1", &[], &[]).await;
     p.hb("n1", &[(a, 1, 0)], &[]).await;
     assert_eq!(p.drain("n1", true).await, "draining");
-    let b = p.submit(job(4, 1)).await;
+    let Answer::Submitted(Ok(jb)) = p
+        .one(Command::Submit {
+            tenant_id: p.tenant_id,
+            tenant: "acme".to_string(),
+            job: job(4, 1),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (jb.state.as_str(), jb.run),
+        ("PENDING", 0),
+        "nowhere to start"
+    );
+    let b = jb.id;
     let o = p.hb("n1", &[(a, 1, 0)], &[]).await;
     assert!(o.start.is_empty() && o.kill.is_empty(), "{o:?}");
     assert_eq!(

@@ -57,12 +57,12 @@ fn tenants_tokens_jobs_isolation_and_restart() {
     let job = json!({"name": "train", "command": ["python", "train.py"], "gpus": 2, "tasks": 2, "class": "spot"});
     let (code, j, _) = call("POST", &u("/v1/jobs"), Some(&acme), Some(&job.to_string()));
     assert_eq!(code, 201, "{j}");
+    // Answered after the pass that started it was committed, as committed.
     assert_eq!(
-        (j["state"].as_str(), j["tenant"].as_str()),
-        (Some("PENDING"), Some("acme"))
+        (j["state"].as_str(), j["tenant"].as_str(), j["run"].as_i64()),
+        (Some("RUNNING"), Some("acme"), Some(1))
     );
     let id = j["id"].as_i64().unwrap();
-    // Acknowledged after the pass that started it was committed.
     let j = common::job(&s, &acme, id);
     assert_eq!(j["state"], "RUNNING", "{j}");
     assert_eq!(j["task_history"].as_array().unwrap().len(), 2, "{j}");

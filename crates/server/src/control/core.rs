@@ -88,6 +88,8 @@ impl Core {
         let mut answers = Vec::with_capacity(commands.len());
         // (answer index, node id) of the reports in this batch.
         let mut reported: Vec<(usize, i64)> = Vec::new();
+        // Answer indexes of the submissions accepted in this batch.
+        let mut submitted: Vec<usize> = Vec::new();
         if self
             .sched
             .next_wakeup()
@@ -102,7 +104,13 @@ impl Core {
                     tenant_id,
                     tenant,
                     job,
-                } => Answer::Submitted(self.submit(tenant_id, tenant, job, now, &mut w)),
+                } => {
+                    let r = self.submit(tenant_id, tenant, job, now, &mut w);
+                    if r.is_ok() {
+                        submitted.push(answers.len());
+                    }
+                    Answer::Submitted(r)
+                }
                 Command::Cancel { id, tenant } => {
                     Answer::Cancelled(self.cancel(id, tenant, now, &mut w))
                 }
@@ -137,6 +145,16 @@ impl Core {
         }
         for (i, node) in reported {
             answers[i] = Answer::Orders(Ok(self.orders(node)));
+        }
+        // A job the pass started is answered as it is committed: RUNNING.
+        for i in submitted {
+            if let Answer::Submitted(Ok(j)) = &mut answers[i] {
+                if let Some(l) = self.jobs.get(&j.id).filter(|l| l.run > 0) {
+                    j.state = suanli_api::JobState::Running;
+                    j.run = l.run;
+                    j.started_ms = Some(now);
+                }
+            }
         }
         Step {
             writes: w,
