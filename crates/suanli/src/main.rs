@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod bench_billing;
+mod bench_loop;
 mod bench_server;
 mod client;
 mod jobs_cmd;
@@ -140,6 +141,8 @@ enum BenchCmd {
     Jobs(jobs_cmd::BenchJobsArgs),
     /// Speed of the control plane: durable submissions/s and placement decisions/s.
     Server(bench_server::BenchServerArgs),
+    /// The live loop under open-loop load: submission -> durable start decision, CPU share.
+    Loop(bench_loop::BenchLoopArgs),
     /// Speed of the economics report: a month of a large pool, vs a per-tenant scan baseline.
     Billing(bench_billing::BenchBillingArgs),
 }
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
         Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
         Cmd::Bench(BenchCmd::Server(a)) => bench_server::run(a),
+        Cmd::Bench(BenchCmd::Loop(a)) => bench_loop::run(a),
         Cmd::Bench(BenchCmd::Billing(a)) => bench_billing::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),

@@ -617,3 +617,45 @@ fn server_config_errors_name_file_line_and_column() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/x.toml"), "{err}");
 }
+
+#[test]
+fn bench_loop_measures_an_open_loop_of_submissions_and_heartbeats() {
+    let (code, out, err) = suanli(&[
+        "bench",
+        "loop",
+        "--nodes",
+        "50",
+        "--rate",
+        "200",
+        "--seconds",
+        "1.5",
+        "--min-run",
+        "0.2",
+        "--max-run",
+        "0.5",
+        "--heartbeat",
+        "0.5",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("only JSON on stdout");
+    let n = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert!(n("submitted") >= 250.0, "{v}");
+    assert_eq!(
+        n("submitted"),
+        n("started_at_once") + n("queued") + n("refused"),
+        "{v}"
+    );
+    assert_eq!(n("refused"), 0.0, "{v}");
+    assert!(
+        n("start_p50_ms") > 0.0 && n("start_p99_ms") >= n("start_p50_ms"),
+        "{v}"
+    );
+    assert!(n("heartbeats") > 50.0 && n("completions") > 0.0, "{v}");
+    assert!(n("loop_cpu_share") > 0.0, "{v}");
+    let (code, _, err) = suanli(&["bench", "loop", "--rate", "0"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = suanli(&["bench", "loop", "--min-run", "9", "--max-run", "1"]);
+    assert_eq!(code, 2, "{err}");
+}
