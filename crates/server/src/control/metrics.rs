@@ -122,9 +122,14 @@ impl Metrics {
                 .get_or_create(&model)
                 .set((cap - free) as f64 / 1000.0);
         }
-        for s in NodeState::ALL {
-            let n = core.nodes.values().filter(|n| n.node.state == *s).count();
-            self.nodes.get_or_create(&label(s.as_str())).set(n as i64);
+        // One walk over the nodes per batch, whatever the number of states.
+        let mut by_state = [0i64; NodeState::ALL.len()];
+        for n in core.nodes.values() {
+            let i = NodeState::ALL.iter().position(|s| *s == n.node.state);
+            by_state[i.expect("every state is listed")] += 1;
+        }
+        for (s, n) in NodeState::ALL.iter().zip(by_state) {
+            self.nodes.get_or_create(&label(s.as_str())).set(n);
         }
         if let Some(t) = took {
             self.latency.observe(t.as_secs_f64());
