@@ -55,6 +55,13 @@ impl PlacementPolicy for RandomPolicy {
     fn name(&self) -> &'static str {
         "random"
     }
+
+    /// A uniform draw over every feasible node: offering one node per group
+    /// would make it a draw over groups.
+    fn same_for_equal_free(&self) -> bool {
+        false
+    }
+
     fn place(&mut self, ledger: &Ledger, req: &Request, order: &[NodeId]) -> Option<Placement> {
         let (specs, states) = (ledger.specs(), ledger.states());
         let mut chosen = None;
@@ -166,6 +173,12 @@ impl Scorer for GpuClustering {
             base
         };
         (Score::int(s), gpus)
+    }
+
+    /// The score counts the tasks of each shape on the node, which equal
+    /// free resources do not determine (one 500-milli task or two 250s).
+    fn same_for_equal_free(&self) -> bool {
+        false
     }
 }
 

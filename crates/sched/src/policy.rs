@@ -18,6 +18,12 @@ pub trait PlacementPolicy: Send {
     /// The best feasible node, visiting nodes in `order` (earlier wins ties),
     /// or `None` when no node can host `req` now.
     fn place(&mut self, ledger: &Ledger, req: &Request, order: &[NodeId]) -> Option<Placement>;
+    /// Whether two nodes of one shape with equal free resources always get
+    /// the same answer, so that a scheduler may offer only one of them
+    /// (the lowest id) for a single task and decide as a full scan would.
+    fn same_for_equal_free(&self) -> bool {
+        true
+    }
 }
 
 /// Score of a node for a request; compared lexicographically, higher wins.
@@ -42,6 +48,11 @@ pub trait Scorer: Send {
     /// Rate `state` for `req` (called only when `state.fits(spec, req)`), and
     /// choose the devices the request would take there.
     fn score(&self, spec: &NodeSpec, state: &NodeState, req: &Request) -> (Score, GpuMask);
+    /// Whether the score depends on the node's shape and free resources
+    /// only (see [`PlacementPolicy::same_for_equal_free`]).
+    fn same_for_equal_free(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Copy, Clone)]
@@ -97,6 +108,10 @@ impl<S: Scorer> ScoredPolicy<S> {
 impl<S: Scorer> PlacementPolicy for ScoredPolicy<S> {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn same_for_equal_free(&self) -> bool {
+        self.scorer.same_for_equal_free()
     }
 
     fn place(&mut self, ledger: &Ledger, req: &Request, order: &[NodeId]) -> Option<Placement> {

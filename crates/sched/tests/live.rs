@@ -294,3 +294,61 @@ fn models_appear_at_run_time() {
     s.schedule(1);
     assert_eq!(starts(&s)[0].1[0].node, b);
 }
+
+/// A pass bounded to k decisions stops there and says so; passes run again
+/// until none is cut short start the same jobs, in the same order, on the
+/// same devices, as one unbounded pass.
+#[test]
+fn bounded_passes_start_what_one_pass_starts() {
+    let run = |max: usize| {
+        let mut s = Scheduler::new(
+            Ledger::new(Vec::new()),
+            Vec::new(),
+            make_policy("bestfit", &Workload::default(), 1).unwrap(),
+            QueuePolicy::Classes,
+            Vec::new(),
+            0,
+            SchedOptions {
+                max_decisions_per_pass: max,
+                ..SchedOptions::default()
+            },
+        );
+        for n in 0..6 {
+            s.add_node(node(&format!("n{n}"), 8, 0), n / 2);
+        }
+        for i in 0..40u32 {
+            let class = [Class::Spot, Class::OnDemand, Class::Guaranteed][i as usize % 3];
+            s.submit(job(
+                i as u16 % 2,
+                1 + i % 2,
+                [1, 2, 4, 8][i as usize % 4],
+                class,
+            ));
+        }
+        let (mut all, mut passes) = (Vec::new(), 0);
+        loop {
+            s.schedule(1);
+            passes += 1;
+            assert!(
+                s.decisions().len() <= max,
+                "a pass made more than {max} decisions"
+            );
+            all.extend(starts(&s));
+            s.check_indexes().unwrap();
+            if !s.pass_cut_short() {
+                break;
+            }
+        }
+        (all, passes)
+    };
+    let (one, passes) = run(usize::MAX);
+    assert_eq!(passes, 1);
+    assert!(one.len() > 5, "the pool takes several jobs: {}", one.len());
+    let (bounded, passes) = run(2);
+    assert_eq!(bounded, one);
+    assert!(
+        passes > one.len() / 2,
+        "{passes} passes for {} starts",
+        one.len()
+    );
+}

@@ -79,7 +79,7 @@ impl Pool {
 
     async fn step(&mut self, cmds: Vec<Command>) -> Vec<Answer> {
         let s = self.core.step(cmds, self.now);
-        self.store.commit(&s.writes).await.unwrap();
+        self.store.commit(s.writes.clone()).await.unwrap();
         self.core.scheduler().check_indexes().unwrap();
         s.answers
     }

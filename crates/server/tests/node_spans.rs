@@ -48,25 +48,25 @@ async fn spans_follow_node_changes_and_never_overlap() {
     };
     // Registered at 1000; the same registration again changes nothing.
     store
-        .commit(&[Write::UpsertNode(node(8, "A100", "ready", 1000))])
+        .commit(vec![Write::UpsertNode(node(8, "A100", "ready", 1000))])
         .await
         .unwrap();
     store
-        .commit(&[Write::UpsertNode(node(8, "A100", "ready", 1200))])
+        .commit(vec![Write::UpsertNode(node(8, "A100", "ready", 1200))])
         .await
         .unwrap();
     // Drained at 2000; lost as of its last heartbeat at 1500 (found at 3500).
-    store.commit(&[state("draining", 2000)]).await.unwrap();
-    store.commit(&[state("down", 1500)]).await.unwrap();
+    store.commit(vec![state("draining", 2000)]).await.unwrap();
+    store.commit(vec![state("down", 1500)]).await.unwrap();
     // Back at 5000; re-registered with other GPUs at 6000.
-    store.commit(&[state("ready", 5000)]).await.unwrap();
+    store.commit(vec![state("ready", 5000)]).await.unwrap();
     store
-        .commit(&[Write::UpsertNode(node(4, "H800", "ready", 6000))])
+        .commit(vec![Write::UpsertNode(node(4, "H800", "ready", 6000))])
         .await
         .unwrap();
     // Two changes in one millisecond leave the last one.
     store
-        .commit(&[state("draining", 7000), state("ready", 7000)])
+        .commit(vec![state("draining", 7000), state("ready", 7000)])
         .await
         .unwrap();
     let spans = store.node_spans(0, i64::MAX).await.unwrap();

@@ -197,7 +197,7 @@ async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
         state: JobState::Cancelled,
         ended: Some(2000),
     });
-    s.commit(&w).await.unwrap();
+    s.commit(w.clone()).await.unwrap();
     assert_eq!(s.max_job_id().await.unwrap(), 5);
     let j = s.job(1, Some(a.id)).await.unwrap();
     assert_eq!(j.tenant, "acme");
@@ -243,20 +243,20 @@ async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
 
 async fn a_batch_is_all_or_nothing(s: &Store) {
     let a = s.create_tenant("acme", 1.0).await.unwrap();
-    s.commit(&insert(1, a.id, job("a", 0, 1), 10))
+    s.commit(insert(1, a.id, job("a", 0, 1), 10).to_vec())
         .await
         .unwrap();
     // The second insert reuses id 1: the whole batch fails, the first
     // insert and the event included.
     let mut w = insert(2, a.id, job("b", 0, 1), 20).to_vec();
     w.extend(insert(1, a.id, job("dup", 0, 1), 20));
-    assert!(s.commit(&w).await.is_err());
+    assert!(s.commit(w.clone()).await.is_err());
     assert!(matches!(s.job(2, None).await, Err(StoreError::NotFound)));
     assert!(s.events(2).await.unwrap().is_empty());
     assert_eq!(s.job(1, None).await.unwrap().name, "a");
     assert_eq!(s.events(1).await.unwrap().len(), 1);
     // An empty batch is fine.
-    s.commit(&[]).await.unwrap();
+    s.commit(vec![]).await.unwrap();
 }
 
 async fn starts_tasks_and_their_transitions(s: &Store) {
@@ -272,7 +272,7 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
         at: 200,
         tasks: vec![(1, 0b1111), (2, 0b1111_0000)],
     });
-    s.commit(&w).await.unwrap();
+    s.commit(w.clone()).await.unwrap();
     assert_eq!(s.max_node_id().await.unwrap(), 2);
     let j = s.job(1, None).await.unwrap();
     assert_eq!(
@@ -298,7 +298,7 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
         exit_code: None,
         reason: String::new(),
     };
-    s.commit(&[
+    s.commit(vec![
         to(Some(0), &[TaskState::Assigned], TaskState::Running, None),
         to(Some(0), &[TaskState::Assigned], TaskState::Lost, Some(250)),
     ])
@@ -315,7 +315,7 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
         ("n1", &[0, 1, 2, 3][..])
     );
     // Every task of the attempt at once, then the kill is confirmed.
-    s.commit(&[to(
+    s.commit(vec![to(
         None,
         &[TaskState::Assigned, TaskState::Running],
         TaskState::Killing,
@@ -327,7 +327,7 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
     assert_eq!(killing.len(), 2);
     assert!(s.active_tasks().await.unwrap().is_empty());
     // A transition scoped to a node leaves another node's task alone.
-    s.commit(&[Write::TaskState {
+    s.commit(vec![Write::TaskState {
         job: 1,
         run: 1,
         task: Some(1),
@@ -341,7 +341,7 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
     .await
     .unwrap();
     assert_eq!(s.job_tasks(1).await.unwrap()[1].state, TaskState::Killing);
-    s.commit(&[Write::TaskState {
+    s.commit(vec![Write::TaskState {
         job: 1,
         run: 1,
         task: Some(1),
@@ -368,14 +368,14 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
 }
 
 async fn node_states_in_one_batch_keep_the_last(s: &Store) {
-    s.commit(&[
+    s.commit(vec![
         Write::UpsertNode(node(1, "n1", 8, 100)),
         Write::UpsertNode(node(2, "n2", 4, 100)),
     ])
     .await
     .unwrap();
     let st = |node, state, at| Write::NodeState { node, state, at };
-    s.commit(&[
+    s.commit(vec![
         st(1, NodeState::Draining, 200),
         st(2, NodeState::Down, 150),
         st(1, NodeState::Ready, 300),
@@ -392,7 +392,7 @@ async fn node_states_in_one_batch_keep_the_last(s: &Store) {
     // Re-registering with another inventory updates the row in place.
     let mut again = node(2, "n2", 2, 500);
     again.addr = "10.0.0.2".to_string();
-    s.commit(&[Write::UpsertNode(again)]).await.unwrap();
+    s.commit(vec![Write::UpsertNode(again)]).await.unwrap();
     let n = s.nodes().await.unwrap();
     assert_eq!(
         (n[1].gpus, n[1].addr.as_str(), n[1].state),
@@ -437,7 +437,7 @@ async fn usage_follows_task_rows(s: &Store) {
         exit_code: Some(0),
         reason: String::new(),
     });
-    s.commit(&w).await.unwrap();
+    s.commit(w.clone()).await.unwrap();
     let u = s.usage(None, 0, 10_000).await.unwrap();
     assert_eq!(u.len(), 2);
     assert_eq!(
@@ -492,7 +492,7 @@ async fn lost_tasks_of_a_down_node_may_still_hold_devices(s: &Store) {
         state: NodeState::Down,
         at: 100,
     });
-    s.commit(&w).await.unwrap();
+    s.commit(w.clone()).await.unwrap();
     let k = s.killing_tasks().await.unwrap();
     let held: Vec<(i64, i64, i64)> = k.iter().map(|t| (t.job, t.node, t.gpus)).collect();
     assert_eq!(held, [(1, 1, 0xFF)], "only the down node's lost task");

@@ -474,6 +474,63 @@ proptest! {
     }
 }
 
+/// Every start, preemption and completion of a run, as (kind, job, time,
+/// placements).
+fn event_log(cl: &Cluster, wl: &Workload, p: &SimParams) -> Vec<(u8, usize, u64, String)> {
+    let mut log = Vec::new();
+    let mut obs = |e: &SimEvent| match e {
+        SimEvent::Arrive { .. } => {}
+        SimEvent::Start {
+            job,
+            at,
+            placements,
+        } => log.push((0, *job, *at, format!("{placements:?}"))),
+        SimEvent::Preempt { job, at, lost_ms } => log.push((1, *job, *at, lost_ms.to_string())),
+        SimEvent::Complete { job, at } => log.push((2, *job, *at, String::new())),
+    };
+    simulate(cl, wl, p, &mut obs, &mut |_| {}).unwrap();
+    log
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The shortcuts of a pass (the walk by job shape, one node per group of
+    /// identical nodes, the policies' score memo) change no decision: the
+    /// same workload with and without them gives the same events, for every
+    /// queue policy, with a few tenants and shapes so that shapes fail,
+    /// preempt and get re-queued within a pass.
+    #[test]
+    fn shape_walk_decides_as_the_job_walk(
+        mut jobs in prop::collection::vec(arb_job(), 1..60),
+        placement in prop::sample::select(POLICY_NAMES),
+    ) {
+        jobs.sort_by_key(|x| x.submit);
+        let cl = cluster(
+            "[[group]]\nname='a'\ncount=3\ngpu_model='A100'\ngpus=4\ncpu_cores=4\nmemory_gib=64\nnodes_per_rack=2\n\
+             [[group]]\nname='b'\ncount=2\ngpu_model='T4'\ngpus=2\ncpu_cores=2\nmemory_gib=32\n\
+             [[tenant]]\nname='t0'\nquota.A100 = { guaranteed = 6, max = 10 }\n\
+             [[tenant]]\nname='t1'\n",
+        );
+        let wl = workload(&jobs, 3);
+        for policy in QUEUE_POLICY_NAMES {
+            let mut fast = SimParams::new(policy);
+            fast.placement = placement.to_string();
+            fast.check_ledger = true;
+            let mut slow = fast.clone();
+            slow.memo = false;
+            let (a, b) = (event_log(&cl, &wl, &fast), event_log(&cl, &wl, &slow));
+            let first = a.iter().zip(&b).position(|(x, y)| x != y);
+            prop_assert!(
+                a == b,
+                "{policy} × {placement}: first difference at event {first:?}: {:?} vs {:?}",
+                first.map(|i| &a[i]),
+                first.map(|i| &b[i])
+            );
+        }
+    }
+}
+
 #[test]
 fn las_promotes_starving_jobs() {
     // Job 0 (8 GPUs) is demoted at 450 s and preempted at 500 s by a stream of

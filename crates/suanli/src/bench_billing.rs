@@ -192,7 +192,7 @@ async fn store_bench(
             })
         })
         .collect();
-    store.commit(&w).await.map_err(|e| f(&e))?;
+    store.commit(w.clone()).await.map_err(|e| f(&e))?;
     let mut rng = Rng(0xbe11);
     let mut tx = pool.begin().await.map_err(|e| f(&e))?;
     let mut id = 0i64;

@@ -12,8 +12,12 @@
 //! Figures: the time from sending a submission to its durable answer, for
 //! the jobs that the same batch started (the answer is RUNNING: the start
 //! decision is committed with it), as p50 / p99 / max; how many had to
-//! queue instead; and the CPU share of the loop (its thread plus SQLite's
-//! worker threads) over the run.
+//! queue instead; and the CPU share of the loop (its thread, the store's
+//! writer thread and SQLite's worker threads) over the run.
+//!
+//! `--backlog N` queues N jobs first that wait through the whole run (each
+//! wants a whole node of a GPU model the pool has one node of): the loop
+//! then works with a long queue in front of every pass.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,6 +51,9 @@ pub struct BenchLoopArgs {
     /// The fake agents' heartbeat interval, seconds.
     #[arg(long, default_value_t = 5.0)]
     heartbeat: f64,
+    /// Jobs queued before the run that wait through it (a long queue).
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
     /// Also write the figures as JSON to FILE (`-`: standard output only).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -55,6 +62,8 @@ pub struct BenchLoopArgs {
 #[derive(Serialize)]
 struct Figures {
     nodes: usize,
+    /// Jobs waiting through the run.
+    backlog: usize,
     rate_per_s: f64,
     seconds: f64,
     submitted: usize,
@@ -116,8 +125,8 @@ pub fn run(a: BenchLoopArgs) -> Result<(), CliError> {
     let text = a.json.as_deref() != Some(std::path::Path::new("-"));
     if text {
         println!(
-            "open loop: {} nodes, {:.0} submissions/s for {:.0} s: {} submitted, {} started at once, {} queued, {} refused",
-            fig.nodes, fig.rate_per_s, fig.seconds, fig.submitted, fig.started_at_once, fig.queued, fig.refused
+            "open loop: {} nodes, {} jobs waiting, {:.0} submissions/s for {:.0} s: {} submitted, {} started at once, {} queued, {} refused",
+            fig.nodes, fig.backlog, fig.rate_per_s, fig.seconds, fig.submitted, fig.started_at_once, fig.queued, fig.refused
         );
         println!(
             "submission -> durable start decision: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -232,6 +241,7 @@ async fn drive(a: &BenchLoopArgs, control: Control, tenant_id: i64) -> Result<Fi
             .map_err(gone)?
             .map_err(|r| failure(format!("registration refused: {r:?}")))?;
     }
+    backlog(a.backlog, &control, tenant_id).await?;
     let fleet = Arc::new(Mutex::new(Fleet::default()));
     let cpu0 = (loop_cpu_s(), process_cpu_s());
     let t0 = Instant::now();
@@ -312,6 +322,7 @@ async fn drive(a: &BenchLoopArgs, control: Control, tenant_id: i64) -> Result<Fi
     };
     Ok(Figures {
         nodes: a.nodes,
+        backlog: a.backlog,
         rate_per_s: a.rate,
         seconds: a.seconds,
         submitted: sent,
@@ -429,8 +440,75 @@ fn cpu_s(prefixes: Option<&[&str]>) -> f64 {
     ticks as f64 / tick
 }
 
+/// Queue `n` jobs that wait through the run: each wants all 8 GPUs of a
+/// node of a model the pool has one node of (which takes the first).
+async fn backlog(n: usize, control: &Control, tenant_id: i64) -> Result<(), CliError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let gone = |_| failure("the scheduling loop stopped");
+    control
+        .register(Registration {
+            name: "backlog-node".to_string(),
+            addr: String::new(),
+            gpu_model: Some("B200".to_string()),
+            gpus: 8,
+            gpu_memory_mib: 180 * 1024,
+            cpu_milli: 128_000,
+            memory_mib: 1 << 21,
+            labels: Default::default(),
+        })
+        .await
+        .map_err(gone)?
+        .map_err(|r| failure(format!("registration refused: {r:?}")))?;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let c = control.clone();
+        set.spawn(async move {
+            let job = NewJob {
+                name: format!("backlog{i}"),
+                command: vec!["train".to_string()],
+                tasks: 1,
+                cpu_milli: 8_000,
+                memory_mib: 64 * 1024,
+                num_gpu: 8,
+                gpu_milli: 1000,
+                gpu_models: vec!["B200".to_string()],
+                class: Class::Spot,
+                env: Default::default(),
+                workdir: String::new(),
+                max_runtime_s: None,
+                retries: 0,
+            };
+            c.submit(tenant_id, "bench".to_string(), job).await
+        });
+        // At most a few batches in flight.
+        while set.len() >= 16_384 {
+            if let Some(r) = set.join_next().await {
+                backlog_answer(r)?;
+            }
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        backlog_answer(r)?;
+    }
+    Ok(())
+}
+
+fn backlog_answer(
+    r: Result<
+        Result<Result<suanli_server::store::Job, control::Refusal>, control::Gone>,
+        tokio::task::JoinError,
+    >,
+) -> Result<(), CliError> {
+    r.map_err(|e| failure(e.to_string()))?
+        .map_err(|_| failure("the scheduling loop stopped"))?
+        .map_err(|r| failure(format!("a backlog job was refused: {r:?}")))?;
+    Ok(())
+}
+
 fn loop_cpu_s() -> f64 {
-    cpu_s(Some(&["suanli-loop", "sqlx-sqlite"]))
+    cpu_s(Some(&["suanli-loop", "sqlx-sqlite", "suanli-writer"]))
 }
 
 fn process_cpu_s() -> f64 {

@@ -214,7 +214,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                 at: t0 + j.submit as i64,
             });
         }
-        store.commit(&w).await.unwrap();
+        store.commit(w.clone()).await.unwrap();
         let mut runs = vec![0i64; wl.jobs.len()];
         for e in &evs {
             let mut w = Vec::new();
@@ -271,7 +271,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                     });
                 }
             }
-            store.commit(&w).await.unwrap();
+            store.commit(w.clone()).await.unwrap();
         }
         let (from, to) = (sim.from, sim.to);
         let usage = store.usage(None, from, to).await.unwrap();

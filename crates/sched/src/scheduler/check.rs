@@ -11,7 +11,8 @@ use super::{JobState, Scheduler};
 impl Scheduler {
     /// Check that the per-model free GPU milli, the whole-GPU histograms,
     /// the node state groups and their representatives, and every tenant's
-    /// usage per model mirror the ledger and the running jobs; and the
+    /// usage per model mirror the ledger and the running jobs; that the
+    /// queues by shape hold exactly the pending jobs; and the
     /// ledger's own [`check`](suanli_core::Ledger::check). The first
     /// difference found is the error.
     pub fn check_indexes(&self) -> Result<(), String> {
@@ -79,6 +80,21 @@ impl Scheduler {
                     "tenant {t}: usage indexed {:?}, running jobs hold {u:?}",
                     tenant.used
                 ));
+            }
+        }
+        if self.policy != super::QueuePolicy::Drf {
+            let queued = self.by_shape.total();
+            if queued != self.pending.len() {
+                return Err(format!(
+                    "{queued} jobs queued by shape, {} pending",
+                    self.pending.len()
+                ));
+            }
+            for k in &self.pending {
+                let e = &self.jobs[k.2 .0 as usize];
+                if !self.by_shape.holds(e.shape, k) {
+                    return Err(format!("job {}: missing from its shape's queue", k.2 .0));
+                }
             }
         }
         Ok(())

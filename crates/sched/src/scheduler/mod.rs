@@ -31,6 +31,7 @@ mod live;
 mod place;
 mod preempt;
 mod queue;
+mod shapes;
 mod types;
 
 pub use live::WhyPending;
@@ -78,6 +79,8 @@ struct Entry {
     las_offset: Time,
     /// Pending LAS promotion time of this waiting job.
     promote_at: Option<Time>,
+    /// Its queue in [`shapes::ShapeQueues`] while pending (not under DRF).
+    shape: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -112,45 +115,29 @@ impl Memo {
     }
 }
 
-/// Walks the pending queue in key order while the pass mutates it, fetching
-/// keys in chunks (jobs started meanwhile are skipped; jobs re-queued behind
-/// the cursor wait for the next pass).
+/// Walks the pending queue in key order while the pass mutates it: each
+/// step takes the first key after the last one visited, so jobs started
+/// meanwhile are skipped, jobs queued ahead of the cursor (preempted
+/// victims) are visited, and jobs queued behind it wait for the next pass.
 struct Cursor {
     last: Option<Key>,
-    buf: Vec<Key>,
-    at: usize,
 }
 
 impl Cursor {
     fn new() -> Cursor {
-        Cursor {
-            last: None,
-            buf: Vec::new(),
-            at: 0,
-        }
+        Cursor { last: None }
     }
     /// The next key after the cursor for which `still` holds (the job is
     /// still pending under that key).
     fn next(&mut self, pending: &BTreeSet<Key>, still: impl Fn(Key) -> bool) -> Option<Key> {
         loop {
-            if self.at == self.buf.len() {
-                self.buf.clear();
-                self.at = 0;
-                match self.last {
-                    None => self.buf.extend(pending.iter().take(64).copied()),
-                    Some(c) => self.buf.extend(
-                        pending
-                            .range((Bound::Excluded(c), Bound::Unbounded))
-                            .take(64)
-                            .copied(),
-                    ),
-                }
-                if self.buf.is_empty() {
-                    return None;
-                }
-            }
-            let k = self.buf[self.at];
-            self.at += 1;
+            let k = match self.last {
+                None => pending.first().copied(),
+                Some(c) => pending
+                    .range((Bound::Excluded(c), Bound::Unbounded))
+                    .next()
+                    .copied(),
+            }?;
             self.last = Some(k);
             if still(k) {
                 return Some(k);
@@ -192,6 +179,8 @@ pub struct Scheduler {
     jobs: Vec<Entry>,
     free_slots: Vec<u32>,
     pending: BTreeSet<Key>,
+    /// The same keys by job shape (not under DRF), for the ordered pass.
+    by_shape: shapes::ShapeQueues,
     pending_count: usize,
     pending_cpu_only: usize,
     running: BTreeSet<JobId>,
@@ -204,6 +193,11 @@ pub struct Scheduler {
     decisions: Vec<Decision>,
     failed: Memo,
     failed_preempt: Memo,
+    /// The last pass stopped at `max_decisions_per_pass`.
+    cut_short: bool,
+    /// Bumped whenever `failed` is cleared within a pass: shapes that
+    /// failed before may fit now.
+    memo_epoch: u64,
     order_buf: Vec<NodeId>,
     /// Running jobs with a task on each node (for node-local preemption).
     node_jobs: Vec<Vec<JobId>>,
@@ -290,6 +284,7 @@ impl Scheduler {
             jobs: Vec::new(),
             free_slots: Vec::new(),
             pending: BTreeSet::new(),
+            by_shape: shapes::ShapeQueues::default(),
             pending_count: 0,
             pending_cpu_only: 0,
             running: BTreeSet::new(),
@@ -300,6 +295,8 @@ impl Scheduler {
             decisions: Vec::new(),
             failed: Memo::default(),
             failed_preempt: Memo::default(),
+            memo_epoch: 0,
+            cut_short: false,
             order_buf: Vec::new(),
             node_jobs,
             reclaim_models: ModelSet(0),
@@ -473,6 +470,7 @@ impl Scheduler {
             level: 0,
             las_offset: 0,
             promote_at: None,
+            shape: 0,
         };
         match self.free_slots.pop() {
             Some(s) => {
@@ -538,6 +536,8 @@ impl Scheduler {
     /// ledger, are then in [`decisions`](Self::decisions).
     pub fn schedule(&mut self, now: Time) {
         self.decisions.clear();
+        self.cut_short = false;
+        self.by_shape.recycle();
         self.failed.clear();
         self.failed_preempt.clear();
         self.preempt_failures = 0;
@@ -575,6 +575,21 @@ impl Scheduler {
             QueuePolicy::Backfill => self.pass_backfill(now),
             _ => self.pass_ordered(now),
         }
+    }
+
+    /// Whether the last pass stopped at
+    /// [`SchedOptions::max_decisions_per_pass`] with work perhaps left: the
+    /// caller should run another pass soon.
+    pub fn pass_cut_short(&self) -> bool {
+        self.cut_short
+    }
+
+    /// True (and remembered) once the pass has made its allowed decisions.
+    fn out_of_decisions(&mut self) -> bool {
+        if self.decisions.len() >= self.opts.max_decisions_per_pass {
+            self.cut_short = true;
+        }
+        self.cut_short
     }
 
     /// The decisions of the last [`schedule`](Self::schedule) pass, in order.

@@ -236,7 +236,7 @@ impl Scheduler {
         order.clear();
         if req.num_gpu == 0 {
             order.extend_from_slice(&self.all_nodes);
-        } else if tasks == 1 && self.opts.group_nodes {
+        } else if tasks == 1 && self.opts.group_nodes && self.placement.same_for_equal_free() {
             order.extend(self.reps.iter().copied());
         } else {
             // A gang weighs racks: every node counts.
@@ -244,7 +244,9 @@ impl Scheduler {
             for set in &self.idle {
                 order.extend(set.iter().copied());
             }
-            order.sort_unstable();
+            // A few sorted runs: the run-adaptive (stable) sort merges them
+            // in O(n log runs).
+            order.sort();
         }
         let placed = if tasks == 1 {
             self.placement

@@ -349,6 +349,7 @@ impl Scheduler {
         self.mark_started(p, now);
         // Preempted victims may have left more free than `p` took.
         self.failed.clear();
+        self.memo_epoch += 1;
         true
     }
 

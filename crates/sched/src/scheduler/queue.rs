@@ -34,13 +34,16 @@ impl Scheduler {
         };
         let cpu_only = s.req.num_gpu == 0;
         let tenant = s.tenant.0 as usize;
+        let mut shape = 0;
         if self.policy == QueuePolicy::Drf {
             self.tenants[tenant].pending.insert((key.0, j));
         } else {
             self.pending.insert(key);
+            shape = self.by_shape.insert((s.req, s.tasks, s.tenant.0), key);
         }
         let e = &mut self.jobs[j.0 as usize];
         e.key = key;
+        e.shape = shape;
         e.state = JobState::Pending;
         self.pending_count += 1;
         self.pending_cpu_only += cpu_only as usize;
@@ -53,6 +56,7 @@ impl Scheduler {
             self.tenants[t].pending.remove(&(e.key.0, j));
         } else {
             self.pending.remove(&e.key);
+            self.by_shape.remove(e.shape, &e.key);
         }
         self.pending_count -= 1;
         self.pending_cpu_only -= (e.spec.req.num_gpu == 0) as usize;
@@ -110,40 +114,87 @@ impl Scheduler {
 
     /// FIFO, SJF, SRTF, LAS and classes: visit the queue in key order.
     pub(super) fn pass_ordered(&mut self, now: Time) {
-        let strict = self.policy == QueuePolicy::Fifo;
-        let preemptive = matches!(
+        if self.opts.walk_by_shape {
+            self.pass_ordered_by_shape(now)
+        } else {
+            self.pass_ordered_by_job(now)
+        }
+    }
+
+    fn preemptive(&self) -> bool {
+        matches!(
             self.policy,
             QueuePolicy::Srtf | QueuePolicy::Las { .. } | QueuePolicy::Classes
-        );
+        )
+    }
+
+    /// Try job `j` (visited in queue order): place it, else preempt for it.
+    /// `None` stops the pass; `Some(true)`: it started; `Some(false)`: it
+    /// failed, and so will every later job of its shape in this pass.
+    fn visit(&mut self, j: JobId, now: Time) -> Option<bool> {
+        if self.out_of_decisions() {
+            return None;
+        }
+        let preemptive = self.preemptive();
+        // The queue is in priority order, so once nothing is free and this
+        // job has no possible victim, no later job has one either.
+        if self.nothing_free() && (!preemptive || !self.may_have_victims(j, now)) {
+            return None;
+        }
+        let mk = self.memo_key(j);
+        if !self.failed.contains(&mk) {
+            if self.start_if_placeable(j, now) {
+                return Some(true);
+            }
+            self.failed.insert(mk);
+        }
+        // A job that could not preempt its way in: later (lower-priority)
+        // jobs of the same shape have fewer victims, so they cannot either.
+        if preemptive && !self.failed_preempt.contains(&mk) {
+            if self.preempt_for(j, now) {
+                return Some(true);
+            }
+            self.failed_preempt.insert(mk);
+        }
+        if self.policy == QueuePolicy::Fifo {
+            return None;
+        }
+        Some(false)
+    }
+
+    /// The ordered pass job by job (the baseline of the shape walk).
+    fn pass_ordered_by_job(&mut self, now: Time) {
         let mut cursor = Cursor::new();
         while let Some(key) = cursor.next(&self.pending, |k| {
             let e = &self.jobs[k.2 .0 as usize];
             e.state == JobState::Pending && e.key == k
         }) {
-            let j = key.2;
-            // The queue is in priority order, so once nothing is free and this
-            // job has no possible victim, no later job has one either.
-            if self.nothing_free() && (!preemptive || !self.may_have_victims(j, now)) {
+            if self.visit(key.2, now).is_none() {
                 break;
             }
-            let mk = self.memo_key(j);
-            let place_failed = self.failed.contains(&mk);
-            if !place_failed {
-                if self.start_if_placeable(j, now) {
-                    continue;
-                }
-                self.failed.insert(mk);
+        }
+    }
+
+    /// The ordered pass over the shapes' queues: the same visits, in the
+    /// same order, minus the jobs of shapes that already failed in it.
+    fn pass_ordered_by_shape(&mut self, now: Time) {
+        let mut walk = shapes::ShapeWalk::new(&self.by_shape);
+        let (mut seq, mut epoch) = (self.seq, self.memo_epoch);
+        while let Some((key, shape)) = walk.next(&self.by_shape) {
+            match self.visit(key.2, now) {
+                None => break,
+                Some(true) => walk.advance(&self.by_shape, shape),
+                Some(false) => walk.kill(shape),
             }
-            // A job that could not preempt its way in: later (lower-priority)
-            // jobs of the same shape have fewer victims, so they cannot either.
-            if preemptive && !self.failed_preempt.contains(&mk) {
-                if self.preempt_for(j, now) {
-                    continue;
-                }
-                self.failed_preempt.insert(mk);
+            if self.memo_epoch != epoch {
+                // A preemption freed resources: failed shapes may fit now.
+                walk.revive();
             }
-            if strict {
-                break;
+            if self.seq != seq || self.memo_epoch != epoch {
+                // Jobs were queued (preempted victims) or shapes revived:
+                // merge them in.
+                (seq, epoch) = (self.seq, self.memo_epoch);
+                walk.refill(&self.by_shape);
             }
         }
     }
@@ -173,6 +224,9 @@ impl Scheduler {
                 }
             }
             let Some((_, t)) = pick else { break };
+            if self.out_of_decisions() {
+                break;
+            }
             let j = self.tenants[t].pending.first().expect("non-empty").1;
             if self.start_if_placeable(j, now) {
                 continue;
@@ -222,7 +276,7 @@ impl Scheduler {
             e.state == JobState::Pending && e.key == k
         }) {
             let j = key.2;
-            if self.nothing_free() {
+            if self.nothing_free() || self.out_of_decisions() {
                 break;
             }
             let mk = self.memo_key(j);

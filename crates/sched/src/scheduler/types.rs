@@ -173,6 +173,17 @@ pub struct SchedOptions {
     /// nodes (same decisions as a full scan for filter-and-score policies;
     /// false = the benchmark's baseline, every node with free GPUs visited).
     pub group_nodes: bool,
+    /// The ordered passes walk the queue shape by shape, skipping a shape
+    /// at its first failure (same decisions as visiting every job; false =
+    /// the benchmark's baseline, every pending job visited each pass).
+    pub walk_by_shape: bool,
+    /// A pass stops after this many decisions and says so
+    /// ([`Scheduler::pass_cut_short`](super::Scheduler::pass_cut_short)); the
+    /// caller runs another pass, which goes on from the head of the queue.
+    /// Lets a live loop commit the first decisions while it computes the
+    /// next ones, and answer arrivals between (as Slurm's
+    /// `sched_max_job_start`). Unbounded by default.
+    pub max_decisions_per_pass: usize,
 }
 
 impl Default for SchedOptions {
@@ -182,6 +193,8 @@ impl Default for SchedOptions {
             preempt_attempts_per_pass: 8,
             preempt_backoff_ms: 30_000,
             group_nodes: true,
+            walk_by_shape: true,
+            max_decisions_per_pass: usize::MAX,
         }
     }
 }

@@ -142,6 +142,8 @@ impl Core {
             self.sched.schedule(now.max(0) as u64);
             decisions = self.sched.decisions().len();
             self.record_decisions(now, &mut w);
+            // A bounded pass left work: another pass follows at once.
+            self.dirty = self.sched.pass_cut_short();
         }
         for (i, node) in reported {
             answers[i] = Answer::Orders(Ok(self.orders(node)));
@@ -161,6 +163,12 @@ impl Core {
             answers,
             decisions,
         }
+    }
+
+    /// Whether a pass is due now (something changed, or the last pass was
+    /// cut short at its bound).
+    pub fn wants_pass(&self) -> bool {
+        self.dirty
     }
 
     /// When the scheduler next needs a pass with no command (2D-LAS

@@ -1,5 +1,6 @@
 //! The loop's IO: a channel of requests in, the clock, one store commit per
-//! batch, answers out after the commit. Every decision is [`Core::step`]'s.
+//! batch (pipelined with the next batch's pass), answers out after their
+//! batch's commit. Every decision is [`Core::step`]'s.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use super::recover::Snapshot;
 use super::{
     Answer, Command, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report, MAX_BATCH,
 };
-use crate::store::{now_ms, Job, NewJob, Node, NodeState, Store, Write};
+use crate::store::{now_ms, Committing, Job, NewJob, Node, NodeState, Store, StoreError, Write};
 
 #[allow(clippy::large_enum_variant)] // nearly every message is an Ask
 enum Msg {
@@ -126,15 +127,56 @@ impl Control {
 pub struct Timing {
     /// [`Core::step`]: commands plus the scheduling pass.
     pub step_s: f64,
-    /// The store commit of the batch's writes.
+    /// The store's time on the batch's writes, until durable.
     pub commit_s: f64,
     pub decisions: usize,
     /// Rows the commit inserted or updated.
     pub rows: usize,
+    /// Batches (passes) this covers.
+    pub batches: usize,
+}
+
+impl Timing {
+    fn add(&mut self, t: Timing) {
+        self.step_s += t.step_s;
+        self.commit_s += t.commit_s;
+        self.decisions += t.decisions;
+        self.rows += t.rows;
+        self.batches += t.batches;
+    }
+}
+
+/// A batch computed by the core, its answers held back.
+struct Prepared {
+    writes: Vec<Write>,
+    answers: Vec<Answer>,
+    replies: Vec<oneshot::Sender<Answer>>,
+    started: Instant,
+    step_s: f64,
+    decisions: usize,
+}
+
+/// A batch whose writes are with the store; its answers go out once they
+/// are durable.
+struct InFlight {
+    commit: Committing,
+    answers: Vec<Answer>,
+    replies: Vec<oneshot::Sender<Answer>>,
+    started: Instant,
+    step_s: f64,
+    decisions: usize,
+    rows: usize,
+    writes: usize,
 }
 
 /// The core with its store and metrics: what [`start`] runs, and what
 /// benchmarks drive directly.
+///
+/// Batches are pipelined two deep: while batch N commits (on the store's
+/// writer), the core computes batch N+1; N+1 is handed to the store only
+/// after N is durable, and every answer waits for its own batch. A failed
+/// commit stops the loop before anything computed after it is handed over
+/// or answered.
 pub struct Driver {
     core: Core,
     store: Store,
@@ -168,17 +210,32 @@ impl Driver {
         self.metrics.decisions()
     }
 
-    /// One batch without answers (benchmarks).
+    /// One batch without answers, committed before it returns (benchmarks
+    /// and tests).
     pub async fn step(&mut self, cmds: Vec<Command>) -> anyhow::Result<Timing> {
-        let msgs = cmds
-            .into_iter()
-            .map(|c| Msg::Ask(c, oneshot::channel().0))
-            .collect();
-        self.batch(msgs).await
+        let p = self.prepare(asks(cmds)).await?;
+        let f = self.hand(p);
+        self.land(f).await
     }
 
-    /// Apply one batch, commit it, then answer.
-    async fn batch(&mut self, msgs: Vec<Msg>) -> anyhow::Result<Timing> {
+    /// Like [`step`](Self::step), then passes until none is cut short, as
+    /// the running loop does (each pass computed while the previous one
+    /// commits); returns the sums over all batches.
+    pub async fn settle(&mut self, cmds: Vec<Command>) -> anyhow::Result<Timing> {
+        let mut total = Timing::default();
+        let p = self.prepare(asks(cmds)).await?;
+        let mut inflight = self.hand(p);
+        while self.core.wants_pass() {
+            let p = self.prepare(Vec::new()).await?;
+            total.add(self.land(inflight).await?);
+            inflight = self.hand(p);
+        }
+        total.add(self.land(inflight).await?);
+        Ok(total)
+    }
+
+    /// Apply one batch of messages to the core: its writes and answers.
+    async fn prepare(&mut self, msgs: Vec<Msg>) -> anyhow::Result<Prepared> {
         let mut cmds = Vec::with_capacity(msgs.len());
         let mut replies = Vec::with_capacity(msgs.len());
         for m in msgs {
@@ -197,52 +254,108 @@ impl Driver {
                 }
             }
         }
-        let t0 = Instant::now();
+        let started = Instant::now();
         let step = self.core.step(cmds, now_ms());
-        let step_s = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        self.store
-            .commit(&step.writes)
-            .await
-            .context("committing a scheduling batch; stopping (restart recovers from the store)")?;
-        let commit_s = t1.elapsed().as_secs_f64();
-        if step.decisions > 0 {
+        Ok(Prepared {
+            writes: step.writes,
+            answers: step.answers,
+            replies,
+            started,
+            step_s: started.elapsed().as_secs_f64(),
+            decisions: step.decisions,
+        })
+    }
+
+    /// Hand a batch's writes to the store.
+    fn hand(&self, p: Prepared) -> InFlight {
+        let rows = p.writes.iter().map(Write::rows).sum();
+        let writes = p.writes.len();
+        InFlight {
+            commit: self.store.commit(p.writes),
+            answers: p.answers,
+            replies: p.replies,
+            started: p.started,
+            step_s: p.step_s,
+            decisions: p.decisions,
+            rows,
+            writes,
+        }
+    }
+
+    /// Wait until a batch is durable, then answer.
+    async fn land(&mut self, mut f: InFlight) -> anyhow::Result<Timing> {
+        let r = (&mut f.commit).await;
+        self.finish(f, r)
+    }
+
+    /// Answer a batch whose commit ended with `r`; an error stops the loop.
+    fn finish(&mut self, f: InFlight, r: Result<Duration, StoreError>) -> anyhow::Result<Timing> {
+        let commit_s = r
+            .context("committing a scheduling batch; stopping (restart recovers from the store)")?
+            .as_secs_f64();
+        if f.decisions > 0 {
             tracing::debug!(
-                decisions = step.decisions,
-                writes = step.writes.len(),
-                seconds = step_s + commit_s,
+                decisions = f.decisions,
+                writes = f.writes,
+                seconds = f.step_s + commit_s,
                 "batch committed"
             );
         }
-        for (a, r) in step.answers.into_iter().zip(replies) {
+        for (a, r) in f.answers.into_iter().zip(f.replies) {
             let _ = r.send(a);
         }
         self.metrics
-            .publish(&self.core, Some(t0.elapsed()), step.decisions as u64);
+            .publish(&self.core, Some(f.started.elapsed()), f.decisions as u64);
         Ok(Timing {
-            step_s,
+            step_s: f.step_s,
             commit_s,
-            decisions: step.decisions,
-            rows: step.writes.iter().map(Write::rows).sum(),
+            decisions: f.decisions,
+            rows: f.rows,
+            batches: 1,
         })
     }
 
     /// Run until the channel closes (server shutdown) or the store fails.
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> anyhow::Result<()> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut inflight: Option<InFlight> = None;
+        let mut open = true;
         loop {
-            let wake = self
-                .core
-                .next_wakeup()
-                .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(0) as u64))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            tokio::select! {
-                got = rx.recv() => match got {
-                    Some(m) => batch.push(m),
-                    None => return Ok(()),
-                },
-                _ = tokio::time::sleep(wake) => {}
+            if batch.is_empty() && !self.core.wants_pass() {
+                if !open {
+                    // Shutting down: answer what is in flight, then stop.
+                    if let Some(f) = inflight.take() {
+                        self.land(f).await?;
+                    }
+                    return Ok(());
+                }
+                // Nothing to compute: wait for a request, the commit in
+                // flight, or the scheduler's next wake-up.
+                let wake = self
+                    .core
+                    .next_wakeup()
+                    .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(0) as u64))
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1));
+                let landed = match inflight.as_mut() {
+                    Some(f) => tokio::select! {
+                        got = rx.recv() => { open = push(&mut batch, got); None }
+                        r = &mut f.commit => Some(r),
+                        _ = tokio::time::sleep(wake) => None,
+                    },
+                    None => tokio::select! {
+                        got = rx.recv() => { open = push(&mut batch, got); None }
+                        _ = tokio::time::sleep(wake) => None,
+                    },
+                };
+                if let Some(r) = landed {
+                    let f = inflight.take().expect("a commit was in flight");
+                    self.finish(f, r)?;
+                    continue;
+                }
+                if !open {
+                    continue;
+                }
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -250,8 +363,30 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            self.batch(std::mem::take(&mut batch)).await?;
+            let p = self.prepare(std::mem::take(&mut batch)).await?;
+            if let Some(f) = inflight.take() {
+                self.land(f).await?;
+            }
+            inflight = Some(self.hand(p));
         }
+    }
+}
+
+/// Commands without anyone waiting for their answers.
+fn asks(cmds: Vec<Command>) -> Vec<Msg> {
+    cmds.into_iter()
+        .map(|c| Msg::Ask(c, oneshot::channel().0))
+        .collect()
+}
+
+/// Queue a received message; false when the channel closed.
+fn push(batch: &mut Vec<Msg>, got: Option<Msg>) -> bool {
+    match got {
+        Some(m) => {
+            batch.push(m);
+            true
+        }
+        None => false,
     }
 }
 

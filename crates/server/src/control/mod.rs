@@ -182,6 +182,10 @@ pub struct LoopConfig {
     pub lease_ms: u64,
     /// How often agents are asked to report.
     pub heartbeat_interval_s: u64,
+    /// A pass stops after this many decisions; the loop commits them while
+    /// it runs the next pass (see `driver.rs`), and arrivals are answered
+    /// between passes.
+    pub max_decisions_per_pass: usize,
 }
 
 impl Default for LoopConfig {
@@ -193,6 +197,7 @@ impl Default for LoopConfig {
             group_nodes: true,
             lease_ms: 20_000,
             heartbeat_interval_s: 5,
+            max_decisions_per_pass: 4096,
         }
     }
 }

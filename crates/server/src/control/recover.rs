@@ -82,6 +82,8 @@ impl Core {
             SchedOptions {
                 checkpoint_ms: cfg.checkpoint_ms,
                 group_nodes: cfg.group_nodes,
+                walk_by_shape: cfg.group_nodes,
+                max_decisions_per_pass: cfg.max_decisions_per_pass,
                 ..SchedOptions::default()
             },
         );

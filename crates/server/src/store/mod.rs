@@ -95,8 +95,10 @@ pub trait Backend: Send + Sync {
 
     async fn events(&self, id: i64) -> Result<Vec<JobEvent>, StoreError>;
 
-    /// Apply a batch of writes in one transaction: all or nothing.
-    async fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// Apply a batch of writes in one transaction: all or nothing. The
+    /// batch is handed over at once (batches commit in the order they are
+    /// handed over); the answer resolves when it is durable.
+    fn commit(&self, writes: Vec<Write>) -> Committing;
 
     async fn max_job_id(&self) -> Result<i64, StoreError>;
 
@@ -177,6 +179,35 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Writer(String),
+}
+
+/// A batch handed to the store ([`Backend::commit`]): resolves once the
+/// batch is durable (to the time the store spent on it, waiting excluded),
+/// or rolled back.
+pub struct Committing(tokio::sync::oneshot::Receiver<Result<std::time::Duration, StoreError>>);
+
+impl Committing {
+    pub fn new(
+        rx: tokio::sync::oneshot::Receiver<Result<std::time::Duration, StoreError>>,
+    ) -> Committing {
+        Committing(rx)
+    }
+}
+
+impl std::future::Future for Committing {
+    type Output = Result<std::time::Duration, StoreError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Err(StoreError::Writer("the store's writer stopped".to_string())))
+        })
+    }
 }
 
 /// The devices of a bitmask, ascending.

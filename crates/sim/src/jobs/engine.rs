@@ -37,9 +37,10 @@ pub struct SimParams {
     pub series_points: usize,
     /// Verify the ledger's invariants after every pass (slow; for tests).
     pub check_ledger: bool,
-    /// Memoise placement scores and group identical nodes (false = the
-    /// benchmark's baseline: same decisions, every node with free GPUs
-    /// rescored for every placement).
+    /// Memoise placement scores, group identical nodes and walk the queue
+    /// by job shape (false = the benchmark's baseline: same decisions, every
+    /// node with free GPUs rescored for every placement, every pending job
+    /// visited by every pass).
     pub memo: bool,
 }
 
@@ -247,6 +248,7 @@ pub fn simulate(
         SchedOptions {
             checkpoint_ms: params.checkpoint_ms,
             group_nodes: params.memo,
+            walk_by_shape: params.memo,
             ..SchedOptions::default()
         },
     );

@@ -1,58 +1,259 @@
-//! The SQLite write path: one batch of [`Write`]s in one transaction. Runs
-//! of job inserts, job starts and node states become multi-row statements;
-//! events are appended last; every node change also records the node's
-//! history (`node_spans`).
+//! The SQLite write path: one batch of [`Write`]s applied in order inside
+//! one transaction (opened by [`super::writer`]), each write a few prepared
+//! statements. Every node change also records the node's history
+//! (`node_spans`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
-use sqlx::{Row, SqlitePool};
+use rusqlite::{params, OptionalExtension, ToSql, Transaction};
 
 use crate::store::{JobState, Node, NodeState, StoreError, TaskState, Write};
 
-/// Apply a batch of writes in one transaction: all or nothing.
-pub(super) async fn commit(pool: &SqlitePool, writes: &[Write]) -> Result<(), StoreError> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let mut tx = pool.begin().await?;
-    // Writes are applied in order, except that runs of job inserts, of
-    // job starts and of node states become multi-row statements, and
-    // events (append-only, read by no other write) are inserted last, in
-    // their own order: far fewer round trips for the same result.
+/// Apply `writes` in order within `tx`, except that runs of job inserts
+/// and of job starts become multi-row statements, and events (append-only,
+/// read by no other write) are inserted last, in their own order.
+pub(super) fn apply(tx: &Transaction<'_>, writes: &[Write]) -> Result<(), StoreError> {
     let mut events: Vec<&Write> = Vec::new();
     let mut i = 0;
     while i < writes.len() {
         let w = &writes[i];
+        if !matches!(
+            w,
+            Write::Event { .. }
+                | Write::InsertJob { .. }
+                | Write::StartJob { .. }
+                | Write::NodeState { .. }
+        ) {
+            apply_one(tx, w)?;
+            i += 1;
+            continue;
+        }
+        // A run of one kind (events set aside), each job or node at most once.
+        let kind = std::mem::discriminant(w);
+        let mut run: Vec<&Write> = Vec::new();
+        let mut jobs = HashSet::new();
+        while i < writes.len() {
+            match &writes[i] {
+                e @ Write::Event { .. } => events.push(e),
+                x if std::mem::discriminant(x) == kind && jobs.insert(job_of(x)) => run.push(x),
+                _ => break,
+            }
+            i += 1;
+        }
         match w {
-            Write::Event { .. } => {
-                events.push(w);
-                i += 1;
+            Write::InsertJob { .. } => insert_jobs(tx, &run)?,
+            Write::StartJob { .. } => start_jobs(tx, &run)?,
+            Write::NodeState { .. } => node_states(tx, &run)?,
+            _ => {}
+        }
+    }
+    insert_events(tx, &events)
+}
+
+fn job_of(w: &Write) -> i64 {
+    match w {
+        Write::InsertJob { id, .. } => *id,
+        Write::StartJob { job, .. } => *job,
+        Write::NodeState { node, .. } => *node,
+        _ => 0,
+    }
+}
+
+/// Rows per multi-row statement (a remainder goes row by row).
+const CHUNK: usize = 64;
+
+/// `head` then `rows` × `row` (comma-separated) then `tail`, in statements
+/// of [`CHUNK`] rows, the rest one row each: full chunks share one cached
+/// statement, so SQLite opens its cursors once per 64 rows, not per row.
+fn many<const W: usize>(
+    tx: &Transaction<'_>,
+    head: &str,
+    row: &str,
+    tail: &str,
+    rows: &[[&dyn ToSql; W]],
+) -> Result<(), StoreError> {
+    let sql = |n: usize| {
+        let mut s = String::with_capacity(head.len() + n * (row.len() + 2) + tail.len());
+        s.push_str(head);
+        for k in 0..n {
+            if k > 0 {
+                s.push_str(", ");
             }
-            Write::InsertJob { .. } | Write::StartJob { .. } | Write::NodeState { .. } => {
-                let same = |x: &Write| std::mem::discriminant(x) == std::mem::discriminant(w);
-                let mut run = Vec::new();
-                while i < writes.len() {
-                    match &writes[i] {
-                        e @ Write::Event { .. } => events.push(e),
-                        x if same(x) => run.push(x),
-                        _ => break,
-                    }
-                    i += 1;
-                }
-                match w {
-                    Write::InsertJob { .. } => insert_jobs(&mut tx, &run).await?,
-                    Write::StartJob { .. } => start_jobs(&mut tx, &run).await?,
-                    _ => node_states(&mut tx, &run).await?,
-                }
+            s.push_str(row);
+        }
+        s.push_str(tail);
+        s
+    };
+    let full = rows.len() / CHUNK * CHUNK;
+    let run = |chunk: &[[&dyn ToSql; W]], sql: &str| -> Result<(), StoreError> {
+        let mut st = tx.prepare_cached(sql)?;
+        let mut k = 1;
+        for r in chunk {
+            for v in r {
+                st.raw_bind_parameter(k, v)?;
+                k += 1;
             }
+        }
+        st.raw_execute()?;
+        Ok(())
+    };
+    if full > 0 {
+        let big = sql(CHUNK);
+        for chunk in rows[..full].chunks(CHUNK) {
+            run(chunk, &big)?;
+        }
+    }
+    let one = sql(1);
+    for r in &rows[full..] {
+        run(std::slice::from_ref(r), &one)?;
+    }
+    Ok(())
+}
+
+fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
+    // The JSON texts, owned here so that the rows can borrow them.
+    let json: Vec<[String; 3]> = run
+        .iter()
+        .map(|w| match w {
+            Write::InsertJob { job: j, .. } => [
+                serde_json::to_string(&j.command).expect("strings serialise"),
+                serde_json::to_string(&j.gpu_models).expect("strings serialise"),
+                serde_json::to_string(&j.env).expect("strings serialise"),
+            ],
+            _ => unreachable!("a run of job inserts"),
+        })
+        .collect();
+    let rows: Vec<[&dyn ToSql; 16]> = run
+        .iter()
+        .zip(&json)
+        .map(|(w, js)| match w {
+            Write::InsertJob {
+                id,
+                tenant_id,
+                job: j,
+                at,
+            } => [
+                id as &dyn ToSql,
+                tenant_id,
+                &j.name,
+                &js[0],
+                &j.tasks,
+                &j.cpu_milli,
+                &j.memory_mib,
+                &j.num_gpu,
+                &j.gpu_milli,
+                &js[1],
+                &j.class,
+                &js[2],
+                &j.workdir,
+                &j.max_runtime_s,
+                &j.retries,
+                at,
+            ],
+            _ => unreachable!("a run of job inserts"),
+        })
+        .collect();
+    many(
+        tx,
+        "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, \
+         gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, state) VALUES ",
+        &format!(
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+            JobState::Pending.as_str()
+        ),
+        "",
+        &rows,
+    )
+}
+
+/// Job starts: each job's row, and a row per task (with the GPU model it
+/// runs on, kept should the node's inventory change later).
+fn start_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
+    // Task indexes, owned here so that the rows can borrow them.
+    let indexes: Vec<i64> = (0..run.iter().map(|w| start_tasks(w).len()).max().unwrap_or(0))
+        .map(|i| i as i64)
+        .collect();
+    let mut jobs: Vec<[&dyn ToSql; 3]> = Vec::with_capacity(run.len());
+    let mut tasks: Vec<[&dyn ToSql; 6]> = Vec::with_capacity(run.len());
+    for w in run {
+        let Write::StartJob {
+            job,
+            run,
+            at,
+            tasks: t,
+        } = w
+        else {
+            unreachable!("a run of job starts")
+        };
+        jobs.push([job, run, at]);
+        for (i, (node, mask)) in t.iter().enumerate() {
+            tasks.push([job, run, &indexes[i], node, mask, at]);
+        }
+    }
+    many(
+        tx,
+        &format!(
+            "UPDATE jobs SET state = '{}', run = v.column2, started_ms = v.column3 FROM (VALUES ",
+            JobState::Running.as_str()
+        ),
+        "(?, ?, ?)",
+        ") AS v WHERE jobs.id = v.column1",
+        &jobs,
+    )?;
+    many(
+        tx,
+        &format!(
+            "INSERT INTO tasks (job_id, run, idx, node_id, gpus, started_ms, state, gpu_model) \
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, '{}', \
+             (SELECT gpu_model FROM nodes WHERE id = v.column4) FROM (VALUES ",
+            TaskState::Assigned.as_str()
+        ),
+        "(?, ?, ?, ?, ?, ?)",
+        ") AS v",
+        &tasks,
+    )
+}
+
+fn start_tasks(w: &Write) -> &[(i64, i64)] {
+    match w {
+        Write::StartJob { tasks, .. } => tasks,
+        _ => &[],
+    }
+}
+
+fn insert_events(tx: &Transaction<'_>, events: &[&Write]) -> Result<(), StoreError> {
+    let rows: Vec<[&dyn ToSql; 4]> = events
+        .iter()
+        .map(|w| match w {
+            Write::Event {
+                job,
+                at,
+                kind,
+                detail,
+            } => [job as &dyn ToSql, at, kind, detail],
+            _ => unreachable!("events"),
+        })
+        .collect();
+    many(
+        tx,
+        "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES ",
+        "(?, ?, ?, ?)",
+        "",
+        &rows,
+    )
+}
+
+/// A write that is not batched: a few single-row statements.
+fn apply_one(tx: &Transaction<'_>, w: &Write) -> Result<(), StoreError> {
+    {
+        match w {
+            Write::InsertJob { .. }
+            | Write::StartJob { .. }
+            | Write::Event { .. }
+            | Write::NodeState { .. } => unreachable!("batched by apply"),
             Write::JobState { job, state, ended } => {
-                sqlx::query("UPDATE jobs SET state = ?, ended_ms = ? WHERE id = ?")
-                    .bind(*state)
-                    .bind(ended)
-                    .bind(job)
-                    .execute(&mut *tx)
-                    .await?;
-                i += 1;
+                tx.prepare_cached("UPDATE jobs SET state = ?, ended_ms = ? WHERE id = ?")?
+                    .execute(params![state.as_str(), ended, job])?;
             }
             Write::TaskState {
                 job,
@@ -65,354 +266,226 @@ pub(super) async fn commit(pool: &SqlitePool, writes: &[Write]) -> Result<(), St
                 exit_code,
                 reason,
             } => {
+                let mut update = tx.prepare_cached(
+                    "UPDATE tasks SET state = ?1, ended_ms = COALESCE(?2, ended_ms), \
+                     exit_code = COALESCE(?3, exit_code), \
+                     reason = CASE WHEN ?4 = '' THEN reason ELSE ?4 END \
+                     WHERE job_id = ?5 AND run = ?6 AND (?7 IS NULL OR idx = ?7) \
+                     AND (?8 IS NULL OR node_id = ?8) AND state = ?9",
+                )?;
                 for f in *from {
-                    sqlx::query(
-                        "UPDATE tasks SET state = ?, ended_ms = COALESCE(?, ended_ms), \
-                         exit_code = COALESCE(?, exit_code), reason = CASE WHEN ? = '' THEN reason ELSE ? END \
-                         WHERE job_id = ? AND run = ? AND (? IS NULL OR idx = ?) \
-                         AND (? IS NULL OR node_id = ?) AND state = ?",
-                    )
-                    .bind(*to)
-                    .bind(at)
-                    .bind(exit_code)
-                    .bind(reason)
-                    .bind(reason)
-                    .bind(job)
-                    .bind(run)
-                    .bind(task)
-                    .bind(task)
-                    .bind(node)
-                    .bind(node)
-                    .bind(*f)
-                    .execute(&mut *tx)
-                    .await?;
+                    update.execute(params![
+                        to.as_str(),
+                        at,
+                        exit_code,
+                        reason,
+                        job,
+                        run,
+                        task,
+                        node,
+                        f.as_str()
+                    ])?;
                 }
-                i += 1;
             }
             Write::UpsertNode(n) => {
-                upsert_node(&mut tx, n).await?;
-                i += 1;
+                upsert_node(tx, n)?;
+                node_span(tx, n.id, n.state, n.last_heartbeat_ms)?;
             }
             Write::Heartbeat { node, at } => {
-                sqlx::query("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")
-                    .bind(at)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?;
-                i += 1;
+                tx.prepare_cached("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")?
+                    .execute(params![at, node])?;
             }
-        }
-    }
-    for chunk in events.chunks(200) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO job_events (job_id, at_ms, kind, detail) ",
-        );
-        q.push_values(chunk, |mut b, e| {
-            if let Write::Event {
-                job,
-                at,
-                kind,
-                detail,
-            } = e
-            {
-                b.push_bind(*job)
-                    .push_bind(*at)
-                    .push_bind(*kind)
-                    .push_bind(detail.as_str());
-            }
-        });
-        q.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn node_states(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
-    let mut by_state: BTreeMap<NodeState, Vec<i64>> = BTreeMap::new();
-    for w in run {
-        if let Write::NodeState { node, state, .. } = w {
-            by_state.entry(*state).or_default().push(*node);
-        }
-    }
-    // A node set twice in one run keeps its last state; every change opens a span.
-    let mut last: BTreeMap<i64, NodeState> = BTreeMap::new();
-    let mut changes = Vec::with_capacity(run.len());
-    for w in run {
-        if let Write::NodeState { node, state, at } = w {
-            last.insert(*node, *state);
-            changes.push((*node, *state, *at));
-        }
-    }
-    node_spans(tx, &changes).await?;
-    for (state, nodes) in by_state {
-        let nodes: Vec<i64> = nodes.into_iter().filter(|n| last[n] == state).collect();
-        for chunk in nodes.chunks(500) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE nodes SET state = ");
-            q.push_bind(state).push(" WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for n in chunk {
-                sep.push_bind(*n);
-            }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
         }
     }
     Ok(())
 }
 
-async fn insert_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
-    for chunk in run.chunks(100) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, gpu_milli, \
-             gpu_models, class, env, workdir, max_runtime_s, retries, state, submitted_ms) ",
-        );
-        q.push_values(chunk, |mut b, w| {
-            if let Write::InsertJob {
-                id,
-                tenant_id,
-                job: j,
-                at,
-            } = w
-            {
-                b.push_bind(*id)
-                    .push_bind(*tenant_id)
-                    .push_bind(j.name.clone())
-                    .push_bind(serde_json::to_string(&j.command).expect("strings serialise"))
-                    .push_bind(j.tasks)
-                    .push_bind(j.cpu_milli)
-                    .push_bind(j.memory_mib)
-                    .push_bind(j.num_gpu)
-                    .push_bind(j.gpu_milli)
-                    .push_bind(serde_json::to_string(&j.gpu_models).expect("strings serialise"))
-                    .push_bind(j.class)
-                    .push_bind(serde_json::to_string(&j.env).expect("strings serialise"))
-                    .push_bind(j.workdir.clone())
-                    .push_bind(j.max_runtime_s)
-                    .push_bind(j.retries)
-                    .push_bind(JobState::Pending)
-                    .push_bind(*at);
-            }
-        });
-        q.build().execute(&mut *tx).await?;
-    }
+/// Insert a node or update its inventory and state.
+fn upsert_node(tx: &Transaction<'_>, n: &Node) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO nodes (id, name, addr, gpu_model, gpus, gpu_memory_mib, cpu_milli, memory_mib, rack, \
+         labels, state, registered_ms, last_heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, gpu_model = excluded.gpu_model, \
+         gpus = excluded.gpus, gpu_memory_mib = excluded.gpu_memory_mib, cpu_milli = excluded.cpu_milli, \
+         memory_mib = excluded.memory_mib, rack = excluded.rack, labels = excluded.labels, \
+         state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms",
+    )?
+    .execute(params![
+        n.id,
+        n.name,
+        n.addr,
+        n.gpu_model,
+        n.gpus,
+        n.gpu_memory_mib,
+        n.cpu_milli,
+        n.memory_mib,
+        n.rack,
+        serde_json::to_string(&n.labels).expect("strings serialise"),
+        n.state.as_str(),
+        n.registered_ms,
+        n.last_heartbeat_ms,
+    ])?;
     Ok(())
 }
 
-/// Consecutive job starts: their job rows and every task row, a few
-/// statements per hundred jobs.
-async fn start_jobs(tx: &mut sqlx::SqliteConnection, run: &[&Write]) -> Result<(), StoreError> {
-    for chunk in run.chunks(100) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE jobs SET state = ");
-        q.push_bind(JobState::Running).push(", run = CASE id");
-        for w in chunk {
-            if let Write::StartJob { job, run, .. } = w {
-                q.push(" WHEN ")
-                    .push_bind(*job)
-                    .push(" THEN ")
-                    .push_bind(*run);
-            }
-        }
-        q.push(" END, started_ms = CASE id");
-        for w in chunk {
-            if let Write::StartJob { job, at, .. } = w {
-                q.push(" WHEN ")
-                    .push_bind(*job)
-                    .push(" THEN ")
-                    .push_bind(*at);
-            }
-        }
-        q.push(" END WHERE id IN (");
-        let mut sep = q.separated(", ");
-        for w in chunk {
-            if let Write::StartJob { job, .. } = w {
-                sep.push_bind(*job);
-            }
-        }
-        q.push(")");
-        q.build().execute(&mut *tx).await?;
-        let mut rows: Vec<(i64, i64, i64, i64, i64, i64)> = Vec::new();
-        for w in chunk {
-            if let Write::StartJob {
-                job,
-                run,
-                at,
-                tasks,
-            } = w
-            {
-                for (i, (node, mask)) in tasks.iter().enumerate() {
-                    rows.push((*job, *run, i as i64, *node, *mask, *at));
-                }
-            }
-        }
-        for part in rows.chunks(150) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms, gpu_model) ",
-            );
-            q.push_values(part, |mut b, r| {
-                b.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3)
-                    .push_bind(r.4)
-                    .push_bind(TaskState::Assigned)
-                    .push_bind(r.5)
-                    // The model it runs on, kept should the node's inventory change later.
-                    .push("(SELECT gpu_model FROM nodes WHERE id = ")
-                    .push_bind_unseparated(r.3)
-                    .push_unseparated(")");
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Insert a node or update its inventory and state, and record the change
-/// in its history.
-async fn upsert_node(tx: &mut sqlx::SqliteConnection, n: &Node) -> Result<(), StoreError> {
-    sqlx::query(
-            "INSERT INTO nodes (id, name, addr, gpu_model, gpus, gpu_memory_mib, cpu_milli, memory_mib, rack, \
-             labels, state, registered_ms, last_heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, gpu_model = excluded.gpu_model, \
-             gpus = excluded.gpus, gpu_memory_mib = excluded.gpu_memory_mib, cpu_milli = excluded.cpu_milli, \
-             memory_mib = excluded.memory_mib, rack = excluded.rack, labels = excluded.labels, \
-             state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms",
-        )
-        .bind(n.id)
-        .bind(&n.name)
-        .bind(&n.addr)
-        .bind(&n.gpu_model)
-        .bind(n.gpus)
-        .bind(n.gpu_memory_mib)
-        .bind(n.cpu_milli)
-        .bind(n.memory_mib)
-        .bind(&n.rack)
-        .bind(serde_json::to_string(&n.labels).expect("strings serialise"))
-        .bind(n.state)
-        .bind(n.registered_ms)
-        .bind(n.last_heartbeat_ms)
-        .execute(&mut *tx)
-        .await?;
-    node_spans(tx, &[(n.id, n.state, n.last_heartbeat_ms)]).await
-}
-
-/// Record that each `(node, state, at)` holds from `at`, in order: close the
-/// node's open span and open a new one (with the node's stored inventory),
-/// unless nothing changed. A change dated before later spans (a lost node
-/// is down from its last heartbeat, which can precede a drain) replaces
-/// them, so the spans of a node never overlap and the history agrees with
-/// the billing of its tasks.
-///
-/// Set-wise: the changes go in waves holding each node at most once (a
-/// node's later change in a later wave), and each wave costs a few
-/// statements per 500 nodes, not a few per node (undraining 5,000 nodes
-/// cost 2 s per node and 0.03 s so).
-async fn node_spans(
-    tx: &mut sqlx::SqliteConnection,
-    changes: &[(i64, NodeState, i64)],
-) -> Result<(), StoreError> {
-    let mut waves: Vec<Vec<(i64, NodeState, i64)>> = Vec::new();
-    let mut wave_of: HashMap<i64, usize> = HashMap::new();
-    for &(node, state, at) in changes {
-        let w = wave_of.get(&node).map_or(0, |w| w + 1);
-        wave_of.insert(node, w);
-        if waves.len() <= w {
-            waves.push(Vec::new());
-        }
-        waves[w].push((node, state, at));
-    }
-    for wave in waves {
-        for chunk in wave.chunks(500) {
-            span_chunk(tx, chunk).await?;
-        }
-    }
-    Ok(())
-}
-
-/// [`node_spans`] for distinct nodes.
-async fn span_chunk(
-    tx: &mut sqlx::SqliteConnection,
-    chunk: &[(i64, NodeState, i64)],
-) -> Result<(), StoreError> {
-    let in_list = |q: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, nodes: &[i64]| {
-        q.push(" IN (");
-        let mut sep = q.separated(", ");
-        for n in nodes {
-            sep.push_bind(*n);
-        }
-        q.push(")");
-    };
-    let ids: Vec<i64> = chunk.iter().map(|c| c.0).collect();
-    let mut q = sqlx::QueryBuilder::new("SELECT id, gpu_model, gpus FROM nodes WHERE id");
-    in_list(&mut q, &ids);
-    let mut inventory: HashMap<i64, (Option<String>, i64)> = HashMap::new();
-    for r in q.build().fetch_all(&mut *tx).await? {
-        inventory.insert(
-            r.try_get("id")?,
-            (r.try_get("gpu_model")?, r.try_get("gpus")?),
-        );
-    }
-    let mut q = sqlx::QueryBuilder::new(
-        "SELECT node_id, start_ms, state, gpu_model, gpus FROM node_spans \
-         WHERE end_ms IS NULL AND node_id",
+/// State changes of distinct nodes: the node rows, and their history. The
+/// usual change (the node's open span began before it) closes the open
+/// span and opens one, set-wise; the others go through [`node_span`].
+fn node_states(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
+    let changes: Vec<(i64, NodeState, i64)> = run
+        .iter()
+        .map(|w| match w {
+            Write::NodeState { node, state, at } => (*node, *state, *at),
+            _ => unreachable!("a run of node states"),
+        })
+        .collect();
+    let rows: Vec<[&dyn ToSql; 2]> = changes.iter().map(|c| [&c.0 as &dyn ToSql, &c.1]).collect();
+    many(
+        tx,
+        "UPDATE nodes SET state = v.column2 FROM (VALUES ",
+        "(?, ?)",
+        ") AS v WHERE nodes.id = v.column1",
+        &rows,
+    )?;
+    // Each node's inventory and open span.
+    type Open = (
+        Option<String>,
+        i64,
+        Option<i64>,
+        Option<NodeState>,
+        Option<String>,
+        Option<i64>,
     );
-    in_list(&mut q, &ids);
-    let mut open: HashMap<i64, (i64, NodeState, Option<String>, i64)> = HashMap::new();
-    for r in q.build().fetch_all(&mut *tx).await? {
-        open.insert(
-            r.try_get("node_id")?,
-            (
-                r.try_get("start_ms")?,
-                r.try_get("state")?,
-                r.try_get("gpu_model")?,
-                r.try_get("gpus")?,
-            ),
+    let mut now: HashMap<i64, Open> = HashMap::with_capacity(changes.len());
+    for chunk in changes.chunks(CHUNK) {
+        let mut sql = String::from(
+            "SELECT n.id, n.gpu_model, n.gpus, s.start_ms, s.state, s.gpu_model, s.gpus FROM nodes n \
+             LEFT JOIN node_spans s ON s.node_id = n.id AND s.end_ms IS NULL WHERE n.id IN (",
         );
+        sql.push_str(&vec!["?"; chunk.len()].join(", "));
+        sql.push(')');
+        let mut st = tx.prepare_cached(&sql)?;
+        let ids = chunk.iter().map(|c| c.0);
+        let mut q = st.query(rusqlite::params_from_iter(ids))?;
+        while let Some(r) = q.next()? {
+            let state: Option<String> = r.get(4)?;
+            let state = state.and_then(|s| s.parse::<NodeState>().ok());
+            now.insert(
+                r.get(0)?,
+                (r.get(1)?, r.get(2)?, r.get(3)?, state, r.get(5)?, r.get(6)?),
+            );
+        }
     }
-    // Nodes whose span really changes, grouped by the time of the change.
-    let mut by_at: BTreeMap<i64, Vec<(i64, NodeState)>> = BTreeMap::new();
-    for &(node, state, at) in chunk {
-        let Some((model, gpus)) = inventory.get(&node) else {
+    let mut close: Vec<(i64, i64, i64)> = Vec::new(); // (at, node, open span start)
+    let mut open: Vec<(i64, i64, NodeState, Option<String>, i64)> = Vec::new();
+    for &(node, state, at) in &changes {
+        let Some((model, gpus, start, st, m, g)) = now.get(&node) else {
             continue; // no such node: nothing to record
         };
-        let same = open.get(&node).is_some_and(|(start, st, m, g)| {
-            *st == state && m == model && g == gpus && *start <= at
-        });
-        if !same {
-            by_at.entry(at).or_default().push((node, state));
+        match start {
+            Some(start) if *start < at => {
+                if *st == Some(state) && m == model && *g == Some(*gpus) {
+                    continue; // nothing changed
+                }
+                close.push((at, node, *start));
+                open.push((node, at, state, model.clone(), *gpus));
+            }
+            _ => node_span(tx, node, state, at)?,
         }
     }
-    for (at, nodes) in by_at {
-        let ids: Vec<i64> = nodes.iter().map(|n| n.0).collect();
-        let mut q = sqlx::QueryBuilder::new("DELETE FROM node_spans WHERE start_ms > ");
-        q.push_bind(at).push(" AND node_id");
-        in_list(&mut q, &ids);
-        q.build().execute(&mut *tx).await?;
-        let mut q = sqlx::QueryBuilder::new("UPDATE node_spans SET end_ms = ");
-        q.push_bind(at)
-            .push(" WHERE (end_ms IS NULL OR end_ms > ")
-            .push_bind(at)
-            .push(") AND node_id");
-        in_list(&mut q, &ids);
-        q.build().execute(&mut *tx).await?;
-        // A zero-length span (two changes in one millisecond) is replaced.
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO node_spans (node_id, start_ms, end_ms, state, gpu_model, gpus) ",
-        );
-        q.push_values(&nodes, |mut b, (node, state)| {
-            let (model, gpus) = &inventory[node];
-            b.push_bind(*node)
-                .push_bind(at)
-                .push_bind(None::<i64>)
-                .push_bind(*state)
-                .push_bind(model.clone())
-                .push_bind(*gpus);
-        });
-        q.push(
-            " ON CONFLICT (node_id, start_ms) DO UPDATE SET end_ms = NULL, state = excluded.state, \
-             gpu_model = excluded.gpu_model, gpus = excluded.gpus",
-        );
-        q.build().execute(&mut *tx).await?;
+    let rows: Vec<[&dyn ToSql; 3]> = close
+        .iter()
+        .map(|c| [&c.0 as &dyn ToSql, &c.1, &c.2])
+        .collect();
+    many(
+        tx,
+        "UPDATE node_spans SET end_ms = v.column1 FROM (VALUES ",
+        "(?, ?, ?)",
+        ") AS v WHERE node_spans.node_id = v.column2 AND node_spans.start_ms = v.column3",
+        &rows,
+    )?;
+    let rows: Vec<[&dyn ToSql; 5]> = open
+        .iter()
+        .map(|o| [&o.0 as &dyn ToSql, &o.1, &o.2, &o.3, &o.4])
+        .collect();
+    many(
+        tx,
+        "INSERT INTO node_spans (node_id, start_ms, state, gpu_model, gpus) VALUES ",
+        "(?, ?, ?, ?, ?)",
+        "",
+        &rows,
+    )
+}
+
+/// Record that `node` is in `state` from `at`: close its open span and open
+/// a new one (with the node's stored inventory), unless nothing changed. A
+/// change dated before later spans (a lost node is down from its last
+/// heartbeat, which can precede a drain) replaces them, so the spans of a
+/// node never overlap and the history agrees with the billing of its tasks.
+fn node_span(tx: &Transaction<'_>, node: i64, state: NodeState, at: i64) -> Result<(), StoreError> {
+    // The node's inventory and its open span, if any, in one lookup.
+    type Row = (
+        Option<String>,
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    );
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT n.gpu_model, n.gpus, s.start_ms, s.state, s.gpu_model, s.gpus FROM nodes n \
+             LEFT JOIN node_spans s ON s.node_id = n.id AND s.end_ms IS NULL WHERE n.id = ?",
+        )?
+        .query_row([node], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((model, gpus, start, st, m, g)) = row else {
+        return Ok(()); // no such node: nothing to record
+    };
+    match start {
+        Some(start) if start <= at => {
+            if st.as_deref() == Some(state.as_str()) && m == model && g == Some(gpus) {
+                return Ok(()); // nothing changed
+            }
+            if start == at {
+                // Two changes in one millisecond: the later one stands.
+                tx.prepare_cached(
+                    "UPDATE node_spans SET state = ?, gpu_model = ?, gpus = ? \
+                     WHERE node_id = ? AND start_ms = ?",
+                )?
+                .execute(params![state.as_str(), model, gpus, node, at])?;
+                return Ok(());
+            }
+            // The usual case: the open span is the latest one; close it.
+            tx.prepare_cached(
+                "UPDATE node_spans SET end_ms = ? WHERE node_id = ? AND start_ms = ?",
+            )?
+            .execute(params![at, node, start])?;
+        }
+        _ => {
+            // No open span, or one that starts after `at`: spans from `at`
+            // on are replaced, the one covering `at` ends there.
+            tx.prepare_cached("DELETE FROM node_spans WHERE node_id = ? AND start_ms >= ?")?
+                .execute(params![node, at])?;
+            tx.prepare_cached(
+                "UPDATE node_spans SET end_ms = ?1 WHERE node_id = ?2 AND (end_ms IS NULL OR end_ms > ?1)",
+            )?
+            .execute(params![at, node])?;
+        }
     }
+    tx.prepare_cached(
+        "INSERT INTO node_spans (node_id, start_ms, end_ms, state, gpu_model, gpus) \
+         VALUES (?, ?, NULL, ?, ?, ?)",
+    )?
+    .execute(params![node, at, state.as_str(), model, gpus])?;
     Ok(())
 }

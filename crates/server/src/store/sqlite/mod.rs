@@ -1,6 +1,7 @@
 //! The SQLite backend (the embedded default): WAL, synchronous=FULL,
 //! foreign keys, busy timeout, migrations from `migrations/` embedded at
-//! build time.
+//! build time. Reads and admin writes use an async pool (sqlx); the loop's
+//! batches go through [`writer`], one thread with its own connection.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -10,11 +11,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 mod commit;
+mod writer;
 
 use super::*;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The loop's batches go through their own connection and thread.
+    writer: writer::Writer,
 }
 
 impl SqliteStore {
@@ -32,7 +36,8 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let writer = writer::Writer::start(&dir.join("suanli.db"))?;
+        Ok(SqliteStore { pool, writer })
     }
 
     /// The connection pool (for tools and tests that inspect the store).
@@ -261,8 +266,8 @@ impl Backend for SqliteStore {
     }
 
     /// Apply a batch of writes in one transaction: all or nothing.
-    async fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        commit::commit(&self.pool, writes).await
+    fn commit(&self, writes: Vec<Write>) -> Committing {
+        self.writer.commit(writes)
     }
 
     async fn max_job_id(&self) -> Result<i64, StoreError> {
