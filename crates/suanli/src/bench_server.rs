@@ -171,7 +171,7 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         if text {
             println!(
                 "placement: {} nodes, {} pending: baseline {} decisions in {:.3} s ({:.0}/s); \
-             suanli {} decisions in {:.3} s ({:.0}/s, {:.1}x); {} passes of {:.3} s overlapping \
+             suanli {} decisions in {:.3} s ({:.0}/s, {:.1}x); {} pass(es) of {:.3} s overlapping \
              commits of {:.3} s",
                 a.nodes,
                 a.pending,

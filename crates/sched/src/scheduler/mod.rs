@@ -592,6 +592,12 @@ impl Scheduler {
         self.cut_short
     }
 
+    /// The decisions of the last pass, moved out: afterwards
+    /// [`decisions`](Self::decisions) is empty until the next pass.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+
     /// The decisions of the last [`schedule`](Self::schedule) pass, in order.
     pub fn decisions(&self) -> &[Decision] {
         &self.decisions

@@ -234,19 +234,18 @@ impl Scheduler {
         }
         let mut order = std::mem::take(&mut self.order_buf);
         order.clear();
-        if req.num_gpu == 0 {
+        if req.num_gpu == 0 || tasks > 1 {
+            // A gang weighs racks: every node counts (those without room
+            // fail the fit test), in id order.
             order.extend_from_slice(&self.all_nodes);
-        } else if tasks == 1 && self.opts.group_nodes && self.placement.same_for_equal_free() {
+        } else if self.opts.group_nodes && self.placement.same_for_equal_free() {
             order.extend(self.reps.iter().copied());
         } else {
-            // A gang weighs racks: every node counts.
             order.extend(self.open.iter().copied());
             for set in &self.idle {
                 order.extend(set.iter().copied());
             }
-            // A few sorted runs: the run-adaptive (stable) sort merges them
-            // in O(n log runs).
-            order.sort();
+            order.sort_unstable();
         }
         let placed = if tasks == 1 {
             self.placement
@@ -304,7 +303,14 @@ impl Scheduler {
     ) -> Option<Vec<(NodeId, u32, Option<GpuMask>)>> {
         let specs = self.ledger.specs();
         let states = self.ledger.states();
-        let mut cands: Vec<(NodeId, u32)> = Vec::new();
+        // Group key (model, rack) of a node.
+        let key = |n: NodeId| {
+            let m = specs[n as usize].model.map_or(0, |m| m.0 as u32 + 1);
+            (m, self.racks[n as usize])
+        };
+        // (group key, room first, node): sorted, the groups in key order
+        // with their roomiest nodes first.
+        let mut cands: Vec<((u32, u32), std::cmp::Reverse<u32>, NodeId)> = Vec::new();
         let mut whole: Vec<NodeId> = Vec::new();
         for &n in order {
             let (s, st) = (&specs[n as usize], &states[n as usize]);
@@ -315,18 +321,16 @@ impl Scheduler {
             if k >= tasks {
                 whole.push(n);
             }
-            cands.push((n, k));
+            cands.push((key(n), std::cmp::Reverse(k), n));
         }
         if !whole.is_empty() {
             let p = self.placement.place(&self.ledger, req, &whole)?;
             return Some(vec![(p.node, tasks, Some(p.gpus))]);
         }
-        // Group by (model, rack); within a group take the roomiest nodes first.
-        let key = |n: NodeId| {
-            let m = specs[n as usize].model.map_or(0, |m| m.0 as u32 + 1);
-            (m, self.racks[n as usize])
-        };
-        cands.sort_by_key(|&(n, k)| (key(n), std::cmp::Reverse(k), n));
+        // Group by (model, rack); within a group take the roomiest nodes
+        // first. Keys end with the node id: an unstable sort is exact.
+        cands.sort_unstable();
+        let cands: Vec<(NodeId, u32)> = cands.into_iter().map(|(_, k, n)| (n, k.0)).collect();
         let mut best: Option<(usize, usize, usize)> = None; // (nodes, start, end)
         let mut i = 0;
         while i < cands.len() {
@@ -354,7 +358,7 @@ impl Scheduler {
                 // Span racks, within one GPU model.
                 let mut by_model: Vec<(u32, NodeId, u32)> =
                     cands.iter().map(|&(n, k)| (key(n).0, n, k)).collect();
-                by_model.sort_by_key(|&(m, n, k)| (m, std::cmp::Reverse(k), n));
+                by_model.sort_unstable_by_key(|&(m, n, k)| (m, std::cmp::Reverse(k), n));
                 let mut pick: Option<(usize, usize, usize)> = None;
                 let mut i = 0;
                 while i < by_model.len() {

@@ -6,7 +6,7 @@ use suanli_sched::scheduler::Decision;
 
 use super::core::{Core, LiveTask, TaskSt};
 use super::{Refusal, TaskExit};
-use crate::store::{mask_devices, EventKind, Job, JobState, NewJob, TaskState, Write};
+use crate::store::{EventKind, Job, JobState, NewJob, TaskState, Write};
 
 impl Core {
     pub(super) fn submit(
@@ -107,7 +107,7 @@ impl Core {
     }
 
     pub(super) fn record_decisions(&mut self, now: i64, w: &mut Vec<Write>) {
-        let decisions = self.sched.decisions().to_vec();
+        let decisions = self.sched.take_decisions();
         for d in decisions {
             match d {
                 Decision::Start { job, placements } => {
@@ -130,7 +130,7 @@ impl Core {
                         self.on_node.entry(t.0).or_default().insert((id, i as i64));
                     }
                     let run = l.run;
-                    let detail = self.describe_tasks(&tasks);
+                    let detail = self.describe_start(run, &tasks);
                     w.push(Write::StartJob {
                         job: id,
                         run,
@@ -141,7 +141,7 @@ impl Core {
                         job: id,
                         at: now,
                         kind: EventKind::Started,
-                        detail: format!("attempt {run} on {detail}"),
+                        detail,
                     });
                 }
                 Decision::Preempt { job, lost_ms } => {
@@ -302,20 +302,28 @@ impl Core {
         }
     }
 
-    fn describe_tasks(&self, tasks: &[(i64, i64)]) -> String {
-        let parts: Vec<String> = tasks
-            .iter()
-            .map(|(n, mask)| {
-                let name = self.nodes.get(n).map_or("?", |x| x.node.name.as_str());
-                let devs = mask_devices(*mask);
-                if devs.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{name}{devs:?}")
+    /// `attempt 2 on n1[0, 1], n2[0, 1]`: each task's node and devices.
+    fn describe_start(&self, run: i64, tasks: &[(i64, i64)]) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(16 + 24 * tasks.len());
+        let _ = write!(s, "attempt {run} on ");
+        for (k, (n, mask)) in tasks.iter().enumerate() {
+            if k > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(self.nodes.get(n).map_or("?", |x| x.node.name.as_str()));
+            if *mask != 0 {
+                s.push('[');
+                for (j, d) in (0..16).filter(|d| mask & (1 << d) != 0).enumerate() {
+                    if j > 0 {
+                        s.push_str(", ");
+                    }
+                    let _ = write!(s, "{d}");
                 }
-            })
-            .collect();
-        parts.join(", ")
+                s.push(']');
+            }
+        }
+        s
     }
 }
 
