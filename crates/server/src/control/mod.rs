@@ -20,7 +20,9 @@
 //!   answers: a submission is acknowledged once durable, and an agent learns
 //!   of an assignment only from committed rows. Batching many clients'
 //!   commands into one transaction is what makes durable submission cheap
-//!   (one fsync per batch, as in a database's group commit).
+//!   (one fsync per batch, as in a database's group commit). A pass stops
+//!   at [`LoopConfig::max_decisions_per_pass`]; the next batch's pass runs
+//!   while the store commits the last one (two deep, never more).
 //! - `metrics.rs`: the figures `/metrics` shows, published after each batch.
 //!
 //! The in-memory state is a cache of the store. If a commit fails the loop
