@@ -1,7 +1,7 @@
 //! # suanli-server: the control plane (in progress)
 //!
 //! `suanli server` keeps the pool's durable state in SQLite ([`store`]) and
-//! serves the tenant API ([`api`]) with per-tenant tokens ([`auth`]). This
+//! serves the tenant API ([`http`]) with per-tenant tokens ([`auth`]). This
 //! first increment has tenants, tokens (admin, tenant, agent; revocable),
 //! and job submission, listing, cancellation and event history with tenant
 //! isolation. The scheduling loop, quotas, nodes and agents come next

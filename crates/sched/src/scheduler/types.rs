@@ -34,7 +34,7 @@ impl Class {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub u16);
 
-/// Handle of a job inside one [`Scheduler`]. Handles of finished jobs are reused.
+/// Handle of a job inside one [`Scheduler`](super::Scheduler). Handles of finished jobs are reused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub u32);
 
@@ -154,7 +154,7 @@ impl TenantQuota {
     }
 }
 
-/// Options of a [`Scheduler`].
+/// Options of a [`Scheduler`](super::Scheduler).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedOptions {
     /// Jobs checkpoint every this much run time; a preempted job resumes from

@@ -237,7 +237,7 @@ impl Write {
     }
 }
 
-/// One write of a batch (see [`Store::commit`]).
+/// One write of a batch (see [`Backend::commit`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     InsertJob {
