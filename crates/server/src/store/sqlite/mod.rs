@@ -1,7 +1,7 @@
 //! The SQLite backend (the embedded default): WAL, synchronous=FULL,
 //! foreign keys, busy timeout, migrations from `migrations/` embedded at
 //! build time. Reads and admin writes use an async pool (sqlx); the loop's
-//! batches go through [`writer`], one thread with its own connection.
+//! batches go through `writer.rs`, one thread with its own connection.
 
 use std::path::Path;
 use std::str::FromStr;
