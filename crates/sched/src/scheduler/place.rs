@@ -312,7 +312,17 @@ impl Scheduler {
         // with their roomiest nodes first.
         let mut cands: Vec<((u32, u32), std::cmp::Reverse<u32>, NodeId)> = Vec::new();
         let mut whole: Vec<NodeId> = Vec::new();
+        // Whole GPUs: a node with fewer fully free GPUs than a task takes
+        // cannot hold one (the same answer as `fits`, from an array).
+        let min_full = if req.num_gpu > 0 && !req.is_share() {
+            req.num_gpu as u8
+        } else {
+            0
+        };
         for &n in order {
+            if self.node_full[n as usize] < min_full {
+                continue;
+            }
             let (s, st) = (&specs[n as usize], &states[n as usize]);
             if !st.fits(s, req) {
                 continue;
