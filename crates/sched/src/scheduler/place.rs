@@ -315,7 +315,7 @@ impl Scheduler {
         // Whole GPUs: a node with fewer fully free GPUs than a task takes
         // cannot hold one (the same answer as `fits`, from an array).
         let min_full = if req.num_gpu > 0 && !req.is_share() {
-            req.num_gpu as u8
+            req.num_gpu
         } else {
             0
         };
