@@ -43,6 +43,27 @@ pub async fn bootstrap(store: &Store, dir: &Path) -> anyhow::Result<Option<PathB
     Ok(Some(path))
 }
 
+/// Issue a new admin token into `DIR/admin.token` (0600), whatever tokens
+/// exist: the way back in when every admin token was lost or revoked. Run
+/// on the server machine (it needs the data directory); the running
+/// server, if any, accepts the token at once.
+pub async fn reset_admin(dir: &Path) -> anyhow::Result<PathBuf> {
+    let db = dir.join("suanli.db");
+    if !db.exists() {
+        anyhow::bail!("{}: no store here (is --data-dir right?)", db.display());
+    }
+    let store = Store::open(dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
+    let (secret, hash) = auth::new_token();
+    let path = dir.join("admin.token");
+    write_private(&path, &format!("{secret}\n"))?;
+    store
+        .insert_token(&hash, &Scope::Admin, "reset-admin")
+        .await?;
+    Ok(path)
+}
+
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
@@ -53,6 +74,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         o.mode(0o600);
     }
     let mut f = o.open(path)?;
+    #[cfg(unix)]
+    {
+        // `mode` applies only to a new file: an older one is narrowed too.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }

@@ -185,6 +185,10 @@ fn write_secret(path: &Path, text: &str) -> Result<(), CliError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| failure(format!("{}: {e}", path.display())))?;
+    // `mode` applies only to a new file: an older one is narrowed too.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| failure(format!("{}: {e}", path.display())))?;
     f.write_all(text.as_bytes())
         .map_err(|e| failure(format!("{}: {e}", path.display())))
 }

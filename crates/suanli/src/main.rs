@@ -86,6 +86,10 @@ struct ServerArgs {
     /// Price book (TOML, see examples/prices.toml) for invoices.
     #[arg(long)]
     prices: Option<std::path::PathBuf>,
+    /// Issue a new admin token into DATA_DIR/admin.token and exit (the way
+    /// back in when every admin token was lost or revoked).
+    #[arg(long)]
+    reset_admin: bool,
 }
 
 fn server(a: ServerArgs) -> Result<(), CliError> {
@@ -94,6 +98,7 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         Some(p) => config::read_file(p).map_err(usage)?,
         None => config::FileConfig::default(),
     };
+    let reset_admin = a.reset_admin;
     let s = config::resolve(
         file,
         config::Overrides {
@@ -116,6 +121,13 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| failure(format!("cannot start the runtime: {e}")))?;
+    if reset_admin {
+        let path = rt
+            .block_on(suanli_server::reset_admin(&s.data_dir))
+            .map_err(|e| failure(format!("{e:#}")))?;
+        println!("a new admin token is in {}", path.display());
+        return Ok(());
+    }
     rt.block_on(suanli_server::serve(suanli_server::ServerConfig {
         data_dir: s.data_dir,
         listen: s.listen,

@@ -646,3 +646,76 @@ fn openapi_documents_every_route_and_every_documented_route_exists() {
         "#/components/schemas/Problem"
     );
 }
+
+/// Nobody can lock the pool's admins out: the last live admin token cannot
+/// be revoked (409), and `suanli server --reset-admin` on the server
+/// machine issues a new one that the running server accepts at once.
+#[test]
+fn the_last_admin_cannot_be_revoked_and_reset_admin_recovers() {
+    let dir = tmp("lockout");
+    let s = Server::start(&dir);
+    let admin = Server::admin(&dir);
+    let u = |p: &str| format!("{}{p}", s.url);
+    let admin_ids = |token: &str| -> Vec<i64> {
+        let (code, v, _) = call("GET", &u("/v1/tokens"), Some(token), None);
+        assert_eq!(code, 200, "{v}");
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["scope"] == "admin" && t["revoked"] == false)
+            .map(|t| t["id"].as_i64().unwrap())
+            .collect()
+    };
+    let revoke = |token: &str, id: i64| {
+        call(
+            "POST",
+            &u(&format!("/v1/tokens/{id}/revoke")),
+            Some(token),
+            Some("{}"),
+        )
+    };
+    let first = admin_ids(&admin);
+    assert_eq!(first.len(), 1);
+    let (code, v, _) = revoke(&admin, first[0]);
+    assert_eq!((code, v["code"].as_str()), (409, Some("refused")), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("last live admin"),
+        "{v}"
+    );
+    // With a second admin, the first can go; then the second is the last.
+    let second = token_for(&s, &admin, json!({"scope": "admin"}));
+    assert_eq!(revoke(&second, first[0]).0, 204);
+    assert_eq!(call("GET", &u("/v1/tokens"), Some(&admin), None).0, 401);
+    let ids = admin_ids(&second);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(revoke(&second, ids[0]).0, 409);
+    // Lost anyway (say the file was deleted): reset on the server machine.
+    let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["server", "--reset-admin", "--data-dir"])
+        .arg(&*dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fresh = Server::admin(&dir);
+    assert_ne!(fresh, admin);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(admin_ids(&fresh).len(), 2, "the running server accepts it");
+    // A wrong data directory is an error, not a new empty store.
+    let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["server", "--reset-admin", "--data-dir"])
+        .arg(dir.join("nowhere"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no store here"));
+    assert!(!dir.join("nowhere").exists());
+}

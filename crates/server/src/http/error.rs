@@ -130,6 +130,7 @@ impl From<StoreError> for Problem {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::Refused(why) => Problem::new(StatusCode::CONFLICT, "refused", why),
             other => {
                 tracing::error!("store: {other}");
                 Problem::new(

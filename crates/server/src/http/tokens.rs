@@ -83,7 +83,7 @@ async fn list_tokens(State(st): State<AppState>, c: Caller) -> Result<Json<Token
 }
 
 /// Revoke a token (admin).
-#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 204, description = "Revoked"), (status = 404, description = "No such live token", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = i64, Path)), security(("bearer" = [])), responses((status = 204, description = "Revoked"), (status = 404, description = "No such live token", body = ProblemDoc), (status = 409, description = "The last live admin token cannot be revoked", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn revoke_token(
     State(st): State<AppState>,
     c: Caller,

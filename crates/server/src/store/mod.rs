@@ -183,6 +183,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Writer(String),
+    /// The request would break a rule of the store's content (e.g. revoke
+    /// the last admin token); the text says which.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A batch handed to the store ([`Backend::commit`]): resolves once the

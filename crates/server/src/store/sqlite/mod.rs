@@ -194,16 +194,36 @@ impl Backend for SqliteStore {
             .collect()
     }
 
+    /// Revoke a live token, unless it is the last live admin token (one
+    /// statement: two admins revoking each other at once cannot both win).
     async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
-        let r = sqlx::query("UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+        let r = sqlx::query(
+            "UPDATE tokens SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL \
+             AND (scope <> ?3 OR (SELECT COUNT(*) FROM tokens WHERE scope = ?3 AND revoked_ms IS NULL) > 1)",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(TokenScope::Admin)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 1 {
+            return Ok(());
         }
-        Ok(())
+        let live_admin: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM tokens WHERE id = ? AND revoked_ms IS NULL AND scope = ?",
+        )
+        .bind(id)
+        .bind(TokenScope::Admin)
+        .fetch_optional(&self.pool)
+        .await?;
+        match live_admin {
+            Some(_) => Err(StoreError::Refused(
+                "this is the last live admin token: issue another admin token first \
+                 (or run `suanli server --reset-admin` on the server machine)"
+                    .to_string(),
+            )),
+            None => Err(StoreError::NotFound),
+        }
     }
 
     /// A job; with `tenant`, only if it belongs to that tenant.
