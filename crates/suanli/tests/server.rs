@@ -719,3 +719,78 @@ fn the_last_admin_cannot_be_revoked_and_reset_admin_recovers() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no store here"));
     assert!(!dir.join("nowhere").exists());
 }
+
+/// Store contention never stops the server (issue 16: node drains beside
+/// admin writes once made the loop's commit fail with SQLite's 517,
+/// "database is locked", and the server exit). The loop's writer takes the
+/// write lock up front (BEGIN IMMEDIATE) and both connections wait for it.
+/// 1,000 drains and undrains with heartbeats, while another client creates
+/// 500 tenants and 500 tokens and a third submits 300 jobs: every call
+/// succeeds and the server is alive at the end.
+#[test]
+fn store_contention_never_stops_the_server() {
+    let dir = tmp("contention");
+    let s = std::sync::Arc::new(Server::start(&dir));
+    let admin = Server::admin(&dir);
+    let agent = token_for(&s, &admin, json!({"scope": "agent"}));
+    let (code, v, _) = call(
+        "POST",
+        &s.u("/v1/tenants"),
+        Some(&admin),
+        Some(r#"{"name":"load"}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let tenant = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "load"}));
+    for n in 0..4 {
+        register(&s, &agent, &format!("c{n}"), 8, "A100-80G", 64_000);
+    }
+    let drains = {
+        let (s, admin, agent) = (s.clone(), admin.clone(), agent.clone());
+        std::thread::spawn(move || {
+            for i in 0..1000 {
+                let node = format!("c{}", i % 4);
+                let verb = if (i / 4) % 2 == 0 { "drain" } else { "undrain" };
+                let (code, v, _) = call(
+                    "POST",
+                    &s.u(&format!("/v1/nodes/{node}/{verb}")),
+                    Some(&admin),
+                    Some("{}"),
+                );
+                assert_eq!(code, 200, "{verb} {node} (round {i}): {v}");
+                heartbeat(&s, &agent, &node, &[], &[]);
+            }
+        })
+    };
+    let admin_writes = {
+        let (s, admin) = (s.clone(), admin.clone());
+        std::thread::spawn(move || {
+            for i in 0..500 {
+                let body = json!({"name": format!("t{i}")}).to_string();
+                let (code, v, _) = call("POST", &s.u("/v1/tenants"), Some(&admin), Some(&body));
+                assert_eq!(code, 201, "tenant {i}: {v}");
+                token_for(
+                    &s,
+                    &admin,
+                    json!({"scope": "tenant", "tenant": format!("t{i}")}),
+                );
+            }
+        })
+    };
+    let submits = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                let body =
+                    json!({"name": format!("j{i}"), "command": ["true"], "gpus": 1}).to_string();
+                let (code, v, _) = call("POST", &s.u("/v1/jobs"), Some(&tenant), Some(&body));
+                assert_eq!(code, 201, "job {i}: {v}");
+            }
+        })
+    };
+    drains.join().expect("drains");
+    admin_writes.join().expect("admin writes");
+    submits.join().expect("submissions");
+    assert_eq!(call("GET", &s.u("/healthz"), None, None).0, 200);
+    let (code, v, _) = call("GET", &s.u("/v1/jobs?limit=1000"), Some(&admin), None);
+    assert_eq!(code, 200, "{v}");
+}
