@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{params, OptionalExtension, ToSql, Transaction};
+use rusqlite::{params, ToSql, Transaction};
 
 use crate::store::{JobState, Node, NodeState, StoreError, TaskState, Write};
 
@@ -289,7 +289,7 @@ fn apply_one(tx: &Transaction<'_>, w: &Write) -> Result<(), StoreError> {
             }
             Write::UpsertNode(n) => {
                 upsert_node(tx, n)?;
-                node_span(tx, n.id, n.state, n.last_heartbeat_ms)?;
+                node_spans(tx, &[(n.id, n.state, n.last_heartbeat_ms)])?;
             }
             Write::Heartbeat { node, at } => {
                 tx.prepare_cached("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")?
@@ -347,15 +347,25 @@ fn node_states(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
         ") AS v WHERE nodes.id = v.column1",
         &rows,
     )?;
-    // Each node's inventory and open span.
-    type Open = (
-        Option<String>,
-        i64,
-        Option<i64>,
-        Option<NodeState>,
-        Option<String>,
-        Option<i64>,
-    );
+    node_spans(tx, &changes)
+}
+
+/// A node's inventory (model, GPUs) and its open span (start, state, model,
+/// GPUs), if any.
+type Open = (
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<NodeState>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// Record that each `(node, state, at)` of distinct nodes holds from `at`:
+/// close the node's open span and open a new one (with the node's stored
+/// inventory), unless nothing changed. The usual change (the open span began
+/// before it) is done set-wise; the others go through [`odd_span`].
+fn node_spans(tx: &Transaction<'_>, changes: &[(i64, NodeState, i64)]) -> Result<(), StoreError> {
     let mut now: HashMap<i64, Open> = HashMap::with_capacity(changes.len());
     for chunk in changes.chunks(CHUNK) {
         let mut sql = String::from(
@@ -378,10 +388,11 @@ fn node_states(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
     }
     let mut close: Vec<(i64, i64, i64)> = Vec::new(); // (at, node, open span start)
     let mut open: Vec<(i64, i64, NodeState, Option<String>, i64)> = Vec::new();
-    for &(node, state, at) in &changes {
-        let Some((model, gpus, start, st, m, g)) = now.get(&node) else {
+    for &(node, state, at) in changes {
+        let Some(row) = now.get(&node) else {
             continue; // no such node: nothing to record
         };
+        let (model, gpus, start, st, m, g) = row;
         match start {
             Some(start) if *start < at => {
                 if *st == Some(state) && m == model && *g == Some(*gpus) {
@@ -390,7 +401,7 @@ fn node_states(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
                 close.push((at, node, *start));
                 open.push((node, at, state, model.clone(), *gpus));
             }
-            _ => node_span(tx, node, state, at)?,
+            _ => odd_span(tx, node, state, at, row)?,
         }
     }
     let rows: Vec<[&dyn ToSql; 3]> = close
@@ -417,71 +428,39 @@ fn node_states(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
     )
 }
 
-/// Record that `node` is in `state` from `at`: close its open span and open
-/// a new one (with the node's stored inventory), unless nothing changed. A
-/// change dated before later spans (a lost node is down from its last
-/// heartbeat, which can precede a drain) replaces them, so the spans of a
-/// node never overlap and the history agrees with the billing of its tasks.
-fn node_span(tx: &Transaction<'_>, node: i64, state: NodeState, at: i64) -> Result<(), StoreError> {
-    // The node's inventory and its open span, if any, in one lookup.
-    type Row = (
-        Option<String>,
-        i64,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-    );
-    let row: Option<Row> = tx
-        .prepare_cached(
-            "SELECT n.gpu_model, n.gpus, s.start_ms, s.state, s.gpu_model, s.gpus FROM nodes n \
-             LEFT JOIN node_spans s ON s.node_id = n.id AND s.end_ms IS NULL WHERE n.id = ?",
+/// [`node_spans`] for a change the usual path does not cover: a second
+/// change in the open span's millisecond, or one dated before the open span
+/// (a lost node is down from its last heartbeat, which can precede a drain).
+/// Later spans are replaced, so the spans of a node never overlap and the
+/// history agrees with the billing of its tasks.
+fn odd_span(
+    tx: &Transaction<'_>,
+    node: i64,
+    state: NodeState,
+    at: i64,
+    row: &Open,
+) -> Result<(), StoreError> {
+    let (model, gpus, start, st, m, g) = row;
+    if *start == Some(at) {
+        if *st == Some(state) && m == model && *g == Some(*gpus) {
+            return Ok(()); // nothing changed
+        }
+        // Two changes in one millisecond: the later one stands.
+        tx.prepare_cached(
+            "UPDATE node_spans SET state = ?, gpu_model = ?, gpus = ? \
+             WHERE node_id = ? AND start_ms = ?",
         )?
-        .query_row([node], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .optional()?;
-    let Some((model, gpus, start, st, m, g)) = row else {
-        return Ok(()); // no such node: nothing to record
-    };
-    match start {
-        Some(start) if start <= at => {
-            if st.as_deref() == Some(state.as_str()) && m == model && g == Some(gpus) {
-                return Ok(()); // nothing changed
-            }
-            if start == at {
-                // Two changes in one millisecond: the later one stands.
-                tx.prepare_cached(
-                    "UPDATE node_spans SET state = ?, gpu_model = ?, gpus = ? \
-                     WHERE node_id = ? AND start_ms = ?",
-                )?
-                .execute(params![state.as_str(), model, gpus, node, at])?;
-                return Ok(());
-            }
-            // The usual case: the open span is the latest one; close it.
-            tx.prepare_cached(
-                "UPDATE node_spans SET end_ms = ? WHERE node_id = ? AND start_ms = ?",
-            )?
-            .execute(params![at, node, start])?;
-        }
-        _ => {
-            // No open span, or one that starts after `at`: spans from `at`
-            // on are replaced, the one covering `at` ends there.
-            tx.prepare_cached("DELETE FROM node_spans WHERE node_id = ? AND start_ms >= ?")?
-                .execute(params![node, at])?;
-            tx.prepare_cached(
-                "UPDATE node_spans SET end_ms = ?1 WHERE node_id = ?2 AND (end_ms IS NULL OR end_ms > ?1)",
-            )?
-            .execute(params![at, node])?;
-        }
+        .execute(params![state.as_str(), model, gpus, node, at])?;
+        return Ok(());
     }
+    // No open span, or one that starts after `at`: spans from `at` on are
+    // replaced, the one covering `at` ends there.
+    tx.prepare_cached("DELETE FROM node_spans WHERE node_id = ? AND start_ms >= ?")?
+        .execute(params![node, at])?;
+    tx.prepare_cached(
+        "UPDATE node_spans SET end_ms = ?1 WHERE node_id = ?2 AND (end_ms IS NULL OR end_ms > ?1)",
+    )?
+    .execute(params![at, node])?;
     tx.prepare_cached(
         "INSERT INTO node_spans (node_id, start_ms, end_ms, state, gpu_model, gpus) \
          VALUES (?, ?, NULL, ?, ?, ?)",
