@@ -45,6 +45,16 @@ async fn old_store(dir: &std::path::Path) {
          (7, 1, 0, 3, 15, 'RUNNING', 20, 'A100'), (7, 1, 1, 3, 240, 'ASSIGNED', 20, 'A100')",
         "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES (7, 10, 'SUBMITTED', ''), \
          (7, 20, 'STARTED', 'attempt 1 on n3[0, 1, 2, 3], n3[4, 5, 6, 7]')",
+        // Job 9: a first attempt whose task rows are gone (kept as stored),
+        // preempted, a second attempt with task rows (read from them).
+        "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, gpu_milli, \
+         gpu_models, class, state, submitted_ms, ended_ms, run, started_ms) VALUES \
+         (9, 1, 'twice', '[\"x\"]', 1, 1000, 1024, 1, 1000, '[]', 'spot', 'COMPLETED', 10, 50, 2, 40)",
+        "INSERT INTO tasks (job_id, run, idx, node_id, gpus, state, started_ms, ended_ms, exit_code, gpu_model) \
+         VALUES (9, 2, 0, 3, 1, 'EXITED', 40, 50, 0, 'A100')",
+        "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES (9, 10, 'SUBMITTED', ''), \
+         (9, 20, 'STARTED', 'attempt 1 on gone[0]'), (9, 30, 'PREEMPTED', 'requeued'), \
+         (9, 40, 'STARTED', 'attempt 2 on n3[0]'), (9, 50, 'COMPLETED', '')",
     ] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
@@ -67,6 +77,37 @@ async fn rebuilding_the_hot_tables_keeps_every_row() {
     let ev = store.events(7).await.unwrap();
     assert_eq!(ev.len(), 2);
     assert_eq!(ev[1].detail, "attempt 1 on n3[0, 1, 2, 3], n3[4, 5, 6, 7]");
+    // 0006: events carry their attempt; STARTED is read from task rows
+    // where the attempt has them, kept as stored where it does not.
+    let ev: Vec<(i64, String, String)> = store
+        .events(9)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.at_ms, e.kind.as_str().to_string(), e.detail))
+        .collect();
+    let want = [
+        (10, "SUBMITTED", ""),
+        (20, "STARTED", "attempt 1 on gone[0]"),
+        (30, "PREEMPTED", "requeued"),
+        (40, "STARTED", "attempt 2 on n3[0]"),
+        (50, "COMPLETED", ""),
+    ];
+    let want: Vec<(i64, String, String)> = want
+        .iter()
+        .map(|(a, k, d)| (*a, k.to_string(), d.to_string()))
+        .collect();
+    assert_eq!(ev, want);
+    // 0007: recovery's index holds the live jobs, and only them.
+    let live = |v: Vec<suanli_server::store::Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        live(store.live_jobs(JobState::Running, 0, 10).await.unwrap()),
+        [7]
+    );
+    assert_eq!(
+        live(store.live_jobs(JobState::Pending, 0, 10).await.unwrap()),
+        [8]
+    );
     let nodes = store.nodes().await.unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!((nodes[0].state, nodes[0].gpus), (NodeState::Ready, 8));

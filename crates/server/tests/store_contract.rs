@@ -47,6 +47,7 @@ macro_rules! backend {
             tokens,
             jobs_are_scoped_paged_and_filtered,
             a_batch_is_all_or_nothing,
+            an_empty_batch_is_fine,
             starts_tasks_and_their_transitions,
             node_states_in_one_batch_keep_the_last,
             usage_follows_task_rows,
@@ -103,6 +104,7 @@ fn insert(id: i64, tenant_id: i64, j: NewJob, at: i64) -> [Write; 2] {
         },
         Write::Event {
             job: id,
+            run: 0,
             at,
             kind: EventKind::Submitted,
             detail: String::new(),
@@ -233,9 +235,28 @@ async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
     );
     let c = s.job(3, None).await.unwrap();
     assert_eq!((c.state, c.ended_ms), (JobState::Cancelled, Some(2000)));
-    let counts: BTreeMap<JobState, i64> = s.job_counts().await.unwrap().into_iter().collect();
-    assert_eq!(counts[&JobState::Pending], 4);
-    assert_eq!(counts[&JobState::Cancelled], 1);
+    // The live jobs, through their own index, paged; an ended job is not
+    // among them.
+    let live = |state, after, limit| s.live_jobs(state, after, limit);
+    assert_eq!(
+        ids(live(JobState::Pending, 0, 100).await.unwrap()),
+        [1, 2, 4, 5]
+    );
+    assert_eq!(ids(live(JobState::Pending, 2, 2).await.unwrap()), [4, 5]);
+    assert!(live(JobState::Running, 0, 100).await.unwrap().is_empty());
+    s.commit(vec![Write::StartJob {
+        job: 4,
+        run: 1,
+        at: 3000,
+        tasks: vec![],
+    }])
+    .await
+    .unwrap();
+    assert_eq!(ids(live(JobState::Running, 0, 100).await.unwrap()), [4]);
+    assert_eq!(
+        ids(live(JobState::Pending, 0, 100).await.unwrap()),
+        [1, 2, 5]
+    );
     let ev = s.events(1).await.unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!((ev[0].kind, ev[0].at_ms), (EventKind::Submitted, 1001));
@@ -255,7 +276,18 @@ async fn a_batch_is_all_or_nothing(s: &Store) {
     assert!(s.events(2).await.unwrap().is_empty());
     assert_eq!(s.job(1, None).await.unwrap().name, "a");
     assert_eq!(s.events(1).await.unwrap().len(), 1);
-    // An empty batch is fine.
+    // A batch handed over after the failed one was computed on top of it:
+    // it is refused unapplied (the loop stops; a restart recovers from
+    // what is durable).
+    let later = s.commit(insert(3, a.id, job("c", 0, 1), 30).to_vec()).await;
+    assert!(
+        matches!(&later, Err(StoreError::Writer(m)) if m.contains("earlier batch failed")),
+        "{later:?}"
+    );
+    assert!(matches!(s.job(3, None).await, Err(StoreError::NotFound)));
+}
+
+async fn an_empty_batch_is_fine(s: &Store) {
     s.commit(vec![]).await.unwrap();
 }
 

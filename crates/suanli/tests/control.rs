@@ -307,6 +307,22 @@ fn restart_restores_running_jobs_and_metrics_report_them() {
         m.contains("suanli_gpus_allocated{model=\"A100-80G\"} 7.5"),
         "{m}"
     );
+    assert!(m.contains("suanli_jobs{state=\"RUNNING\"} 3"), "{m}");
+    assert!(m.contains("suanli_jobs{state=\"PENDING\"} 1"), "{m}");
+    // Ended jobs are counted from the loop's durable batches.
+    let cancel = call(
+        "POST",
+        &p.s.u(&format!("/v1/jobs/{b}/cancel")),
+        Some(&p.acme),
+        None,
+    );
+    assert_eq!(cancel.0, 200, "{cancel:?}");
+    let m = metrics(&p.s, &p.admin);
+    assert!(m.contains("suanli_jobs{state=\"PENDING\"} 0"), "{m}");
+    assert!(
+        m.contains("suanli_jobs_ended_total{state=\"CANCELLED\"} 1"),
+        "{m}"
+    );
     // The unconfirmed share task is still to start; the confirmed one is not repeated.
     let h = heartbeat(&p.s, &p.agent, "n1", &[(a, 1, 0)], &[]);
     let mut st = starts(&h);

@@ -2,14 +2,14 @@
 //! batch (pipelined with the next batch's pass), answers out after their
 //! batch's commit. Every decision is [`Core::step`]'s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::Core;
-use super::metrics::Metrics;
+use super::metrics::{ended_jobs, Ended, Metrics};
 use super::recover::Snapshot;
 use super::{
     Answer, Command, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report, MAX_BATCH,
@@ -167,16 +167,24 @@ struct InFlight {
     decisions: usize,
     rows: usize,
     writes: usize,
+    ended: Ended,
 }
 
 /// The core with its store and metrics: what [`start`] runs, and what
 /// benchmarks drive directly.
 ///
-/// Batches are pipelined two deep: while batch N commits (on the store's
-/// writer), the core computes batch N+1; N+1 is handed to the store only
-/// after N is durable, and every answer waits for its own batch. A failed
-/// commit stops the loop before anything computed after it is handed over
-/// or answered.
+/// Batches are pipelined: while the store's writer commits batch N (and
+/// holds up to [`DEPTH`] - 1 batches in all), the core computes the next
+/// one and hands it over at once; the writer commits them in order, and
+/// every answer waits for its own batch. A failed commit stops the loop:
+/// the batches handed over after it are refused unapplied by the store
+/// (see [`crate::store::Backend::commit`]) and nothing computed after it is
+/// answered.
+/// Batches with the store at once, at most. Two keep the writer busy
+/// while the core computes; a third absorbs a long commit (10,000 node
+/// changes in one batch) without stalling the core behind it.
+const DEPTH: usize = 3;
+
 pub struct Driver {
     core: Core,
     store: Store,
@@ -189,7 +197,7 @@ impl Driver {
         let snap = Snapshot::load(&store).await?;
         let core = Core::recover(snap, cfg, now_ms())?;
         let m = Metrics::new();
-        m.publish(&core, None, 0);
+        m.publish(&core, None, 0, &Ended::default());
         let (pending, running) = core.queue_lengths();
         tracing::info!(
             nodes = core.node_count(),
@@ -223,14 +231,20 @@ impl Driver {
     /// commits); returns the sums over all batches.
     pub async fn settle(&mut self, cmds: Vec<Command>) -> anyhow::Result<Timing> {
         let mut total = Timing::default();
+        let mut inflight = VecDeque::with_capacity(DEPTH);
         let p = self.prepare(asks(cmds)).await?;
-        let mut inflight = self.hand(p);
+        inflight.push_back(self.hand(p));
         while self.core.wants_pass() {
             let p = self.prepare(Vec::new()).await?;
-            total.add(self.land(inflight).await?);
-            inflight = self.hand(p);
+            inflight.push_back(self.hand(p));
+            while inflight.len() >= DEPTH {
+                let f = inflight.pop_front().expect("a batch in flight");
+                total.add(self.land(f).await?);
+            }
         }
-        total.add(self.land(inflight).await?);
+        while let Some(f) = inflight.pop_front() {
+            total.add(self.land(f).await?);
+        }
         Ok(total)
     }
 
@@ -270,6 +284,7 @@ impl Driver {
     fn hand(&self, p: Prepared) -> InFlight {
         let rows = p.writes.iter().map(Write::rows).sum();
         let writes = p.writes.len();
+        let ended = ended_jobs(&p.writes);
         InFlight {
             commit: self.store.commit(p.writes),
             answers: p.answers,
@@ -279,6 +294,7 @@ impl Driver {
             decisions: p.decisions,
             rows,
             writes,
+            ended,
         }
     }
 
@@ -304,8 +320,12 @@ impl Driver {
         for (a, r) in f.answers.into_iter().zip(f.replies) {
             let _ = r.send(a);
         }
-        self.metrics
-            .publish(&self.core, Some(f.started.elapsed()), f.decisions as u64);
+        self.metrics.publish(
+            &self.core,
+            Some(f.started.elapsed()),
+            f.decisions as u64,
+            &f.ended,
+        );
         Ok(Timing {
             step_s: f.step_s,
             commit_s,
@@ -318,26 +338,26 @@ impl Driver {
     /// Run until the channel closes (server shutdown) or the store fails.
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> anyhow::Result<()> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut inflight: Option<InFlight> = None;
+        let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(DEPTH);
         let mut open = true;
         loop {
             if batch.is_empty() && !self.core.wants_pass() {
                 if !open {
                     // Shutting down: answer what is in flight, then stop.
-                    if let Some(f) = inflight.take() {
+                    while let Some(f) = inflight.pop_front() {
                         self.land(f).await?;
                     }
                     return Ok(());
                 }
-                // Nothing to compute: wait for a request, the commit in
-                // flight, or the scheduler's next wake-up.
+                // Nothing to compute: wait for a request, the oldest
+                // commit in flight, or the scheduler's next wake-up.
                 let wake = self
                     .core
                     .next_wakeup()
                     .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(0) as u64))
                     .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_secs(1));
-                let landed = match inflight.as_mut() {
+                let landed = match inflight.front_mut() {
                     Some(f) => tokio::select! {
                         got = rx.recv() => { open = push(&mut batch, got); None }
                         r = &mut f.commit => Some(r),
@@ -349,7 +369,7 @@ impl Driver {
                     },
                 };
                 if let Some(r) = landed {
-                    let f = inflight.take().expect("a commit was in flight");
+                    let f = inflight.pop_front().expect("a commit was in flight");
                     self.finish(f, r)?;
                     continue;
                 }
@@ -364,10 +384,17 @@ impl Driver {
                 }
             }
             let p = self.prepare(std::mem::take(&mut batch)).await?;
-            if let Some(f) = inflight.take() {
+            inflight.push_back(self.hand(p));
+            // Answer what is already durable, then wait while the store
+            // holds too much.
+            while let Some(r) = inflight.front_mut().and_then(|f| f.commit.ready()) {
+                let f = inflight.pop_front().expect("a batch in flight");
+                self.finish(f, r)?;
+            }
+            while inflight.len() >= DEPTH {
+                let f = inflight.pop_front().expect("a batch in flight");
                 self.land(f).await?;
             }
-            inflight = Some(self.hand(p));
         }
     }
 }

@@ -55,6 +55,7 @@ impl Core {
         });
         w.push(Write::Event {
             job: id,
+            run: 0,
             at: now,
             kind: EventKind::Submitted,
             detail: String::new(),
@@ -88,7 +89,7 @@ impl Core {
         self.sched.cancel(l.handle, now as u64);
         transition(
             w,
-            id,
+            (id, l.run),
             JobState::Cancelled,
             Some(now),
             EventKind::Cancelled,
@@ -129,27 +130,21 @@ impl Core {
                     for (i, t) in tasks.iter().enumerate() {
                         self.on_node.entry(t.0).or_default().insert((id, i as i64));
                     }
-                    let run = l.run;
-                    let detail = self.describe_start(run, &tasks);
+                    // The attempt's STARTED event is read from its task rows.
                     w.push(Write::StartJob {
                         job: id,
-                        run,
+                        run: l.run,
                         at: now,
                         tasks,
-                    });
-                    w.push(Write::Event {
-                        job: id,
-                        at: now,
-                        kind: EventKind::Started,
-                        detail,
                     });
                 }
                 Decision::Preempt { job, lost_ms } => {
                     let id = self.by_handle[&job];
+                    let run = self.jobs[&id].run;
                     self.stop_tasks(id, "preempted", now, w);
                     transition(
                         w,
-                        id,
+                        (id, run),
                         JobState::Pending,
                         None,
                         EventKind::Preempted,
@@ -264,7 +259,7 @@ impl Core {
             self.sched.complete(handle, now as u64);
             transition(
                 w,
-                e.job,
+                (e.job, run),
                 JobState::Completed,
                 Some(now),
                 EventKind::Completed,
@@ -280,7 +275,7 @@ impl Core {
             self.sched.requeue(handle, now as u64);
             transition(
                 w,
-                e.job,
+                (e.job, run),
                 JobState::Pending,
                 None,
                 EventKind::Retrying,
@@ -292,7 +287,7 @@ impl Core {
             self.sched.complete(handle, now as u64);
             transition(
                 w,
-                e.job,
+                (e.job, run),
                 JobState::Failed,
                 Some(now),
                 EventKind::Failed,
@@ -301,36 +296,12 @@ impl Core {
             );
         }
     }
-
-    /// `attempt 2 on n1[0, 1], n2[0, 1]`: each task's node and devices.
-    fn describe_start(&self, run: i64, tasks: &[(i64, i64)]) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::with_capacity(16 + 24 * tasks.len());
-        let _ = write!(s, "attempt {run} on ");
-        for (k, (n, mask)) in tasks.iter().enumerate() {
-            if k > 0 {
-                s.push_str(", ");
-            }
-            s.push_str(self.nodes.get(n).map_or("?", |x| x.node.name.as_str()));
-            if *mask != 0 {
-                s.push('[');
-                for (j, d) in (0..16).filter(|d| mask & (1 << d) != 0).enumerate() {
-                    if j > 0 {
-                        s.push_str(", ");
-                    }
-                    let _ = write!(s, "{d}");
-                }
-                s.push(']');
-            }
-        }
-        s
-    }
 }
 
 /// A job's state change and the event that records it (always together).
 pub(super) fn transition(
     w: &mut Vec<Write>,
-    job: i64,
+    (job, run): (i64, i64),
     state: JobState,
     ended: Option<i64>,
     kind: EventKind,
@@ -340,6 +311,7 @@ pub(super) fn transition(
     w.push(Write::JobState { job, state, ended });
     w.push(Write::Event {
         job,
+        run,
         at: now,
         kind,
         detail,

@@ -54,7 +54,7 @@ async fn all_jobs(store: &Store, state: JobState) -> anyhow::Result<Vec<Job>> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let page = store.jobs(None, Some(state), after, 10_000).await?;
+        let page = store.live_jobs(state, after, 10_000).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
         out.extend(page);

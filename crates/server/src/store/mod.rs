@@ -83,6 +83,16 @@ pub trait Backend: Send + Sync {
     /// A job; with `tenant`, only if it belongs to that tenant.
     async fn job(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError>;
 
+    /// Live jobs (PENDING or RUNNING: `state`) with id > `after`, oldest
+    /// first, at most `limit`, read through an index of live jobs alone
+    /// (recovery: however many jobs have ended).
+    async fn live_jobs(
+        &self,
+        state: JobState,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>, StoreError>;
+
     /// Jobs with id > `after`, oldest first, at most `limit`; filtered by
     /// tenant and state when given.
     async fn jobs(
@@ -97,7 +107,9 @@ pub trait Backend: Send + Sync {
 
     /// Apply a batch of writes in one transaction: all or nothing. The
     /// batch is handed over at once (batches commit in the order they are
-    /// handed over); the answer resolves when it is durable.
+    /// handed over); the answer resolves when it is durable. Once a batch
+    /// fails, every batch handed over after it fails too, unapplied: a
+    /// caller may hand over batch N+1 before N is durable.
     fn commit(&self, writes: Vec<Write>) -> Committing;
 
     async fn max_job_id(&self) -> Result<i64, StoreError>;
@@ -139,9 +151,6 @@ pub trait Backend: Send + Sync {
         from: i64,
         to: i64,
     ) -> Result<Vec<suanli_billing::NodeSpan>, StoreError>;
-
-    /// Jobs by state (for metrics).
-    async fn job_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +209,19 @@ impl Committing {
     ) -> Committing {
         Committing(rx)
     }
+
+    /// The outcome, if the batch is already durable (or failed); `None`
+    /// while it is still being committed.
+    pub fn ready(&mut self) -> Option<Result<std::time::Duration, StoreError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Closed) => Some(Err(StoreError::Writer(
+                "the store's writer stopped".to_string(),
+            ))),
+        }
+    }
 }
 
 impl std::future::Future for Committing {
@@ -217,6 +239,58 @@ impl std::future::Future for Committing {
 /// The devices of a bitmask, ascending.
 pub fn mask_devices(mask: i64) -> Vec<u32> {
     (0..16).filter(|d| mask & (1 << d) != 0).collect()
+}
+
+/// A job's history: its stored events (with their attempt, in the order
+/// written) and, for each attempt with task rows (`tasks` ordered by run
+/// and index), the attempt's STARTED event, read from them. An attempt's
+/// events are written after its start; what happens before the first
+/// start, or between attempts, belongs to the attempt before (run 0 for
+/// none). So the history reads in (run, STARTED first, order written).
+pub fn history(stored: Vec<(i64, JobEvent)>, tasks: &[TaskView]) -> Vec<JobEvent> {
+    let mut all: Vec<(i64, bool, usize, JobEvent)> = stored
+        .into_iter()
+        .enumerate()
+        .map(|(k, (run, e))| (run, true, k, e))
+        .collect();
+    for attempt in tasks.chunk_by(|a, b| a.run == b.run) {
+        let first = &attempt[0];
+        all.push((
+            first.run,
+            false,
+            0,
+            JobEvent {
+                at_ms: first.started_ms,
+                kind: EventKind::Started,
+                detail: describe_start(first.run, attempt),
+            },
+        ));
+    }
+    all.sort_by_key(|e| (e.0, e.1, e.2));
+    all.into_iter().map(|e| e.3).collect()
+}
+
+/// `attempt 2 on n1[0, 1], n2[0, 1]`: each task's node and devices.
+fn describe_start(run: i64, tasks: &[TaskView]) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("attempt {run} on ");
+    for (k, t) in tasks.iter().enumerate() {
+        if k > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&t.node);
+        if !t.gpus.is_empty() {
+            s.push('[');
+            for (j, d) in t.gpus.iter().enumerate() {
+                if j > 0 {
+                    s.push_str(", ");
+                }
+                let _ = write!(s, "{d}");
+            }
+            s.push(']');
+        }
+    }
+    s
 }
 
 /// A task holding resources (for recovery).
@@ -250,8 +324,12 @@ pub enum Write {
         job: NewJob,
         at: i64,
     },
+    /// An entry of the job's history, in attempt `run` (0 before the
+    /// first start). STARTED is not written: [`history`] reads it from the
+    /// attempt's task rows.
     Event {
         job: i64,
+        run: i64,
         at: i64,
         kind: EventKind,
         detail: String,
@@ -293,4 +371,64 @@ pub enum Write {
         node: i64,
         at: i64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(at_ms: i64, kind: EventKind, detail: &str) -> JobEvent {
+        JobEvent {
+            at_ms,
+            kind,
+            detail: detail.to_string(),
+        }
+    }
+
+    fn task(run: i64, index: i64, node: &str, gpus: &[u32], at: i64) -> TaskView {
+        TaskView {
+            run,
+            index,
+            node: node.to_string(),
+            gpus: gpus.to_vec(),
+            state: TaskState::Exited,
+            started_ms: at,
+            ended_ms: None,
+            exit_code: None,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn history_puts_each_start_between_its_attempts_even_in_one_millisecond() {
+        use EventKind::*;
+        // Everything at t=5: submitted, started, preempted, started again
+        // (a gang on two nodes, one CPU-only), cancelled.
+        let stored = vec![
+            (0, ev(5, Submitted, "")),
+            (1, ev(5, Preempted, "requeued")),
+            (2, ev(5, Cancelled, "from RUNNING")),
+        ];
+        let tasks = [
+            task(1, 0, "a", &[3], 5),
+            task(2, 0, "b", &[0, 1], 5),
+            task(2, 1, "c", &[], 5),
+        ];
+        assert_eq!(
+            history(stored, &tasks),
+            [
+                ev(5, Submitted, ""),
+                ev(5, Started, "attempt 1 on a[3]"),
+                ev(5, Preempted, "requeued"),
+                ev(5, Started, "attempt 2 on b[0, 1], c"),
+                ev(5, Cancelled, "from RUNNING"),
+            ]
+        );
+        // No attempt: the stored events alone, in the order written.
+        let stored = vec![(0, ev(9, Submitted, "")), (0, ev(7, Cancelled, "x"))];
+        assert_eq!(
+            history(stored, &[]),
+            [ev(9, Submitted, ""), ev(7, Cancelled, "x")]
+        );
+    }
 }

@@ -222,22 +222,23 @@ fn start_tasks(w: &Write) -> &[(i64, i64)] {
 }
 
 fn insert_events(tx: &Transaction<'_>, events: &[&Write]) -> Result<(), StoreError> {
-    let rows: Vec<[&dyn ToSql; 4]> = events
+    let rows: Vec<[&dyn ToSql; 5]> = events
         .iter()
         .map(|w| match w {
             Write::Event {
                 job,
+                run,
                 at,
                 kind,
                 detail,
-            } => [job as &dyn ToSql, at, kind, detail],
+            } => [job as &dyn ToSql, run, at, kind, detail],
             _ => unreachable!("events"),
         })
         .collect();
     many(
         tx,
-        "INSERT INTO job_events (job_id, at_ms, kind, detail) VALUES ",
-        "(?, ?, ?, ?)",
+        "INSERT INTO job_events (job_id, run, at_ms, kind, detail) VALUES ",
+        "(?, ?, ?, ?, ?)",
         "",
         &rows,
     )

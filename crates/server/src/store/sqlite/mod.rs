@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 mod commit;
 mod writer;
@@ -242,6 +242,26 @@ impl Backend for SqliteStore {
         job_from_row(&r)
     }
 
+    async fn live_jobs(
+        &self,
+        state: JobState,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        // `ended_ms IS NULL` selects the partial index `jobs_live`.
+        let q = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN tenants t ON t.id = j.tenant_id \
+             WHERE j.ended_ms IS NULL AND j.state = ? AND j.id > ? ORDER BY j.id LIMIT ?"
+        );
+        let rows = sqlx::query(&q)
+            .bind(state)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     /// Jobs with id > `after`, oldest first, at most `limit`; filtered by
     /// tenant and state when given.
     async fn jobs(
@@ -269,20 +289,30 @@ impl Backend for SqliteStore {
     }
 
     async fn events(&self, id: i64) -> Result<Vec<JobEvent>, StoreError> {
-        let rows =
-            sqlx::query("SELECT at_ms, kind, detail FROM job_events WHERE job_id = ? ORDER BY id")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
+        // One snapshot: the stored events and the task rows agree.
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT run, at_ms, kind, detail FROM job_events WHERE job_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = rows
+            .iter()
             .map(|r| {
-                Ok(JobEvent {
-                    at_ms: r.try_get("at_ms")?,
-                    kind: r.try_get("kind")?,
-                    detail: r.try_get("detail")?,
-                })
+                Ok((
+                    r.try_get("run")?,
+                    JobEvent {
+                        at_ms: r.try_get("at_ms")?,
+                        kind: r.try_get("kind")?,
+                        detail: r.try_get("detail")?,
+                    },
+                ))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let tasks = tasks_of(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(super::history(stored, &tasks))
     }
 
     /// Apply a batch of writes in one transaction: all or nothing.
@@ -315,7 +345,7 @@ impl Backend for SqliteStore {
         let rows = sqlx::query(
             "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
              JOIN jobs j ON j.id = k.job_id AND j.run = k.run \
-             WHERE j.state = ? AND k.state IN (?, ?) ORDER BY k.job_id, k.idx",
+             WHERE j.ended_ms IS NULL AND j.state = ? AND k.state IN (?, ?) ORDER BY k.job_id, k.idx",
         )
         .bind(JobState::Running)
         .bind(TaskState::Assigned)
@@ -343,29 +373,7 @@ impl Backend for SqliteStore {
 
     /// Tasks of a job, every attempt, oldest first.
     async fn job_tasks(&self, job: i64) -> Result<Vec<TaskView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT k.run, k.idx, n.name AS node, k.gpus, k.state, k.started_ms, k.ended_ms, k.exit_code, k.reason \
-             FROM tasks k JOIN nodes n ON n.id = k.node_id WHERE k.job_id = ? ORDER BY k.run, k.idx",
-        )
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let mask: i64 = r.try_get("gpus")?;
-                Ok(TaskView {
-                    run: r.try_get("run")?,
-                    index: r.try_get("idx")?,
-                    node: r.try_get("node")?,
-                    gpus: mask_devices(mask),
-                    state: r.try_get("state")?,
-                    started_ms: r.try_get("started_ms")?,
-                    ended_ms: r.try_get("ended_ms")?,
-                    exit_code: r.try_get("exit_code")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        tasks_of(&mut *self.pool.acquire().await?, job).await
     }
 
     async fn task_node(&self, job: i64, run: i64, task: i64) -> Result<Option<i64>, StoreError> {
@@ -460,16 +468,6 @@ impl Backend for SqliteStore {
             })
             .collect()
     }
-
-    /// Jobs by state (for metrics).
-    async fn job_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
-            .collect()
-    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -551,4 +549,31 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Task, StoreError> {
         state: r.try_get("state")?,
         started_ms: r.try_get("started_ms")?,
     })
+}
+
+/// A job's tasks, every attempt, by run and index, with node names.
+async fn tasks_of(conn: &mut SqliteConnection, job: i64) -> Result<Vec<TaskView>, StoreError> {
+    let rows = sqlx::query(
+            "SELECT k.run, k.idx, n.name AS node, k.gpus, k.state, k.started_ms, k.ended_ms, k.exit_code, k.reason \
+             FROM tasks k JOIN nodes n ON n.id = k.node_id WHERE k.job_id = ? ORDER BY k.run, k.idx",
+        )
+        .bind(job)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let mask: i64 = r.try_get("gpus")?;
+            Ok(TaskView {
+                run: r.try_get("run")?,
+                index: r.try_get("idx")?,
+                node: r.try_get("node")?,
+                gpus: mask_devices(mask),
+                state: r.try_get("state")?,
+                started_ms: r.try_get("started_ms")?,
+                ended_ms: r.try_get("ended_ms")?,
+                exit_code: r.try_get("exit_code")?,
+                reason: r.try_get("reason")?,
+            })
+        })
+        .collect()
 }

@@ -63,9 +63,21 @@ impl Writer {
     }
 }
 
+/// Commit batches in order. After a failed batch, the later ones (computed
+/// on top of it) are refused unapplied, so that no batch is ever durable
+/// without every batch handed over before it.
 fn run(mut conn: Connection, rx: mpsc::Receiver<(Vec<Write>, Reply)>) {
+    let mut failed: Option<String> = None;
     while let Ok((writes, reply)) = rx.recv() {
-        let r = apply(&mut conn, &writes);
+        let r = match &failed {
+            Some(why) => Err(StoreError::Writer(format!(
+                "not applied: an earlier batch failed ({why})"
+            ))),
+            None => apply(&mut conn, &writes),
+        };
+        if let (Err(e), None) = (&r, &failed) {
+            failed = Some(e.to_string());
+        }
         let _ = reply.send(r);
     }
 }
