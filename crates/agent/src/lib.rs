@@ -40,7 +40,9 @@ use task::{Key, Task};
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub server: String,
-    pub token: String,
+    /// A join token, used when this node has no saved credential (first
+    /// start, or after an admin revoked it).
+    pub join_token: Option<String>,
     pub name: String,
     /// Address other nodes reach this one at (`MASTER_ADDR` of gangs).
     pub addr: String,
@@ -55,6 +57,9 @@ pub struct AgentConfig {
 
 struct Agent {
     cfg: AgentConfig,
+    /// This node's credential (from `WORK_DIR/node.token`, or answered by
+    /// a registration with the join token).
+    credential: Option<String>,
     http: ureq::Agent,
     interval: Duration,
     tasks: BTreeMap<Key, Task>,
@@ -99,7 +104,7 @@ impl Agent {
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         self.http
             .request(method, &self.url(path))
-            .set("Authorization", &format!("Bearer {}", self.cfg.token))
+            .set("Authorization", &format!("Bearer {}", self.token()))
             .set(PROTOCOL_HEADER, &PROTOCOL.to_string())
     }
 
@@ -119,7 +124,38 @@ impl Agent {
         }
     }
 
+    /// The credential, else the join token.
+    fn token(&self) -> &str {
+        self.credential
+            .as_deref()
+            .or(self.cfg.join_token.as_deref())
+            .unwrap_or_default()
+    }
+
+    fn credential_file(&self) -> PathBuf {
+        self.cfg.work_dir.join("node.token")
+    }
+
+    /// Register with the saved credential; if the server no longer knows
+    /// it (revoked: 401), forget it and register with the join token.
     fn register(&mut self) -> Result<(), CallError> {
+        match self.register_once() {
+            Err((401, msg)) if self.credential.is_some() => {
+                log(&format!(
+                    "the saved credential was refused ({msg}); registering with the join token"
+                ));
+                self.credential = None;
+                let _ = std::fs::remove_file(self.credential_file());
+                if self.cfg.join_token.is_none() {
+                    return Err((401, "no join token to register with".to_string()));
+                }
+                self.register_once()
+            }
+            r => r,
+        }
+    }
+
+    fn register_once(&mut self) -> Result<(), CallError> {
         let body = NodeRegistration {
             name: self.cfg.name.clone(),
             addr: Some(self.cfg.addr.clone()),
@@ -148,6 +184,12 @@ impl Agent {
             ));
         }
         self.interval = Duration::from_secs(r.heartbeat_interval_s.max(1));
+        if let Some(c) = r.credential {
+            // Saved before use: a restarted agent must find it.
+            write_secret(&self.credential_file(), &c)
+                .map_err(|e| (0, format!("cannot save this node's credential: {e}")))?;
+            self.credential = Some(c);
+        }
         Ok(())
     }
 
@@ -302,12 +344,39 @@ fn exit_report(t: &Task) -> TaskExit {
     }
 }
 
+/// Write `text` to a file only its owner can read (mode 0600, also when
+/// the file existed with a wider mode).
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 /// Run the agent until `stop` is set; then stop every task (SIGTERM, then
 /// SIGKILL after the grace period) and return.
 pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.work_dir)
         .map_err(|e| format!("{}: {e}", cfg.work_dir.display()))?;
+    let credential = match std::fs::read_to_string(cfg.work_dir.join("node.token")) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
+    if credential.is_none() && cfg.join_token.is_none() {
+        return Err(format!(
+            "no credential in {} and no join token: give one (--join-token-file, SUANLI_JOIN_TOKEN)",
+            cfg.work_dir.join("node.token").display()
+        ));
+    }
     let mut a = Agent {
+        credential,
         http: ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(10))
             .build(),
@@ -357,6 +426,12 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
                 Ok(()) => last_beat = Instant::now(),
                 Err((404, _)) => {
                     log("the server does not know this node; registering again");
+                    let _ = a.register();
+                }
+                Err((401, msg)) => {
+                    log(&format!(
+                        "the server refused this node's credential ({msg}); registering again"
+                    ));
                     let _ = a.register();
                 }
                 Err((_, msg)) => log(&format!("heartbeat failed: {msg}")),

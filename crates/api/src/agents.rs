@@ -45,6 +45,11 @@ pub struct Registered {
     pub heartbeat_interval_s: u64,
     /// The server's [`crate::PROTOCOL`].
     pub protocol: u32,
+    /// When registered with a join token: this node's own credential,
+    /// shown once. Every later call of this agent (heartbeats, task status,
+    /// logs, registering again) uses it; it speaks for this node only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// One task of one attempt, as an agent reports it.

@@ -41,8 +41,10 @@ pub use tenants::*;
 /// registration; a mismatch is refused with the problem code
 /// `protocol_mismatch`, naming both versions, so a rolling upgrade fails
 /// clearly instead of strangely. Bump it with any incompatible change to
-/// [`agents`].
-pub const PROTOCOL: u32 = 1;
+/// [`agents`]. 2: node-bound credentials (a join token only registers;
+/// registering answers the node's own credential, which every other call
+/// needs).
+pub const PROTOCOL: u32 = 2;
 
 /// The HTTP header an agent sends its [`PROTOCOL`] version in.
 pub const PROTOCOL_HEADER: &str = "suanli-protocol";

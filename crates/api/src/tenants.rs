@@ -72,6 +72,11 @@ pub struct TokenRequest {
     /// For a tenant token: its tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// For an agent token: the node it is the credential of. Without it,
+    /// an agent token is a join token, which can only register a node that
+    /// has no live credential (and so obtain that node's credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -91,6 +96,9 @@ pub struct TokenInfo {
     pub id: i64,
     pub scope: TokenScope,
     pub tenant: Option<String>,
+    /// An agent token's node (absent: a join token).
+    #[serde(default)]
+    pub node: Option<String>,
     pub name: String,
     pub created_ms: i64,
     pub revoked: bool,

@@ -158,10 +158,28 @@ async fn tokens(s: &Store) {
         .await
         .unwrap();
     let tenant = s.insert_token("h-acme", &scope, "ci").await.unwrap();
-    s.insert_token("h-agent", &Scope::Agent, "").await.unwrap();
-    assert_eq!(s.token_count().await.unwrap(), 3);
+    s.insert_token("h-join", &Scope::Join, "").await.unwrap();
+    let n1 = Scope::Node {
+        name: "n1".to_string(),
+    };
+    let cred = s.insert_token("h-n1", &n1, "").await.unwrap();
+    assert_eq!(s.token_count().await.unwrap(), 4);
     assert_eq!(s.scope_of("h-acme").await.unwrap(), Some(scope));
-    assert_eq!(s.scope_of("h-agent").await.unwrap(), Some(Scope::Agent));
+    assert_eq!(s.scope_of("h-join").await.unwrap(), Some(Scope::Join));
+    assert_eq!(s.scope_of("h-n1").await.unwrap(), Some(n1.clone()));
+    // One live credential per node: a second is a conflict until the
+    // first is revoked.
+    assert!(matches!(
+        s.insert_token("h-n1-again", &n1, "").await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.revoke_token(cred).await.unwrap();
+    s.insert_token("h-n1-again", &n1, "").await.unwrap();
+    assert_eq!(s.scope_of("h-n1").await.unwrap(), None);
+    assert_eq!(s.scope_of("h-n1-again").await.unwrap(), Some(n1));
+    let listed = s.tokens().await.unwrap();
+    let nodes: Vec<Option<&str>> = listed.iter().map(|t| t.node.as_deref()).collect();
+    assert_eq!(nodes, [None, None, None, Some("n1"), Some("n1")]);
     assert_eq!(s.scope_of("unknown").await.unwrap(), None);
     s.revoke_token(tenant).await.unwrap();
     assert_eq!(s.scope_of("h-acme").await.unwrap(), None, "revoked");

@@ -31,9 +31,15 @@ pub struct AgentArgs {
     /// The server's URL, e.g. http://10.0.0.1:8420.
     #[arg(long)]
     server: String,
-    /// An agent token (`suanli token create --agent`).
+    /// A file holding a join token (`suanli token create --agent`), used to
+    /// register when this node has no saved credential
+    /// (`WORK_DIR/node.token`). Also `SUANLI_JOIN_TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
+    /// The join token itself (visible to every user of this machine in
+    /// `ps`: prefer --join-token-file or SUANLI_JOIN_TOKEN).
     #[arg(long)]
-    join_token: String,
+    join_token: Option<String>,
     /// Node name [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -60,6 +66,32 @@ pub struct AgentArgs {
     grace_s: f64,
 }
 
+/// The join token: from --join-token-file, --join-token or
+/// `SUANLI_JOIN_TOKEN` (then removed from this process's environment, so
+/// nothing the agent starts inherits it); none is fine when the node has a
+/// saved credential.
+fn join_token(a: &AgentArgs) -> Result<Option<String>, CliError> {
+    let from_env = std::env::var("SUANLI_JOIN_TOKEN").ok();
+    // SAFETY: called before the agent starts any thread or process.
+    unsafe { std::env::remove_var("SUANLI_JOIN_TOKEN") };
+    let t = match (&a.join_token_file, &a.join_token) {
+        (Some(_), Some(_)) => {
+            return Err(usage("give --join-token-file or --join-token, not both"))
+        }
+        (Some(f), None) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| usage(format!("--join-token-file {}: {e}", f.display())))?,
+        ),
+        (None, Some(t)) => Some(t.clone()),
+        (None, None) => from_env,
+    };
+    let t = t.map(|t| t.trim().to_string());
+    if t.as_deref() == Some("") {
+        return Err(usage("the join token is empty"));
+    }
+    Ok(t)
+}
+
 pub fn agent(a: AgentArgs) -> Result<(), CliError> {
     let spec = suanli_agent::GpuSpec::parse(&a.gpus).map_err(usage)?;
     let labels = suanli_agent::parse_labels(&a.labels).map_err(usage)?;
@@ -78,11 +110,12 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
         Some(g) => return Err(usage(format!("--memory-gib must be > 0 (found {g})"))),
         None => mem,
     };
+    let join_token = join_token(&a)?;
     let stop = stop_flag()?;
     suanli_agent::run(
         suanli_agent::AgentConfig {
             server: a.server,
-            token: a.join_token,
+            join_token,
             name: a.name.unwrap_or_else(suanli_agent::hostname),
             addr: a.addr,
             labels,
@@ -288,6 +321,7 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
                 let body = TokenRequest {
                     scope: scope.to_string(),
                     tenant: tenant.map(str::to_string),
+                    node: None,
                     name: Some("up".to_string()),
                 };
                 let t: Option<NewToken> = post(&format!("{url}/v1/tokens"), &admin, &body)?;
@@ -308,15 +342,11 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))
             .map_err(|e| failure(e.to_string()))?;
         let c = Command::new(&exe)
-            .args([
-                "agent",
-                "--server",
-                &url,
-                "--join-token",
-                &agent_tok,
-                "--name",
-                &name,
-            ])
+            // The join token through the environment (not visible in
+            // `ps`; the agent removes it from its own): each agent
+            // registers and keeps its own node credential.
+            .env("SUANLI_JOIN_TOKEN", &agent_tok)
+            .args(["agent", "--server", &url, "--name", &name])
             .args([
                 "--gpus",
                 &a.gpus_per_agent,

@@ -359,11 +359,13 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
     let tok = token(TokenRequest {
         scope: "tenant".to_string(),
         tenant: Some("bench".to_string()),
+        node: None,
         name: None,
     })?;
     let agent = token(TokenRequest {
         scope: "agent".to_string(),
         tenant: None,
+        node: None,
         name: None,
     })?;
     for n in 0..4 {

@@ -31,16 +31,14 @@ impl Drop for Pool {
 
 fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    // The join token from a file (the agent saves its node's credential in
+    // its work dir and uses that from then on).
+    let join = dir.join(format!("{name}.join"));
+    std::fs::write(&join, token).unwrap();
     Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args([
-            "agent",
-            "--server",
-            url,
-            "--join-token",
-            token,
-            "--name",
-            name,
-        ])
+        .args(["agent", "--server", url, "--join-token-file"])
+        .arg(&join)
+        .args(["--name", name])
         .args([
             "--gpus",
             "fake:4xA100-80G",

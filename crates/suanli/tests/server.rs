@@ -250,10 +250,12 @@ fn tenants_tokens_jobs_isolation_and_restart() {
             "{body}: {v}"
         );
     }
+    // A credential made for a node that never registered: 404, not orders.
+    let ghost = token_for(&s, &admin, json!({"scope": "agent", "node": "ghost"}));
     let (code, _, _) = call(
         "POST",
         &u("/v1/agents/ghost/heartbeat"),
-        Some(&agent),
+        Some(&ghost),
         Some("{}"),
     );
     assert_eq!(code, 404);
@@ -793,4 +795,185 @@ fn store_contention_never_stops_the_server() {
     assert_eq!(call("GET", &s.u("/healthz"), None, None).0, 200);
     let (code, v, _) = call("GET", &s.u("/v1/jobs?limit=1000"), Some(&admin), None);
     assert_eq!(code, 200, "{v}");
+}
+
+/// Node-bound agents (issue 14): a join token only registers, and only a
+/// node without a live credential; a node's credential speaks for that
+/// node alone. Another node's agent cannot end, read or write anything of
+/// this node's, and a stranger with the join token cannot take it over.
+#[test]
+fn an_agent_speaks_for_its_own_node_only() {
+    let dir = tmp("nodebound");
+    let s = Server::start(&dir);
+    let admin = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let u = |p: &str| format!("{}{p}", s.url);
+    call(
+        "POST",
+        &u("/v1/tenants"),
+        Some(&admin),
+        Some(r#"{"name":"acme"}"#),
+    );
+    let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
+    let join = token_for(&s, &admin, json!({"scope": "agent"}));
+    let r1 = register(&s, &join, "n1", 1, "A100-80G", 8_000);
+    let r2 = register(&s, &join, "n2", 1, "A100-80G", 8_000);
+    let n1 = r1["credential"]
+        .as_str()
+        .expect("a credential for n1")
+        .to_string();
+    let n2 = r2["credential"]
+        .as_str()
+        .expect("a credential for n2")
+        .to_string();
+    assert_ne!(n1, n2);
+    assert_ne!(n1, join);
+    // A victim's job with a secret, started on n1.
+    let body = json!({"command": ["train"], "gpus": 1, "env": {"HF_TOKEN": "secret-of-acme"}});
+    let id = submit(&s, &acme, body)["id"].as_i64().unwrap();
+    let mut on = "";
+    for (node, cred) in [("n1", &n1), ("n2", &n2)] {
+        let (code, v, _) = call(
+            "POST",
+            &u(&format!("/v1/agents/{node}/heartbeat")),
+            Some(cred),
+            Some(r#"{"running":[],"exited":[]}"#),
+        );
+        assert_eq!(code, 200, "{v}");
+        if !v["start"].as_array().unwrap().is_empty() {
+            on = node;
+        }
+    }
+    assert!(!on.is_empty(), "the job started somewhere");
+    let (victim, attacker) = if on == "n1" {
+        (("n1", &n1), ("n2", &n2))
+    } else {
+        (("n2", &n2), ("n1", &n1))
+    };
+    let (vnode, vcred) = victim;
+    let (anode, acred) = attacker;
+    let exit = json!({"running": [], "exited": [{"job": id, "run": 1, "task": 0, "exit_code": 0, "signal": null}]}).to_string();
+    // The attacker's credential, on the victim's node: every call is 403,
+    // and the answer never carries the victim's orders.
+    for (path, body) in [
+        (
+            format!("/v1/agents/{vnode}/heartbeat"),
+            r#"{"running":[],"exited":[]}"#.to_string(),
+        ),
+        (format!("/v1/agents/{vnode}/tasks/status"), exit.clone()),
+    ] {
+        let (code, v, _) = call("POST", &u(&path), Some(acred), Some(&body));
+        assert_eq!(code, 403, "{path}: {v}");
+        assert!(!v.to_string().contains("secret-of-acme"), "{v}");
+    }
+    let (code, v, _) = call(
+        "POST",
+        &u(&format!(
+            "/v1/agents/{vnode}/logs?job={id}&run=1&task=0&stream=stdout&offset=0"
+        )),
+        Some(acred),
+        Some("injected line"),
+    );
+    assert_eq!(code, 403, "{v}");
+    // Registering the victim's name with the attacker's credential: 403.
+    let reg = json!({"name": vnode, "cpu_milli": 1000, "memory_mib": 1024}).to_string();
+    let (code, v, _) = call("POST", &u("/v1/agents/register"), Some(acred), Some(&reg));
+    assert_eq!(code, 403, "{v}");
+    // Reporting the victim's task as exited on its own node changes nothing.
+    let (code, _, _) = call(
+        "POST",
+        &u(&format!("/v1/agents/{anode}/tasks/status")),
+        Some(acred),
+        Some(&exit),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(job(&s, &acme, id)["state"], "RUNNING");
+    // The join token: no heartbeat, no status, no logs, and no takeover of
+    // a node that has a live credential (409), whatever the inventory.
+    for path in [
+        format!("/v1/agents/{vnode}/heartbeat"),
+        format!("/v1/agents/{vnode}/tasks/status"),
+    ] {
+        let (code, v, _) = call(
+            "POST",
+            &u(&path),
+            Some(&join),
+            Some(r#"{"running":[],"exited":[]}"#),
+        );
+        assert_eq!(code, 403, "{path}: {v}");
+    }
+    let (code, v, _) = call("POST", &u("/v1/agents/register"), Some(&join), Some(&reg));
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("node_claimed")),
+        "{v}"
+    );
+    assert_eq!(job(&s, &acme, id)["state"], "RUNNING");
+    // The victim's own agent still works, and re-registers with its credential.
+    let (code, v, _) = call(
+        "POST",
+        &u(&format!("/v1/agents/{vnode}/tasks/status")),
+        Some(vcred),
+        Some(&exit),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(job(&s, &acme, id)["state"], "COMPLETED");
+    let full = json!({"name": vnode, "cpu_milli": 8000, "memory_mib": 1 << 20,
+        "gpus": [{"index": 0, "model": "A100-80G", "memory_mib": 81920}], "labels": {"rack": "r1"},
+        "addr": "10.0.0.2"})
+    .to_string();
+    let (code, v, _) = call("POST", &u("/v1/agents/register"), Some(vcred), Some(&full));
+    assert_eq!(code, 200, "{v}");
+    assert!(v.get("credential").is_none(), "no second credential: {v}");
+    // The admin sees one live credential per node and revokes one: it is
+    // refused at once (401), and the join token may then claim the name.
+    let (_, list, _) = call("GET", &u("/v1/tokens"), Some(&admin), None);
+    let creds: Vec<&Value> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["node"] == vnode && t["revoked"] == false)
+        .collect();
+    assert_eq!(creds.len(), 1, "{list}");
+    let cid = creds[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        call(
+            "POST",
+            &u(&format!("/v1/tokens/{cid}/revoke")),
+            Some(&admin),
+            None
+        )
+        .0,
+        204
+    );
+    let (code, _, _) = call(
+        "POST",
+        &u(&format!("/v1/agents/{vnode}/heartbeat")),
+        Some(vcred),
+        Some("{}"),
+    );
+    assert_eq!(code, 401);
+    let (code, v, _) = call("POST", &u("/v1/agents/register"), Some(&join), Some(&full));
+    assert_eq!(code, 200, "{v}");
+    assert!(v["credential"].as_str().is_some(), "{v}");
+    // An admin-made credential for a node that has one is refused too.
+    let (code, v, _) = call(
+        "POST",
+        &u("/v1/tokens"),
+        Some(&admin),
+        Some(&json!({"scope": "agent", "node": anode}).to_string()),
+    );
+    assert_eq!(code, 409, "{v}");
+    // Tenants and the admin cannot use agent endpoints at all.
+    for t in [&acme, &admin] {
+        let (code, _, _) = call(
+            "POST",
+            &u(&format!("/v1/agents/{vnode}/heartbeat")),
+            Some(t),
+            Some("{}"),
+        );
+        assert_eq!(code, 403);
+    }
 }

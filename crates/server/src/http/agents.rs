@@ -16,7 +16,8 @@ use super::auth::AgentCaller;
 use super::error::{valid_name, Problem};
 use super::state::AppState;
 use crate::control::Registration;
-use crate::store::mask_devices;
+use crate::store::{mask_devices, Scope, StoreError};
+use axum::http::StatusCode;
 use suanli_api::Problem as ProblemDoc;
 
 /// Most tasks one report may list.
@@ -103,19 +104,64 @@ fn validate_registration(b: NodeRegistration) -> Result<Registration, Problem> {
 }
 
 /// Register (or re-register) a node (agent).
-#[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = NodeRegistration, security(("bearer" = [])), responses((status = 200, description = "Registered", body = Registered), (status = 400, description = "Invalid, or another protocol version", body = ProblemDoc), (status = 409, description = "Inventory changed under running tasks", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = NodeRegistration, security(("bearer" = [])), responses((status = 200, description = "Registered", body = Registered), (status = 400, description = "Invalid, or another protocol version", body = ProblemDoc), (status = 409, description = "Inventory changed under running tasks, or (join token) the node already has a live credential", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not an agent token, or another node's credential", body = ProblemDoc)))]
 async fn register_agent(
     State(st): State<AppState>,
-    _: AgentCaller,
+    who: AgentCaller,
     body: Result<Json<NodeRegistration>, JsonRejection>,
 ) -> Result<Json<Registered>, Problem> {
     let Json(b) = body?;
     let reg = validate_registration(b)?;
-    let node = st.control.register(reg).await??;
+    // A join token claims the node's credential first (atomic: refused
+    // while the node has a live one), so that it can never re-register a
+    // node that another agent holds; a node's credential registers only
+    // its own node.
+    let claimed = match &who {
+        AgentCaller::Join => {
+            let (secret, hash) = crate::auth::new_token();
+            let scope = Scope::Node {
+                name: reg.name.clone(),
+            };
+            let id = st
+                .store
+                .insert_token(&hash, &scope, &format!("node {}", reg.name))
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => Problem::new(
+                        StatusCode::CONFLICT,
+                        "node_claimed",
+                        format!(
+                            "node {:?} already has a live credential: its agent registers with \
+                             the credential it saved (WORK_DIR/node.token); to move the name to \
+                             another machine, an admin revokes that credential first \
+                             (`suanli token list`, `suanli token revoke ID`)",
+                            reg.name
+                        ),
+                    ),
+                    e => e.into(),
+                })?;
+            Some((id, secret))
+        }
+        AgentCaller::Node(_) => {
+            who.speaks_for(&reg.name)?;
+            None
+        }
+    };
+    let node = match st.control.register(reg).await? {
+        Ok(n) => n,
+        Err(refusal) => {
+            // The registration did not happen: the new credential goes too.
+            if let Some((id, _)) = &claimed {
+                let _ = st.store.revoke_token(*id).await;
+            }
+            return Err(refusal.into());
+        }
+    };
     Ok(Json(Registered {
         node,
         heartbeat_interval_s: st.control.heartbeat_interval_s,
         protocol: suanli_api::PROTOCOL,
+        credential: claimed.map(|(_, secret)| secret),
     }))
 }
 
@@ -172,25 +218,27 @@ async fn report(
 }
 
 /// Report every running task and the exits since; get tasks to start and to stop (agent).
-#[utoipa::path(post, path = "/v1/agents/{name}/heartbeat", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 404, description = "Unregistered node", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(post, path = "/v1/agents/{name}/heartbeat", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 404, description = "Unregistered node", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not this node's credential", body = ProblemDoc)))]
 async fn heartbeat(
     State(st): State<AppState>,
-    _: AgentCaller,
+    who: AgentCaller,
     Path(name): Path<String>,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Result<Json<Orders>, Problem> {
+    who.speaks_for(&name)?;
     let Json(r) = body?;
     report(&st, name, r, true).await
 }
 
 /// Report task exits between heartbeats (agent).
-#[utoipa::path(post, path = "/v1/agents/{name}/tasks/status", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(post, path = "/v1/agents/{name}/tasks/status", tag = "agents", request_body = Report, params(("name" = String, Path)), security(("bearer" = [])), responses((status = 200, description = "Orders", body = Orders), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not this node's credential", body = ProblemDoc)))]
 async fn task_status(
     State(st): State<AppState>,
-    _: AgentCaller,
+    who: AgentCaller,
     Path(name): Path<String>,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Result<Json<Orders>, Problem> {
+    who.speaks_for(&name)?;
     let Json(r) = body?;
     if !r.running.is_empty() {
         return Err(Problem::invalid(

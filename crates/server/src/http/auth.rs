@@ -34,23 +34,48 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// An agent: an agent token, speaking this server's protocol version.
-pub struct AgentCaller;
+/// An agent, speaking this server's protocol version: with a join token
+/// (which may only register) or with a node's credential.
+pub enum AgentCaller {
+    Join,
+    Node(String),
+}
+
+impl AgentCaller {
+    /// The caller speaks for node `name` (403 otherwise): a node's agent
+    /// never acts on, or learns about, another node.
+    pub fn speaks_for(&self, name: &str) -> Result<(), Problem> {
+        match self {
+            AgentCaller::Node(n) if n == name => Ok(()),
+            AgentCaller::Node(n) => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this credential is node {n:?}'s; it cannot act for node {name:?}"),
+            )),
+            AgentCaller::Join => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a join token can only register a node; use the credential the registration answered",
+            )),
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for AgentCaller {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<AgentCaller, Problem> {
-        let c = Caller::from_request_parts(parts, st).await?;
-        if !matches!(c.0, Scope::Agent) {
-            return Err(Problem::forbidden());
-        }
+        let who = match Caller::from_request_parts(parts, st).await?.0 {
+            Scope::Join => AgentCaller::Join,
+            Scope::Node { name } => AgentCaller::Node(name),
+            _ => return Err(Problem::forbidden()),
+        };
         let theirs = parts
             .headers
             .get(suanli_api::PROTOCOL_HEADER)
             .and_then(|v| v.to_str().ok());
         let ours = suanli_api::PROTOCOL;
         match theirs.map(|v| v.trim().parse::<u32>()) {
-            Some(Ok(v)) if v == ours => Ok(AgentCaller),
+            Some(Ok(v)) if v == ours => Ok(who),
             found => Err(Problem::new(
                 StatusCode::BAD_REQUEST,
                 "protocol_mismatch",
@@ -79,6 +104,6 @@ pub fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
     match &c.0 {
         Scope::Admin => Ok(None),
         Scope::Tenant { id, .. } => Ok(Some(*id)),
-        Scope::Agent => Err(Problem::forbidden()),
+        Scope::Join | Scope::Node { .. } => Err(Problem::forbidden()),
     }
 }

@@ -43,7 +43,7 @@ async fn bills(
         (Scope::Tenant { id, name }, None) => vec![(*id, name.clone())],
         (Scope::Tenant { id, name }, Some(t)) if t == name => vec![(*id, name.clone())],
         (Scope::Tenant { .. }, Some(_)) => return Err(Problem::forbidden()),
-        (Scope::Agent, _) => return Err(Problem::forbidden()),
+        (Scope::Join | Scope::Node { .. }, _) => return Err(Problem::forbidden()),
         (Scope::Admin, Some(t)) => {
             let t = st.store.tenant_by_name(t).await?;
             vec![(t.id, t.name)]

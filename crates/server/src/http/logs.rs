@@ -54,14 +54,17 @@ fn io(e: std::io::Error) -> Problem {
     request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = [])),
     responses((status = 200, description = "Stored", body = LogPushed),
         (status = 409, description = "Offset past the end: push from next_offset", body = ProblemDoc),
-        (status = 404, description = "No such task on this node", body = ProblemDoc)))]
+        (status = 404, description = "No such task on this node", body = ProblemDoc),
+        (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc),
+        (status = 403, description = "Not this node's credential", body = ProblemDoc)))]
 async fn push(
     State(st): State<AppState>,
-    _: AgentCaller,
+    who: AgentCaller,
     Path(name): Path<String>,
     q: Result<Query<LogChunk>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Json<LogPushed>, Problem> {
+    who.speaks_for(&name)?;
     let Query(q) = q.map_err(Problem::bad_query)?;
     let node = st.store.node_id(&name).await?;
     let on = st.store.task_node(q.job, q.run, q.task).await?;

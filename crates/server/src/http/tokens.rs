@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{admin, Caller};
-use super::error::{IdPath, Problem};
+use super::error::{valid_name, IdPath, Problem};
 use super::state::AppState;
 use crate::store::{Scope, StoreError};
 use suanli_api::Problem as ProblemDoc;
@@ -21,8 +21,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_token))
 }
 
-/// Issue a token: admin, agent, or tenant (admin).
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequest, security(("bearer" = [])), responses((status = 201, description = "Created; the secret is shown once", body = NewToken), (status = 400, description = "Invalid", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+/// Issue a token: admin, tenant, or agent (admin). An agent token naming a
+/// node is that node's credential (refused while the node has a live one);
+/// without a node it is a join token.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequest, security(("bearer" = [])), responses((status = 201, description = "Created; the secret is shown once", body = NewToken), (status = 400, description = "Invalid", body = ProblemDoc), (status = 409, description = "The node already has a live credential", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn create_token(
     State(st): State<AppState>,
     c: Caller,
@@ -30,9 +32,18 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<NewToken>), Problem> {
     admin(&c)?;
     let Json(b) = body?;
+    if b.node.is_some() && b.scope != "agent" {
+        return Err(Problem::invalid("node", "only agent tokens name a node"));
+    }
     let scope = match (b.scope.as_str(), &b.tenant) {
         ("admin", None) => Scope::Admin,
-        ("agent", None) => Scope::Agent,
+        ("agent", None) => match b.node {
+            Some(node) => {
+                valid_name("node", &node)?;
+                Scope::Node { name: node }
+            }
+            None => Scope::Join,
+        },
         ("tenant", Some(name)) => {
             let t = st.store.tenant_by_name(name).await.map_err(|e| match e {
                 StoreError::NotFound => {

@@ -71,6 +71,8 @@ pub trait Backend: Send + Sync {
 
     async fn quotas(&self, tenant_id: i64) -> Result<Vec<Quota>, StoreError>;
 
+    /// Store a token. A node's credential while that node has another live
+    /// one is [`StoreError::Conflict`] (atomic: two claims cannot both win).
     async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError>;
 
     /// The scope of a live (not revoked) token, by the hash of its secret.
@@ -153,11 +155,21 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<suanli_billing::NodeSpan>, StoreError>;
 }
 
+/// What a token may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     Admin,
-    Tenant { id: i64, name: String },
-    Agent,
+    Tenant {
+        id: i64,
+        name: String,
+    },
+    /// An agent's join token: it may register a node that has no live
+    /// credential, which issues that node's credential, and nothing else.
+    Join,
+    /// A node's credential: its agent speaks for this node (by name) only.
+    Node {
+        name: String,
+    },
 }
 
 /// A validated submission.

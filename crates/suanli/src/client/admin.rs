@@ -125,8 +125,14 @@ pub enum TokenCmd {
         tenant: Option<String>,
         #[arg(long, conflicts_with = "agent")]
         admin: bool,
+        /// An agent token: a join token (it only registers nodes that have
+        /// no live credential, each registration answering that node's
+        /// own credential), or with --node, one node's credential.
         #[arg(long)]
         agent: bool,
+        /// With --agent: the node this token is the credential of.
+        #[arg(long, requires = "agent")]
+        node: Option<String>,
         #[arg(long)]
         name: Option<String>,
         /// Print `{"id", "token"}`.
@@ -155,6 +161,7 @@ pub fn token(c: TokenCmd) -> Result<(), CliError> {
             tenant,
             admin,
             agent,
+            node,
             name,
             json,
         } => {
@@ -171,6 +178,7 @@ pub fn token(c: TokenCmd) -> Result<(), CliError> {
             let body = TokenRequest {
                 scope: scope.to_string(),
                 tenant,
+                node,
                 name,
             };
             let t: NewToken = conn.post("/v1/tokens", &body)?;
@@ -187,15 +195,16 @@ pub fn token(c: TokenCmd) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "{:>6} {:<7} {:<16} {:<20} {:<8}",
-                "ID", "SCOPE", "TENANT", "NAME", "REVOKED"
+                "{:>6} {:<7} {:<16} {:<16} {:<20} {:<8}",
+                "ID", "SCOPE", "TENANT", "NODE", "NAME", "REVOKED"
             );
             for t in &v.tokens {
                 println!(
-                    "{:>6} {:<7} {:<16} {:<20} {:<8}",
+                    "{:>6} {:<7} {:<16} {:<16} {:<20} {:<8}",
                     t.id,
                     t.scope.as_str(),
                     or_dash(t.tenant.as_deref()),
+                    or_dash(t.node.as_deref()),
                     t.name,
                     t.revoked
                 );

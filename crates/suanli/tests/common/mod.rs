@@ -191,14 +191,36 @@ pub fn register(
         .collect();
     let body = json!({"name": name, "addr": format!("10.0.0.{}", name.len()), "cpu_milli": cpu_milli,
         "memory_mib": 1 << 20, "gpus": devs, "labels": {"rack": "r1"}});
+    // As a real agent: the node's saved credential once it has one.
+    let token = credential(agent, name).unwrap_or_else(|| agent.to_string());
     let (code, v, _) = call(
         "POST",
         &s.u("/v1/agents/register"),
-        Some(agent),
+        Some(&token),
         Some(&body.to_string()),
     );
     assert_eq!(code, 200, "{v}");
+    if let Some(c) = v["credential"].as_str() {
+        CREDENTIALS
+            .lock()
+            .unwrap()
+            .insert((agent.to_string(), name.to_string()), c.to_string());
+    }
     v
+}
+
+/// Node credentials answered to registrations, by (join token, node): the
+/// helpers act as each node's agent, which keeps its own credential.
+static CREDENTIALS: std::sync::Mutex<std::collections::BTreeMap<(String, String), String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The credential node `name` obtained with join token `agent`, if any.
+pub fn credential(agent: &str, name: &str) -> Option<String> {
+    CREDENTIALS
+        .lock()
+        .unwrap()
+        .get(&(agent.to_string(), name.to_string()))
+        .cloned()
 }
 
 /// A heartbeat: `running` as (job, run, task), `exited` as (job, run, task, exit code).
@@ -218,10 +240,11 @@ pub fn heartbeat(
         .map(|&(job, run, task, code)| json!({"job": job, "run": run, "task": task, "exit_code": code, "signal": null}))
         .collect();
     let body = json!({"running": running, "exited": exited});
+    let token = credential(agent, node).unwrap_or_else(|| agent.to_string());
     let (code, v, _) = call(
         "POST",
         &s.u(&format!("/v1/agents/{node}/heartbeat")),
-        Some(agent),
+        Some(&token),
         Some(&body.to_string()),
     );
     assert_eq!(code, 200, "{v}");

@@ -133,29 +133,37 @@ impl Backend for SqliteStore {
     }
 
     async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError> {
-        let (s, tid) = match scope {
-            Scope::Admin => (TokenScope::Admin, None),
-            Scope::Agent => (TokenScope::Agent, None),
-            Scope::Tenant { id, .. } => (TokenScope::Tenant, Some(*id)),
+        let (s, tid, node) = match scope {
+            Scope::Admin => (TokenScope::Admin, None, None),
+            Scope::Join => (TokenScope::Agent, None, None),
+            Scope::Node { name } => (TokenScope::Agent, None, Some(name.as_str())),
+            Scope::Tenant { id, .. } => (TokenScope::Tenant, Some(*id), None),
         };
         let r = sqlx::query(
-            "INSERT INTO tokens (hash, scope, tenant_id, name, created_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (hash, scope, tenant_id, node, name, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(hash)
         .bind(s)
         .bind(tid)
+        .bind(node)
         .bind(name)
         .bind(now_ms())
         .execute(&self.pool)
-        .await?;
-        Ok(r.last_insert_rowid())
+        .await;
+        match r {
+            Ok(r) => Ok(r.last_insert_rowid()),
+            Err(e) if is_unique_violation(&e) && node.is_some() => Err(StoreError::Conflict(
+                format!("a live credential for node {:?}", node.unwrap_or_default()),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The scope of a live (not revoked) token, by the hash of its secret.
     async fn scope_of(&self, hash: &str) -> Result<Option<Scope>, StoreError> {
         let r = sqlx::query(
-            "SELECT k.scope, k.tenant_id, t.name FROM tokens k LEFT JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.hash = ? AND k.revoked_ms IS NULL",
+            "SELECT k.scope, k.tenant_id, k.node, t.name FROM tokens k \
+             LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = ? AND k.revoked_ms IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -164,7 +172,10 @@ impl Backend for SqliteStore {
         let scope: TokenScope = r.try_get("scope")?;
         Ok(Some(match scope {
             TokenScope::Admin => Scope::Admin,
-            TokenScope::Agent => Scope::Agent,
+            TokenScope::Agent => match r.try_get::<Option<String>, _>("node")? {
+                Some(name) => Scope::Node { name },
+                None => Scope::Join,
+            },
             TokenScope::Tenant => Scope::Tenant {
                 id: r.try_get("tenant_id")?,
                 name: r.try_get("name")?,
@@ -174,7 +185,7 @@ impl Backend for SqliteStore {
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query(
-            "SELECT k.id, k.scope, t.name AS tenant, k.name, k.created_ms, k.revoked_ms \
+            "SELECT k.id, k.scope, t.name AS tenant, k.node, k.name, k.created_ms, k.revoked_ms \
              FROM tokens k LEFT JOIN tenants t ON t.id = k.tenant_id ORDER BY k.id",
         )
         .fetch_all(&self.pool)
@@ -186,6 +197,7 @@ impl Backend for SqliteStore {
                     id: r.try_get("id")?,
                     scope: r.try_get("scope")?,
                     tenant: r.try_get("tenant")?,
+                    node: r.try_get("node")?,
                     name: r.try_get("name")?,
                     created_ms: r.try_get("created_ms")?,
                     revoked: revoked.is_some(),
