@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 pub use suanli_api::Assignment;
 
+use crate::sandbox::{Sandbox, TASK_PATH};
+
 pub type Key = (i64, i64, i64);
 
 /// How a task ended.
@@ -38,6 +40,8 @@ pub struct Task {
     pub pushed: [u64; 2],
     /// The exit was queued for a heartbeat.
     pub reported: bool,
+    /// The task's own user id (sandboxed), until released after its end.
+    pub uid: Option<u32>,
 }
 
 /// The port of a gang's rendezvous on its master node: distinct for jobs
@@ -46,9 +50,15 @@ pub fn master_port(job: i64, run: i64) -> u16 {
     20_000 + ((job * 31 + run).rem_euclid(20_000)) as u16
 }
 
-/// The environment of a task: the job's own, then Suanli's (which win).
-pub fn environment(a: &Assignment) -> BTreeMap<String, String> {
-    let mut env = a.env.clone();
+/// The environment of a task, and all of it (nothing of the agent's): a
+/// fixed `PATH`, `HOME` = `home`, the job's own variables, then Suanli's
+/// (which win).
+pub fn environment(a: &Assignment, home: &Path) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), TASK_PATH.to_string());
+    env.insert("HOME".to_string(), home.display().to_string());
+    env.insert("LANG".to_string(), "C.UTF-8".to_string());
+    env.extend(a.env.clone());
     let devices = a
         .gpus
         .iter()
@@ -78,7 +88,7 @@ impl Task {
     /// Start the task in its own process group. A task that cannot start
     /// (no such program, bad working directory) is returned already ended,
     /// with exit code 127 and the reason.
-    pub fn start(a: &Assignment, work_dir: &Path) -> Task {
+    pub fn start(a: &Assignment, work_dir: &Path, sandbox: &mut Sandbox) -> Task {
         let base = work_dir
             .join("jobs")
             .join(a.job.to_string())
@@ -100,6 +110,7 @@ impl Task {
             logs: logs.clone(),
             pushed: [0, 0],
             reported: false,
+            uid: None,
         };
         let failed = |t: &mut Task, why: String| {
             let _ = std::fs::write(&t.logs[1], format!("suanli-agent: {why}\n"));
@@ -125,7 +136,43 @@ impl Task {
                 return t;
             }
         }
-        let (out, err) = match (File::create(&logs[0]), File::create(&logs[1])) {
+        match sandbox.take_uid() {
+            Ok(uid) => t.uid = uid,
+            Err(e) => {
+                failed(&mut t, e);
+                return t;
+            }
+        }
+        if t.uid.is_some() {
+            // Other users pass through to their own directories; they
+            // cannot list which jobs ran here.
+            use std::os::unix::fs::PermissionsExt;
+            let jobs = work_dir.join("jobs");
+            for d in [&jobs, &jobs.join(a.job.to_string()), &base] {
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711));
+            }
+        }
+        if let (Some(uid), true) = (t.uid, a.workdir.is_empty()) {
+            if let Err(e) = sandbox.own_dir(&cwd, uid) {
+                failed(
+                    &mut t,
+                    format!("cannot give {} to the task: {e}", cwd.display()),
+                );
+                return t;
+            }
+        }
+        // The logs are the agent's (0600): the task writes them through
+        // the descriptors it is given, no other task can read them.
+        let create = |p: &Path| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+        };
+        let (out, err) = match (create(&logs[0]), create(&logs[1])) {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {
                 failed(&mut t, format!("cannot create log files: {e}"));
@@ -136,15 +183,19 @@ impl Task {
             failed(&mut t, "empty command".to_string());
             return t;
         };
-        let spawned = Command::new(prog)
-            .args(args)
+        let mut c = Command::new(prog);
+        c.args(args)
             .current_dir(&cwd)
-            .envs(environment(a))
+            .env_clear()
+            .envs(environment(a, &cwd))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
-            .process_group(0)
-            .spawn();
+            .process_group(0);
+        if let Some(uid) = t.uid {
+            sandbox.prepare(&mut c, uid);
+        }
+        let spawned = c.spawn();
         match spawned {
             Ok(c) => {
                 t.pgid = c.id() as i32;

@@ -35,6 +35,12 @@ pub struct NodeRegistration {
     pub memory_mib: i64,
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
+    /// With a join token: the SHA-256 (hex, [`crate::token::hash_token`])
+    /// of the credential this agent generated and saved for its node. The
+    /// registration makes it the node's credential; the same hash again
+    /// (an agent retrying after a lost answer) is the same claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<String>,
 }
 
 /// The answer to a registration.
@@ -45,11 +51,6 @@ pub struct Registered {
     pub heartbeat_interval_s: u64,
     /// The server's [`crate::PROTOCOL`].
     pub protocol: u32,
-    /// When registered with a join token: this node's own credential,
-    /// shown once. Every later call of this agent (heartbeats, task status,
-    /// logs, registering again) uses it; it speaks for this node only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
 }
 
 /// One task of one attempt, as an agent reports it.

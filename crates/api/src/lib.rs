@@ -27,6 +27,7 @@ pub mod nodes;
 pub mod problem;
 pub mod states;
 pub mod tenants;
+pub mod token;
 
 pub use agents::*;
 pub use bills::*;
@@ -41,9 +42,9 @@ pub use tenants::*;
 /// registration; a mismatch is refused with the problem code
 /// `protocol_mismatch`, naming both versions, so a rolling upgrade fails
 /// clearly instead of strangely. Bump it with any incompatible change to
-/// [`agents`]. 2: node-bound credentials (a join token only registers;
-/// registering answers the node's own credential, which every other call
-/// needs).
+/// [`agents`]. 2: node-bound credentials (a join token only registers, with
+/// the hash of the credential the agent generated for its node, which
+/// every other call needs).
 pub const PROTOCOL: u32 = 2;
 
 /// The HTTP header an agent sends its [`PROTOCOL`] version in.

@@ -1,39 +1,4 @@
-//! Tokens: 256 random bits, shown once; only their SHA-256 is stored.
+//! Tokens: 256 random bits, shown once; only their SHA-256 is stored (the
+//! format is the protocol's: [`suanli_api::token`]).
 
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-
-/// Prefix that makes Suanli tokens recognisable (e.g. by secret scanners).
-pub const TOKEN_PREFIX: &str = "sl_";
-
-/// A new secret and its hash.
-pub fn new_token() -> (String, String) {
-    let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    let secret = format!("{TOKEN_PREFIX}{}", hex(&b));
-    let h = hash_token(&secret);
-    (secret, h)
-}
-
-pub fn hash_token(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_long_random_and_hashed() {
-        let (a, ha) = new_token();
-        let (b, _) = new_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), TOKEN_PREFIX.len() + 64);
-        assert_eq!(ha, hash_token(&a));
-        assert_ne!(ha, a);
-    }
-}
+pub use suanli_api::token::{hash_token, new_token, TOKEN_PREFIX};

@@ -64,6 +64,13 @@ pub struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping a task.
     #[arg(long, default_value_t = 10.0)]
     grace_s: f64,
+    /// Task isolation: auto (full when the agent runs as root, else off
+    /// with a warning), full (refuse to start without it), off.
+    #[arg(long, default_value = "auto")]
+    sandbox: String,
+    /// User ids handed to tasks, one per running task (full sandbox).
+    #[arg(long, default_value = "200000-201023", value_name = "START-END")]
+    task_uids: String,
 }
 
 /// The join token: from --join-token-file, --join-token or
@@ -111,6 +118,7 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
         None => mem,
     };
     let join_token = join_token(&a)?;
+    let task_uids = suanli_agent::sandbox::parse_uids(&a.task_uids).map_err(usage)?;
     let stop = stop_flag()?;
     suanli_agent::run(
         suanli_agent::AgentConfig {
@@ -124,6 +132,8 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
             memory_mib,
             work_dir: a.work_dir,
             grace: Duration::from_secs_f64(a.grace_s),
+            sandbox: a.sandbox,
+            task_uids,
         },
         &stop,
     )

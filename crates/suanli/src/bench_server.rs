@@ -382,6 +382,7 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
                     memory_mib: None,
                 })
                 .collect(),
+            credential_sha256: Some(suanli_api::token::new_token().1),
         };
         post("/v1/agents/register", &agent, &reg)?;
     }

@@ -36,6 +36,8 @@ fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
     let join = dir.join(format!("{name}.join"));
     std::fs::write(&join, token).unwrap();
     Command::new(env!("CARGO_BIN_EXE_suanli"))
+        // A secret of the agent's own environment: no task may see it.
+        .env("AWS_SECRET_ACCESS_KEY", "agent-secret-key")
         .args(["agent", "--server", url, "--join-token-file"])
         .arg(&join)
         .args(["--name", name])
@@ -257,6 +259,78 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Issue 14's moves of a tenant's job against the agent and another
+/// tenant's task, on an agent running as root (the full sandbox).
+#[test]
+fn a_task_reaches_neither_the_agent_nor_another_task() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // CI runs as root (SUANLI_REQUIRE_TRACES marks CI): there this is a failure.
+        assert!(
+            std::env::var_os("SUANLI_REQUIRE_TRACES").is_none(),
+            "the sandbox test needs root"
+        );
+        eprintln!("skipped: the full sandbox needs root");
+        return;
+    }
+    let p = pool("sandbox", 1);
+    // The victim: another tenant's secret in its environment, running.
+    let victim = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh("sleep 30"), "gpus": 1, "env": {"WANDB_API_KEY": "victim-secret"}}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, victim, "RUNNING", 20);
+    std::thread::sleep(Duration::from_millis(500));
+    let script = r#"
+        echo "uid=$(id -u)"
+        echo "agent-env=$(env | grep -c -e AWS_SECRET -e SUANLI_JOIN -e SUANLI_TOKEN)"
+        echo "victim-env=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '
+' | grep -c victim-secret)"
+        echo "agent-cmdline=$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -c 'agent --serve[r]')"
+        echo "others=$(for d in /proc/[0-9]*; do [ -O $d ] || echo x; done | wc -l)"
+        cat ../../../../node.token >/dev/null 2>&1 && echo credential=read || echo credential=denied
+        ls ../../../../jobs/ >/dev/null 2>&1 && echo listing=yes || echo listing=no
+        echo mine > /tmp/left-by-attacker
+    "#;
+    let attacker = submit(&p.s, &p.tenant, json!({"command": sh(script)}))["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, attacker, "COMPLETED", 20);
+    let out = logs(&p, attacker, &[]);
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+            .to_string()
+    };
+    assert_ne!(field("uid"), "0", "{out}");
+    assert_eq!(field("agent-env"), "0", "{out}");
+    assert_eq!(field("victim-env"), "0", "{out}");
+    assert_eq!(field("agent-cmdline"), "0", "{out}");
+    assert_eq!(
+        field("others"),
+        "0",
+        "only its own processes are visible: {out}"
+    );
+    assert_eq!(field("credential"), "denied", "{out}");
+    assert_eq!(field("listing"), "no", "{out}");
+    // A later task does not find what the attacker left in /tmp.
+    let later = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh("test -e /tmp/left-by-attacker && echo tmp=shared || echo tmp=private")}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, later, "COMPLETED", 20);
+    assert_eq!(logs(&p, later, &[]).trim(), "tmp=private");
+    // The victim ran untouched all along.
+    assert_eq!(job(&p.s, &p.tenant, victim)["state"], "RUNNING");
+}
+
 #[test]
 fn cancel_kills_the_process_tree_and_max_runtime_fails_the_job() {
     let p = pool("kill", 1);
@@ -299,10 +373,12 @@ fn cancel_kills_the_process_tree_and_max_runtime_fails_the_job() {
 #[test]
 fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
     let mut p = pool("lease", 2);
+    // A mark of this test's tasks, to find their processes on the machine.
+    let mark = format!("lease-{}-{}", std::process::id(), p.s.url);
     let id = submit(
         &p.s,
         &p.tenant,
-        json!({"command": sh("echo started; if [ $SUANLI_RUN = 1 ]; then sleep 120; fi; echo done"), "gpus": 4, "retries": 1}),
+        json!({"command": sh("echo started; if [ $SUANLI_RUN = 1 ]; then sleep 120; fi; echo done"), "gpus": 4, "retries": 1, "env": {"MARK": mark}}),
     )["id"]
         .as_i64()
         .unwrap();
@@ -377,8 +453,21 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
             .iter()
             .any(|n| n["name"] == first.as_str() && n["state"] == "ready")
     });
-    let log = std::fs::read_to_string(p.dir.join(format!("{first}.log"))).unwrap();
-    assert!(log.contains("left by a previous run"), "{log}");
+    // Nothing of the lost attempt still runs: the restarted agent killed
+    // what its previous run left, unless the other agent's sandbox already
+    // had (it clears a task user id of leftovers before reusing it).
+    let marked = format!("MARK={mark}\0");
+    let orphans = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("environ"))
+                    .is_ok_and(|env| env.windows(marked.len()).any(|w| w == marked.as_bytes()))
+            })
+            .count()
+    };
+    wait_for(Duration::from_secs(10), || orphans() == 0);
 }
 
 #[test]

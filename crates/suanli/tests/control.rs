@@ -567,7 +567,8 @@ fn more_than_64_gpu_models_are_refused_without_harm() {
         assert_eq!(code, 200, "{v}");
     }
     let devs = json!([{"index": 0, "model": "Late"}]);
-    let body = json!({"name": "late", "cpu_milli": 1000, "memory_mib": 1024, "gpus": devs});
+    let body = json!({"name": "late", "cpu_milli": 1000, "memory_mib": 1024, "gpus": devs,
+        "credential_sha256": suanli_api::token::new_token().1});
     let (code, v, _) = call(
         "POST",
         &p.s.u("/v1/agents/register"),
@@ -575,6 +576,16 @@ fn more_than_64_gpu_models_are_refused_without_harm() {
         Some(&body.to_string()),
     );
     assert_eq!((code, v["field"].as_str()), (400, Some("gpus")), "{v}");
+    // The refused registration's claim on the name was withdrawn.
+    let (_, list, _) = call("GET", &p.s.u("/v1/tokens"), Some(&p.admin), None);
+    assert!(
+        !list["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["node"] == "late" && t["revoked"] == false),
+        "{list}"
+    );
     // Known models still register, and the server still schedules.
     register(&p.s, &p.agent, "n1", 2, "M3", 8000);
     let id = submit(

@@ -111,36 +111,54 @@ async fn register_agent(
     body: Result<Json<NodeRegistration>, JsonRejection>,
 ) -> Result<Json<Registered>, Problem> {
     let Json(b) = body?;
+    let credential = b.credential_sha256.clone();
     let reg = validate_registration(b)?;
     // A join token claims the node's credential first (atomic: refused
-    // while the node has a live one), so that it can never re-register a
-    // node that another agent holds; a node's credential registers only
-    // its own node.
+    // while the node has another live one), so that it can never
+    // re-register a node another agent holds; the agent generated the
+    // credential and sends its hash, so a retry after a lost answer is the
+    // same claim, not a lock-out. A node's credential registers only its
+    // own node.
     let claimed = match &who {
         AgentCaller::Join => {
-            let (secret, hash) = crate::auth::new_token();
+            let hash = credential
+                .filter(|h| suanli_api::token::is_token_hash(h))
+                .ok_or_else(|| {
+                    Problem::invalid(
+                        "credential_sha256",
+                        "registering with a join token needs credential_sha256: the SHA-256 (64 \
+                     lowercase hex digits) of the credential this agent generated for its node",
+                    )
+                })?;
             let scope = Scope::Node {
                 name: reg.name.clone(),
             };
-            let id = st
+            match st
                 .store
                 .insert_token(&hash, &scope, &format!("node {}", reg.name))
                 .await
-                .map_err(|e| match e {
-                    StoreError::Conflict(_) => Problem::new(
+            {
+                Ok(id) => Some(id),
+                Err(StoreError::Conflict(_))
+                    if st.store.scope_of(&hash).await?.as_ref() == Some(&scope) =>
+                {
+                    None // this agent's own claim, made before
+                }
+                Err(StoreError::Conflict(_)) => {
+                    return Err(Problem::new(
                         StatusCode::CONFLICT,
                         "node_claimed",
                         format!(
                             "node {:?} already has a live credential: its agent registers with \
                              the credential it saved (WORK_DIR/node.token); to move the name to \
-                             another machine, an admin revokes that credential first \
-                             (`suanli token list`, `suanli token revoke ID`)",
+                             another machine, stop the old agent and have an admin revoke that \
+                             credential (`suanli token list`, `suanli token revoke ID`)",
                             reg.name
                         ),
-                    ),
-                    e => e.into(),
-                })?;
-            Some((id, secret))
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         AgentCaller::Node(_) => {
             who.speaks_for(&reg.name)?;
@@ -150,9 +168,12 @@ async fn register_agent(
     let node = match st.control.register(reg).await? {
         Ok(n) => n,
         Err(refusal) => {
-            // The registration did not happen: the new credential goes too.
-            if let Some((id, _)) = &claimed {
-                let _ = st.store.revoke_token(*id).await;
+            // The registration did not happen: the new claim goes too (if
+            // this fails, the agent's retry is the same claim).
+            if let Some(id) = claimed {
+                if let Err(e) = st.store.revoke_token(id).await {
+                    tracing::warn!(error = %e, "could not withdraw a refused node's credential");
+                }
             }
             return Err(refusal.into());
         }
@@ -161,7 +182,6 @@ async fn register_agent(
         node,
         heartbeat_interval_s: st.control.heartbeat_interval_s,
         protocol: suanli_api::PROTOCOL,
-        credential: claimed.map(|(_, secret)| secret),
     }))
 }
 

@@ -50,12 +50,15 @@ impl AgentCaller {
             AgentCaller::Node(n) => Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("this credential is node {n:?}'s; it cannot act for node {name:?}"),
+                format!(
+                    "this credential is node {n:?}'s; it cannot act for node {:?}",
+                    name.chars().take(64).collect::<String>()
+                ),
             )),
             AgentCaller::Join => Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "a join token can only register a node; use the credential the registration answered",
+                "a join token can only register a node; the agent then speaks with its node's credential",
             )),
         }
     }

@@ -37,6 +37,14 @@ fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
     if b.command.len() > 1000 || b.command.iter().map(String::len).sum::<usize>() > 32 * 1024 {
         return Err(Problem::invalid("command", "command is too long"));
     }
+    // A NUL cannot be passed to a process: refused here, not failed (and
+    // retried) on the node.
+    if b.command.iter().any(|a| a.contains('\0')) {
+        return Err(Problem::invalid(
+            "command",
+            "command arguments cannot contain NUL bytes",
+        ));
+    }
     let name = b.name.unwrap_or_else(|| "job".to_string());
     valid_name("name", &name)?;
     let tasks = b.tasks.unwrap_or(1);
@@ -102,6 +110,12 @@ fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
         return Err(Problem::invalid(
             "env",
             "env is limited to 256 variables and 32 KiB",
+        ));
+    }
+    if env.values().any(|v| v.contains('\0')) {
+        return Err(Problem::invalid(
+            "env",
+            "env values cannot contain NUL bytes",
         ));
     }
     for k in env.keys() {

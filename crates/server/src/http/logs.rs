@@ -123,6 +123,12 @@ async fn read(
     }
     let run = q.run.unwrap_or(job.run);
     let offset = q.offset.unwrap_or(0);
+    if offset > i64::MAX as u64 {
+        return Err(Problem::invalid(
+            "offset",
+            "offset must be at most 2^63 - 1",
+        ));
+    }
     let p = path(&st, id, run, task, stream);
     let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, std::io::Error> {
         let mut f = match std::fs::File::open(&p) {

@@ -191,8 +191,21 @@ pub fn register(
         .collect();
     let body = json!({"name": name, "addr": format!("10.0.0.{}", name.len()), "cpu_milli": cpu_milli,
         "memory_mib": 1 << 20, "gpus": devs, "labels": {"rack": "r1"}});
-    // As a real agent: the node's saved credential once it has one.
-    let token = credential(agent, name).unwrap_or_else(|| agent.to_string());
+    // As a real agent: the node's saved credential once it has one, else
+    // a new one claimed with the join token.
+    let (token, body) = match credential(agent, name) {
+        Some(c) => (c, body),
+        None => {
+            let (secret, hash) = suanli_api::token::new_token();
+            let mut body = body;
+            body["credential_sha256"] = json!(hash);
+            CREDENTIALS
+                .lock()
+                .unwrap()
+                .insert((agent.to_string(), name.to_string()), secret);
+            (agent.to_string(), body)
+        }
+    };
     let (code, v, _) = call(
         "POST",
         &s.u("/v1/agents/register"),
@@ -200,21 +213,15 @@ pub fn register(
         Some(&body.to_string()),
     );
     assert_eq!(code, 200, "{v}");
-    if let Some(c) = v["credential"].as_str() {
-        CREDENTIALS
-            .lock()
-            .unwrap()
-            .insert((agent.to_string(), name.to_string()), c.to_string());
-    }
     v
 }
 
-/// Node credentials answered to registrations, by (join token, node): the
+/// Node credentials claimed by registrations, by (join token, node): the
 /// helpers act as each node's agent, which keeps its own credential.
 static CREDENTIALS: std::sync::Mutex<std::collections::BTreeMap<(String, String), String>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// The credential node `name` obtained with join token `agent`, if any.
+/// The credential node `name` claimed with join token `agent`, if any.
 pub fn credential(agent: &str, name: &str) -> Option<String> {
     CREDENTIALS
         .lock()
