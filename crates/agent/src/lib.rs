@@ -19,6 +19,7 @@
 //! process start time against pid reuse). The server then learns which tasks
 //! are gone from the first heartbeat.
 
+pub mod cgroup;
 pub mod discover;
 pub mod sandbox;
 pub mod task;
@@ -63,6 +64,10 @@ pub struct AgentConfig {
 struct Agent {
     cfg: AgentConfig,
     sandbox: sandbox::Sandbox,
+    /// Where tasks' CPU and memory limits go (none: unlimited).
+    cgroups: Option<cgroup::Cgroups>,
+    /// Groups of ended tasks not removed yet (a process still exiting).
+    stale_groups: Vec<cgroup::TaskGroup>,
     /// This node's credential (`WORK_DIR/node.token`, 0600).
     credential: String,
     http: ureq::Agent,
@@ -236,12 +241,16 @@ impl Agent {
     }
 
     /// Hand back the user ids of ended tasks (killing what still runs
-    /// under them).
+    /// under them) and remove their groups.
     fn release_ended(&mut self) {
+        self.stale_groups.retain(|g| !g.remove());
         for t in self.tasks.values_mut() {
             if !t.running() {
                 if let Some(uid) = t.uid.take() {
                     self.sandbox.release_uid(uid);
+                }
+                if let Some(g) = t.group.take() {
+                    self.stale_groups.push(g);
                 }
             }
         }
@@ -341,7 +350,12 @@ impl Agent {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let mut t = Task::start(&a, &self.cfg.work_dir, &mut self.sandbox);
+            let mut t = Task::start(
+                &a,
+                &self.cfg.work_dir,
+                &mut self.sandbox,
+                self.cgroups.as_ref(),
+            );
             if let Some(e) = &t.exit {
                 log(&format!("job {} task {}: {}", a.job, a.task, e.reason));
                 self.unacked.push(exit_report(&t));
@@ -415,7 +429,24 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.work_dir, std::fs::Permissions::from_mode(0o711));
     }
+    // SAFETY: geteuid has no preconditions.
+    let cgroups = if unsafe { libc::geteuid() } == 0 {
+        match cgroup::Cgroups::detect() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log(&format!(
+                    "WARNING: tasks run without CPU and memory limits: {e}"
+                ));
+                None
+            }
+        }
+    } else {
+        log("WARNING: not root: tasks run without CPU and memory limits (cgroups need root)");
+        None
+    };
     let mut a = Agent {
+        cgroups,
+        stale_groups: Vec::new(),
         sandbox,
         credential: credential.unwrap_or_default(),
         http: ureq::AgentBuilder::new()

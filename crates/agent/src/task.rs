@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub use suanli_api::Assignment;
 
+use crate::cgroup::{Cgroups, Limits, TaskGroup};
 use crate::sandbox::{Sandbox, TASK_PATH};
 
 pub type Key = (i64, i64, i64);
@@ -42,6 +43,9 @@ pub struct Task {
     pub reported: bool,
     /// The task's own user id (sandboxed), until released after its end.
     pub uid: Option<u32>,
+    /// Its cgroups (CPU, memory, processes), until removed after its end.
+    pub group: Option<TaskGroup>,
+    memory_mib: i64,
 }
 
 /// The port of a gang's rendezvous on its master node: distinct for jobs
@@ -88,7 +92,12 @@ impl Task {
     /// Start the task in its own process group. A task that cannot start
     /// (no such program, bad working directory) is returned already ended,
     /// with exit code 127 and the reason.
-    pub fn start(a: &Assignment, work_dir: &Path, sandbox: &mut Sandbox) -> Task {
+    pub fn start(
+        a: &Assignment,
+        work_dir: &Path,
+        sandbox: &mut Sandbox,
+        cgroups: Option<&Cgroups>,
+    ) -> Task {
         let base = work_dir
             .join("jobs")
             .join(a.job.to_string())
@@ -111,6 +120,8 @@ impl Task {
             pushed: [0, 0],
             reported: false,
             uid: None,
+            group: None,
+            memory_mib: a.memory_mib,
         };
         let failed = |t: &mut Task, why: String| {
             let _ = std::fs::write(&t.logs[1], format!("suanli-agent: {why}\n"));
@@ -192,6 +203,35 @@ impl Task {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0);
+        if let Some(cg) = cgroups {
+            let limits = Limits {
+                memory_mib: a.memory_mib.max(0) as u64,
+                cpu_milli: a.cpu_milli.max(0) as u64,
+            };
+            // Unique on the machine: agents sharing it may run the same
+            // (job, run, task) of different servers.
+            let name = format!(
+                "suanli-{}-task-{}-{}-{}",
+                std::process::id(),
+                a.job,
+                a.run,
+                a.task
+            );
+            match cg.create(&name, limits) {
+                // Entered before the sandbox drops root.
+                Ok(g) => {
+                    g.enter(&mut c);
+                    t.group = Some(g);
+                }
+                Err(e) => {
+                    failed(
+                        &mut t,
+                        format!("cannot set the task's CPU and memory limits: {e}"),
+                    );
+                    return t;
+                }
+            }
+        }
         if let Some(uid) = t.uid {
             sandbox.prepare(&mut c, uid);
         }
@@ -237,6 +277,10 @@ impl Task {
                 signal_group(self.pgid, libc::SIGKILL);
                 let (reason, timeout) = match &self.stopping {
                     Some((_, r, t)) => (r.clone(), *t),
+                    None if self.group.as_ref().is_some_and(TaskGroup::memory_killed) => (
+                        format!("killed: memory limit ({} MiB)", self.memory_mib),
+                        false,
+                    ),
                     None => (String::new(), false),
                 };
                 self.exit = Some(Exit {

@@ -331,6 +331,57 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
     assert_eq!(job(&p.s, &p.tenant, victim)["state"], "RUNNING");
 }
 
+/// A task's CPU and memory requests are its limits (cgroups), and a task
+/// that outgrows its memory ends with that reason.
+#[test]
+fn a_task_is_held_to_its_cpu_and_memory_requests() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("SUANLI_REQUIRE_TRACES").is_none(),
+            "the cgroup test needs root"
+        );
+        eprintln!("skipped: cgroups need root");
+        return;
+    }
+    let p = pool("cgroup", 1);
+    // The limits, as the task sees them (v1: per controller; v2: unified).
+    let script = r#"
+        m=$(grep -E '[:,]memory[:,]' /proc/self/cgroup | cut -d: -f3)
+        c=$(grep -E ':(cpu,cpuacct|cpu|cpuacct,cpu):' /proc/self/cgroup | cut -d: -f3)
+        u=$(grep '^0::' /proc/self/cgroup | cut -d: -f3)
+        if [ -n "$m" ] && [ -e /sys/fs/cgroup/memory$m/memory.limit_in_bytes ]; then
+            echo "mem=$(cat /sys/fs/cgroup/memory$m/memory.limit_in_bytes)"
+            echo "cpu=$(cat /sys/fs/cgroup/cpu$c/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu$c/cpu.cfs_period_us)"
+        else
+            echo "mem=$(cat /sys/fs/cgroup$u/memory.max)"
+            echo "cpu=$(cat /sys/fs/cgroup$u/cpu.max)"
+        fi
+    "#;
+    let id = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh(script), "memory_mib": 96, "cpu_milli": 1500}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, id, "COMPLETED", 20);
+    let out = logs(&p, id, &[]);
+    assert!(out.contains(&format!("mem={}\n", 96 << 20)), "{out}");
+    assert!(out.contains("cpu=150000 100000\n"), "{out}");
+    // Outgrowing the request: killed by the kernel, and the reason says so.
+    let hog = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh("head -c 400M /dev/zero | tail > /dev/null"), "memory_mib": 64, "retries": 0}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let j = wait_state(&p, hog, "FAILED", 30);
+    let reason = j["task_history"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("killed: memory limit (64 MiB)"), "{j}");
+}
+
 #[test]
 fn cancel_kills_the_process_tree_and_max_runtime_fails_the_job() {
     let p = pool("kill", 1);
@@ -457,7 +508,7 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
     // what its previous run left, unless the other agent's sandbox already
     // had (it clears a task user id of leftovers before reusing it).
     let marked = format!("MARK={mark}\0");
-    let orphans = || {
+    let orphans = || -> Vec<String> {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
@@ -465,9 +516,19 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
                 std::fs::read(e.path().join("environ"))
                     .is_ok_and(|env| env.windows(marked.len()).any(|w| w == marked.as_bytes()))
             })
-            .count()
+            .map(|e| std::fs::read_to_string(e.path().join("status")).unwrap_or_default())
+            .collect()
     };
-    wait_for(Duration::from_secs(10), || orphans() == 0);
+    let t = Instant::now();
+    while !orphans().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "left running: {:?}\nagent log: {}",
+            orphans(),
+            std::fs::read_to_string(p.dir.join(format!("{first}.log"))).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
