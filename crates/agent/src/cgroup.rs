@@ -140,6 +140,26 @@ impl Cgroups {
         Ok(Cgroups::V2 { base })
     }
 
+    /// Remove the empty task groups left by agents that died (killed
+    /// without a chance to clean up); a group still holding a process is
+    /// kept (rmdir refuses it).
+    pub fn sweep(&self) {
+        let dirs: Vec<&PathBuf> = match self {
+            Cgroups::V2 { base } => vec![base],
+            Cgroups::V1 { memory, cpu, pids } => std::iter::once(memory)
+                .chain(cpu.iter())
+                .chain(pids.iter())
+                .collect(),
+        };
+        for d in dirs {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with("suanli-") {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+
     /// Make the groups of task `name` with `limits`.
     pub fn create(&self, name: &str, limits: Limits) -> io::Result<TaskGroup> {
         let bytes = (limits.memory_mib > 0).then(|| (limits.memory_mib * 1024 * 1024).to_string());

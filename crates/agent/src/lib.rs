@@ -444,6 +444,9 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         log("WARNING: not root: tasks run without CPU and memory limits (cgroups need root)");
         None
     };
+    if let Some(c) = &cgroups {
+        c.sweep();
+    }
     let mut a = Agent {
         cgroups,
         stale_groups: Vec::new(),
@@ -524,6 +527,12 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     a.release_ended();
+    // Their groups, once the last processes are gone.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !a.stale_groups.is_empty() && Instant::now() < deadline {
+        a.stale_groups.retain(|g| !g.remove());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = std::fs::remove_file(a.state_file());
     Ok(())
 }

@@ -380,6 +380,28 @@ fn a_task_is_held_to_its_cpu_and_memory_requests() {
     let j = wait_state(&p, hog, "FAILED", 30);
     let reason = j["task_history"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("killed: memory limit (64 MiB)"), "{j}");
+    // The ended tasks' groups are removed.
+    let prefix = format!("suanli-{}-task-", p.agents[0].1.id());
+    fn find(d: &std::path::Path, prefix: &str, depth: u32, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(prefix) {
+                out.push(e.path().display().to_string());
+            } else if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                find(&e.path(), prefix, depth - 1, out);
+            }
+        }
+    }
+    let left = || {
+        let mut out = Vec::new();
+        find(std::path::Path::new("/sys/fs/cgroup"), &prefix, 4, &mut out);
+        out
+    };
+    let t = Instant::now();
+    while !left().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", left());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
