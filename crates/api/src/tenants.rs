@@ -109,3 +109,26 @@ pub struct TokenInfo {
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
+
+/// One entry of the audit log: who did what to what, when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    /// The token that acted (`token 3 (admin)`), or `server machine` for
+    /// `suanli server --reset-admin`.
+    pub actor: String,
+    /// `token.create`, `token.revoke`, `tenant.create`, `quota.set`,
+    /// `node.drain`, `node.undrain`, `node.claim`, `admin.reset`.
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// `GET /v1/audit`: entries with id > `after`, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+}

@@ -58,8 +58,16 @@ pub async fn reset_admin(dir: &Path) -> anyhow::Result<PathBuf> {
     let (secret, hash) = auth::new_token();
     let path = dir.join("admin.token");
     write_private(&path, &format!("{secret}\n"))?;
-    store
+    let id = store
         .insert_token(&hash, &Scope::Admin, "reset-admin")
+        .await?;
+    store
+        .audit(
+            "server machine",
+            "admin.reset",
+            &format!("token {id} (admin)"),
+            "",
+        )
         .await?;
     Ok(path)
 }

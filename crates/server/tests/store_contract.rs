@@ -164,9 +164,12 @@ async fn tokens(s: &Store) {
     };
     let cred = s.insert_token("h-n1", &n1, "").await.unwrap();
     assert_eq!(s.token_count().await.unwrap(), 4);
-    assert_eq!(s.scope_of("h-acme").await.unwrap(), Some(scope));
-    assert_eq!(s.scope_of("h-join").await.unwrap(), Some(Scope::Join));
-    assert_eq!(s.scope_of("h-n1").await.unwrap(), Some(n1.clone()));
+    assert_eq!(s.scope_of("h-acme").await.unwrap(), Some((tenant, scope)));
+    assert_eq!(
+        s.scope_of("h-join").await.unwrap().map(|s| s.1),
+        Some(Scope::Join)
+    );
+    assert_eq!(s.scope_of("h-n1").await.unwrap(), Some((cred, n1.clone())));
     // One live credential per node: a second is a conflict until the
     // first is revoked.
     assert!(matches!(
@@ -176,7 +179,10 @@ async fn tokens(s: &Store) {
     s.revoke_token(cred).await.unwrap();
     s.insert_token("h-n1-again", &n1, "").await.unwrap();
     assert_eq!(s.scope_of("h-n1").await.unwrap(), None);
-    assert_eq!(s.scope_of("h-n1-again").await.unwrap(), Some(n1));
+    assert_eq!(
+        s.scope_of("h-n1-again").await.unwrap().map(|s| s.1),
+        Some(n1)
+    );
     let listed = s.tokens().await.unwrap();
     let nodes: Vec<Option<&str>> = listed.iter().map(|t| t.node.as_deref()).collect();
     assert_eq!(nodes, [None, None, None, Some("n1"), Some("n1")]);

@@ -53,6 +53,8 @@ enum Cmd {
     Token(client::TokenCmd),
     /// List nodes; `nodes drain NAME`, `nodes undrain NAME` (admin).
     Nodes(client::NodesArgs),
+    /// What admins did: tokens, tenants, quotas, drains, node claims (admin).
+    Audit(client::AuditArgs),
     /// A task's output: suanli logs JOB [--task I] [--stderr] [--follow].
     Logs(client::LogsArgs),
     /// Run the node agent: register this machine's GPUs and run tasks.
@@ -180,6 +182,7 @@ fn main() -> ExitCode {
         Cmd::Tenant(c) => client::tenant(c),
         Cmd::Token(c) => client::token(c),
         Cmd::Nodes(a) => client::nodes(a),
+        Cmd::Audit(a) => client::audit(a),
         Cmd::Logs(a) => client::logs(a),
         Cmd::Agent(a) => agent_cmd::agent(a),
         Cmd::Up(a) => agent_cmd::up(a),

@@ -717,6 +717,13 @@ fn the_last_admin_cannot_be_revoked_and_reset_admin_recovers() {
         assert_eq!(mode & 0o777, 0o600);
     }
     assert_eq!(admin_ids(&fresh).len(), 2, "the running server accepts it");
+    let (_, log, _) = call("GET", &u("/v1/audit"), Some(&fresh), None);
+    let last = log["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["actor"].as_str(), last["action"].as_str()),
+        (Some("server machine"), Some("admin.reset")),
+        "{log}"
+    );
     // A wrong data directory is an error, not a new empty store.
     let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
         .args(["server", "--reset-admin", "--data-dir"])
@@ -1015,6 +1022,48 @@ fn an_agent_speaks_for_its_own_node_only() {
         Some(&json!({"scope": "agent", "node": anode}).to_string()),
     );
     assert_eq!(code, 409, "{v}");
+    // Every admin action and node claim is in the audit log, with its
+    // actor; only the admin reads it.
+    call(
+        "POST",
+        &u(&format!("/v1/nodes/{anode}/drain")),
+        Some(&admin),
+        Some("{}"),
+    );
+    assert_eq!(call("GET", &u("/v1/audit"), Some(&acme), None).0, 403);
+    let (code, log, _) = call("GET", &u("/v1/audit"), Some(&admin), None);
+    assert_eq!(code, 200, "{log}");
+    let entries: Vec<(String, String, String)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let has = |action: &str, target: &str| {
+        entries
+            .iter()
+            .any(|e| e.1 == action && e.2.contains(target) && e.0.starts_with("token "))
+    };
+    assert!(has("tenant.create", "tenant acme"), "{entries:?}");
+    assert!(has("token.create", "(agent join)"), "{entries:?}");
+    assert!(
+        has("node.claim", "node n1") && has("node.claim", "node n2"),
+        "{entries:?}"
+    );
+    assert!(has("token.revoke", &format!("token {cid}")), "{entries:?}");
+    assert!(has("node.drain", &format!("node {anode}")), "{entries:?}");
+    let (code, out, err) = cli(&s.url, &admin, &["audit"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("node.claim") && out.contains("token.revoke"),
+        "{out}"
+    );
     // A read past 2^63 - 1 is bad input (it was a 503 from the seek).
     let (code, v, _) = call(
         "GET",

@@ -120,7 +120,7 @@ async fn register_agent(
     // same claim, not a lock-out. A node's credential registers only its
     // own node.
     let claimed = match &who {
-        AgentCaller::Join => {
+        AgentCaller::Join(join_id) => {
             let hash = credential
                 .filter(|h| suanli_api::token::is_token_hash(h))
                 .ok_or_else(|| {
@@ -138,9 +138,19 @@ async fn register_agent(
                 .insert_token(&hash, &scope, &format!("node {}", reg.name))
                 .await
             {
-                Ok(id) => Some(id),
+                Ok(id) => {
+                    st.store
+                        .audit(
+                            &format!("token {join_id} (join)"),
+                            "node.claim",
+                            &format!("node {}", reg.name),
+                            &format!("credential: token {id}"),
+                        )
+                        .await?;
+                    Some(id)
+                }
                 Err(StoreError::Conflict(_))
-                    if st.store.scope_of(&hash).await?.as_ref() == Some(&scope) =>
+                    if st.store.scope_of(&hash).await?.map(|s| s.1).as_ref() == Some(&scope) =>
                 {
                     None // this agent's own claim, made before
                 }

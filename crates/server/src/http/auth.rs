@@ -11,8 +11,21 @@ use super::state::AppState;
 use crate::auth::hash_token;
 use crate::store::Scope;
 
-/// The caller, from `Authorization: Bearer <token>`.
-pub struct Caller(pub Scope);
+/// The caller, from `Authorization: Bearer <token>`: its scope and token id.
+pub struct Caller(pub Scope, pub i64);
+
+impl Caller {
+    /// Who acted, for the audit log: `token 3 (admin)`.
+    pub fn actor(&self) -> String {
+        let scope = match &self.0 {
+            Scope::Admin => "admin".to_string(),
+            Scope::Tenant { name, .. } => format!("tenant {name}"),
+            Scope::Join => "join".to_string(),
+            Scope::Node { name } => format!("node {name}"),
+        };
+        format!("token {} ({scope})", self.1)
+    }
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
@@ -28,7 +41,7 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauth("expected Authorization: Bearer <token>"))?;
         match st.store.scope_of(&hash_token(t.trim())).await? {
-            Some(s) => Ok(Caller(s)),
+            Some((id, s)) => Ok(Caller(s, id)),
             None => Err(unauth("unknown or revoked token")),
         }
     }
@@ -37,7 +50,8 @@ impl FromRequestParts<AppState> for Caller {
 /// An agent, speaking this server's protocol version: with a join token
 /// (which may only register) or with a node's credential.
 pub enum AgentCaller {
-    Join,
+    /// With the join token's id.
+    Join(i64),
     Node(String),
 }
 
@@ -55,7 +69,7 @@ impl AgentCaller {
                     name.chars().take(64).collect::<String>()
                 ),
             )),
-            AgentCaller::Join => Err(Problem::new(
+            AgentCaller::Join(_) => Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "a join token can only register a node; the agent then speaks with its node's credential",
@@ -67,8 +81,9 @@ impl AgentCaller {
 impl FromRequestParts<AppState> for AgentCaller {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<AgentCaller, Problem> {
-        let who = match Caller::from_request_parts(parts, st).await?.0 {
-            Scope::Join => AgentCaller::Join,
+        let c = Caller::from_request_parts(parts, st).await?;
+        let who = match c.0 {
+            Scope::Join => AgentCaller::Join(c.1),
             Scope::Node { name } => AgentCaller::Node(name),
             _ => return Err(Problem::forbidden()),
         };

@@ -35,6 +35,10 @@ async fn set_drain(
 ) -> Result<Json<NodeStateView>, Problem> {
     admin(c)?;
     let state = st.control.drain(name.clone(), drain).await??;
+    let action = if drain { "node.drain" } else { "node.undrain" };
+    st.store
+        .audit(&c.actor(), action, &format!("node {name}"), "")
+        .await?;
     Ok(Json(NodeStateView { node: name, state }))
 }
 

@@ -2,10 +2,11 @@
 //! once and stored as SHA-256 only.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use suanli_api::{NewToken, TokenList, TokenRequest};
+use suanli_api::{AuditLog, NewToken, TokenList, TokenRequest};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -19,6 +20,36 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
+        .routes(routes!(audit_log))
+}
+
+/// The audit log (admin): what admins did, oldest first, 1,000 at most
+/// per page (`after`: the last id seen).
+#[utoipa::path(get, path = "/v1/audit", tag = "tokens", params(AuditQuery), security(("bearer" = [])), responses((status = 200, description = "Entries", body = AuditLog), (status = 400, description = "Invalid query", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn audit_log(
+    State(st): State<AppState>,
+    c: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditLog>, Problem> {
+    admin(&c)?;
+    let Query(q) = q.map_err(Problem::bad_query)?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::invalid("limit", "limit must be 1..=1000"));
+    }
+    Ok(Json(AuditLog {
+        entries: st.store.audit_log(q.after.unwrap_or(0), limit).await?,
+    }))
+}
+
+/// `GET /v1/audit?after=&limit=`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    /// Entries after this id (default 0).
+    after: Option<i64>,
+    /// At most this many (1..=1000, default 1000).
+    limit: Option<i64>,
 }
 
 /// Issue a token: admin, tenant, or agent (admin). An agent token naming a
@@ -81,6 +112,20 @@ async fn create_token(
     }
     let (secret, hash) = crate::auth::new_token();
     let id = st.store.insert_token(&hash, &scope, &name).await?;
+    let what = match &scope {
+        Scope::Admin => "admin".to_string(),
+        Scope::Tenant { name, .. } => format!("tenant {name}"),
+        Scope::Join => "agent join".to_string(),
+        Scope::Node { name } => format!("agent, node {name}"),
+    };
+    st.store
+        .audit(
+            &c.actor(),
+            "token.create",
+            &format!("token {id} ({what})"),
+            &name,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(NewToken { id, token: secret })))
 }
 
@@ -103,5 +148,8 @@ async fn revoke_token(
     let Path(id) = id?;
     admin(&c)?;
     st.store.revoke_token(id).await?;
+    st.store
+        .audit(&c.actor(), "token.revoke", &format!("token {id}"), "")
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use suanli_api::{
-    Class, EventKind, Job, JobEvent, JobState, Node, NodeState, Quota, TaskState, TaskView, Tenant,
-    TokenInfo, TokenScope,
+    AuditEntry, Class, EventKind, Job, JobEvent, JobState, Node, NodeState, Quota, TaskState,
+    TaskView, Tenant, TokenInfo, TokenScope,
 };
 
 /// Milliseconds since the Unix epoch.
@@ -75,8 +75,21 @@ pub trait Backend: Send + Sync {
     /// one is [`StoreError::Conflict`] (atomic: two claims cannot both win).
     async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError>;
 
-    /// The scope of a live (not revoked) token, by the hash of its secret.
-    async fn scope_of(&self, hash: &str) -> Result<Option<Scope>, StoreError>;
+    /// The id and scope of a live (not revoked) token, by the hash of its
+    /// secret.
+    async fn scope_of(&self, hash: &str) -> Result<Option<(i64, Scope)>, StoreError>;
+
+    /// Append to the audit log.
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Audit entries with id > `after`, oldest first, at most `limit`.
+    async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
 

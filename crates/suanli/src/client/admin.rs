@@ -3,8 +3,8 @@
 use clap::Args;
 use clap::Subcommand;
 use suanli_api::{
-    NewTenant, NewToken, NodeList, NodeStateView, QuotaSet, Tenant, TenantList, TenantView,
-    TokenList, TokenRequest,
+    AuditLog, NewTenant, NewToken, NodeList, NodeStateView, QuotaSet, Tenant, TenantList,
+    TenantView, TokenList, TokenRequest,
 };
 
 use super::output::{or_dash, print_json};
@@ -281,6 +281,51 @@ pub fn nodes(a: NodesArgs) -> Result<(), CliError> {
             format!("{cpu_used}/{cpu}"),
             n.jobs,
             ago
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Entries after this id.
+    #[arg(long, default_value_t = 0)]
+    after: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `suanli audit`: the audit log, oldest first (admin).
+pub fn audit(a: AuditArgs) -> Result<(), CliError> {
+    let mut after = a.after;
+    let mut all = Vec::new();
+    loop {
+        let page: AuditLog = a.conn.get(&format!("/v1/audit?after={after}"))?;
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = last.id;
+        all.extend(page.entries);
+    }
+    if a.json {
+        print_json(&AuditLog { entries: all });
+        return Ok(());
+    }
+    println!(
+        "{:>6} {:<24} {:<22} {:<14} {:<28} DETAIL",
+        "ID", "AT (UTC)", "ACTOR", "ACTION", "TARGET"
+    );
+    for e in &all {
+        println!(
+            "{:>6} {:<24} {:<22} {:<14} {:<28} {}",
+            e.id,
+            suanli_billing::format_time(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            e.detail
         );
     }
     Ok(())

@@ -17,7 +17,7 @@ mod bills;
 mod jobs;
 mod output;
 
-pub use admin::{nodes, tenant, token, NodesArgs, TenantCmd, TokenCmd};
+pub use admin::{audit, nodes, tenant, token, AuditArgs, NodesArgs, TenantCmd, TokenCmd};
 pub use bills::{bill, report, BillArgs, ReportCmd};
 pub use jobs::{
     cancel, job, logs, queue, submit, JobCmd, JobIdArgs, LogsArgs, QueueArgs, SubmitArgs,

@@ -160,9 +160,9 @@ impl Backend for SqliteStore {
     }
 
     /// The scope of a live (not revoked) token, by the hash of its secret.
-    async fn scope_of(&self, hash: &str) -> Result<Option<Scope>, StoreError> {
+    async fn scope_of(&self, hash: &str) -> Result<Option<(i64, Scope)>, StoreError> {
         let r = sqlx::query(
-            "SELECT k.scope, k.tenant_id, k.node, t.name FROM tokens k \
+            "SELECT k.id, k.scope, k.tenant_id, k.node, t.name FROM tokens k \
              LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = ? AND k.revoked_ms IS NULL",
         )
         .bind(hash)
@@ -170,7 +170,7 @@ impl Backend for SqliteStore {
         .await?;
         let Some(r) = r else { return Ok(None) };
         let scope: TokenScope = r.try_get("scope")?;
-        Ok(Some(match scope {
+        let s = match scope {
             TokenScope::Admin => Scope::Admin,
             TokenScope::Agent => match r.try_get::<Option<String>, _>("node")? {
                 Some(name) => Scope::Node { name },
@@ -180,7 +180,50 @@ impl Backend for SqliteStore {
                 id: r.try_get("tenant_id")?,
                 name: r.try_get("name")?,
             },
-        }))
+        };
+        Ok(Some((r.try_get("id")?, s)))
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, actor, action, target, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at_ms: r.try_get("at_ms")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
     }
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
