@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub sandbox: String,
     /// The pool of task user ids (inclusive).
     pub task_uids: (u32, u32),
+    /// PEM certificates to trust for the server (else the system's roots).
+    pub ca: Option<PathBuf>,
 }
 
 struct Agent {
@@ -391,6 +393,34 @@ fn exit_report(t: &Task) -> TaskExit {
     }
 }
 
+/// An HTTP client for the server: HTTPS verified against the system's
+/// web roots, or only against the PEM certificates in `ca` when given
+/// (`--ca`, `SUANLI_CA`: a private CA or a self-signed server).
+pub fn http_client(ca: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, String> {
+    let mut b = ureq::AgentBuilder::new().timeout(timeout);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &pem[..]) {
+            let c = c.map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("--ca {}: no PEM certificate in it", ca.display()));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        b = b.tls_config(std::sync::Arc::new(cfg));
+    }
+    Ok(b.build())
+}
+
 /// Write `text` to a file only its owner can read (mode 0600, also when
 /// the file existed with a wider mode).
 fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
@@ -452,9 +482,7 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         stale_groups: Vec::new(),
         sandbox,
         credential: credential.unwrap_or_default(),
-        http: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build(),
+        http: http_client(cfg.ca.as_deref(), Duration::from_secs(10))?,
         interval: Duration::from_secs(5),
         tasks: BTreeMap::new(),
         unacked: Vec::new(),

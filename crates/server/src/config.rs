@@ -46,6 +46,11 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub prices: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on an address other than loopback.
+    pub insecure_http: Option<bool>,
     #[serde(default)]
     pub scheduler: SchedulerSection,
     #[serde(default)]
@@ -83,6 +88,8 @@ pub struct Settings {
     pub log_level: String,
     pub scheduler: LoopConfig,
     pub prices: Option<PathBuf>,
+    /// (certificate chain, private key), PEM: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Command-line overrides.
@@ -93,6 +100,9 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub queue_policy: Option<String>,
     pub prices: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub insecure_http: bool,
 }
 
 pub fn read_file(path: &Path) -> Result<FileConfig, String> {
@@ -164,7 +174,25 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
             scheduler.heartbeat_interval_s
         ));
     }
+    let tls = match (o.tls_cert.or(file.tls_cert), o.tls_key.or(file.tls_key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "tls_cert and tls_key go together (--tls-cert FILE --tls-key FILE)".to_string(),
+            )
+        }
+    };
+    let insecure = o.insecure_http || file.insecure_http.unwrap_or(false);
+    if tls.is_none() && !listen.ip().is_loopback() && !insecure {
+        return Err(format!(
+            "listen: {listen} is not a loopback address, and plain HTTP would carry every token \
+             in clear: give --tls-cert FILE --tls-key FILE (or, on a network you trust, \
+             --insecure-http)"
+        ));
+    }
     Ok(Settings {
+        tls,
         data_dir: o
             .data_dir
             .or(file.data_dir)

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub scheduler: control::LoopConfig,
     /// Price book for invoices (`/v1/bills`).
     pub prices: Option<std::sync::Arc<suanli_billing::PriceBook>>,
+    /// (certificate chain, private key), PEM: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// On an empty store: create an admin token and write it to
@@ -120,31 +122,67 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     // Recover and check the state before accepting any request.
     let (control, mut sched) = control::start(store.clone(), &cfg.scheduler).await?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    eprintln!("listening on {}", listener.local_addr()?);
-    tracing::info!(addr = %listener.local_addr()?, policy = ?cfg.scheduler.queue_policy, "serving");
     let app = http::router(http::AppState {
         store,
         control,
         data_dir: cfg.data_dir.clone(),
         prices: cfg.prices.clone(),
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
-    tokio::select! {
-        r = server => r?,
-        r = &mut sched => {
-            // The loop only ends on its own when the store failed.
-            tracing::error!("the scheduling loop stopped; exiting");
-            return Err(match r {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => anyhow::anyhow!("the scheduling loop stopped"),
-                Err(e) => anyhow::anyhow!("the scheduling loop panicked: {e}"),
+    let std_listener = std::net::TcpListener::bind(cfg.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    match &cfg.tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "TLS: cannot use {} and {}: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            eprintln!("listening on {addr} ({scheme})");
+            tracing::info!(%addr, scheme, policy = ?cfg.scheduler.queue_policy, "serving");
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown().await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
+            let server = axum_server::from_tcp_rustls(std_listener, tls)
+                .handle(handle)
+                .serve(app.into_make_service());
+            tokio::select! {
+                r = server => r?,
+                r = &mut sched => return Err(loop_stopped(r)),
+            }
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(std_listener)?;
+            eprintln!("listening on {addr}");
+            tracing::info!(%addr, scheme, policy = ?cfg.scheduler.queue_policy, "serving");
+            let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+            tokio::select! {
+                r = server => r?,
+                r = &mut sched => return Err(loop_stopped(r)),
+            }
         }
     }
     Ok(())
+}
+
+/// The loop only ends on its own when the store failed.
+fn loop_stopped(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    tracing::error!("the scheduling loop stopped; exiting");
+    match r {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => anyhow::anyhow!("the scheduling loop stopped"),
+        Err(e) => anyhow::anyhow!("the scheduling loop panicked: {e}"),
+    }
 }
 
 async fn shutdown() {

@@ -68,6 +68,10 @@ pub struct AgentArgs {
     /// with a warning), full (refuse to start without it), off.
     #[arg(long, default_value = "auto")]
     sandbox: String,
+    /// PEM certificates to trust for an HTTPS server (a private CA or a
+    /// self-signed server) [env: SUANLI_CA; default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// User ids handed to tasks, one per running task (full sandbox).
     #[arg(long, default_value = "200000-201023", value_name = "START-END")]
     task_uids: String,
@@ -134,6 +138,9 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
             grace: Duration::from_secs_f64(a.grace_s),
             sandbox: a.sandbox,
             task_uids,
+            ca: a
+                .ca
+                .or_else(|| std::env::var_os("SUANLI_CA").map(PathBuf::from)),
         },
         &stop,
     )

@@ -92,6 +92,16 @@ struct ServerArgs {
     /// back in when every admin token was lost or revoked).
     #[arg(long)]
     reset_admin: bool,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Allow plain HTTP on an address other than loopback (tokens then
+    /// travel in clear: only on a network you trust).
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 fn server(a: ServerArgs) -> Result<(), CliError> {
@@ -109,6 +119,9 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
             log_format: a.log_format,
             queue_policy: a.queue_policy,
             prices: a.prices,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            insecure_http: a.insecure_http,
         },
     )
     .map_err(usage)?;
@@ -135,6 +148,7 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         listen: s.listen,
         scheduler: s.scheduler,
         prices,
+        tls: s.tls,
     }))
     .map_err(|e| failure(format!("{e:#}")))
 }

@@ -1083,3 +1083,131 @@ fn an_agent_speaks_for_its_own_node_only() {
         assert_eq!(code, 403);
     }
 }
+
+/// TLS (issue 14, item 5): the server serves HTTPS with the given
+/// certificate; the CLI and the agent trust it through `--ca` and refuse it
+/// without; plain HTTP is refused on a non-loopback address unless asked.
+#[test]
+fn https_with_a_private_ca_and_no_plain_http_off_loopback() {
+    let dir = tmp("tls");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let s = Server::start_with(
+        &dir,
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+    );
+    let https = s.url.replacen("http://", "https://", 1);
+    let admin = Server::admin(&dir);
+    let run = |args: &[&str], ca: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_suanli"));
+        c.args(args)
+            .env("SUANLI_SERVER", &https)
+            .env("SUANLI_TOKEN", &admin)
+            .env("HOME", "/nonexistent");
+        if let Some(ca) = ca {
+            c.env("SUANLI_CA", ca);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    // Trusted through the CA file: the admin's calls work.
+    let (code, out, err) = run(&["tenant", "create", "acme"], Some(&cert_pem));
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Without it, the certificate is not trusted: no call goes through.
+    let (code, _, err) = run(&["nodes"], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    assert!(ureq::get(&s.u("/healthz")).call().is_err());
+    // An agent over HTTPS, trusting the CA.
+    let (_, join, _) = run(&["token", "create", "--agent"], Some(&cert_pem));
+    let join_file = dir.join("join");
+    std::fs::write(&join_file, join.trim()).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["agent", "--server", &https, "--join-token-file"])
+        .arg(&join_file)
+        .args([
+            "--name",
+            "tls1",
+            "--gpus",
+            "fake:1xA100-80G",
+            "--sandbox",
+            "off",
+            "--ca",
+        ])
+        .arg(&cert_pem)
+        .arg("--work-dir")
+        .arg(dir.join("agent"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let (_, out, _) = run(&["nodes"], Some(&cert_pem));
+        if out.contains("tls1") && out.contains("ready") {
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // Plain HTTP off loopback is refused, with what to do; allowed when asked.
+    let o = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["server", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.join("open"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--tls-cert") && err.contains("--insecure-http"),
+        "{err}"
+    );
+    let mut open = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args([
+            "server",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-http",
+            "--data-dir",
+        ])
+        .arg(dir.join("open"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(open.stderr.take().unwrap()));
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
+        .expect("listening");
+    // Keep reading its stderr, so that it never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        call(
+            "GET",
+            &format!("http://127.0.0.1:{port}/healthz"),
+            None,
+            None
+        )
+        .0,
+        200
+    );
+    let _ = open.kill();
+    let _ = open.wait();
+}

@@ -37,6 +37,10 @@ pub struct Conn {
     /// API token (env SUANLI_TOKEN; default from ~/.config/suanli/config.toml).
     #[arg(long, global = true)]
     token: Option<String>,
+    /// PEM certificates to trust for an HTTPS server (env SUANLI_CA;
+    /// default: the system's roots).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 fn config_value(key: &str) -> Option<String> {
@@ -85,12 +89,23 @@ impl Conn {
         Ok((server.trim_end_matches('/').to_string(), token))
     }
 
+    fn http(&self) -> Result<ureq::Agent, CliError> {
+        let ca = self
+            .ca
+            .clone()
+            .or_else(|| std::env::var_os("SUANLI_CA").map(std::path::PathBuf::from))
+            .or_else(|| config_value("ca").map(std::path::PathBuf::from));
+        suanli_agent::http_client(ca.as_deref(), std::time::Duration::from_secs(60)).map_err(usage)
+    }
+
     /// GET raw bytes; returns them with the `x-next-offset` and
     /// `x-job-state` headers.
     fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, u64, String), CliError> {
         let (server, token) = self.resolve()?;
         let url = format!("{server}{path}");
-        match ureq::get(&url)
+        match self
+            .http()?
+            .get(&url)
             .set("Authorization", &format!("Bearer {token}"))
             .call()
         {
@@ -121,7 +136,10 @@ impl Conn {
     ) -> Result<ureq::Response, CliError> {
         let (server, token) = self.resolve()?;
         let url = format!("{server}{path}");
-        let req = ureq::request(method, &url).set("Authorization", &format!("Bearer {token}"));
+        let req = self
+            .http()?
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {token}"));
         let res = match body {
             Some(b) => req
                 .set("Content-Type", "application/json")

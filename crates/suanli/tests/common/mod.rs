@@ -36,7 +36,8 @@ impl Server {
                 .expect("server exited before listening")
                 .unwrap();
             if let Some(a) = l.strip_prefix("listening on ") {
-                break a.to_string();
+                // `ADDR` or `ADDR (https)`.
+                break a.split_whitespace().next().unwrap_or_default().to_string();
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
