@@ -142,7 +142,7 @@ impl Cgroups {
 
     /// Remove the empty task groups left by agents that died (killed
     /// without a chance to clean up); a group still holding a process is
-    /// kept (rmdir refuses it).
+    /// kept (rmdir refuses it), and so is every group of a live agent.
     pub fn sweep(&self) {
         let dirs: Vec<&PathBuf> = match self {
             Cgroups::V2 { base } => vec![base],
@@ -153,8 +153,18 @@ impl Cgroups {
         };
         for d in dirs {
             for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with("suanli-") {
-                    let _ = std::fs::remove_dir(e.path());
+                // `suanli-PID-task-...`: only the groups of agents no longer
+                // running (a live agent's group is empty for a moment
+                // between its creation and its task entering it).
+                let name = e.file_name().to_string_lossy().to_string();
+                let pid = name
+                    .strip_prefix("suanli-")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
                 }
             }
         }

@@ -422,8 +422,8 @@ pub fn http_client(ca: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, 
 }
 
 /// Write `text` to a file only its owner can read (mode 0600, also when
-/// the file existed with a wider mode).
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+/// the file existed with a wider mode), synced.
+pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()

@@ -226,21 +226,7 @@ struct UpTokens {
 
 /// Write a file only its owner can read (mode 0600): it holds a token.
 fn write_secret(path: &Path, text: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| failure(format!("{}: {e}", path.display())))?;
-    // `mode` applies only to a new file: an older one is narrowed too.
-    use std::os::unix::fs::PermissionsExt;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| failure(format!("{}: {e}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| failure(format!("{}: {e}", path.display())))
+    suanli_agent::write_secret(path, text).map_err(|e| failure(format!("{}: {e}", path.display())))
 }
 
 fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {

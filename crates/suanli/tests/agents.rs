@@ -152,6 +152,22 @@ fn events(p: &Pool, id: i64) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether this test runs as root, which `what` needs. CI runs as root
+/// (`SUANLI_REQUIRE_TRACES` marks CI): there, not being root is a failure;
+/// elsewhere the test is skipped, saying so.
+fn root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SUANLI_REQUIRE_TRACES").is_none(),
+        "{what} needs root"
+    );
+    eprintln!("skipped: {what} needs root");
+    false
+}
+
 fn sh(script: &str) -> Value {
     json!(["sh", "-c", script])
 }
@@ -263,14 +279,7 @@ fn alive(pid: i32) -> bool {
 /// tenant's task, on an agent running as root (the full sandbox).
 #[test]
 fn a_task_reaches_neither_the_agent_nor_another_task() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // CI runs as root (SUANLI_REQUIRE_TRACES marks CI): there this is a failure.
-        assert!(
-            std::env::var_os("SUANLI_REQUIRE_TRACES").is_none(),
-            "the sandbox test needs root"
-        );
-        eprintln!("skipped: the full sandbox needs root");
+    if !root("the full sandbox") {
         return;
     }
     let p = pool("sandbox", 1);
@@ -335,13 +344,7 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
 /// that outgrows its memory ends with that reason.
 #[test]
 fn a_task_is_held_to_its_cpu_and_memory_requests() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("SUANLI_REQUIRE_TRACES").is_none(),
-            "the cgroup test needs root"
-        );
-        eprintln!("skipped: cgroups need root");
+    if !root("cgroups") {
         return;
     }
     let p = pool("cgroup", 1);
