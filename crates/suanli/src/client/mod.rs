@@ -41,6 +41,10 @@ pub struct Conn {
     /// default: the system's roots).
     #[arg(long, global = true, value_name = "FILE")]
     ca: Option<std::path::PathBuf>,
+    /// The HTTP client, built once per command (`logs --follow` and paged
+    /// reads make many calls).
+    #[arg(skip)]
+    client: std::sync::OnceLock<ureq::Agent>,
 }
 
 fn config_value(key: &str) -> Option<String> {
@@ -90,12 +94,17 @@ impl Conn {
     }
 
     fn http(&self) -> Result<ureq::Agent, CliError> {
+        if let Some(a) = self.client.get() {
+            return Ok(a.clone());
+        }
         let ca = self
             .ca
             .clone()
             .or_else(|| std::env::var_os("SUANLI_CA").map(std::path::PathBuf::from))
             .or_else(|| config_value("ca").map(std::path::PathBuf::from));
-        suanli_agent::http_client(ca.as_deref(), std::time::Duration::from_secs(60)).map_err(usage)
+        let a = suanli_agent::http_client(ca.as_deref(), std::time::Duration::from_secs(60))
+            .map_err(usage)?;
+        Ok(self.client.get_or_init(|| a).clone())
     }
 
     /// GET raw bytes; returns them with the `x-next-offset` and
