@@ -204,10 +204,14 @@ impl Sandbox {
             }
         }
         for u in uids {
-            eprintln!(
-                "suanli-agent: killing the processes of task user {u}, left by a previous run"
-            );
-            kill_user(u);
+            // Only ids no live agent holds: another agent on this machine
+            // may be running a task under one.
+            if let Ok(Some(_lock)) = lock_uid(u) {
+                eprintln!(
+                    "suanli-agent: killing the processes of task user {u}, left by a previous run"
+                );
+                kill_user(u);
+            }
         }
     }
 

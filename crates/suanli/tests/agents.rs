@@ -337,7 +337,8 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
     wait_state(&p, later, "COMPLETED", 20);
     assert_eq!(logs(&p, later, &[]).trim(), "tmp=private");
     // The victim ran untouched all along.
-    assert_eq!(job(&p.s, &p.tenant, victim)["state"], "RUNNING");
+    let v = job(&p.s, &p.tenant, victim);
+    assert_eq!(v["state"], "RUNNING", "{v}");
 }
 
 /// A task's CPU and memory requests are its limits (cgroups), and a task
