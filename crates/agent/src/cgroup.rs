@@ -1,4 +1,5 @@
-//! A task's CPU, memory and process limits through cgroups, v1 or v2:
+//! A task's CPU, memory, process and GPU device limits through cgroups,
+//! v1 or v2:
 //! one group per task, under the agent's own group, the task's process
 //! moved in before it executes (so nothing it runs escapes the limits), a
 //! memory kill told apart from other kills, the group removed after.
@@ -6,10 +7,11 @@
 //! v1 (controllers mounted one per directory, e.g. `/sys/fs/cgroup/memory`):
 //! `memory.limit_in_bytes` (and `memory.memsw.limit_in_bytes`, no swap past
 //! it, where swap accounting exists), `cpu.cfs_quota_us` over a 100 ms
-//! period, `pids.max`; a memory kill shows in `memory.oom_control`
+//! period, `pids.max`, `devices.deny` (the other GPUs' device files, see
+//! [`crate::devices`]); a memory kill shows in `memory.oom_control`
 //! (`oom_kill`). v2 (one unified hierarchy): `memory.max`,
-//! `memory.swap.max` = 0, `cpu.max`, `pids.max`; `memory.events`
-//! (`oom_kill`). In v2 a group with controllers for its children may hold
+//! `memory.swap.max` = 0, `cpu.max`, `pids.max`, a device filter program;
+//! `memory.events` (`oom_kill`). In v2 a group with controllers for its children may hold
 //! no process, so the agent first moves itself into a leaf (`agent`) and
 //! enables the controllers for its children.
 //!
@@ -22,6 +24,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::devices::{self, DevNo};
+
 /// Processes one task may have (fork bombs stop here).
 pub const PIDS_MAX: u64 = 32_768;
 
@@ -31,11 +35,13 @@ const PERIOD_US: u64 = 100_000;
 /// Where task groups are made.
 #[derive(Clone, Debug)]
 pub enum Cgroups {
-    /// Per controller (memory, cpu, pids): the agent's own group's directory.
+    /// Per controller (memory, cpu, pids, devices): the agent's own group's
+    /// directory.
     V1 {
         memory: PathBuf,
         cpu: Option<PathBuf>,
         pids: Option<PathBuf>,
+        devices: Option<PathBuf>,
     },
     /// The agent's own group in the unified hierarchy (the agent itself
     /// moved into its `agent` child).
@@ -43,12 +49,14 @@ pub enum Cgroups {
 }
 
 /// The limits of one task.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// 0: no memory limit.
     pub memory_mib: u64,
     /// 0: no CPU quota.
     pub cpu_milli: u64,
+    /// Character devices it may not open (the node's other GPUs).
+    pub deny: Vec<DevNo>,
 }
 
 /// One task's groups (one per controller in v1, one in v2).
@@ -116,6 +124,7 @@ impl Cgroups {
                     memory,
                     cpu: dir("cpu"),
                     pids: dir("pids"),
+                    devices: dir("devices"),
                 })
             }
             None => Err("no cgroup memory controller (v1 or v2) is available".to_string()),
@@ -146,9 +155,15 @@ impl Cgroups {
     pub fn sweep(&self) {
         let dirs: Vec<&PathBuf> = match self {
             Cgroups::V2 { base } => vec![base],
-            Cgroups::V1 { memory, cpu, pids } => std::iter::once(memory)
+            Cgroups::V1 {
+                memory,
+                cpu,
+                pids,
+                devices,
+            } => std::iter::once(memory)
                 .chain(cpu.iter())
                 .chain(pids.iter())
+                .chain(devices.iter())
                 .collect(),
         };
         for d in dirs {
@@ -170,13 +185,48 @@ impl Cgroups {
         }
     }
 
-    /// Make the groups of task `name` with `limits`.
-    pub fn create(&self, name: &str, limits: Limits) -> io::Result<TaskGroup> {
+    /// Whether tasks can be kept from other GPUs' device files (v2 always,
+    /// where the kernel takes device programs; v1 with a devices controller).
+    pub fn devices(&self) -> bool {
+        match self {
+            Cgroups::V2 { .. } => true,
+            Cgroups::V1 { devices, .. } => devices.is_some(),
+        }
+    }
+
+    /// Make the groups of task `name` with `limits`; on an error, none is
+    /// left behind.
+    pub fn create(&self, name: &str, limits: &Limits) -> io::Result<TaskGroup> {
+        let mut g = TaskGroup {
+            dirs: Vec::new(),
+            memory: PathBuf::new(),
+            v2: matches!(self, Cgroups::V2 { .. }),
+        };
+        match self.fill(&mut g, name, limits) {
+            Ok(()) => Ok(g),
+            Err(e) => {
+                g.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn fill(&self, g: &mut TaskGroup, name: &str, limits: &Limits) -> io::Result<()> {
         let bytes = (limits.memory_mib > 0).then(|| (limits.memory_mib * 1024 * 1024).to_string());
+        // Each directory is in `g` as soon as it exists, for `remove`.
+        let mut make = |parent: &Path| -> io::Result<PathBuf> {
+            let d = parent.join(name);
+            match std::fs::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", d.display()))),
+            }
+            g.dirs.push(d.clone());
+            Ok(d)
+        };
         match self {
             Cgroups::V2 { base } => {
-                let d = base.join(name);
-                let _ = std::fs::create_dir(&d);
+                let d = make(base)?;
                 if let Some(b) = &bytes {
                     write(&d.join("memory.max"), b)?;
                     let _ = write(&d.join("memory.swap.max"), "0");
@@ -186,42 +236,43 @@ impl Cgroups {
                     let _ = write(&d.join("cpu.max"), &format!("{quota} {PERIOD_US}"));
                 }
                 let _ = write(&d.join("pids.max"), &PIDS_MAX.to_string());
-                Ok(TaskGroup {
-                    dirs: vec![d.clone()],
-                    memory: d,
-                    v2: true,
-                })
+                if !limits.deny.is_empty() {
+                    devices::attach_v2(&d, &limits.deny)?;
+                }
+                g.memory = d;
             }
-            Cgroups::V1 { memory, cpu, pids } => {
-                let m = memory.join(name);
-                let _ = std::fs::create_dir(&m);
+            Cgroups::V1 {
+                memory,
+                cpu,
+                pids,
+                devices,
+            } => {
+                let m = make(memory)?;
                 if let Some(b) = &bytes {
                     write(&m.join("memory.limit_in_bytes"), b)?;
                     // No swap beyond the limit, where swap is accounted.
                     let _ = write(&m.join("memory.memsw.limit_in_bytes"), b);
                 }
-                let mut dirs = vec![m.clone()];
                 if let (Some(c), true) = (cpu, limits.cpu_milli > 0) {
-                    let d = c.join(name);
-                    let _ = std::fs::create_dir(&d);
+                    let d = make(c)?;
                     write(&d.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
                     let quota = (limits.cpu_milli * PERIOD_US / 1000).max(1000);
                     write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                    dirs.push(d);
                 }
                 if let Some(p) = pids {
-                    let d = p.join(name);
-                    let _ = std::fs::create_dir(&d);
+                    let d = make(p)?;
                     write(&d.join("pids.max"), &PIDS_MAX.to_string())?;
-                    dirs.push(d);
                 }
-                Ok(TaskGroup {
-                    dirs,
-                    memory: m,
-                    v2: false,
-                })
+                if let (Some(dv), false) = (devices, limits.deny.is_empty()) {
+                    let d = make(dv)?;
+                    for rule in devices::v1_rules(&limits.deny) {
+                        write(&d.join("devices.deny"), &rule)?;
+                    }
+                }
+                g.memory = m;
             }
         }
+        Ok(())
     }
 }
 

@@ -2,16 +2,21 @@
 //! without a driver simply has none) or declared fakes, and CPU cores and
 //! memory from `/proc`.
 
+use std::path::PathBuf;
+
 /// Which GPUs the node has.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GpuSpec {
     /// Ask NVML (none if no NVIDIA driver is installed).
     Auto,
     None,
-    /// Declared, for development and tests: `fake:8xA100-80G`.
+    /// Declared, for development and tests: `fake:8xA100-80G`; with
+    /// `,devices=PREFIX` GPU `i` is the character device `PREFIXi` (as
+    /// `/dev/nvidiai` is a real one's), which tasks not given it cannot open.
     Fake {
         count: u32,
         model: String,
+        devices: Option<String>,
     },
 }
 
@@ -22,9 +27,21 @@ impl GpuSpec {
             "none" => Ok(GpuSpec::None),
             _ => {
                 let bad = || {
-                    format!("--gpus {s:?}: expected auto, none or fake:COUNTxMODEL (e.g. fake:8xA100-80G)")
+                    format!("--gpus {s:?}: expected auto, none or fake:COUNTxMODEL[,devices=PREFIX] (e.g. fake:8xA100-80G)")
                 };
                 let f = s.strip_prefix("fake:").ok_or_else(bad)?;
+                let (f, devices) = match f.split_once(',') {
+                    Some((f, d)) => {
+                        let prefix = d.strip_prefix("devices=").ok_or_else(bad)?;
+                        if !prefix.starts_with('/') {
+                            return Err(format!(
+                                "--gpus {s:?}: devices= takes an absolute path prefix"
+                            ));
+                        }
+                        (f, Some(prefix.to_string()))
+                    }
+                    None => (f, None),
+                };
                 let (n, model) = f.split_once('x').ok_or_else(bad)?;
                 let count: u32 = n.parse().map_err(|_| bad())?;
                 if !(1..=16).contains(&count) || model.is_empty() {
@@ -33,6 +50,7 @@ impl GpuSpec {
                 Ok(GpuSpec::Fake {
                     count,
                     model: model.to_string(),
+                    devices,
                 })
             }
         }
@@ -45,6 +63,8 @@ pub struct Gpu {
     pub index: u32,
     pub model: String,
     pub memory_mib: u64,
+    /// Its character device (`/dev/nvidiaN`), when it has one.
+    pub device: Option<PathBuf>,
 }
 
 /// A GPU model name as the server accepts it: `NVIDIA A100-SXM4-80GB` →
@@ -74,11 +94,16 @@ pub fn model_name(raw: &str) -> String {
 pub fn discover_gpus(spec: &GpuSpec) -> Result<Vec<Gpu>, String> {
     match spec {
         GpuSpec::None => Ok(Vec::new()),
-        GpuSpec::Fake { count, model } => Ok((0..*count)
+        GpuSpec::Fake {
+            count,
+            model,
+            devices,
+        } => Ok((0..*count)
             .map(|i| Gpu {
                 index: i,
                 model: model_name(model),
                 memory_mib: 81_920,
+                device: devices.as_ref().map(|p| PathBuf::from(format!("{p}{i}"))),
             })
             .collect()),
         GpuSpec::Auto => {
@@ -99,10 +124,16 @@ pub fn discover_gpus(spec: &GpuSpec) -> Result<Vec<Gpu>, String> {
                 let mem = d
                     .memory_info()
                     .map_err(|e| format!("NVML device {i}: {e}"))?;
+                // The driver names device files by minor number.
+                let device = d
+                    .minor_number()
+                    .ok()
+                    .map(|m| PathBuf::from(format!("/dev/nvidia{m}")));
                 gpus.push(Gpu {
                     index: i,
                     model: model_name(&name),
                     memory_mib: mem.total >> 20,
+                    device,
                 });
             }
             if let Some(g) = gpus.iter().find(|g| g.model != gpus[0].model) {

@@ -20,6 +20,7 @@
 //! are gone from the first heartbeat.
 
 pub mod cgroup;
+pub mod devices;
 pub mod discover;
 pub mod sandbox;
 pub mod task;
@@ -68,6 +69,9 @@ struct Agent {
     sandbox: sandbox::Sandbox,
     /// Where tasks' CPU and memory limits go (none: unlimited).
     cgroups: Option<cgroup::Cgroups>,
+    /// The node's GPUs' device numbers, by GPU index (those with a device
+    /// file): a task may open only its own.
+    gpu_devices: Vec<(u32, devices::DevNo)>,
     /// Groups of ended tasks not removed yet (a process still exiting).
     stale_groups: Vec<cgroup::TaskGroup>,
     /// This node's credential (`WORK_DIR/node.token`, 0600).
@@ -357,6 +361,7 @@ impl Agent {
                 &self.cfg.work_dir,
                 &mut self.sandbox,
                 self.cgroups.as_ref(),
+                &self.gpu_devices,
             );
             if let Some(e) = &t.exit {
                 log(&format!("job {} task {}: {}", a.job, a.task, e.reason));
@@ -437,6 +442,34 @@ pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The device numbers of the GPUs' device files (a declared file that is
+/// not a character device is an error; a driver's missing file, a
+/// warning), and a warning when tasks cannot be kept from them.
+fn gpu_devices(
+    gpus: &[Gpu],
+    cgroups: Option<&cgroup::Cgroups>,
+) -> Result<Vec<(u32, devices::DevNo)>, String> {
+    let mut out = Vec::new();
+    for g in gpus {
+        let Some(path) = &g.device else { continue };
+        match devices::char_device(path) {
+            Ok(d) => out.push((g.index, d)),
+            Err(e) if path.starts_with("/dev/nvidia") => {
+                log(&format!("WARNING: GPU {}: {e}", g.index))
+            }
+            Err(e) => return Err(format!("GPU {}: {e}", g.index)),
+        }
+    }
+    if !out.is_empty() && !cgroups.is_some_and(|c| c.devices()) {
+        log(
+            "WARNING: tasks can open every GPU's device file, not only their own \
+             (no cgroup devices controller: run the agent as root on a node with cgroup v1 \
+             devices or cgroup v2)",
+        );
+    }
+    Ok(out)
+}
+
 /// Run the agent until `stop` is set; then stop every task (SIGTERM, then
 /// SIGKILL after the grace period) and return.
 pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
@@ -477,8 +510,10 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     if let Some(c) = &cgroups {
         c.sweep();
     }
+    let gpu_devices = gpu_devices(&cfg.gpus, cgroups.as_ref())?;
     let mut a = Agent {
         cgroups,
+        gpu_devices,
         stale_groups: Vec::new(),
         sandbox,
         credential: credential.unwrap_or_default(),
@@ -613,9 +648,20 @@ mod tests {
             GpuSpec::parse("fake:8xA100-80G"),
             Ok(GpuSpec::Fake {
                 count: 8,
-                model: "A100-80G".into()
+                model: "A100-80G".into(),
+                devices: None
             })
         );
+        assert_eq!(
+            GpuSpec::parse("fake:2xH100,devices=/tmp/gpu"),
+            Ok(GpuSpec::Fake {
+                count: 2,
+                model: "H100".into(),
+                devices: Some("/tmp/gpu".into())
+            })
+        );
+        assert!(GpuSpec::parse("fake:2xH100,devices=gpu").is_err());
+        assert!(GpuSpec::parse("fake:2xH100,dev=/gpu").is_err());
         assert_eq!(GpuSpec::parse("none"), Ok(GpuSpec::None));
         assert!(GpuSpec::parse("fake:0xA100").is_err());
         assert!(GpuSpec::parse("fake:8").is_err());

@@ -5,26 +5,34 @@
 //! `PATH`, `HOME` = the task's directory; nothing of the agent's, so no
 //! join token, credential or cloud key leaks into a task).
 //!
-//! `Full` (the agent runs as root; the default there): each running task
-//! has a user id of its own from a pool (`--task-uids`, no `useradd`: a
-//! numeric id needs no passwd entry), so it cannot read the agent's files
-//! (the node credential is 0600) nor another task's (`/proc/PID/environ`
-//! needs the same user, task directories are 0700); a mount namespace
-//! with its own `/proc` mounted `hidepid=2` (other users' processes, and
-//! so their command lines, are invisible) and its own `/tmp` (a tmpfs);
-//! no new privileges (setuid binaries do not elevate). When the task
-//! ends, every process left under its user id is killed before the id is
-//! handed to another task.
+//! `Full` (the agent runs as root; the default there): each job attempt
+//! running on the node has a user id of its own from a pool
+//! (`--task-uids`, no `useradd`: a numeric id needs no passwd entry), so
+//! its tasks cannot read the agent's files (the node credential is 0600)
+//! nor another job's (`/proc/PID/environ` needs the same user, task
+//! directories are 0700); a mount namespace per task with its own `/proc`
+//! mounted `hidepid=2` (other users' processes, and so their command
+//! lines, are invisible) and its own `/tmp` (a tmpfs); a `/dev/shm` of the
+//! job's (a tmpfs the agent mounts under [`LOCKS`]`/shm`, 0700 and owned
+//! by the job's id, bound onto each of its tasks' `/dev/shm`): the ranks of
+//! a gang on one node share POSIX shared memory as NCCL expects, like the
+//! containers of a pod, and no other job reaches it; the node's other
+//! GPUs' device files cannot be opened (see [`crate::devices`], through
+//! the task's cgroup);
+//! no new privileges (setuid binaries do not elevate). When the job's
+//! last task on the node ends, every process left under its user id is
+//! killed and its `/dev/shm` unmounted before the id is handed to another
+//! job.
 //!
 //! `Off` (not root, or `--sandbox off`): tasks run as the agent's user,
 //! with only the clean environment; the agent says so when it starts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// How tasks are isolated.
@@ -41,11 +49,25 @@ pub struct Sandbox {
     /// Ids `first..=last` of the pool.
     first: u32,
     last: u32,
-    /// Ids held by this agent's tasks, each with its lock (see [`LOCKS`]).
-    in_use: BTreeMap<u32, File>,
+    /// Ids held by this agent's jobs, each with its lock (see [`LOCKS`]).
+    in_use: BTreeMap<u32, Held>,
+    /// The id of each job attempt (job, run) running here.
+    by_job: HashMap<(i64, i64), u32>,
     /// Mount `/proc` with `hidepid=2` (kernels from 5.8 keep such options
     /// per mount; older ones would apply them to the whole node).
     hidepid: bool,
+}
+
+/// A user id held by the tasks of one job attempt.
+#[derive(Debug)]
+struct Held {
+    /// The `flock` that keeps other agents off the id.
+    _lock: File,
+    job: (i64, i64),
+    /// Tasks of the job running under it.
+    tasks: usize,
+    /// The job's `/dev/shm` (a tmpfs mounted here), once made.
+    shm: Option<PathBuf>,
 }
 
 /// Where task user ids are locked (`uid-N.lock`, `flock`ed while a task
@@ -100,6 +122,7 @@ impl Sandbox {
             first: uids.0,
             last: uids.1,
             in_use: BTreeMap::new(),
+            by_job: HashMap::new(),
             hidepid: kernel_at_least(5, 8),
         };
         match want {
@@ -152,11 +175,17 @@ impl Sandbox {
         }
     }
 
-    /// A free task user id (`None` when the agent runs tasks as itself):
-    /// locked for this agent, and cleared of any process left under it.
-    pub fn take_uid(&mut self) -> Result<Option<u32>, String> {
+    /// The user id of a task of job attempt `job` (`None` when the agent
+    /// runs tasks as itself): the job's, if another of its tasks runs here,
+    /// else a free one, locked for this agent, cleared of any process left
+    /// under it, with a fresh `/dev/shm` for the job.
+    pub fn take_uid(&mut self, job: (i64, i64)) -> Result<Option<u32>, String> {
         if self.mode == Mode::Off {
             return Ok(None);
+        }
+        if let Some(&u) = self.by_job.get(&job) {
+            self.in_use.get_mut(&u).expect("held").tasks += 1;
+            return Ok(Some(u));
         }
         for u in self.first..=self.last {
             if self.in_use.contains_key(&u) {
@@ -165,7 +194,17 @@ impl Sandbox {
             match lock_uid(u) {
                 Ok(Some(lock)) => {
                     kill_user(u);
-                    self.in_use.insert(u, lock);
+                    let shm = mount_shm(u)?;
+                    self.in_use.insert(
+                        u,
+                        Held {
+                            _lock: lock,
+                            job,
+                            tasks: 1,
+                            shm: Some(shm),
+                        },
+                    );
+                    self.by_job.insert(job, u);
                     return Ok(Some(u));
                 }
                 Ok(None) => continue, // another agent's
@@ -178,11 +217,23 @@ impl Sandbox {
         ))
     }
 
-    /// The task of `uid` ended: kill whatever still runs under that id
-    /// (a process that left the task's process group included), then
-    /// hand the id back.
+    /// A task under `uid` ended. After the job's last task here: kill
+    /// whatever still runs under the id (a process that left the task's
+    /// process group included), unmount the job's `/dev/shm`, hand the id
+    /// back.
     pub fn release_uid(&mut self, uid: u32) {
+        let Some(h) = self.in_use.get_mut(&uid) else {
+            return;
+        };
+        h.tasks = h.tasks.saturating_sub(1);
+        if h.tasks > 0 {
+            return;
+        }
         kill_user(uid);
+        if let Some(shm) = &h.shm {
+            unmount_shm(shm);
+        }
+        self.by_job.remove(&h.job);
         self.in_use.remove(&uid);
     }
 
@@ -213,6 +264,20 @@ impl Sandbox {
                 kill_user(u);
             }
         }
+        // Job `/dev/shm`s of ids no live agent holds.
+        for e in std::fs::read_dir(Path::new(LOCKS).join("shm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(u) = name.strip_prefix("uid-").and_then(|u| u.parse().ok()) else {
+                continue;
+            };
+            if let Ok(Some(_lock)) = lock_uid(u) {
+                unmount_shm(&e.path());
+            }
+        }
     }
 
     /// Make the task's directory its own (0700), and set up `c` to enter
@@ -225,7 +290,7 @@ impl Sandbox {
 
     /// Set `c` up to enter the sandbox as `uid` (full mode) right before it
     /// executes: its own mount namespace, `/proc` with `hidepid=2`, a
-    /// private `/tmp`, no new privileges, then the user id (groups
+    /// private `/tmp` and `/dev/shm`, no new privileges, then the user id (groups
     /// dropped). The mounts need root, so they precede the id change.
     pub fn prepare(&self, c: &mut Command, uid: u32) {
         if self.mode == Mode::Off {
@@ -237,6 +302,14 @@ impl Sandbox {
         let tmpfs = CString::new("tmpfs").expect("no NUL");
         let tmp = CString::new("/tmp").expect("no NUL");
         let tmp_opts = CString::new("mode=1777").expect("no NUL");
+        let shm = CString::new("/dev/shm").expect("no NUL");
+        let has_shm = Path::new("/dev/shm").is_dir();
+        // The job's own /dev/shm, bound in; a fresh tmpfs if it has none.
+        let job_shm = self
+            .in_use
+            .get(&uid)
+            .and_then(|h| h.shm.as_ref())
+            .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL in a path"));
         let root = CString::new("/").expect("no NUL");
         // SAFETY: the closure runs in the forked child before exec and
         // only makes system calls (no allocation, no locks): the strings
@@ -272,6 +345,23 @@ impl Sandbox {
                     libc::MS_NOSUID | libc::MS_NODEV,
                     tmp_opts.as_ptr().cast(),
                 ))?;
+                match (&job_shm, has_shm) {
+                    (Some(src), true) => check(libc::mount(
+                        src.as_ptr(),
+                        shm.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?,
+                    (None, true) => check(libc::mount(
+                        tmpfs.as_ptr(),
+                        shm.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        tmp_opts.as_ptr().cast(),
+                    ))?,
+                    (_, false) => {}
+                }
                 check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
                 check(libc::setgroups(0, std::ptr::null()))?;
                 check(libc::setgid(uid))?;
@@ -280,6 +370,46 @@ impl Sandbox {
             });
         }
     }
+}
+
+/// Mount a fresh tmpfs for the `/dev/shm` of the job under `uid`, owned
+/// by it and closed to everyone else (0700).
+fn mount_shm(uid: u32) -> Result<PathBuf, String> {
+    let dir = Path::new(LOCKS).join("shm").join(format!("uid-{uid}"));
+    let fail = |e: io::Error| format!("cannot make the job's /dev/shm at {}: {e}", dir.display());
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    unmount_all(&dir); // left by an agent that died
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let target = CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+    let opts = c(&format!("mode=0700,uid={uid},gid={uid}"));
+    // SAFETY: valid C strings; mount reads them only during the call.
+    let r = unsafe {
+        libc::mount(
+            c("tmpfs").as_ptr(),
+            target.as_ptr(),
+            c("tmpfs").as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            opts.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    Ok(dir)
+}
+
+/// Unmount every mount stacked on `dir`.
+fn unmount_all(dir: &Path) {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+    // SAFETY: a valid C string; umount2 only reads it.
+    while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
+}
+
+/// Unmount a job's `/dev/shm` (its contents go with it) and remove the
+/// mount point.
+fn unmount_shm(dir: &Path) {
+    unmount_all(dir);
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Whether the running kernel is at least `major.minor`.
@@ -331,7 +461,7 @@ mod tests {
     fn an_unsandboxed_agent_hands_out_no_ids() {
         let mut s = Sandbox::new("off", DEFAULT_UIDS).unwrap();
         assert_eq!(s.mode, Mode::Off);
-        assert_eq!(s.take_uid(), Ok(None));
+        assert_eq!(s.take_uid((1, 1)), Ok(None));
         assert!(Sandbox::new("maybe", DEFAULT_UIDS).is_err());
     }
 
@@ -342,19 +472,44 @@ mod tests {
             first: 300_000,
             last: 300_001,
             in_use: BTreeMap::new(),
+            by_job: HashMap::new(),
             hidepid: true,
         };
         if unsafe { libc::geteuid() } != 0 {
             return; // locks live in /run, and ids are changed by root
         }
-        let a = s.take_uid().unwrap().unwrap();
-        let b = s.take_uid().unwrap().unwrap();
+        let a = s.take_uid((1, 1)).unwrap().unwrap();
+        let b = s.take_uid((2, 1)).unwrap().unwrap();
         assert_ne!(a, b);
-        assert!(s.take_uid().is_err(), "the pool is exhausted");
+        assert!(s.take_uid((3, 1)).is_err(), "the pool is exhausted");
+        // A second task of job 1 shares its id (and its /dev/shm).
+        assert_eq!(s.take_uid((1, 1)), Ok(Some(a)));
+        let shm = Path::new(LOCKS).join("shm").join(format!("uid-{a}"));
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&shm).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (a, 0o700));
+        s.release_uid(a);
+        assert!(
+            lock_uid(a).unwrap().is_none(),
+            "one task of job 1 still runs"
+        );
+        assert!(shm.exists());
         // Another agent on this machine sees both ids taken.
         assert!(lock_uid(a).unwrap().is_none());
         s.release_uid(a);
-        assert!(lock_uid(a).unwrap().is_some(), "released");
-        assert_eq!(s.take_uid(), Ok(Some(a)));
+        // A process forked meanwhile by another test of this binary holds a
+        // copy of the lock's descriptor until it executes: wait for that.
+        let t = std::time::Instant::now();
+        while lock_uid(a).unwrap().is_none() {
+            assert!(t.elapsed().as_secs() < 5, "released");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            !shm.exists(),
+            "the job's /dev/shm is gone with its last task"
+        );
+        assert_eq!(s.take_uid((4, 1)), Ok(Some(a)));
+        s.release_uid(a);
+        s.release_uid(b);
     }
 }

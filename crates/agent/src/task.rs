@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub use suanli_api::Assignment;
 
 use crate::cgroup::{Cgroups, Limits, TaskGroup};
+use crate::devices::DevNo;
 use crate::sandbox::{Sandbox, TASK_PATH};
 
 pub type Key = (i64, i64, i64);
@@ -97,6 +98,7 @@ impl Task {
         work_dir: &Path,
         sandbox: &mut Sandbox,
         cgroups: Option<&Cgroups>,
+        gpu_devices: &[(u32, DevNo)],
     ) -> Task {
         let base = work_dir
             .join("jobs")
@@ -147,7 +149,7 @@ impl Task {
                 return t;
             }
         }
-        match sandbox.take_uid() {
+        match sandbox.take_uid((a.job, a.run)) {
             Ok(uid) => t.uid = uid,
             Err(e) => {
                 failed(&mut t, e);
@@ -207,6 +209,12 @@ impl Task {
             let limits = Limits {
                 memory_mib: a.memory_mib.max(0) as u64,
                 cpu_milli: a.cpu_milli.max(0) as u64,
+                // Every GPU of the node but the task's own.
+                deny: gpu_devices
+                    .iter()
+                    .filter(|(i, _)| !a.gpus.contains(i))
+                    .map(|(_, d)| *d)
+                    .collect(),
             };
             // Unique on the machine: agents sharing it may run the same
             // (job, run, task) of different servers.
@@ -217,7 +225,7 @@ impl Task {
                 a.run,
                 a.task
             );
-            match cg.create(&name, limits) {
+            match cg.create(&name, &limits) {
                 // Entered before the sandbox drops root.
                 Ok(g) => {
                     g.enter(&mut c);
@@ -226,7 +234,7 @@ impl Task {
                 Err(e) => {
                     failed(
                         &mut t,
-                        format!("cannot set the task's CPU and memory limits: {e}"),
+                        format!("cannot set the task's CPU, memory and device limits: {e}"),
                     );
                     return t;
                 }

@@ -29,7 +29,9 @@ impl Drop for Pool {
     }
 }
 
-fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
+const FAKE_GPUS: &str = "fake:4xA100-80G";
+
+fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str, gpus: &str) -> Child {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     // The join token from a file (the agent saves its node's credential in
     // its work dir and uses that from then on).
@@ -43,7 +45,7 @@ fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
         .args(["--name", name])
         .args([
             "--gpus",
-            "fake:4xA100-80G",
+            gpus,
             "--cpus",
             "16",
             "--memory-gib",
@@ -59,6 +61,10 @@ fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str) -> Child {
 }
 
 fn pool(name: &str, agents: usize) -> Pool {
+    pool_with(name, agents, FAKE_GPUS)
+}
+
+fn pool_with(name: &str, agents: usize, gpus: &str) -> Pool {
     let dir = tmp(name);
     let conf = dir.join("server.toml");
     let prices = format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"));
@@ -87,7 +93,7 @@ fn pool(name: &str, agents: usize) -> Pool {
     };
     for i in 0..agents {
         let n = format!("a{i}");
-        let c = spawn_agent(&p.dir, &p.s.url, &p.agent_token, &n);
+        let c = spawn_agent(&p.dir, &p.s.url, &p.agent_token, &n, gpus);
         p.agents.push((n, c));
     }
     wait_for(Duration::from_secs(20), || {
@@ -263,6 +269,15 @@ fn tasks_run_with_their_devices_logs_and_gang_rendezvous() {
     );
 }
 
+/// Removes a directory when dropped (a failed assertion included).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie (state Z) is dead; so is a missing process.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -282,7 +297,29 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
     if !root("the full sandbox") {
         return;
     }
-    let p = pool("sandbox", 1);
+    // Four GPU device files (char devices no driver answers: opening one
+    // the task may use fails with ENXIO, any other with EPERM), outside
+    // /tmp, which tasks see privately.
+    let devs = Path::new("/run").join(format!("suanli-test-gpus-{}", std::process::id()));
+    std::fs::create_dir_all(&devs).unwrap();
+    let _cleanup = RemoveOnDrop(devs.clone());
+    for i in 0..4u32 {
+        let f = std::ffi::CString::new(format!("{}/nvidia{i}", devs.display())).unwrap();
+        // SAFETY: mknod of a path in a directory this test made.
+        let r = unsafe {
+            libc::mknod(
+                f.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(195, 200 + i),
+            )
+        };
+        assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    }
+    let p = pool_with(
+        "sandbox",
+        1,
+        &format!("fake:4xA100-80G,devices={}/nvidia", devs.display()),
+    );
     // The victim: another tenant's secret in its environment, running.
     let victim = submit(
         &p.s,
@@ -303,8 +340,14 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
         cat ../../../../node.token >/dev/null 2>&1 && echo credential=read || echo credential=denied
         ls ../../../../jobs/ >/dev/null 2>&1 && echo listing=yes || echo listing=no
         echo mine > /tmp/left-by-attacker
-    "#;
-    let attacker = submit(&p.s, &p.tenant, json!({"command": sh(script)}))["id"]
+        echo mine > /dev/shm/left-by-attacker
+        echo "mine=$CUDA_VISIBLE_DEVICES"
+        for i in 0 1 2 3; do
+            ( : < DEVS/nvidia$i ) 2>&1 | grep -q 'not permitted' && echo "gpu$i=denied" || echo "gpu$i=opened"
+        done
+    "#
+    .replace("DEVS", &devs.display().to_string());
+    let attacker = submit(&p.s, &p.tenant, json!({"command": sh(&script), "gpus": 1}))["id"]
         .as_i64()
         .unwrap();
     wait_state(&p, attacker, "COMPLETED", 20);
@@ -326,16 +369,43 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
     );
     assert_eq!(field("credential"), "denied", "{out}");
     assert_eq!(field("listing"), "no", "{out}");
+    // Its own GPU's device file only (the victim holds another).
+    let mine: u32 = field("mine").parse().unwrap();
+    for i in 0..4 {
+        let want = if i == mine { "opened" } else { "denied" };
+        assert_eq!(field(&format!("gpu{i}")), want, "GPU {i}: {out}");
+    }
     // A later task does not find what the attacker left in /tmp.
     let later = submit(
         &p.s,
         &p.tenant,
-        json!({"command": sh("test -e /tmp/left-by-attacker && echo tmp=shared || echo tmp=private")}),
+        json!({"command": sh("test -e /tmp/left-by-attacker && echo tmp=shared || echo tmp=private; \
+            test -e /dev/shm/left-by-attacker && echo shm=shared || echo shm=private")}),
     )["id"]
         .as_i64()
         .unwrap();
     wait_state(&p, later, "COMPLETED", 20);
-    assert_eq!(logs(&p, later, &[]).trim(), "tmp=private");
+    assert_eq!(logs(&p, later, &[]), "tmp=private\nshm=private\n");
+    assert!(!Path::new("/dev/shm/left-by-attacker").exists());
+    // The two ranks of a gang on this node share their job's user id and
+    // /dev/shm (NCCL's shared memory between ranks), as a pod's containers do.
+    let gang = r#"
+        if [ "$RANK" = 0 ]; then echo hi > /dev/shm/from-rank0; fi
+        for i in $(seq 100); do [ -e /dev/shm/from-rank0 ] && break; sleep 0.1; done
+        echo "uid=$(id -u) seen=$(cat /dev/shm/from-rank0 2>&1)"
+        sleep 0.5
+    "#;
+    let g = submit(
+        &p.s,
+        &p.tenant,
+        json!({"command": sh(gang), "tasks": 2, "gpus": 1, "retries": 0}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&p, g, "COMPLETED", 30);
+    let (r0, r1) = (logs(&p, g, &[]), logs(&p, g, &["--task", "1"]));
+    assert!(r0.contains("seen=hi"), "{r0}");
+    assert_eq!(r0, r1, "same user id, same /dev/shm");
     // The victim ran untouched all along.
     let v = job(&p.s, &p.tenant, victim);
     assert_eq!(v["state"], "RUNNING", "{v}");
@@ -520,7 +590,7 @@ fn a_killed_agent_loses_its_node_and_the_job_completes_elsewhere() {
         .clone();
     assert_eq!(down["state"], "down", "{down}");
     // The agent restarts: it kills what its previous run left, and the node is ready again.
-    let c = spawn_agent(&p.dir, &p.s.url, &p.agent_token, &first);
+    let c = spawn_agent(&p.dir, &p.s.url, &p.agent_token, &first, FAKE_GPUS);
     p.agents[i].1 = c;
     wait_for(Duration::from_secs(20), || {
         let (_, v, _) = call("GET", &p.s.u("/v1/nodes"), Some(&p.admin), None);
