@@ -120,7 +120,8 @@ pub struct AuditEntry {
     /// `suanli server --reset-admin`.
     pub actor: String,
     /// `token.create`, `token.revoke`, `tenant.create`, `quota.set`,
-    /// `node.drain`, `node.undrain`, `node.claim`, `admin.reset`.
+    /// `node.drain`, `node.undrain`, `node.remove`, `node.claim`,
+    /// `admin.bootstrap`, `admin.reset`.
     pub action: String,
     pub target: String,
     pub detail: String,

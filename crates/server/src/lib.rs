@@ -40,7 +40,12 @@ pub async fn bootstrap(store: &Store, dir: &Path) -> anyhow::Result<Option<PathB
     let path = dir.join("admin.token");
     write_private(&path, &format!("{secret}\n"))?;
     store
-        .insert_token(&hash, &Scope::Admin, "bootstrap")
+        .insert_token(
+            &hash,
+            &Scope::Admin,
+            "bootstrap",
+            ("server (first start)", "admin.bootstrap"),
+        )
         .await?;
     Ok(Some(path))
 }
@@ -60,15 +65,12 @@ pub async fn reset_admin(dir: &Path) -> anyhow::Result<PathBuf> {
     let (secret, hash) = auth::new_token();
     let path = dir.join("admin.token");
     write_private(&path, &format!("{secret}\n"))?;
-    let id = store
-        .insert_token(&hash, &Scope::Admin, "reset-admin")
-        .await?;
     store
-        .audit(
-            "server machine",
-            "admin.reset",
-            &format!("token {id} (admin)"),
-            "",
+        .insert_token(
+            &hash,
+            &Scope::Admin,
+            "reset-admin",
+            ("server machine", "admin.reset"),
         )
         .await?;
     Ok(path)

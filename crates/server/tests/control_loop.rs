@@ -60,7 +60,7 @@ impl Pool {
     async fn new(cfg: LoopConfig) -> Pool {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let t = store.create_tenant("acme", 1.0).await.unwrap();
+        let t = store.create_tenant("acme", 1.0, "test").await.unwrap();
         let mut p = Pool {
             core: Core::new(&cfg).unwrap(),
             store,
@@ -156,6 +156,7 @@ impl Pool {
         let cmd = Command::Drain {
             node: node.to_string(),
             drain,
+            actor: "test".to_string(),
         };
         match self.one(cmd).await {
             Answer::Drained(Ok(s)) => s.to_string(),
@@ -401,12 +402,153 @@ async fn a_drained_node_gets_no_new_work_and_keeps_its_running_task() {
         .one(Command::Drain {
             node: "n1".to_string(),
             drain: false,
+            actor: "test".to_string(),
         })
         .await
     else {
         panic!()
     };
     assert!(r.is_err(), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_node_is_removed_only_when_empty_and_its_credential_goes_with_it() {
+    use suanli_server::store::Scope;
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    p.register("n2", 8).await;
+    let n1 = Scope::Node {
+        name: "n1".to_string(),
+    };
+    let cred = p
+        .store
+        .insert_token("h-n1", &n1, "", ("test", "node.claim"))
+        .await
+        .unwrap();
+    let remove = |node: &str| Command::RemoveNode {
+        node: node.to_string(),
+        actor: "token 1 (admin)".to_string(),
+    };
+    let a = p.submit(job(8, 1)).await;
+    let b = p.submit(job(8, 1)).await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n2", &[], &[]).await;
+    let on_n1 = p.store.task_node(a, 1, 0).await.unwrap().unwrap();
+    let (busy, other, job_there) = if on_n1 == p.store.node_id("n1").await.unwrap().unwrap() {
+        ("n1", "n2", a)
+    } else {
+        ("n2", "n1", b)
+    };
+    // A node holding a live task is not removed.
+    let Answer::Removed(r) = p.one(remove(busy)).await else {
+        panic!()
+    };
+    assert!(
+        matches!(&r, Err(suanli_server::control::Refusal::Conflict(m)) if m.contains("live task")),
+        "{r:?}"
+    );
+    let Answer::Removed(r) = p.one(remove("nope")).await else {
+        panic!()
+    };
+    assert!(
+        matches!(r, Err(suanli_server::control::Refusal::NotFound)),
+        "{r:?}"
+    );
+    // Drained, its task ends: now it goes.
+    p.drain(busy, true).await;
+    p.hb(busy, &[], &[((job_there, 1, 0), 0)]).await;
+    let Answer::Removed(r) = p.one(remove(busy)).await else {
+        panic!()
+    };
+    r.unwrap();
+    let names: Vec<String> = p
+        .store
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, vec![other.to_string()]);
+    // Its reports are refused; the other node is untouched.
+    let Answer::Orders(r) = p
+        .one(Command::Heartbeat {
+            node: busy.to_string(),
+            report: Report::default(),
+            full: true,
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert!(r.is_err(), "{r:?}");
+    // Removing n1 revoked n1's credential, in the same transaction.
+    if busy == "n1" {
+        assert_eq!(p.store.scope_of("h-n1").await.unwrap(), None);
+    } else {
+        assert_eq!(
+            p.store.scope_of("h-n1").await.unwrap().map(|s| s.0),
+            Some(cred)
+        );
+    }
+    let log = p.store.audit_log(0, 100).await.unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(
+        (
+            last.actor.as_str(),
+            last.action.as_str(),
+            last.target.clone()
+        ),
+        ("token 1 (admin)", "node.remove", format!("node {busy}"))
+    );
+    assert!(log.iter().any(|e| e.action == "node.drain"), "{log:?}");
+    // A restart does not bring it back, and the name registers again with
+    // its old id (the task rows still name it).
+    let old_id = p.store.task_node(job_there, 1, 0).await.unwrap().unwrap();
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    assert_eq!(snap.nodes.len(), 1);
+    p.core = Core::recover(snap, &p.cfg, p.now).unwrap();
+    assert_eq!(p.core.node_count(), 1);
+    p.register(busy, 4).await;
+    assert_eq!(p.store.node_id(busy).await.unwrap(), Some(old_id));
+    assert_eq!(p.node_state(busy).await, "ready");
+    let c = p.submit(job(4, 1)).await;
+    let o = p.hb(busy, &[], &[]).await;
+    assert_eq!(starts(&o), vec![(c, 1, 0)], "back in the pool");
+}
+
+#[tokio::test]
+async fn a_down_node_gives_up_its_unconfirmed_stops_when_removed() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    let a = p
+        .submit(NewJob {
+            retries: 0,
+            ..job(8, 1)
+        })
+        .await;
+    p.hb("n1", &[], &[]).await;
+    p.hb("n1", &[(a, 1, 0)], &[]).await;
+    // The agent dies: the task is lost with the node, whose devices stay
+    // held (the agent may come back still running it).
+    p.advance(20_001);
+    p.step(Vec::new()).await;
+    assert_eq!(p.node_state("n1").await, "down");
+    assert_eq!(p.store.killing_tasks().await.unwrap().len(), 1);
+    let Answer::Removed(r) = p
+        .one(Command::RemoveNode {
+            node: "n1".to_string(),
+            actor: "test".to_string(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    r.unwrap();
+    assert!(p.store.killing_tasks().await.unwrap().is_empty());
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    assert!(snap.nodes.is_empty() && snap.killing.is_empty(), "{snap:?}");
+    Core::recover(snap, &p.cfg, p.now).unwrap();
 }
 
 #[tokio::test]

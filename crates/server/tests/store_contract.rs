@@ -113,11 +113,11 @@ fn insert(id: i64, tenant_id: i64, j: NewJob, at: i64) -> [Write; 2] {
 }
 
 async fn tenants_and_quotas(s: &Store) {
-    let a = s.create_tenant("acme", 2.0).await.unwrap();
-    let b = s.create_tenant("beta", 1.0).await.unwrap();
+    let a = s.create_tenant("acme", 2.0, "test").await.unwrap();
+    let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
     assert_ne!(a.id, b.id);
     assert!(matches!(
-        s.create_tenant("acme", 1.0).await,
+        s.create_tenant("acme", 1.0, "test").await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(s.tenant_by_name("acme").await.unwrap(), a);
@@ -133,10 +133,14 @@ async fn tenants_and_quotas(s: &Store) {
         .map(|t| t.name)
         .collect();
     assert_eq!(names, ["acme", "beta"]);
-    s.set_quota(a.id, "H800", 4000, Some(8000)).await.unwrap();
-    s.set_quota(a.id, "A100-80G", 500, None).await.unwrap();
+    s.set_quota(a.id, "H800", 4000, Some(8000), "test")
+        .await
+        .unwrap();
+    s.set_quota(a.id, "A100-80G", 500, None, "test")
+        .await
+        .unwrap();
     // Setting again replaces.
-    s.set_quota(a.id, "H800", 2000, None).await.unwrap();
+    s.set_quota(a.id, "H800", 2000, None, "test").await.unwrap();
     let q = s.quotas(a.id).await.unwrap();
     assert_eq!(q.len(), 2);
     let h = q.iter().find(|q| q.gpu_model == "H800").unwrap();
@@ -144,25 +148,53 @@ async fn tenants_and_quotas(s: &Store) {
     let x = q.iter().find(|q| q.gpu_model == "A100-80G").unwrap();
     assert_eq!((x.guaranteed, x.max), (0.5, None));
     assert!(s.quotas(b.id).await.unwrap().is_empty());
+    // Each admin write recorded itself, in its own transaction: the
+    // refused duplicate left no entry.
+    let log: Vec<(String, String)> = s
+        .audit_log(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.target))
+        .collect();
+    let e = |a: &str, t: &str| (a.to_string(), t.to_string());
+    assert_eq!(
+        log,
+        [
+            e("tenant.create", "tenant acme"),
+            e("tenant.create", "tenant beta"),
+            e("quota.set", "tenant acme model H800"),
+            e("quota.set", "tenant acme model A100-80G"),
+            e("quota.set", "tenant acme model H800"),
+        ]
+    );
 }
 
 async fn tokens(s: &Store) {
     assert_eq!(s.token_count().await.unwrap(), 0);
-    let t = s.create_tenant("acme", 1.0).await.unwrap();
+    let t = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let scope = Scope::Tenant {
         id: t.id,
         name: "acme".to_string(),
     };
     let admin = s
-        .insert_token("h-admin", &Scope::Admin, "root")
+        .insert_token("h-admin", &Scope::Admin, "root", ("test", "token.create"))
         .await
         .unwrap();
-    let tenant = s.insert_token("h-acme", &scope, "ci").await.unwrap();
-    s.insert_token("h-join", &Scope::Join, "").await.unwrap();
+    let tenant = s
+        .insert_token("h-acme", &scope, "ci", ("test", "token.create"))
+        .await
+        .unwrap();
+    s.insert_token("h-join", &Scope::Join, "", ("test", "token.create"))
+        .await
+        .unwrap();
     let n1 = Scope::Node {
         name: "n1".to_string(),
     };
-    let cred = s.insert_token("h-n1", &n1, "").await.unwrap();
+    let cred = s
+        .insert_token("h-n1", &n1, "", ("test", "token.create"))
+        .await
+        .unwrap();
     assert_eq!(s.token_count().await.unwrap(), 4);
     assert_eq!(s.scope_of("h-acme").await.unwrap(), Some((tenant, scope)));
     assert_eq!(
@@ -173,11 +205,14 @@ async fn tokens(s: &Store) {
     // One live credential per node: a second is a conflict until the
     // first is revoked.
     assert!(matches!(
-        s.insert_token("h-n1-again", &n1, "").await,
+        s.insert_token("h-n1-again", &n1, "", ("test", "token.create"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
-    s.revoke_token(cred).await.unwrap();
-    s.insert_token("h-n1-again", &n1, "").await.unwrap();
+    s.revoke_token(cred, "test").await.unwrap();
+    s.insert_token("h-n1-again", &n1, "", ("test", "token.create"))
+        .await
+        .unwrap();
     assert_eq!(s.scope_of("h-n1").await.unwrap(), None);
     assert_eq!(
         s.scope_of("h-n1-again").await.unwrap().map(|s| s.1),
@@ -187,12 +222,18 @@ async fn tokens(s: &Store) {
     let nodes: Vec<Option<&str>> = listed.iter().map(|t| t.node.as_deref()).collect();
     assert_eq!(nodes, [None, None, None, Some("n1"), Some("n1")]);
     assert_eq!(s.scope_of("unknown").await.unwrap(), None);
-    s.revoke_token(tenant).await.unwrap();
+    s.revoke_token(tenant, "test").await.unwrap();
     assert_eq!(s.scope_of("h-acme").await.unwrap(), None, "revoked");
+    let audited = s.audit_log(0, 100).await.unwrap().len();
     assert!(matches!(
-        s.revoke_token(tenant).await,
+        s.revoke_token(tenant, "test").await,
         Err(StoreError::NotFound)
     ));
+    assert_eq!(
+        s.audit_log(0, 100).await.unwrap().len(),
+        audited,
+        "a refused revoke is not recorded"
+    );
     let list = s.tokens().await.unwrap();
     let by_id = |id| list.iter().find(|t| t.id == id).unwrap();
     assert_eq!(
@@ -210,8 +251,8 @@ async fn tokens(s: &Store) {
 }
 
 async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
-    let a = s.create_tenant("acme", 1.0).await.unwrap();
-    let b = s.create_tenant("beta", 1.0).await.unwrap();
+    let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
+    let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
     assert_eq!(s.max_job_id().await.unwrap(), 0);
     let mut w = Vec::new();
     for id in 1..=5 {
@@ -287,7 +328,7 @@ async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
 }
 
 async fn a_batch_is_all_or_nothing(s: &Store) {
-    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     s.commit(insert(1, a.id, job("a", 0, 1), 10).to_vec())
         .await
         .unwrap();
@@ -316,7 +357,7 @@ async fn an_empty_batch_is_fine(s: &Store) {
 }
 
 async fn starts_tasks_and_their_transitions(s: &Store) {
-    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let mut w = vec![
         Write::UpsertNode(node(1, "n1", 8, 100)),
         Write::UpsertNode(node(2, "n2", 8, 100)),
@@ -465,8 +506,8 @@ async fn node_states_in_one_batch_keep_the_last(s: &Store) {
 }
 
 async fn usage_follows_task_rows(s: &Store) {
-    let a = s.create_tenant("acme", 1.0).await.unwrap();
-    let b = s.create_tenant("beta", 1.0).await.unwrap();
+    let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
+    let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
     let mut w = vec![Write::UpsertNode(node(1, "n1", 8, 0))];
     w.extend(insert(1, a.id, job("a", 2, 1), 0));
     w.extend(insert(2, b.id, job("b", 0, 1), 0));
@@ -517,7 +558,7 @@ async fn usage_follows_task_rows(s: &Store) {
 }
 
 async fn lost_tasks_of_a_down_node_may_still_hold_devices(s: &Store) {
-    let a = s.create_tenant("acme", 1.0).await.unwrap();
+    let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let mut w = vec![
         Write::UpsertNode(node(1, "n1", 8, 100)),
         Write::UpsertNode(node(2, "n2", 8, 100)),

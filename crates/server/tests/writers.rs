@@ -27,14 +27,17 @@ fn job(i: i64) -> NewJob {
 async fn loop_batches_and_admin_writes_interleave_without_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
-    let t = store.create_tenant("acme", 1.0).await.unwrap();
+    let t = store.create_tenant("acme", 1.0, "test").await.unwrap();
     let admin = {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 0..300 {
-                store.create_tenant(&format!("t{i}"), 1.0).await.unwrap();
                 store
-                    .set_quota(t.id, &format!("M{}", i % 7), 1000 * i, None)
+                    .create_tenant(&format!("t{i}"), 1.0, "test")
+                    .await
+                    .unwrap();
+                store
+                    .set_quota(t.id, &format!("M{}", i % 7), 1000 * i, None, "test")
                     .await
                     .unwrap();
             }

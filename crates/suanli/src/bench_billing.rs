@@ -169,7 +169,7 @@ async fn store_bench(
     let t = Instant::now();
     for t in 0..tenants {
         store
-            .create_tenant(&format!("tenant-{t}"), 1.0)
+            .create_tenant(&format!("tenant-{t}"), 1.0, "bench")
             .await
             .map_err(|e| f(&e))?;
     }

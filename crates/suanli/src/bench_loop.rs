@@ -175,7 +175,7 @@ fn measure(a: &BenchLoopArgs, dir: &std::path::Path) -> Result<Figures, CliError
                 let setup = async {
                     let store = Store::open(&dir).await.map_err(|e| e.to_string())?;
                     let t = store
-                        .create_tenant("bench", 1.0)
+                        .create_tenant("bench", 1.0, "bench")
                         .await
                         .map_err(|e| e.to_string())?;
                     let cfg = LoopConfig {

@@ -466,7 +466,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         .await
         .map_err(|e| failure(e.to_string()))?;
     let t = store
-        .create_tenant("bench", 1.0)
+        .create_tenant("bench", 1.0, "bench")
         .await
         .map_err(|e| failure(e.to_string()))?;
     let cfg = LoopConfig {
@@ -492,6 +492,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         cmds.push(LoopCmd::Drain {
             node: format!("n{n:05}"),
             drain: true,
+            actor: "bench".to_string(),
         });
     }
     lp.step(cmds).await.map_err(f)?;
@@ -549,6 +550,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         .map(|n| LoopCmd::Drain {
             node: format!("n{n:05}"),
             drain: false,
+            actor: "bench".to_string(),
         })
         .collect();
     let t0 = Instant::now();

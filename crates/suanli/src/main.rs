@@ -51,9 +51,9 @@ enum Cmd {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(client::TokenCmd),
-    /// List nodes; `nodes drain NAME`, `nodes undrain NAME` (admin).
+    /// List nodes; `nodes drain NAME`, `nodes undrain NAME`, `nodes remove NAME` (admin).
     Nodes(client::NodesArgs),
-    /// What admins did: tokens, tenants, quotas, drains, node claims (admin).
+    /// What admins did: tokens, tenants, quotas, drains, removals, node claims (admin).
     Audit(client::AuditArgs),
     /// A task's output: suanli logs JOB [--task I] [--stderr] [--follow].
     Logs(client::LogsArgs),

@@ -1082,6 +1082,28 @@ fn an_agent_speaks_for_its_own_node_only() {
         );
         assert_eq!(code, 403);
     }
+    // Removing the attacker's node (drained above, no task) revokes its
+    // credential; only the admin may (a node with live tasks is refused:
+    // control_loop.rs).
+    let path = u(&format!("/v1/nodes/{anode}"));
+    assert_eq!(call("DELETE", &path, Some(&acme), None).0, 403);
+    let (code, out, err) = cli(&s.url, &admin, &["nodes", "remove", anode]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(call("DELETE", &path, Some(&admin), None).0, 404);
+    let (code, _, _) = call(
+        "POST",
+        &u(&format!("/v1/agents/{anode}/heartbeat")),
+        Some(acred),
+        Some(r#"{"running":[],"exited":[]}"#),
+    );
+    assert_eq!(code, 401, "the removed node's credential is revoked");
+    let (_, log, _) = call("GET", &u("/v1/audit"), Some(&admin), None);
+    let last = log["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["action"].as_str(), last["target"].as_str()),
+        (Some("node.remove"), Some(format!("node {anode}").as_str())),
+        "{log}"
+    );
 }
 
 /// TLS (issue 14, item 5): the server serves HTTPS with the given

@@ -172,7 +172,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
         let store = Store::open(dir).await.unwrap();
         let mut tenant_ids = Vec::new();
         for t in &wl.tenants {
-            tenant_ids.push(store.create_tenant(t, 1.0).await.unwrap().id);
+            tenant_ids.push(store.create_tenant(t, 1.0, "test").await.unwrap().id);
         }
         let mut w = Vec::new();
         for (i, n) in cluster.nodes.iter().enumerate() {

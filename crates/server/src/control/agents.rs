@@ -78,8 +78,13 @@ impl Core {
             w.push(Write::UpsertNode(node.clone()));
             return Ok(node);
         }
+        // A removed node registering again gets its id (and row) back.
+        let id = match self.removed.get(&reg.name) {
+            Some(&id) => id,
+            None => self.next_node,
+        };
         let node = Node {
-            id: self.next_node,
+            id,
             name: reg.name,
             addr: reg.addr,
             gpu_model: reg.gpu_model,
@@ -96,7 +101,9 @@ impl Core {
         if let Some(r) = self.model_room(&node) {
             return Err(r);
         }
-        self.next_node += 1;
+        if self.removed.remove(&node.name).is_none() {
+            self.next_node += 1;
+        }
         tracing::info!(node = %node.name, gpus = node.gpus, model = ?node.gpu_model, "node registered");
         self.add_node(node.clone())
             .map_err(|detail| Refusal::Invalid {
@@ -111,6 +118,7 @@ impl Core {
         &mut self,
         name: &str,
         drain: bool,
+        actor: &str,
         now: i64,
         w: &mut Vec<Write>,
     ) -> Result<NodeState, Refusal> {
@@ -135,8 +143,77 @@ impl Core {
             state,
             at: now,
         });
+        w.push(Write::Audit {
+            at: now,
+            actor: actor.to_string(),
+            action: if drain { "node.drain" } else { "node.undrain" },
+            target: format!("node {name}"),
+            detail: String::new(),
+        });
         self.dirty = true;
         Ok(state)
+    }
+
+    /// Take a node out of the pool for good (until an agent registers its
+    /// name again): refused while it holds live tasks (drain it and let
+    /// them end, or cancel them), or while its running agent has not yet
+    /// confirmed stopping the tasks it was ordered to stop. Its agent's
+    /// credential is revoked with it; tasks a down node's agent never
+    /// confirmed stopping are given up.
+    pub(super) fn remove_node(
+        &mut self,
+        name: &str,
+        actor: &str,
+        now: i64,
+        w: &mut Vec<Write>,
+    ) -> Result<(), Refusal> {
+        let id = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
+        let live = self.on_node.get(&id).map_or(0, |t| t.len());
+        if live > 0 {
+            return Err(Refusal::Conflict(format!(
+                "node {name} holds {live} live task(s): drain it and let them end (or cancel \
+                 their jobs), then remove it"
+            )));
+        }
+        let stopping = self.killing.get(&id).map_or(0, |k| k.len());
+        let down = self.nodes[&id].node.state == NodeState::Down;
+        if stopping > 0 && !down {
+            return Err(Refusal::Conflict(format!(
+                "node {name}'s agent has not yet confirmed stopping {stopping} task(s); try \
+                 again after its next heartbeat"
+            )));
+        }
+        let n = self.nodes.remove(&id).expect("node");
+        // The scheduler's node stays, closed for good (handles are never
+        // reused); a registration under this name adds a new one.
+        self.sched.set_closed(n.handle, true);
+        self.node_ids.remove(name);
+        self.killing.remove(&id);
+        self.on_node.remove(&id);
+        self.removed.insert(name.to_string(), id);
+        tracing::info!(node = name, "node removed by the admin");
+        w.push(Write::RemoveNode {
+            node: id,
+            name: name.to_string(),
+            at: now,
+        });
+        w.push(Write::Audit {
+            at: now,
+            actor: actor.to_string(),
+            action: "node.remove",
+            target: format!("node {name}"),
+            detail: format!(
+                "was {}; its agent's credential revoked{}",
+                n.node.state,
+                if stopping > 0 {
+                    format!("; {stopping} unconfirmed stop(s) given up")
+                } else {
+                    String::new()
+                }
+            ),
+        });
+        self.dirty = true;
+        Ok(())
     }
 
     /// An agent's report; answers the node's id.

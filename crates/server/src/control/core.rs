@@ -51,6 +51,9 @@ pub struct Core {
     pub(super) by_handle: HashMap<JobId, i64>,
     pub(super) nodes: BTreeMap<i64, LiveNode>,
     pub(super) node_ids: HashMap<String, i64>,
+    /// Nodes an admin removed, by name: one registering again gets its id
+    /// back (the stored row is kept for the tasks that name it).
+    pub(super) removed: HashMap<String, i64>,
     /// Stored node id of each scheduler node handle.
     pub(super) node_db: Vec<i64>,
     /// Tasks an agent must stop: node id → task → device mask. Their
@@ -124,8 +127,11 @@ impl Core {
                         Err(r) => Answer::Orders(Err(r)),
                     }
                 }
-                Command::Drain { node, drain } => {
-                    Answer::Drained(self.drain(&node, drain, now, &mut w))
+                Command::Drain { node, drain, actor } => {
+                    Answer::Drained(self.drain(&node, drain, &actor, now, &mut w))
+                }
+                Command::RemoveNode { node, actor } => {
+                    Answer::Removed(self.remove_node(&node, &actor, now, &mut w))
                 }
                 Command::Tenant { tenant, quotas } => {
                     self.set_tenant(&tenant, &quotas);

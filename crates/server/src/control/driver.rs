@@ -96,9 +96,21 @@ impl Control {
         &self,
         node: String,
         drain: bool,
+        actor: String,
     ) -> Result<Result<NodeState, Refusal>, Gone> {
-        match self.ask(Command::Drain { node, drain }).await? {
+        match self.ask(Command::Drain { node, drain, actor }).await? {
             Answer::Drained(r) => Ok(r),
+            _ => Err(Gone),
+        }
+    }
+
+    pub async fn remove_node(
+        &self,
+        node: String,
+        actor: String,
+    ) -> Result<Result<(), Refusal>, Gone> {
+        match self.ask(Command::RemoveNode { node, actor }).await? {
+            Answer::Removed(r) => Ok(r),
             _ => Err(Gone),
         }
     }

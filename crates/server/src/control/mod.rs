@@ -136,10 +136,18 @@ pub enum Command {
         report: Report,
         full: bool,
     },
-    /// Drain (or undrain) a node; answers its resulting state.
+    /// Drain (or undrain) a node; answers its resulting state. `actor`:
+    /// who asked, for the audit log.
     Drain {
         node: String,
         drain: bool,
+        actor: String,
+    },
+    /// Remove a node that holds no live task from the pool, revoking its
+    /// agent's credential.
+    RemoveNode {
+        node: String,
+        actor: String,
     },
     /// A tenant's quotas or weight as now stored (the driver reads them).
     Tenant {
@@ -165,6 +173,7 @@ pub enum Answer {
     Orders(Result<NodeOrders, Refusal>),
     /// A node's state after a drain or undrain.
     Drained(Result<NodeState, Refusal>),
+    Removed(Result<(), Refusal>),
     Done,
     Reasons(HashMap<i64, String>),
     Nodes(Vec<NodeView>),

@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub max_node_id: i64,
     pub tenants: Vec<(Tenant, Vec<Quota>)>,
     pub nodes: Vec<Node>,
+    /// Removed nodes: (name, id).
+    pub removed: Vec<(String, i64)>,
     /// RUNNING jobs, and the tasks of their current attempts that hold
     /// resources (ASSIGNED or RUNNING).
     pub running: Vec<Job>,
@@ -42,6 +44,7 @@ impl Snapshot {
             max_node_id: store.max_node_id().await?,
             tenants,
             nodes: store.nodes().await?,
+            removed: store.removed_nodes().await?,
             running: all_jobs(store, JobState::Running).await?,
             active_tasks: store.active_tasks().await?,
             killing: store.killing_tasks().await?,
@@ -98,6 +101,7 @@ impl Core {
             by_handle: HashMap::new(),
             nodes: BTreeMap::new(),
             node_ids: HashMap::new(),
+            removed: snap.removed.iter().cloned().collect(),
             node_db: Vec::new(),
             killing: BTreeMap::new(),
             on_node: HashMap::new(),

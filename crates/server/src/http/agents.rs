@@ -135,20 +135,15 @@ async fn register_agent(
             };
             match st
                 .store
-                .insert_token(&hash, &scope, &format!("node {}", reg.name))
+                .insert_token(
+                    &hash,
+                    &scope,
+                    &format!("node {}", reg.name),
+                    (&format!("token {join_id} (join)"), "node.claim"),
+                )
                 .await
             {
-                Ok(id) => {
-                    st.store
-                        .audit(
-                            &format!("token {join_id} (join)"),
-                            "node.claim",
-                            &format!("node {}", reg.name),
-                            &format!("credential: token {id}"),
-                        )
-                        .await?;
-                    Some(id)
-                }
+                Ok(id) => Some(id),
                 Err(StoreError::Conflict(_))
                     if st.store.scope_of(&hash).await?.map(|s| s.1).as_ref() == Some(&scope) =>
                 {
@@ -181,7 +176,8 @@ async fn register_agent(
             // The registration did not happen: the new claim goes too (if
             // this fails, the agent's retry is the same claim).
             if let Some(id) = claimed {
-                if let Err(e) = st.store.revoke_token(id).await {
+                let actor = "server (the node's registration was refused)";
+                if let Err(e) = st.store.revoke_token(id, actor).await {
                     tracing::warn!(error = %e, "could not withdraw a refused node's credential");
                 }
             }

@@ -1,7 +1,8 @@
-//! `/v1/nodes`: the pool's nodes with what is allocated on them, drain and
-//! undrain (admin).
+//! `/v1/nodes`: the pool's nodes with what is allocated on them, drain,
+//! undrain and removal (admin).
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use suanli_api::{NodeList, NodeStateView};
 use utoipa_axum::router::OpenApiRouter;
@@ -17,6 +18,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_nodes))
         .routes(routes!(drain_node))
         .routes(routes!(undrain_node))
+        .routes(routes!(remove_node))
 }
 
 /// List nodes (admin).
@@ -34,11 +36,8 @@ async fn set_drain(
     drain: bool,
 ) -> Result<Json<NodeStateView>, Problem> {
     admin(c)?;
-    let state = st.control.drain(name.clone(), drain).await??;
-    let action = if drain { "node.drain" } else { "node.undrain" };
-    st.store
-        .audit(&c.actor(), action, &format!("node {name}"), "")
-        .await?;
+    // Audited by the loop, in the transaction of the change.
+    let state = st.control.drain(name.clone(), drain, c.actor()).await??;
     Ok(Json(NodeStateView { node: name, state }))
 }
 
@@ -60,4 +59,19 @@ async fn undrain_node(
     Path(name): Path<String>,
 ) -> Result<Json<NodeStateView>, Problem> {
     set_drain(&st, &c, name, false).await
+}
+
+/// Remove a node from the pool (admin): refused (409) while it holds live
+/// tasks (drain it and let them end first). Its agent's credential is
+/// revoked with it; an agent that registers the name again (with a join
+/// token) brings it back.
+#[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)), security(("bearer" = [])), responses((status = 204, description = "Removed"), (status = 404, description = "No such node", body = ProblemDoc), (status = 409, description = "The node holds live tasks", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+async fn remove_node(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    admin(&c)?;
+    st.control.remove_node(name, c.actor()).await??;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -35,15 +35,7 @@ async fn create_tenant(
     if !(w.is_finite() && w > 0.0 && w <= 1e6) {
         return Err(Problem::invalid("weight", "weight must be in (0, 1e6]"));
     }
-    let t = st.store.create_tenant(&b.name, w).await?;
-    st.store
-        .audit(
-            &c.actor(),
-            "tenant.create",
-            &format!("tenant {}", t.name),
-            &format!("weight {w}"),
-        )
-        .await?;
+    let t = st.store.create_tenant(&b.name, w, &c.actor()).await?;
     st.control.tenant_changed(t.id).await;
     Ok((StatusCode::CREATED, Json(t)))
 }
@@ -113,22 +105,7 @@ async fn set_quota(
         return Err(Problem::invalid("max", "max must be at least guaranteed"));
     }
     let t = st.store.tenant_by_name(&name).await?;
-    st.store.set_quota(t.id, &model, g, m).await?;
-    st.store
-        .audit(
-            &c.actor(),
-            "quota.set",
-            &format!("tenant {} model {model}", t.name),
-            &format!(
-                "guaranteed {} GPUs, max {}",
-                g as f64 / 1000.0,
-                m.map_or("none".to_string(), |m| format!(
-                    "{} GPUs",
-                    m as f64 / 1000.0
-                ))
-            ),
-        )
-        .await?;
+    st.store.set_quota(t.id, &model, g, m, &c.actor()).await?;
     st.control.tenant_changed(t.id).await;
     Ok(Json(tenant_view(&st.store, t).await?))
 }

@@ -111,20 +111,9 @@ async fn create_token(
         return Err(Problem::invalid("name", "name is limited to 200 bytes"));
     }
     let (secret, hash) = crate::auth::new_token();
-    let id = st.store.insert_token(&hash, &scope, &name).await?;
-    let what = match &scope {
-        Scope::Admin => "admin".to_string(),
-        Scope::Tenant { name, .. } => format!("tenant {name}"),
-        Scope::Join => "agent join".to_string(),
-        Scope::Node { name } => format!("agent, node {name}"),
-    };
-    st.store
-        .audit(
-            &c.actor(),
-            "token.create",
-            &format!("token {id} ({what})"),
-            &name,
-        )
+    let id = st
+        .store
+        .insert_token(&hash, &scope, &name, (&c.actor(), "token.create"))
         .await?;
     Ok((StatusCode::CREATED, Json(NewToken { id, token: secret })))
 }
@@ -147,9 +136,6 @@ async fn revoke_token(
 ) -> Result<StatusCode, Problem> {
     let Path(id) = id?;
     admin(&c)?;
-    st.store.revoke_token(id).await?;
-    st.store
-        .audit(&c.actor(), "token.revoke", &format!("token {id}"), "")
-        .await?;
+    st.store.revoke_token(id, &c.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -54,7 +54,15 @@ impl std::ops::Deref for Store {
 pub trait Backend: Send + Sync {
     async fn token_count(&self) -> Result<i64, StoreError>;
 
-    async fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant, StoreError>;
+    // Admin writes: each records itself in the audit log, in its own
+    // transaction, as done by `actor` (e.g. "token 3 (admin)").
+
+    async fn create_tenant(
+        &self,
+        name: &str,
+        weight: f64,
+        actor: &str,
+    ) -> Result<Tenant, StoreError>;
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
 
@@ -67,33 +75,32 @@ pub trait Backend: Send + Sync {
         model: &str,
         guaranteed_milli: i64,
         max_milli: Option<i64>,
+        actor: &str,
     ) -> Result<(), StoreError>;
 
     async fn quotas(&self, tenant_id: i64) -> Result<Vec<Quota>, StoreError>;
 
     /// Store a token. A node's credential while that node has another live
     /// one is [`StoreError::Conflict`] (atomic: two claims cannot both win).
-    async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError>;
+    async fn insert_token(
+        &self,
+        hash: &str,
+        scope: &Scope,
+        name: &str,
+        audit: (&str, &str),
+    ) -> Result<i64, StoreError>;
 
     /// The id and scope of a live (not revoked) token, by the hash of its
     /// secret.
     async fn scope_of(&self, hash: &str) -> Result<Option<(i64, Scope)>, StoreError>;
-
-    /// Append to the audit log.
-    async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        detail: &str,
-    ) -> Result<(), StoreError>;
 
     /// Audit entries with id > `after`, oldest first, at most `limit`.
     async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
 
-    async fn revoke_token(&self, id: i64) -> Result<(), StoreError>;
+    /// Revoke a live token; the last live admin token is refused.
+    async fn revoke_token(&self, id: i64, actor: &str) -> Result<(), StoreError>;
 
     /// A job; with `tenant`, only if it belongs to that tenant.
     async fn job(&self, id: i64, tenant: Option<i64>) -> Result<Job, StoreError>;
@@ -131,7 +138,12 @@ pub trait Backend: Send + Sync {
 
     async fn max_node_id(&self) -> Result<i64, StoreError>;
 
+    /// The pool's nodes (not those removed).
     async fn nodes(&self) -> Result<Vec<Node>, StoreError>;
+
+    /// Removed nodes: (name, id), so that one registering again gets its id
+    /// back.
+    async fn removed_nodes(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// The tasks of RUNNING jobs' current attempts that hold resources
     /// (ASSIGNED or RUNNING), by job id then task index.
@@ -395,6 +407,24 @@ pub enum Write {
     Heartbeat {
         node: i64,
         at: i64,
+    },
+    /// An admin removed the node (it holds no live task): it leaves the
+    /// pool (its history closes at `at`), and its agent's credential
+    /// (tokens of node `name`) is revoked in the same transaction; tasks
+    /// still being stopped there are given up as KILLED.
+    RemoveNode {
+        node: i64,
+        name: String,
+        at: i64,
+    },
+    /// An admin action done through the loop (drains, removals), recorded
+    /// in the same transaction as the action.
+    Audit {
+        at: i64,
+        actor: String,
+        action: &'static str,
+        target: String,
+        detail: String,
     },
 }
 

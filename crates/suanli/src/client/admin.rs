@@ -234,14 +234,23 @@ pub enum NodeCmd {
     Drain { name: String },
     /// Place work on a drained node again.
     Undrain { name: String },
+    /// Take a node out of the pool and revoke its agent's credential
+    /// (refused while it holds live tasks: drain it first). Stop its agent
+    /// first: one that still has a join token registers the node again.
+    Remove { name: String },
 }
 
-/// `suanli nodes`: list the pool's nodes (admin); `nodes drain|undrain NAME`.
+/// `suanli nodes`: list the pool's nodes (admin); `nodes drain|undrain|remove NAME`.
 pub fn nodes(a: NodesArgs) -> Result<(), CliError> {
     if let Some(c) = a.cmd {
         let (verb, name) = match c {
             NodeCmd::Drain { name } => ("drain", name),
             NodeCmd::Undrain { name } => ("undrain", name),
+            NodeCmd::Remove { name } => {
+                a.conn.delete(&format!("/v1/nodes/{name}"))?;
+                println!("{name} removed");
+                return Ok(());
+            }
         };
         #[derive(serde::Serialize)]
         struct NoBody {}

@@ -194,6 +194,11 @@ impl Conn {
     pub fn post_empty(&self, path: &str) -> Result<(), CliError> {
         self.send("POST", path, Some(&Body(&Empty {}))).map(|_| ())
     }
+
+    /// A DELETE whose answer has no body (204).
+    pub fn delete(&self, path: &str) -> Result<(), CliError> {
+        self.send("DELETE", path, None).map(|_| ())
+    }
 }
 
 /// A request body, serialised once.

@@ -296,6 +296,37 @@ fn apply_one(tx: &Transaction<'_>, w: &Write) -> Result<(), StoreError> {
                 tx.prepare_cached("UPDATE nodes SET last_heartbeat_ms = ? WHERE id = ?")?
                     .execute(params![at, node])?;
             }
+            Write::RemoveNode { node, name, at } => {
+                tx.prepare_cached("UPDATE nodes SET state = 'down', removed_ms = ? WHERE id = ?")?
+                    .execute(params![at, node])?;
+                tx.prepare_cached(
+                    "UPDATE node_spans SET end_ms = MAX(?, start_ms) \
+                     WHERE node_id = ? AND end_ms IS NULL",
+                )?
+                .execute(params![at, node])?;
+                tx.prepare_cached(
+                    "UPDATE tokens SET revoked_ms = ? WHERE node = ? AND revoked_ms IS NULL",
+                )?
+                .execute(params![at, name])?;
+                tx.prepare_cached(
+                    "UPDATE tasks SET state = 'KILLED', \
+                     reason = 'node removed before its agent confirmed the stop' \
+                     WHERE node_id = ? AND state = 'KILLING'",
+                )?
+                .execute(params![node])?;
+            }
+            Write::Audit {
+                at,
+                actor,
+                action,
+                target,
+                detail,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                )?
+                .execute(params![at, actor, action, target, detail])?;
+            }
         }
     }
     Ok(())
@@ -309,7 +340,7 @@ fn upsert_node(tx: &Transaction<'_>, n: &Node) -> Result<(), StoreError> {
          ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, gpu_model = excluded.gpu_model, \
          gpus = excluded.gpus, gpu_memory_mib = excluded.gpu_memory_mib, cpu_milli = excluded.cpu_milli, \
          memory_mib = excluded.memory_mib, rack = excluded.rack, labels = excluded.labels, \
-         state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms",
+         state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms, removed_ms = NULL",
     )?
     .execute(params![
         n.id,

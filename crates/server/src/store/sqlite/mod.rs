@@ -54,24 +54,41 @@ impl Backend for SqliteStore {
             .await?)
     }
 
-    async fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant, StoreError> {
+    async fn create_tenant(
+        &self,
+        name: &str,
+        weight: f64,
+        actor: &str,
+    ) -> Result<Tenant, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("INSERT INTO tenants (name, weight, created_ms) VALUES (?, ?, ?)")
             .bind(name)
             .bind(weight)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
-        match r {
-            Ok(r) => Ok(Tenant {
-                id: r.last_insert_rowid(),
-                name: name.to_string(),
-                weight,
-            }),
+        let id = match r {
+            Ok(r) => r.last_insert_rowid(),
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("tenant {name:?}")))
+                return Err(StoreError::Conflict(format!("tenant {name:?}")))
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        let target = format!("tenant {name}");
+        audit(
+            &mut tx,
+            actor,
+            "tenant.create",
+            &target,
+            &format!("weight {weight}"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Tenant {
+            id,
+            name: name.to_string(),
+            weight,
+        })
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -97,7 +114,12 @@ impl Backend for SqliteStore {
         model: &str,
         guaranteed_milli: i64,
         max_milli: Option<i64>,
+        actor: &str,
     ) -> Result<(), StoreError> {
+        // A write first: a transaction that reads first cannot take the
+        // write lock once another writer committed (SQLITE_BUSY at once,
+        // past the busy timeout).
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO quotas (tenant_id, gpu_model, guaranteed_milli, max_milli) VALUES (?, ?, ?, ?) \
              ON CONFLICT (tenant_id, gpu_model) DO UPDATE SET guaranteed_milli = excluded.guaranteed_milli, \
@@ -107,8 +129,22 @@ impl Backend for SqliteStore {
         .bind(model)
         .bind(guaranteed_milli)
         .bind(max_milli)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let tenant: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = ?")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let gpus = |m: i64| m as f64 / 1000.0;
+        let detail = format!(
+            "guaranteed {} GPUs, max {}",
+            gpus(guaranteed_milli),
+            max_milli.map_or("none".to_string(), |m| format!("{} GPUs", gpus(m)))
+        );
+        let target = format!("tenant {tenant} model {model}");
+        audit(&mut tx, actor, "quota.set", &target, &detail).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -132,13 +168,20 @@ impl Backend for SqliteStore {
             .collect()
     }
 
-    async fn insert_token(&self, hash: &str, scope: &Scope, name: &str) -> Result<i64, StoreError> {
+    async fn insert_token(
+        &self,
+        hash: &str,
+        scope: &Scope,
+        name: &str,
+        (actor, action): (&str, &str),
+    ) -> Result<i64, StoreError> {
         let (s, tid, node) = match scope {
             Scope::Admin => (TokenScope::Admin, None, None),
             Scope::Join => (TokenScope::Agent, None, None),
             Scope::Node { name } => (TokenScope::Agent, None, Some(name.as_str())),
             Scope::Tenant { id, .. } => (TokenScope::Tenant, Some(*id), None),
         };
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO tokens (hash, scope, tenant_id, node, name, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -148,15 +191,28 @@ impl Backend for SqliteStore {
         .bind(node)
         .bind(name)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
-        match r {
-            Ok(r) => Ok(r.last_insert_rowid()),
-            Err(e) if is_unique_violation(&e) && node.is_some() => Err(StoreError::Conflict(
-                format!("a live credential for node {:?}", node.unwrap_or_default()),
-            )),
-            Err(e) => Err(e.into()),
-        }
+        let id = match r {
+            Ok(r) => r.last_insert_rowid(),
+            Err(e) if is_unique_violation(&e) && node.is_some() => {
+                return Err(StoreError::Conflict(format!(
+                    "a live credential for node {:?}",
+                    node.unwrap_or_default()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let what = match scope {
+            Scope::Admin => "admin".to_string(),
+            Scope::Tenant { name, .. } => format!("tenant {name}"),
+            Scope::Join => "agent join".to_string(),
+            Scope::Node { name } => format!("agent, node {name}"),
+        };
+        let target = format!("token {id} ({what})");
+        audit(&mut tx, actor, action, &target, name).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// The scope of a live (not revoked) token, by the hash of its secret.
@@ -182,26 +238,6 @@ impl Backend for SqliteStore {
             },
         };
         Ok(Some((r.try_get("id")?, s)))
-    }
-
-    async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        detail: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(now_ms())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
@@ -251,7 +287,8 @@ impl Backend for SqliteStore {
 
     /// Revoke a live token, unless it is the last live admin token (one
     /// statement: two admins revoking each other at once cannot both win).
-    async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
+    async fn revoke_token(&self, id: i64, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE tokens SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL \
              AND (scope <> ?3 OR (SELECT COUNT(*) FROM tokens WHERE scope = ?3 AND revoked_ms IS NULL) > 1)",
@@ -259,9 +296,11 @@ impl Backend for SqliteStore {
         .bind(now_ms())
         .bind(id)
         .bind(TokenScope::Admin)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 1 {
+            audit(&mut tx, actor, "token.revoke", &format!("token {id}"), "").await?;
+            tx.commit().await?;
             return Ok(());
         }
         let live_admin: Option<i64> = sqlx::query_scalar(
@@ -269,7 +308,7 @@ impl Backend for SqliteStore {
         )
         .bind(id)
         .bind(TokenScope::Admin)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         match live_admin {
             Some(_) => Err(StoreError::Refused(
@@ -388,10 +427,22 @@ impl Backend for SqliteStore {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes n ORDER BY n.id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLUMNS} FROM nodes n WHERE n.removed_ms IS NULL ORDER BY n.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(node_from_row).collect()
+    }
+
+    async fn removed_nodes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, id FROM nodes WHERE removed_ms IS NOT NULL ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("id")?)))
+            .collect()
     }
 
     /// The tasks of RUNNING jobs' current attempts that hold resources
@@ -416,7 +467,8 @@ impl Backend for SqliteStore {
             "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
              JOIN nodes n ON n.id = k.node_id \
              WHERE k.state = ? \
-             OR (k.state = ? AND n.state = ? AND k.ended_ms >= n.last_heartbeat_ms)",
+             OR (k.state = ? AND n.state = ? AND k.ended_ms >= n.last_heartbeat_ms \
+                 AND n.removed_ms IS NULL)",
         )
         .bind(TaskState::Killing)
         .bind(TaskState::Lost)
@@ -523,6 +575,26 @@ impl Backend for SqliteStore {
             })
             .collect()
     }
+}
+
+/// Append an audit row inside the transaction of the action it records:
+/// the action and its record commit together or not at all.
+async fn audit(
+    tx: &mut SqliteConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
