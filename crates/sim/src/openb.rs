@@ -291,18 +291,14 @@ pub fn read_nodes(path: &Path, models: &mut Models) -> Result<Vec<NodeSpec>, Tra
     Ok(nodes)
 }
 
-/// Read an openb pod list.
+/// Read an openb pod list. `gpu_spec`, `creation_time` and
+/// `deletion_time` are optional, as in the reference simulator: some pod
+/// lists of the public release have only
+/// `name,cpu_milli,memory_mib,num_gpu,gpu_milli` (any GPU model, no times).
 pub fn read_pods(path: &Path, models: &mut Models) -> Result<Vec<OpenbPod>, TraceError> {
     let mut csv = Csv::open(
         path,
-        &[
-            "name",
-            "cpu_milli",
-            "memory_mib",
-            "num_gpu",
-            "gpu_milli",
-            "gpu_spec",
-        ],
+        &["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"],
     )?;
     let mut pods = Vec::new();
     while let Some(row) = csv.next_row() {
@@ -378,6 +374,34 @@ mod tests {
         for ((line, fields), (wl, wf)) in got.iter().zip(want) {
             assert_eq!((*line, fields.as_slice()), (wl, &wf.map(String::from)[..]));
         }
+    }
+
+    #[test]
+    fn a_pod_list_with_only_the_five_required_columns_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pods.csv");
+        std::fs::write(
+            &p,
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,4000,8192,1,500\np1,2000,1024,0,0\n",
+        )
+        .unwrap();
+        let mut models = Models::new();
+        let pods = read_pods(&p, &mut models).unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(
+            (
+                pods[0].req.cpu_milli,
+                pods[0].req.gpu_milli,
+                pods[0].req.num_gpu
+            ),
+            (4000, 500, 1)
+        );
+        assert_eq!(pods[0].req.models, ModelSet::ANY, "no gpu_spec: any model");
+        assert_eq!((pods[0].creation_time, pods[0].deletion_time), (None, None));
+        // A missing required column is still named.
+        std::fs::write(&p, "name,cpu_milli,memory_mib,num_gpu\np0,1,1,0\n").unwrap();
+        let e = read_pods(&p, &mut models).unwrap_err().to_string();
+        assert!(e.contains("header lacks column \"gpu_milli\""), "{e}");
     }
 
     #[test]
