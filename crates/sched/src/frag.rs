@@ -37,6 +37,20 @@ const XL_SATISFIED: usize = 4;
 const XR_LACK_CPU: usize = 5;
 const NO_ACCESS: usize = 6;
 
+/// Share of requests the typical workload covers (percent), per the spec.
+pub const TYPICAL_THRESHOLD_PCT: u32 = 95;
+
+/// A request's shape, as the target workload groups them: (cpu milli,
+/// GPU milli per device, GPU count, accepted models).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Shape(u64, u16, u8, ModelSet);
+
+impl Shape {
+    pub fn of(r: &Request) -> Shape {
+        Shape(r.cpu_milli, r.gpu_milli, r.num_gpu, r.models)
+    }
+}
+
 impl Workload {
     /// Group requests by (cpu, gpu milli, GPU count, models), most common first,
     /// and keep groups until they cover at least `threshold_pct` percent of all
@@ -46,18 +60,20 @@ impl Workload {
         requests: impl IntoIterator<Item = &'a Request>,
         threshold_pct: u32,
     ) -> Self {
-        let mut counts: HashMap<(u64, u16, u8, ModelSet), u64> = HashMap::new();
-        let mut total = 0u64;
+        let mut counts: HashMap<Shape, u64> = HashMap::new();
         for r in requests {
-            *counts
-                .entry((r.cpu_milli, r.gpu_milli, r.num_gpu, r.models))
-                .or_default() += 1;
-            total += 1;
+            *counts.entry(Shape::of(r)).or_default() += 1;
         }
+        Workload::from_counts(counts, threshold_pct)
+    }
+
+    /// [`Workload::typical`] from the number of requests of each shape.
+    pub fn from_counts(counts: impl IntoIterator<Item = (Shape, u64)>, threshold_pct: u32) -> Self {
+        let mut groups: Vec<(Shape, u64)> = counts.into_iter().filter(|c| c.1 > 0).collect();
+        let total: u64 = groups.iter().map(|g| g.1).sum();
         if total == 0 {
             return Workload::default();
         }
-        let mut groups: Vec<_> = counts.into_iter().collect();
         // Most common first; ties by larger (cpu, milli, count, models), as the
         // reference's reversed sort does.
         groups.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
@@ -72,22 +88,37 @@ impl Workload {
         let norm = cum / total_f;
         let pods = groups[..kept]
             .iter()
-            .map(|&((cpu_milli, gpu_milli, num_gpu, models), n)| TypicalPod {
-                cpu_milli,
-                gpu_milli,
-                num_gpu,
-                models,
-                p: if kept == groups.len() {
-                    n as f64 / total_f
-                } else {
-                    (n as f64 / total_f) / norm
+            .map(
+                |&(Shape(cpu_milli, gpu_milli, num_gpu, models), n)| TypicalPod {
+                    cpu_milli,
+                    gpu_milli,
+                    num_gpu,
+                    models,
+                    p: if kept == groups.len() {
+                        n as f64 / total_f
+                    } else {
+                        (n as f64 / total_f) / norm
+                    },
                 },
-            })
+            )
             .collect();
         Workload {
             pods,
             coverage: norm,
         }
+    }
+
+    /// The same workload with frequencies and coverage rounded to multiples
+    /// of `1/steps`; shapes rounded to 0 are dropped.
+    pub fn rounded(mut self, steps: u32) -> Workload {
+        let s = steps as f64;
+        let round = |x: f64| (x * s).round() / s;
+        self.pods.retain_mut(|t| {
+            t.p = round(t.p);
+            t.p > 0.0
+        });
+        self.coverage = round(self.coverage);
+        self
     }
 
     /// F(n) for a node of `model` with `cpu_left` milli-CPU and per-device free

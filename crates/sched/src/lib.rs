@@ -9,6 +9,7 @@
 //!   the feasible nodes with per-node memoisation keyed on node versions.
 //! * [`frag`]: the target workload ("typical pods") and the fragmentation
 //!   measure F(n) of the FGD paper.
+//! * [`learn`]: the target workload learned online from arrivals.
 //! * [`policies`]: `random`, `dotprod`, `clustering`, `packing`, `bestfit`, `fgd`
 //!   (the published baselines) and `fgd-sa` (Suanli's own default).
 //! * [`registry`]: policy names → constructors.
@@ -17,12 +18,14 @@
 //!   preemption. The simulator and the live server both drive it.
 
 pub mod frag;
+pub mod learn;
 pub mod policies;
 pub mod policy;
 pub mod registry;
 pub mod scheduler;
 
-pub use frag::{TypicalPod, Workload};
+pub use frag::{Shape, TypicalPod, Workload, TYPICAL_THRESHOLD_PCT};
+pub use learn::{LearnParams, Learner, Target};
 pub use policy::{Placement, PlacementPolicy, ScoredPolicy, Scorer};
 pub use registry::{make_policy, PolicyError, DEFAULT_POLICY, POLICY_NAMES};
 pub use scheduler::{

@@ -263,6 +263,11 @@ impl Scorer for Fgd {
         let (s, g) = best.unwrap_or((0, GpuMask::default()));
         (Score::int(s), g)
     }
+
+    fn set_target(&mut self, target: &Workload) -> bool {
+        self.workload = target.clone();
+        true
+    }
 }
 
 /// `fgd-sa`, stranding-aware FGD: Suanli's default policy.
@@ -290,5 +295,9 @@ impl Scorer for FgdStrandAware {
             },
             g,
         )
+    }
+
+    fn set_target(&mut self, target: &Workload) -> bool {
+        self.fgd.set_target(target)
     }
 }

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use suanli_core::{GpuMask, Ledger, NodeId, NodeSpec, NodeState, Request};
 
+use crate::frag::Workload;
+
 /// A decision: the node and the exact devices a task takes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -24,6 +26,9 @@ pub trait PlacementPolicy: Send {
     fn same_for_equal_free(&self) -> bool {
         true
     }
+    /// A new target workload (see [`crate::learn`]); policies that do not
+    /// use one ignore it.
+    fn set_target(&mut self, _target: &Workload) {}
 }
 
 /// Score of a node for a request; compared lexicographically, higher wins.
@@ -52,6 +57,11 @@ pub trait Scorer: Send {
     /// only (see [`PlacementPolicy::same_for_equal_free`]).
     fn same_for_equal_free(&self) -> bool {
         true
+    }
+    /// Take a new target workload; true when scores depend on it (the
+    /// memoised ones are then dropped).
+    fn set_target(&mut self, _target: &Workload) -> bool {
+        false
     }
 }
 
@@ -112,6 +122,13 @@ impl<S: Scorer> PlacementPolicy for ScoredPolicy<S> {
 
     fn same_for_equal_free(&self) -> bool {
         self.scorer.same_for_equal_free()
+    }
+
+    fn set_target(&mut self, target: &Workload) {
+        if self.scorer.set_target(target) {
+            self.cache.clear();
+            self.classes.clear();
+        }
     }
 
     fn place(&mut self, ledger: &Ledger, req: &Request, order: &[NodeId]) -> Option<Placement> {

@@ -630,6 +630,10 @@ async fn recovery_rebuilds_the_same_state_from_the_store() {
     let snap = Snapshot::load(&p.store).await.unwrap();
     let mut again = Core::recover(snap, &p.cfg, p.now).unwrap();
     assert_eq!(again.queue_lengths(), p.core.queue_lengths());
+    // The learned target workload too (three jobs of two shapes).
+    let target = p.core.scheduler().target().unwrap();
+    assert_eq!(target.pods.len(), 2, "{target:?}");
+    assert_eq!(again.scheduler().target(), Some(target));
     assert_eq!(
         again.scheduler().allocated_gpu_milli(),
         p.core.scheduler().allocated_gpu_milli()

@@ -8,10 +8,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use suanli_core::{Ledger, NodeId, NodeSpec, Request};
-use suanli_sched::{make_policy, PlacementPolicy, PolicyError, Workload};
+use suanli_sched::{make_policy, Learner, PlacementPolicy, PolicyError, Target, Workload};
 
-/// Share of pods the target workload must cover (percent), per the spec.
-pub const TYPICAL_THRESHOLD_PCT: u32 = 95;
+pub use suanli_sched::TYPICAL_THRESHOLD_PCT;
 
 /// What happened after one submitted pod.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -144,14 +143,26 @@ impl CurvePoint {
 }
 
 /// Submit `pods[plan.order[..]]` one at a time through `policy`. A pod that no
-/// node can host now fails and is dropped; pods never leave.
+/// node can host now fails and is dropped; pods never leave. Fragmentation
+/// is measured against `workload` (the trace's typical workload, per the
+/// spec); the policy targets it too with [`Target::Given`], or, with
+/// [`Target::Learned`], the workload learned from the pods submitted so far
+/// (each pod is seen as it arrives, before it is placed).
 pub fn fill(
     nodes: &[NodeSpec],
     pods: &[Request],
     workload: &Workload,
     plan: &Plan,
     policy: &mut dyn PlacementPolicy,
+    target: Target,
 ) -> FillRun {
+    let mut learner = match target {
+        Target::Given => None,
+        Target::Learned(p) => {
+            policy.set_target(&Workload::default());
+            Some(Learner::new(p))
+        }
+    };
     let mut ledger = Ledger::new(nodes.to_vec());
     let frag_of = |l: &Ledger, n: usize| {
         let (spec, st) = (&l.specs()[n], &l.states()[n]);
@@ -162,6 +173,11 @@ pub fn fill(
     let mut arrived = 0u64;
     for &i in &plan.order {
         let req = &pods[i];
+        if let Some(l) = &mut learner {
+            if l.observe(req, 1) {
+                policy.set_target(l.workload());
+            }
+        }
         arrived += req.total_gpu_milli();
         let failed = match policy.place(&ledger, req, &plan.rank) {
             Some(p) => {
@@ -195,20 +211,22 @@ pub struct Experiment {
     pub wall_ms: f64,
 }
 
-/// Run the full §1 experiment for `policy` and `seed`.
+/// Run the full §1 experiment for `policy` and `seed`, the policy's
+/// target workload given (the spec's method) or learned.
 pub fn experiment(
     nodes: &[NodeSpec],
     pods: &[Request],
     policy: &str,
     seed: u64,
     tune: f64,
+    target: Target,
 ) -> Result<Experiment, PolicyError> {
     let t0 = std::time::Instant::now();
     let workload = Workload::typical(pods, TYPICAL_THRESHOLD_PCT);
     let mut p = make_policy(policy, &workload, seed)?;
     let capacity: u64 = nodes.iter().map(|n| n.gpus as u64 * 1000).sum();
     let plan = Plan::seeded(pods, nodes.len(), capacity, seed, tune);
-    let run = fill(nodes, pods, &workload, &plan, p.as_mut());
+    let run = fill(nodes, pods, &workload, &plan, p.as_mut(), target);
     Ok(Experiment {
         policy: policy.to_string(),
         seed,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use suanli_sched::Target;
 use suanli_sim::fill::experiment;
 use suanli_sim::openb::{read_nodes, read_pods};
 use suanli_sim::synthetic;
@@ -12,10 +13,10 @@ fn same_inputs_and_seed_give_identical_runs() {
     let t = synthetic::generate(120, 5);
     let reqs = t.requests();
     for p in suanli_sched::POLICY_NAMES {
-        let a = experiment(&t.nodes, &reqs, p, 9, 1.3).unwrap();
-        let b = experiment(&t.nodes, &reqs, p, 9, 1.3).unwrap();
+        let a = experiment(&t.nodes, &reqs, p, 9, 1.3, Target::default()).unwrap();
+        let b = experiment(&t.nodes, &reqs, p, 9, 1.3, Target::default()).unwrap();
         assert_eq!(a.run, b.run, "{p} is not deterministic");
-        let c = experiment(&t.nodes, &reqs, p, 10, 1.3).unwrap();
+        let c = experiment(&t.nodes, &reqs, p, 10, 1.3, Target::default()).unwrap();
         assert_ne!(a.run.events, c.run.events, "{p}: the seed must matter");
     }
 }
@@ -24,8 +25,11 @@ fn same_inputs_and_seed_give_identical_runs() {
 fn allocation_never_exceeds_arrival_or_capacity() {
     let t = synthetic::generate(80, 3);
     let reqs = t.requests();
-    for p in suanli_sched::POLICY_NAMES {
-        let e = experiment(&t.nodes, &reqs, p, 1, 1.3).unwrap();
+    for (p, target) in suanli_sched::POLICY_NAMES
+        .iter()
+        .flat_map(|p| [(p, Target::Given), (p, Target::default())])
+    {
+        let e = experiment(&t.nodes, &reqs, p, 1, 1.3, target).unwrap();
         let cap = e.run.capacity_milli;
         let mut prev = 0;
         for ev in &e.run.events {
@@ -41,8 +45,18 @@ fn allocation_never_exceeds_arrival_or_capacity() {
         let c = e.run.curve();
         assert!(c.windows(2).all(|w| w[0].arrived_pct < w[1].arrived_pct));
         let early = c.iter().find(|p| p.arrived_pct == 50).unwrap();
-        let slack = if *p == "random" { 3.0 } else { 1.0 };
-        assert!((early.alloc_pct - 50.0).abs() < slack, "{p}: {early:?}");
+        // A target learned from the first few hundred pods of an 80-node
+        // cluster is rough: FGD then keeps room for the shapes seen so far
+        // and strands a little for the others.
+        let slack = match (*p, target) {
+            ("random", _) => 3.0,
+            (_, Target::Given) => 1.0,
+            _ => 2.0,
+        };
+        assert!(
+            (early.alloc_pct - 50.0).abs() < slack,
+            "{p} {target:?}: {early:?}"
+        );
     }
 }
 
@@ -123,7 +137,7 @@ fn a_pod_no_node_can_host_fails_without_a_crash() {
     )
     .unwrap();
     let reqs: Vec<_> = pods.iter().map(|p| p.req).collect();
-    let e = experiment(&nodes, &reqs, "fgd-sa", 1, 1.0).unwrap();
+    let e = experiment(&nodes, &reqs, "fgd-sa", 1, 1.0, Target::default()).unwrap();
     assert!(e.run.pods_failed() >= 2);
     assert!(e.run.final_pct().0 > 0.0);
 }

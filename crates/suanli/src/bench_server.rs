@@ -86,6 +86,9 @@ struct SubmitFigures {
 struct PlaceFigures {
     nodes: usize,
     pending: usize,
+    /// The placement policy and its target workload.
+    policy: String,
+    target: String,
     decisions: usize,
     decisions_per_s: f64,
     /// Bounded passes (batches) the decisions took.
@@ -156,6 +159,8 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         fig.placement = Some(PlaceFigures {
             nodes: a.nodes,
             pending: a.pending,
+            policy: fast.policy.clone(),
+            target: fast.target.clone(),
             decisions: fast.decisions,
             decisions_per_s: fast.decisions as f64 / fast.total,
             passes: fast.batches,
@@ -185,6 +190,10 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
                 fast.batches,
                 fast.pass,
                 fast.commit,
+            );
+            println!(
+                "placement policy: {} (the live default); target workload {}",
+                fast.policy, fast.target
             );
             println!(
                 "commit: {} rows in {:.3} s; the same rows as plain SQLite inserts {:.3} s ({:.1}x)",
@@ -454,6 +463,10 @@ struct Placed {
     /// Growth of the process's resident memory while the pending jobs were
     /// queued, per job (includes SQLite's page cache).
     rss_per_pending: f64,
+    /// The placement policy measured (the live default).
+    policy: String,
+    /// Its target workload.
+    target: String,
 }
 
 /// Undrain `nodes` nodes under `pending` queued jobs, and run the loop's
@@ -553,6 +566,14 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
             actor: "bench".to_string(),
         })
         .collect();
+    let target = match lp.core().scheduler().target() {
+        Some(w) => format!(
+            "learned from the submissions: {} shapes, the most common {:.0}%",
+            w.pods.len(),
+            w.pods.first().map_or(0.0, |p| p.p * 100.0)
+        ),
+        None => "none".to_string(),
+    };
     let t0 = Instant::now();
     let timing = lp.settle(cmds).await.map_err(f)?;
     let total = t0.elapsed().as_secs_f64();
@@ -567,5 +588,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         rows: timing.rows,
         batches: timing.batches,
         rss_per_pending: rss_pending as f64 / pending as f64,
+        policy: cfg.placement.clone(),
+        target,
     })
 }

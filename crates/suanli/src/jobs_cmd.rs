@@ -30,6 +30,11 @@ pub struct SimJobsArgs {
     /// Placement policy of the scheduler core.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_POLICY)]
     placement: String,
+    /// The placement policy's target workload: `learned` from the jobs as
+    /// they arrive (what the live pool does) or `trace` (the typical
+    /// workload of the whole trace, given up front).
+    #[arg(long, default_value = "learned", value_parser = suanli_sched::Target::parse)]
+    target: suanli_sched::Target,
     /// Seed of the simulation's one RNG (seeds the placement policy).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -232,6 +237,7 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     let show_progress = std::io::stderr().is_terminal() && !json_stdout;
     let mut base = SimParams::new("fifo");
     base.placement = a.placement.clone();
+    base.target = a.target;
     base.seed = a.seed;
     base.checkpoint_ms = (a.checkpoint_s * 1000.0).round() as u64;
     let (mut results, usages) = run_all(&cluster, &wl, &policies, &base, show_progress, t0)?;

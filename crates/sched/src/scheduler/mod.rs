@@ -48,6 +48,8 @@ use suanli_core::{
 /// id order would pick on a tie.
 type StateKey = (u32, u64, u64, [u16; MAX_GPUS_PER_NODE]);
 
+use crate::frag::Workload;
+use crate::learn::{Learner, Target};
 use crate::policy::{Placement, PlacementPolicy};
 
 pub use types::*;
@@ -151,6 +153,8 @@ pub struct Scheduler {
     ledger: Ledger,
     racks: Vec<u32>,
     placement: Box<dyn PlacementPolicy>,
+    /// The learned target workload, when the options ask for one.
+    learner: Option<Learner>,
     policy: QueuePolicy,
     opts: SchedOptions,
     n_models: usize,
@@ -262,12 +266,21 @@ impl Scheduler {
         let all_nodes = (0..ledger.len() as NodeId).collect();
         let node_jobs = vec![Vec::new(); ledger.len()];
         let n_nodes = ledger.len();
+        let mut placement = placement;
+        let learner = match opts.target {
+            Target::Given => None,
+            Target::Learned(p) => {
+                placement.set_target(&Workload::default());
+                Some(Learner::new(p))
+            }
+        };
         let mut sched = Scheduler {
             free_milli: capacity_milli.clone(),
             capacity_milli,
             ledger,
             racks,
             placement,
+            learner,
             policy,
             opts,
             n_models,
@@ -445,9 +458,40 @@ impl Scheduler {
 
     /// Add a job to the queue. It must be [`admissible`](Self::admissible).
     pub fn submit(&mut self, spec: JobSpec) -> JobId {
+        if let Some(l) = &mut self.learner {
+            if l.observe(&spec.req, spec.tasks) {
+                self.placement.set_target(l.workload());
+            }
+        }
         let id = self.new_entry(spec);
         self.enqueue(id);
         id
+    }
+
+    /// The learned target workload (`None` when the target is given).
+    pub fn target(&self) -> Option<&Workload> {
+        self.learner.as_ref().map(Learner::workload)
+    }
+
+    /// How many of the last submitted jobs [`Scheduler::replay_target`]
+    /// needs (`None` when the target is given).
+    pub fn target_replay_len(&self) -> Option<usize> {
+        self.learner.as_ref().map(Learner::replay_len)
+    }
+
+    /// After a restart: rebuild the learned target from the last jobs
+    /// submitted (oldest first, as (request, tasks)), `first` jobs having
+    /// been submitted before them; the same target as before the restart.
+    pub fn replay_target<'a>(
+        &mut self,
+        first: u64,
+        jobs: impl IntoIterator<Item = (&'a Request, u32)>,
+    ) {
+        if let Target::Learned(p) = self.opts.target {
+            let l = Learner::replay(p, first, jobs);
+            self.placement.set_target(l.workload());
+            self.learner = Some(l);
+        }
     }
 
     /// A fresh entry (pending, not queued) in a free handle slot.

@@ -184,6 +184,10 @@ pub struct SchedOptions {
     /// next ones, and answer arrivals between (as Slurm's
     /// `sched_max_job_start`). Unbounded by default.
     pub max_decisions_per_pass: usize,
+    /// The placement policy's target workload: learned from the jobs
+    /// submitted (the default; see [`crate::learn`]) or the one it was
+    /// built with.
+    pub target: crate::learn::Target,
 }
 
 impl Default for SchedOptions {
@@ -195,6 +199,7 @@ impl Default for SchedOptions {
             group_nodes: true,
             walk_by_shape: true,
             max_decisions_per_pass: usize::MAX,
+            target: crate::learn::Target::default(),
         }
     }
 }

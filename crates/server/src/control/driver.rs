@@ -226,6 +226,11 @@ impl Driver {
     }
 
     /// Decisions taken since start.
+    /// The loop's state (read-only): its scheduler, target workload, ...
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
     pub fn decisions_total(&self) -> u64 {
         self.metrics.decisions()
     }

@@ -197,6 +197,10 @@ pub struct LoopConfig {
     /// it runs the next pass (see `driver.rs`), and arrivals are answered
     /// between passes.
     pub max_decisions_per_pass: usize,
+    /// The placement policy targets the workload learned from submissions
+    /// (with [`suanli_sched::LearnParams::default`], rebuilt from the last
+    /// jobs after a restart); false: an empty target (benchmark baselines).
+    pub learn_target: bool,
 }
 
 impl Default for LoopConfig {
@@ -209,6 +213,7 @@ impl Default for LoopConfig {
             lease_ms: 20_000,
             heartbeat_interval_s: 5,
             max_decisions_per_pass: 4096,
+            learn_target: true,
         }
     }
 }

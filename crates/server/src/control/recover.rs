@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Context};
 use suanli_core::{GpuMask, Ledger, Models, NodeId};
 use suanli_sched::scheduler::{SchedOptions, Scheduler};
-use suanli_sched::{make_policy, Placement, Workload};
+use suanli_sched::{make_policy, LearnParams, Placement, Target, Workload};
 
 use super::core::{Core, LiveTask, TaskSt};
 use super::LoopConfig;
@@ -30,6 +30,15 @@ pub struct Snapshot {
     /// Tasks agents were ordered to stop and have not confirmed yet.
     pub killing: Vec<Task>,
     pub pending: Vec<Job>,
+    /// The last jobs submitted, any state, oldest first: the learned target
+    /// workload is rebuilt from them.
+    pub recent: Vec<Job>,
+}
+
+/// Jobs the learned target is rebuilt from.
+fn recent_len() -> usize {
+    let p = LearnParams::default();
+    p.window + p.refresh as usize
 }
 
 impl Snapshot {
@@ -39,8 +48,12 @@ impl Snapshot {
             let q = store.quotas(t.id).await?;
             tenants.push((t, q));
         }
+        let max_job_id = store.max_job_id().await?;
+        let n = recent_len() as i64;
+        let recent = store.jobs(None, None, (max_job_id - n).max(0), n).await?;
         Ok(Snapshot {
-            max_job_id: store.max_job_id().await?,
+            recent,
+            max_job_id,
             max_node_id: store.max_node_id().await?,
             tenants,
             nodes: store.nodes().await?,
@@ -87,6 +100,11 @@ impl Core {
                 group_nodes: cfg.group_nodes,
                 walk_by_shape: cfg.group_nodes,
                 max_decisions_per_pass: cfg.max_decisions_per_pass,
+                target: if cfg.learn_target {
+                    Target::Learned(LearnParams::default())
+                } else {
+                    Target::Given
+                },
                 ..SchedOptions::default()
             },
         );
@@ -145,6 +163,16 @@ impl Core {
             let h = c.sched.submit(spec);
             c.track(j, h);
         }
+        // The learned target, as it was: from the last jobs submitted (a
+        // job whose GPU model no node has now is left out).
+        let first = snap.recent.first().map_or(snap.max_job_id, |j| j.id - 1);
+        let recent: Vec<(suanli_core::Request, u32)> = snap
+            .recent
+            .iter()
+            .filter_map(|j| Some((c.spec_of(j).ok()?.req, j.tasks as u32)))
+            .collect();
+        c.sched
+            .replay_target(first.max(0) as u64, recent.iter().map(|(r, t)| (r, *t)));
         // Close draining and down nodes only now: their running jobs were
         // restored onto them above.
         let closed: Vec<NodeId> = c

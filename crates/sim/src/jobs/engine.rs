@@ -42,6 +42,9 @@ pub struct SimParams {
     /// node with free GPUs rescored for every placement, every pending job
     /// visited by every pass).
     pub memo: bool,
+    /// The placement policy's target workload: learned from arrivals (the
+    /// default, as in the live pool) or the trace's typical workload.
+    pub target: suanli_sched::Target,
 }
 
 impl SimParams {
@@ -54,6 +57,7 @@ impl SimParams {
             series_points: 400,
             check_ledger: false,
             memo: true,
+            target: suanli_sched::Target::default(),
         }
     }
 }
@@ -249,6 +253,7 @@ pub fn simulate(
             checkpoint_ms: params.checkpoint_ms,
             group_nodes: params.memo,
             walk_by_shape: params.memo,
+            target: params.target,
             ..SchedOptions::default()
         },
     );
