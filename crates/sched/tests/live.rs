@@ -213,7 +213,11 @@ fn requeue_frees_the_devices_and_queues_the_job_again() {
     let j = s.submit(job(0, 1, 8, Class::OnDemand));
     s.schedule(1);
     assert_eq!(s.running_len(), 1);
-    s.requeue(j, 50);
+    assert_eq!(
+        s.requeue(j, 50),
+        49,
+        "no checkpoints: the 49 ms run are lost"
+    );
     assert!(s.decisions().len() == 1, "requeue reports nothing new");
     assert_eq!(s.allocated_gpu_milli(), 0);
     assert_eq!(s.pending_len(), 1);

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use suanli_core::{ModelSet, Request};
 use suanli_sched::{Class, TenantId, POLICY_NAMES, QUEUE_POLICY_NAMES};
-use suanli_sim::jobs::{report, simulate, Cluster, Job, SimEvent, SimParams, SimResult, Workload};
+use suanli_sim::jobs::{
+    report, simulate, Cluster, Job, NodeChange, NodeEvent, SimEvent, SimParams, SimResult, Workload,
+};
 
 const S: u64 = 1000;
 
@@ -334,8 +336,12 @@ fn check_safety_and_conservation(
     policy: &str,
     placement: &str,
     ckpt: u64,
+    node_events: &[NodeEvent],
 ) -> Result<(), TestCaseError> {
     let specs = cl.nodes.clone();
+    // Nodes down, and nodes closed (down or drained), as the events say.
+    let mut down: std::collections::HashSet<u32> = Default::default();
+    let mut drained: std::collections::HashSet<u32> = Default::default();
     let mut used: HashMap<(u32, usize), u32> = HashMap::new();
     let mut cpu: HashMap<u32, u64> = HashMap::new();
     let mut held: HashMap<usize, Vec<suanli_sched::Placement>> = HashMap::new();
@@ -401,8 +407,49 @@ fn check_safety_and_conservation(
                     violation = Some(format!("node {} CPU over-allocated", p.node));
                 }
             }
+            for p in placements.iter() {
+                if down.contains(&p.node) || drained.contains(&p.node) {
+                    violation = Some(format!("job {job} started on closed node {}", p.node));
+                }
+            }
             held.insert(*job, placements.to_vec());
             started_at.insert(*job, *at);
+        }
+        SimEvent::Interrupt {
+            job,
+            at,
+            lost_ms,
+            node,
+        } => {
+            if !held
+                .get(job)
+                .is_some_and(|h| h.iter().any(|p| p.node as usize == *node))
+            {
+                violation = Some(format!("job {job} interrupted by node {node} it is not on"));
+            }
+            release(*job, &mut held, &mut used, &mut cpu);
+            *run_ms.entry(*job).or_default() += at - started_at[job];
+            *lost.entry(*job).or_default() += lost_ms;
+        }
+        SimEvent::Node { node, change, .. } => {
+            let n = *node as u32;
+            match change {
+                NodeChange::Down => {
+                    down.insert(n);
+                    if let Some((j, _)) = held.iter().find(|(_, h)| h.iter().any(|p| p.node == n)) {
+                        violation = Some(format!("job {j} still runs on node {n}, which is down"));
+                    }
+                }
+                NodeChange::Up => {
+                    down.remove(&n);
+                }
+                NodeChange::Drain => {
+                    drained.insert(n);
+                }
+                NodeChange::Undrain => {
+                    drained.remove(&n);
+                }
+            }
         }
         SimEvent::Preempt { job, at, lost_ms } => {
             release(*job, &mut held, &mut used, &mut cpu);
@@ -419,6 +466,7 @@ fn check_safety_and_conservation(
     p.placement = placement.to_string();
     p.check_ledger = true;
     p.checkpoint_ms = ckpt * S;
+    p.node_events = node_events.to_vec();
     let r = simulate(cl, wl, &p, &mut obs, &mut |_| {}).unwrap();
     prop_assert!(violation.is_none(), "{}", violation.unwrap());
     prop_assert_eq!(done, r.jobs);
@@ -466,10 +514,66 @@ proptest! {
         let wl = workload(&jobs, 3);
         for policy in QUEUE_POLICY_NAMES {
             for placement in POLICY_NAMES {
-                check_safety_and_conservation(&cl, &wl, policy, placement, ckpt).map_err(|e| {
+                check_safety_and_conservation(&cl, &wl, policy, placement, ckpt, &[]).map_err(|e| {
                     TestCaseError::fail(format!("{policy} × {placement}, checkpoint {ckpt} s: {e}"))
                 })?;
             }
+        }
+    }
+}
+
+fn arb_node_event() -> impl Strategy<Value = NodeEvent> {
+    (
+        0u64..300,
+        0usize..5,
+        prop::sample::select(vec![
+            NodeChange::Down,
+            NodeChange::Up,
+            NodeChange::Drain,
+            NodeChange::Undrain,
+        ]),
+    )
+        .prop_map(|(t, node, change)| NodeEvent {
+            at: t * S,
+            node,
+            change,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Issue 15: the same safety and conservation with nodes failing,
+    /// returning, draining and undraining mid-run (every node back and
+    /// open at 10,000 s, so that every job can finish): no start on a
+    /// closed node, no job left on a node that went down, run time = work
+    /// + work lost to preemptions and failures, utilisation against the
+    /// capacity that was up.
+    #[test]
+    fn safety_and_conservation_with_node_churn(
+        mut jobs in prop::collection::vec(arb_job(), 1..30),
+        mut events in prop::collection::vec(arb_node_event(), 0..12),
+        ckpt in prop_oneof![Just(0u64), Just(7u64)],
+        placement in prop::sample::select(POLICY_NAMES),
+    ) {
+        jobs.sort_by_key(|x| x.submit);
+        events.sort_by_key(|e| e.at);
+        for node in 0..5 {
+            for change in [NodeChange::Up, NodeChange::Undrain] {
+                events.push(NodeEvent { at: 10_000 * S, node, change });
+            }
+        }
+        let cl = cluster(
+            "[[group]]\nname='a'\ncount=3\ngpu_model='A100'\ngpus=4\ncpu_cores=4\nmemory_gib=64\nnodes_per_rack=2\n\
+             [[group]]\nname='b'\ncount=2\ngpu_model='T4'\ngpus=2\ncpu_cores=2\nmemory_gib=32\n\
+             [[tenant]]\nname='t0'\nquota.A100 = { guaranteed = 6, max = 10 }\n\
+             [[tenant]]\nname='t1'\nquota.A100 = { guaranteed = 4, max = 12 }\nquota.T4 = { guaranteed = 2, max = 4 }\n",
+        );
+        let wl = workload(&jobs, 3);
+        for policy in QUEUE_POLICY_NAMES {
+            check_safety_and_conservation(&cl, &wl, policy, placement, ckpt, &events).map_err(|e| {
+                TestCaseError::fail(format!("{policy} × {placement}, checkpoint {ckpt} s: {e}"))
+            })?;
         }
     }
 }
@@ -486,6 +590,10 @@ fn event_log(cl: &Cluster, wl: &Workload, p: &SimParams) -> Vec<(u8, usize, u64,
             placements,
         } => log.push((0, *job, *at, format!("{placements:?}"))),
         SimEvent::Preempt { job, at, lost_ms } => log.push((1, *job, *at, lost_ms.to_string())),
+        SimEvent::Interrupt {
+            job, at, lost_ms, ..
+        } => log.push((3, *job, *at, lost_ms.to_string())),
+        SimEvent::Node { .. } => {}
         SimEvent::Complete { job, at } => log.push((2, *job, *at, String::new())),
     };
     simulate(cl, wl, p, &mut obs, &mut |_| {}).unwrap();
@@ -529,6 +637,123 @@ proptest! {
             );
         }
     }
+}
+
+#[test]
+fn a_failed_node_interrupts_its_jobs_which_finish_elsewhere() {
+    // Two 8-GPU nodes; job 0 (8 GPUs, 100 s) starts on n-0 at 0; n-0 fails
+    // at 40 s (no checkpoint: all 40 s lost) and job 0 restarts on n-1;
+    // job 1 (8 GPUs) arriving at 10 s waits for a node: n-0 back at 60 s.
+    let cl = nodes(2, 8, 2);
+    let wl = workload(&[j(0, 100, 1, 8), j(10, 50, 1, 8)], 1);
+    let ev = |t: u64, node: usize, change| NodeEvent {
+        at: t * S,
+        node,
+        change,
+    };
+    let mut p = SimParams::new("fifo");
+    p.check_ledger = true;
+    p.node_events = vec![ev(40, 0, NodeChange::Down), ev(60, 0, NodeChange::Up)];
+    let mut log = Vec::new();
+    let r = simulate(
+        &cl,
+        &wl,
+        &p,
+        &mut |e| match e {
+            SimEvent::Start {
+                job,
+                at,
+                placements,
+            } => log.push(format!(
+                "{}: start {job} on n-{}",
+                at / S,
+                placements[0].node
+            )),
+            SimEvent::Interrupt {
+                job,
+                at,
+                lost_ms,
+                node,
+            } => log.push(format!(
+                "{}: interrupt {job} on n-{node}, lost {} s",
+                at / S,
+                lost_ms / S
+            )),
+            SimEvent::Complete { job, at } => log.push(format!("{}: done {job}", at / S)),
+            _ => {}
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        log,
+        [
+            "0: start 0 on n-0",
+            "10: start 1 on n-1",
+            "40: interrupt 0 on n-0, lost 40 s",
+            "60: done 1",
+            "60: start 0 on n-0",
+            "160: done 0",
+        ]
+    );
+    assert_eq!((r.node_failures, r.interruptions), (1, 1));
+    assert!((r.failure_lost_gpu_hours - 8.0 * 40.0 / 3600.0).abs() < 1e-9);
+    // 16 GPUs for 160 s, 8 of them down for 20 s.
+    assert!(
+        (r.availability_pct - 100.0 * (16.0 * 160.0 - 8.0 * 20.0) / (16.0 * 160.0)).abs() < 1e-9
+    );
+    // A drained node keeps its job but takes no new one.
+    p.node_events = vec![ev(5, 0, NodeChange::Drain)];
+    let (times, _) = {
+        let mut starts = vec![u64::MAX; 2];
+        let mut ends = vec![u64::MAX; 2];
+        simulate(
+            &cl,
+            &wl,
+            &p,
+            &mut |e| match *e {
+                SimEvent::Start { job, at, .. } => starts[job] = at / S,
+                SimEvent::Complete { job, at } => ends[job] = at / S,
+                _ => {}
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        (starts.into_iter().zip(ends).collect::<Vec<_>>(), ())
+    };
+    assert_eq!(times, [(0, 100), (10, 60)]);
+}
+
+#[test]
+fn a_failure_model_fails_and_repairs_nodes_deterministically() {
+    let cl = cluster(
+        "[[group]]\nname='n'\ncount=4\ngpu_model='A100'\ngpus=8\ncpu_cores=64\nmemory_gib=512\nmtbf_h=2\nmttr_h=0.5\n",
+    );
+    let wl = workload(
+        &(0..200).map(|i| j(i * 60, 1800, 1, 4)).collect::<Vec<_>>(),
+        1,
+    );
+    let mut p = SimParams::new("fifo");
+    p.check_ledger = true;
+    let a = simulate(&cl, &wl, &p, &mut |_| {}, &mut |_| {}).unwrap();
+    let b = simulate(&cl, &wl, &p, &mut |_| {}, &mut |_| {}).unwrap();
+    assert_eq!(a.jobs, 200);
+    assert!(a.node_failures > 0 && a.interruptions > 0, "{a:?}");
+    // Four nodes up 2 h, down 0.5 h on average: about 80% available.
+    assert!(
+        (60.0..95.0).contains(&a.availability_pct),
+        "{}",
+        a.availability_pct
+    );
+    assert_eq!(
+        (a.node_failures, a.interruptions, a.jct_mean_s),
+        (b.node_failures, b.interruptions, b.jct_mean_s)
+    );
+    assert!(Cluster::parse(
+        "[[group]]\nname='n'\ncount=1\ngpus=0\ncpu_cores=1\nmemory_gib=1\nmtbf_h=2\n"
+    )
+    .unwrap_err()
+    .contains("both mtbf_h and mttr_h"));
 }
 
 #[test]

@@ -38,6 +38,11 @@ pub struct SimJobsArgs {
     /// Seed of the simulation's one RNG (seeds the placement policy).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Node changes to replay: CSV `time_s,node,event` (event: down, up,
+    /// drain, undrain; node: a cluster node name such as a100-3). A
+    /// cluster's `mtbf_h`/`mttr_h` add failures of their own.
+    #[arg(long, value_name = "FILE.csv")]
+    cluster_events: Option<PathBuf>,
     /// Checkpoint interval (s) of preempted jobs; 0 = resume exactly where stopped.
     #[arg(long, default_value_t = 0.0)]
     checkpoint_s: f64,
@@ -238,6 +243,9 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     let mut base = SimParams::new("fifo");
     base.placement = a.placement.clone();
     base.target = a.target;
+    if let Some(f) = &a.cluster_events {
+        base.node_events = suanli_sim::jobs::churn::read_events(f, &cluster).map_err(failure)?;
+    }
     base.seed = a.seed;
     base.checkpoint_ms = (a.checkpoint_s * 1000.0).round() as u64;
     let (mut results, usages) = run_all(&cluster, &wl, &policies, &base, show_progress, t0)?;
@@ -278,6 +286,17 @@ pub fn sim(a: SimJobsArgs) -> Result<(), CliError> {
     if !json_stdout {
         println!("cluster: {cluster_desc}\ntrace:   {trace_desc}");
         print!("{}", report::table(&results));
+        for r in results.iter().filter(|r| r.node_failures > 0) {
+            println!(
+                "{}: {} node failures, {} jobs interrupted, {:.1} GPU-hours of work lost to them; \
+                 {:.1}% of GPU capacity up",
+                r.policy,
+                r.node_failures,
+                r.interruptions,
+                r.failure_lost_gpu_hours,
+                r.availability_pct
+            );
+        }
         if book.is_some() {
             print!("{}", report::money_table(&results));
         }

@@ -743,6 +743,22 @@ fn up_brings_a_pool_and_its_printed_example_completes() {
         "{out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Every file holding a token is the owner's alone, and each agent has
+    // a credential of its own (issue 14).
+    use std::os::unix::fs::PermissionsExt;
+    let mut creds = Vec::new();
+    for f in ["admin.token", "up-tokens.json", "env", "admin.env"]
+        .iter()
+        .map(|f| dir.join(f))
+        .chain((0..2).map(|i| dir.join(format!("agents/local-{i}/node.token"))))
+    {
+        let meta = std::fs::metadata(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        if f.ends_with("node.token") {
+            creds.push(std::fs::read_to_string(&f).unwrap());
+        }
+    }
+    assert_ne!(creds[0], creds[1], "one credential per agent");
     // SIGTERM stops everything.
     unsafe_kill(up.id() as i32);
     let status = up.wait().unwrap();

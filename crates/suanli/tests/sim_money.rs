@@ -139,6 +139,9 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                 SimEvent::Preempt { job, at, .. } => evs.push(Ev::Preempt(job, at)),
                 SimEvent::Complete { job, at } => evs.push(Ev::Complete(job, at)),
                 SimEvent::Arrive { .. } => {}
+                SimEvent::Interrupt { .. } | SimEvent::Node { .. } => {
+                    unreachable!("no node churn in this cluster")
+                }
             }
         },
         &mut |_| {},

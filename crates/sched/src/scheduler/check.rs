@@ -18,6 +18,7 @@ impl Scheduler {
     pub fn check_indexes(&self) -> Result<(), String> {
         self.ledger.check().map_err(|e| format!("ledger: {e}"))?;
         let mut free = vec![0u64; self.n_models];
+        let mut open = vec![0u64; self.n_models];
         let mut hist = vec![[0u32; MAX_GPUS_PER_NODE + 1]; self.n_models];
         let mut groups: HashMap<_, BTreeSet<NodeId>> = HashMap::new();
         for &node in &self.all_nodes {
@@ -28,6 +29,9 @@ impl Scheduler {
             let (full, key) = self.node_index(node);
             if let Some(m) = spec.model {
                 free[m.0 as usize] += st.total_gpu_left() as u64;
+                if !st.is_closed() {
+                    open[m.0 as usize] += spec.gpus as u64 * suanli_core::MILLI_PER_GPU as u64;
+                }
                 if self.node_full[node as usize] != full {
                     return Err(format!(
                         "node {node}: {} fully free GPUs indexed, {full} in the ledger",
@@ -47,6 +51,12 @@ impl Scheduler {
             return Err(format!(
                 "free GPU milli by model: indexed {:?}, ledger {free:?}",
                 self.free_milli
+            ));
+        }
+        if open != self.open_milli {
+            return Err(format!(
+                "open GPU milli by model: indexed {:?}, ledger {open:?}",
+                self.open_milli
             ));
         }
         if hist != self.full_hist {

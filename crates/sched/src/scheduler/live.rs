@@ -38,6 +38,7 @@ impl Scheduler {
         assert!(n <= 64, "at most 64 GPU models (ModelSet is a 64-bit mask)");
         self.n_models = n;
         self.capacity_milli.resize(n, 0);
+        self.open_milli.resize(n, 0);
         self.free_milli.resize(n, 0);
         self.full_hist.resize(n, [0; MAX_GPUS_PER_NODE + 1]);
         for t in &mut self.tenants {
@@ -73,6 +74,7 @@ impl Scheduler {
         if let Some(m) = model {
             let milli = gpus as u64 * MILLI_PER_GPU as u64;
             self.capacity_milli[m.0 as usize] += milli;
+            self.open_milli[m.0 as usize] += milli;
             self.free_milli[m.0 as usize] += milli;
             self.full_hist[m.0 as usize][0] += 1;
         }
@@ -82,12 +84,34 @@ impl Scheduler {
     }
 
     /// Close a node to new placements (drain, lost) or reopen it. Jobs
-    /// running there keep running.
+    /// running there keep running. Its GPUs leave (or rejoin) the open
+    /// capacity that DRF shares are measured against.
     pub fn set_closed(&mut self, node: NodeId, closed: bool) {
+        let (spec, st) = self.ledger.node(node).expect("set_closed of a known node");
+        if st.is_closed() != closed {
+            if let Some(m) = spec.model {
+                let milli = spec.gpus as u64 * MILLI_PER_GPU as u64;
+                let open = &mut self.open_milli[m.0 as usize];
+                *open = if closed { *open - milli } else { *open + milli };
+            }
+            self.admit_cache.clear();
+        }
         self.ledger
             .set_closed(node, closed)
             .expect("set_closed of a known node");
         self.note_node(node);
+    }
+
+    /// Running jobs with a task on `node`.
+    pub fn jobs_on(&self, node: NodeId) -> Vec<JobId> {
+        let mut v = self
+            .node_jobs
+            .get(node as usize)
+            .cloned()
+            .unwrap_or_default();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Replace tenant `t`'s quotas (vectors shorter than the model registry
@@ -171,13 +195,18 @@ impl Scheduler {
     }
 
     /// Stop a running job from outside the scheduler (its node was lost, a
-    /// task failed and the job will be retried) and queue it again. Unlike
-    /// a preemption this is not a decision: nothing is reported.
-    pub fn requeue(&mut self, j: JobId, now: Time) {
+    /// task failed and the job will be retried) and queue it again, from
+    /// its last checkpoint (from the start without checkpoints). Unlike a
+    /// preemption this is not a decision: nothing is reported. Answers the
+    /// work lost (ms).
+    pub fn requeue(&mut self, j: JobId, now: Time) -> Time {
         assert_eq!(self.jobs[j.0 as usize].state, JobState::Running);
         self.release_job(j);
-        self.preempt(j, now);
-        self.decisions.pop();
+        self.stop_and_queue(j, now, true);
+        match self.decisions.pop() {
+            Some(Decision::Preempt { lost_ms, .. }) => lost_ms,
+            d => unreachable!("a stop records a preemption, not {d:?}"),
+        }
     }
 
     /// Why pending job `j` is not running (by a test placement that changes

@@ -159,6 +159,9 @@ pub struct Scheduler {
     opts: SchedOptions,
     n_models: usize,
     capacity_milli: Vec<u64>,
+    /// GPU milli of each model on nodes open to placements (not drained,
+    /// not lost): the capacity DRF shares and reported capacity follow.
+    open_milli: Vec<u64>,
     free_milli: Vec<u64>,
     /// Nodes in use with at least one GPU milli free, by id.
     open: BTreeSet<NodeId>,
@@ -276,6 +279,7 @@ impl Scheduler {
         };
         let mut sched = Scheduler {
             free_milli: capacity_milli.clone(),
+            open_milli: capacity_milli.clone(),
             capacity_milli,
             ledger,
             racks,
@@ -364,6 +368,15 @@ impl Scheduler {
     }
     pub fn capacity_gpu_milli(&self) -> u64 {
         self.capacity_milli.iter().sum()
+    }
+    /// GPU milli of nodes open to placements (closed ones, drained or lost,
+    /// left out).
+    pub fn open_capacity_gpu_milli(&self) -> u64 {
+        self.open_milli.iter().sum()
+    }
+    /// GPU milli of model `m` on nodes open to placements.
+    pub fn model_open_gpu_milli(&self, m: ModelId) -> u64 {
+        self.open_milli.get(m.0 as usize).copied().unwrap_or(0)
     }
     /// (capacity, free) GPU milli of model `m`.
     pub fn model_gpu_milli(&self, m: ModelId) -> (u64, u64) {

@@ -73,10 +73,19 @@ impl Scheduler {
 
     /// Stop running job `j` at `now` and put it back in the queue.
     pub(super) fn preempt(&mut self, j: JobId, now: Time) {
+        self.stop_and_queue(j, now, false);
+    }
+
+    /// Stop running job `j` and queue it again, keeping its work up to its
+    /// last checkpoint. A preemption (`crashed` false) with no checkpoint
+    /// interval suspends it exactly; a crash (its node lost) with none
+    /// loses all its work: it starts over, as a retried job does.
+    pub(super) fn stop_and_queue(&mut self, j: JobId, now: Time, crashed: bool) {
         let e = &self.jobs[j.0 as usize];
         let run = now.saturating_sub(e.started);
         let done = e.progress + run;
         let kept = match done.checked_div(self.opts.checkpoint_ms) {
+            None if crashed => 0,
             None => done,
             Some(k) => (k * self.opts.checkpoint_ms).max(e.progress),
         };

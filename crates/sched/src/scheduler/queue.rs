@@ -203,8 +203,14 @@ impl Scheduler {
         let x = &self.tenants[t];
         let mut s = 0.0f64;
         for m in 0..self.n_models {
-            if self.capacity_milli[m] > 0 {
-                s = s.max(x.used[m] as f64 / self.capacity_milli[m] as f64);
+            // Against the open capacity (a drained or lost node's GPUs are
+            // nobody's share); all of it when every node of the model is closed.
+            let cap = match self.open_milli[m] {
+                0 => self.capacity_milli[m],
+                c => c,
+            };
+            if cap > 0 {
+                s = s.max(x.used[m] as f64 / cap as f64);
             }
         }
         s / x.quota.weight

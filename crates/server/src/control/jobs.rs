@@ -272,7 +272,7 @@ impl Core {
         self.stop_tasks(e.job, "another task of the gang failed", now, w);
         let detail = format!("task {} {reason}", e.task);
         if run <= retries && !e.timeout {
-            self.sched.requeue(handle, now as u64);
+            let _lost = self.sched.requeue(handle, now as u64);
             transition(
                 w,
                 (e.job, run),

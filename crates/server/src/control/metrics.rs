@@ -87,7 +87,7 @@ impl Metrics {
         );
         reg.register(
             "suanli_gpus_capacity",
-            "GPUs in registered nodes, by model",
+            "GPUs open to placements (on ready nodes), by model",
             self.gpus_capacity.clone(),
         );
         reg.register(
@@ -138,9 +138,11 @@ impl Metrics {
             let model = ModelLabel {
                 model: core.models.name(id).to_string(),
             };
+            // Capacity open to placements: drained, lost, removed and
+            // retired nodes' GPUs are not offered.
             self.gpus_capacity
                 .get_or_create(&model)
-                .set(cap as f64 / 1000.0);
+                .set(core.sched.model_open_gpu_milli(id) as f64 / 1000.0);
             self.gpus_allocated
                 .get_or_create(&model)
                 .set((cap - free) as f64 / 1000.0);

@@ -11,6 +11,8 @@
 //! memory_gib = 1024
 //! nodes_per_rack = 8      # racks a100-r0, a100-r1, ... (or: rack = "r1")
 //! zone = "z1"
+//! mtbf_h = 2000           # optional failure model: mean hours between
+//! mttr_h = 4              #   failures of each node, mean hours to repair
 //!
 //! [[tenant]]
 //! name = "acme"
@@ -40,6 +42,16 @@ pub struct Cluster {
     pub zones: Vec<String>,
     /// Tenants named in the file, in file order (their ids are 0..).
     pub tenants: Vec<TenantDef>,
+    /// Each node's failure model, if its group has one.
+    pub failures: Vec<Option<Failure>>,
+}
+
+/// A node group's failure model: time to failure and time to repair are
+/// exponential with these means (ms).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Failure {
+    pub mtbf_ms: f64,
+    pub mttr_ms: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +84,7 @@ impl Cluster {
                 rack_names: vec![String::new()],
                 zones: vec![String::new(); n],
                 tenants: Vec::new(),
+                failures: vec![None; n],
             });
         }
         let text = std::fs::read_to_string(path)
@@ -91,6 +104,7 @@ impl Cluster {
         let mut rack_names: Vec<String> = Vec::new();
         let mut rack_ids: HashMap<String, u32> = HashMap::new();
         let mut zones = Vec::new();
+        let mut failures = Vec::new();
         let mut seen = HashMap::new();
         for (gi, g) in file.group.iter().enumerate() {
             let at = format!("group {} ({:?})", gi + 1, g.name);
@@ -129,6 +143,19 @@ impl Cluster {
             if g.nodes_per_rack == Some(0) {
                 return Err(format!("{at}: nodes_per_rack must be at least 1"));
             }
+            let failure = match (g.mtbf_h, g.mttr_h) {
+                (None, None) => None,
+                (Some(b), Some(r)) if b.is_finite() && b > 0.0 && r.is_finite() && r > 0.0 => {
+                    Some(Failure {
+                        mtbf_ms: b * 3_600_000.0,
+                        mttr_ms: r * 3_600_000.0,
+                    })
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!("{at}: mtbf_h and mttr_h must be positive hours"))
+                }
+                _ => return Err(format!("{at}: give both mtbf_h and mttr_h, or neither")),
+            };
             for i in 0..g.count {
                 let rack = match (&g.rack, g.nodes_per_rack) {
                     (Some(r), _) => r.clone(),
@@ -142,6 +169,7 @@ impl Cluster {
                 });
                 racks.push(rid);
                 zones.push(g.zone.clone().unwrap_or_default());
+                failures.push(failure);
                 nodes.push(NodeSpec {
                     name: format!("{}-{i}", g.name),
                     cpu_milli: (g.cpu_cores * 1000.0).round() as u64,
@@ -218,6 +246,7 @@ impl Cluster {
             rack_names,
             zones,
             tenants,
+            failures,
         })
     }
 }
@@ -245,6 +274,8 @@ struct Group {
     rack: Option<String>,
     nodes_per_rack: Option<u32>,
     zone: Option<String>,
+    mtbf_h: Option<f64>,
+    mttr_h: Option<f64>,
 }
 
 #[derive(Deserialize)]

@@ -14,12 +14,13 @@ use std::collections::BinaryHeap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use suanli_core::{Ledger, MILLI_PER_GPU};
+use suanli_core::{Ledger, NodeId, MILLI_PER_GPU};
 use suanli_sched::{
     parse_queue_policy, registry::make_policy_with, Class, Decision, JobId, JobSpec, Placement,
     SchedOptions, Scheduler, TenantQuota, Time, Workload as Typical,
 };
 
+use super::churn::{exponential, NodeChange, NodeEvent};
 use super::cluster::Cluster;
 use super::workload::Workload;
 
@@ -45,6 +46,9 @@ pub struct SimParams {
     /// The placement policy's target workload: learned from arrivals (the
     /// default, as in the live pool) or the trace's typical workload.
     pub target: suanli_sched::Target,
+    /// Node changes to replay (a cluster-events file), sorted by time; the
+    /// cluster's failure model adds its own.
+    pub node_events: Vec<NodeEvent>,
 }
 
 impl SimParams {
@@ -58,6 +62,7 @@ impl SimParams {
             check_ledger: false,
             memo: true,
             target: suanli_sched::Target::default(),
+            node_events: Vec::new(),
         }
     }
 }
@@ -82,6 +87,20 @@ pub enum SimEvent<'a> {
     Complete {
         job: usize,
         at: Time,
+    },
+    /// The job's node went down: it was stopped and queued again, losing
+    /// `lost_ms` of work (since its last checkpoint).
+    Interrupt {
+        job: usize,
+        at: Time,
+        lost_ms: Time,
+        node: usize,
+    },
+    /// A node changed state.
+    Node {
+        node: usize,
+        at: Time,
+        change: NodeChange,
     },
 }
 
@@ -135,6 +154,14 @@ pub struct SimResult {
     pub gpu_hours_allocated: f64,
     pub preemptions: u64,
     pub lost_gpu_hours: f64,
+    /// Node failures (down events) during the run.
+    pub node_failures: u64,
+    /// Jobs stopped by a failing node (and queued again).
+    pub interruptions: u64,
+    /// GPU-hours of work lost to node failures (part of `lost_gpu_hours`).
+    pub failure_lost_gpu_hours: f64,
+    /// GPU capacity of nodes up, averaged over the makespan (% of all).
+    pub availability_pct: f64,
     pub deadline_jobs: usize,
     pub deadline_met_pct: Option<f64>,
     pub jain_index: f64,
@@ -156,6 +183,10 @@ pub struct SimResult {
 }
 
 const NONE: Time = Time::MAX;
+
+/// A queued node change: (time, order, node, change, drawn by the failure
+/// model).
+type Churn = (Time, u64, usize, NodeChange, bool);
 
 /// Accumulates time-weighted utilisation and queue length per bucket.
 struct Series {
@@ -293,15 +324,49 @@ pub fn simulate(
     let mut completed = 0usize;
     let tick = (n / 100).max(1);
     const WAKE: u32 = u32::MAX;
+    // Node churn: replayed changes and the failure model's, in one queue
+    // (time, order, node, change, drawn by the model).
+    let mut fail_rng = ChaCha8Rng::seed_from_u64(params.seed);
+    fail_rng.set_stream(7);
+    let mut churn: BinaryHeap<Reverse<Churn>> = BinaryHeap::new();
+    for e in &params.node_events {
+        if e.node >= cluster.nodes.len() {
+            return Err(format!(
+                "node event for node {} of {}",
+                e.node,
+                cluster.nodes.len()
+            ));
+        }
+        seq += 1;
+        churn.push(Reverse((e.at, seq, e.node, e.change, false)));
+    }
+    for (i, f) in cluster.failures.iter().enumerate() {
+        if let Some(f) = f {
+            seq += 1;
+            let at = exponential(&mut fail_rng, f.mtbf_ms);
+            churn.push(Reverse((at, seq, i, NodeChange::Down, true)));
+        }
+    }
+    let mut down = vec![false; cluster.nodes.len()];
+    let mut drained = vec![false; cluster.nodes.len()];
+    // GPU milli of nodes down, from each time on.
+    let mut down_milli = 0u64;
+    let mut down_since: Vec<(Time, u64)> = vec![(0, 0)];
+    let (mut node_failures, mut interruptions) = (0u64, 0u64);
+    let mut failure_lost_gpu_ms: u128 = 0;
 
     loop {
         let ta = wl.jobs.get(next_arrival).map(|j| j.submit);
         let th = heap.peek().map(|Reverse(e)| e.0);
-        let now = match (ta, th) {
-            (None, None) => break,
-            (Some(a), None) => a,
-            (None, Some(h)) => h,
-            (Some(a), Some(h)) => a.min(h),
+        // Node changes matter while work is left: with nothing to arrive,
+        // run or wake, they stop once nothing is pending either.
+        let tc = churn
+            .peek()
+            .map(|Reverse(e)| e.0)
+            .filter(|_| ta.is_some() || th.is_some() || sched.pending_len() > 0);
+        let now = match [ta, th, tc].into_iter().flatten().min() {
+            Some(t) => t,
+            None => break,
         };
         let alloc = sched.allocated_gpu_milli();
         alloc_integral += alloc as u128 * (now - last_t) as u128;
@@ -344,6 +409,68 @@ pub fn simulate(
             end[j] = now;
             completed += 1;
             observe(&SimEvent::Complete { job: j, at: now });
+        }
+        // Node changes due now.
+        while let Some(&Reverse((t, _, node, change, model))) = churn.peek() {
+            if t != now {
+                break;
+            }
+            churn.pop();
+            events += 1;
+            let gpus = cluster.nodes[node].gpus as u64 * MILLI_PER_GPU as u64;
+            match change {
+                NodeChange::Down if !down[node] => {
+                    down[node] = true;
+                    down_milli += gpus;
+                    node_failures += 1;
+                    // Every job with a task there stops and queues again.
+                    for id in sched.jobs_on(node as NodeId) {
+                        let j = slot_job[id.0 as usize] as usize;
+                        let gm = sched.spec(id).gpu_milli() as u128;
+                        tenant_gpu_ms[wl.jobs[j].tenant.0 as usize] +=
+                            gm * (now - run_start[j]) as u128;
+                        let lost = sched.requeue(id, now);
+                        lost_gpu_ms += gm * lost as u128;
+                        failure_lost_gpu_ms += gm * lost as u128;
+                        epoch[id.0 as usize] += 1;
+                        interruptions += 1;
+                        observe(&SimEvent::Interrupt {
+                            job: j,
+                            at: now,
+                            lost_ms: lost,
+                            node,
+                        });
+                    }
+                }
+                NodeChange::Up if down[node] => {
+                    down[node] = false;
+                    down_milli -= gpus;
+                }
+                NodeChange::Drain => drained[node] = true,
+                NodeChange::Undrain => drained[node] = false,
+                NodeChange::Down | NodeChange::Up => {}
+            }
+            if down_since.last().is_some_and(|d| d.1 != down_milli) {
+                down_since.push((now, down_milli));
+            }
+            sched.set_closed(node as NodeId, down[node] || drained[node]);
+            observe(&SimEvent::Node {
+                node,
+                at: now,
+                change,
+            });
+            if model {
+                // The model's next change of this node: repaired after its
+                // MTTR, failing again after its MTBF.
+                let f = cluster.failures[node].expect("a model event has a model");
+                let (next, mean) = match change {
+                    NodeChange::Down => (NodeChange::Up, f.mttr_ms),
+                    _ => (NodeChange::Down, f.mtbf_ms),
+                };
+                seq += 1;
+                let at = now + exponential(&mut fail_rng, mean);
+                churn.push(Reverse((at, seq, node, next, true)));
+            }
         }
         // Arrivals due now.
         while next_arrival < n && wl.jobs[next_arrival].submit == now {
@@ -434,8 +561,13 @@ pub fn simulate(
     }
     progress(n);
     if sched.pending_len() > 0 || sched.running_len() > 0 {
+        let why = if down.iter().any(|&d| d) || drained.iter().any(|&d| d) {
+            "nodes they need left down or drained by the cluster events?"
+        } else {
+            "a job that can never start?"
+        };
         return Err(format!(
-            "simulation ended with {} jobs pending and {} running (a job that can never start?)",
+            "simulation ended with {} jobs pending and {} running ({why})",
             sched.pending_len(),
             sched.running_len()
         ));
@@ -465,10 +597,28 @@ pub fn simulate(
         ));
     }
     let to_hours = |gm: u128| gm as f64 / MILLI_PER_GPU as f64 / 3_600_000.0;
-    let util = if makespan == 0 || capacity == 0 {
+    // GPU capacity of nodes up over [0, makespan]: utilisation is measured
+    // against what was there to use.
+    let mut down_integral: u128 = 0;
+    for (k, &(from, milli)) in down_since.iter().enumerate() {
+        let to = down_since
+            .get(k + 1)
+            .map_or(makespan, |d| d.0)
+            .min(makespan);
+        if to > from {
+            down_integral += milli as u128 * (to - from) as u128;
+        }
+    }
+    let up_integral = (capacity as u128 * makespan as u128).saturating_sub(down_integral);
+    let util = if up_integral == 0 {
         0.0
     } else {
-        100.0 * alloc_integral as f64 / (capacity as f64 * makespan as f64)
+        100.0 * alloc_integral as f64 / up_integral as f64
+    };
+    let availability = if makespan == 0 || capacity == 0 {
+        100.0
+    } else {
+        100.0 * up_integral as f64 / (capacity as f64 * makespan as f64)
     };
     let jct_s = |j: usize| (end[j] - wl.jobs[j].submit) as f64 / 1000.0;
     let wait_s = |j: usize| (first_start[j] - wl.jobs[j].submit) as f64 / 1000.0;
@@ -569,6 +719,10 @@ pub fn simulate(
         gpu_hours_allocated: to_hours(total_alloc),
         preemptions: total_preemptions,
         lost_gpu_hours: to_hours(lost_gpu_ms),
+        node_failures,
+        interruptions,
+        failure_lost_gpu_hours: to_hours(failure_lost_gpu_ms),
+        availability_pct: availability,
         deadline_jobs: with_deadline.len(),
         deadline_met_pct: (!with_deadline.is_empty())
             .then(|| 100.0 * met as f64 / with_deadline.len() as f64),

@@ -4,6 +4,7 @@
 //! `suanli_sched::scheduler`, money ([`money`]: the live pool's invoices and
 //! economics for a simulated schedule), and reports ([`report`]).
 
+pub mod churn;
 pub mod cluster;
 pub mod engine;
 pub mod gen;
@@ -11,6 +12,7 @@ pub mod money;
 pub mod report;
 pub mod workload;
 
+pub use churn::{NodeChange, NodeEvent};
 pub use cluster::Cluster;
 pub use engine::{simulate, SimEvent, SimParams, SimResult};
 pub use money::Meter;

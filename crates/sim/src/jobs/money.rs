@@ -47,7 +47,7 @@ impl<'a> Meter<'a> {
 
     pub fn observe(&mut self, ev: &SimEvent) {
         match *ev {
-            SimEvent::Arrive { .. } => {}
+            SimEvent::Arrive { .. } | SimEvent::Node { .. } => {}
             SimEvent::Start {
                 job,
                 at,
@@ -79,7 +79,9 @@ impl<'a> Meter<'a> {
                 }
                 self.open.insert(job, idx);
             }
-            SimEvent::Preempt { job, at, .. } | SimEvent::Complete { job, at } => {
+            SimEvent::Preempt { job, at, .. }
+            | SimEvent::Interrupt { job, at, .. }
+            | SimEvent::Complete { job, at } => {
                 for i in self.open.remove(&job).unwrap_or_default() {
                     self.usage[i].end = Some(self.t0 + at as Ms);
                 }
