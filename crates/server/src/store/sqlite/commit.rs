@@ -10,13 +10,20 @@ use rusqlite::{params, ToSql, Transaction};
 use crate::store::{JobState, Node, NodeState, StoreError, TaskState, Write};
 
 /// Apply `writes` in order within `tx`, except that runs of job inserts
-/// and of job starts become multi-row statements, and events (append-only,
-/// read by no other write) are inserted last, in their own order.
+/// and of job starts become multi-row statements, and events and audit
+/// entries (append-only, read by no other write) are inserted last, each
+/// kind in its own order, 64 rows a statement.
 pub(super) fn apply(tx: &Transaction<'_>, writes: &[Write]) -> Result<(), StoreError> {
     let mut events: Vec<&Write> = Vec::new();
+    let mut audits: Vec<&Write> = Vec::new();
     let mut i = 0;
     while i < writes.len() {
         let w = &writes[i];
+        if let Write::Audit { .. } = w {
+            audits.push(w);
+            i += 1;
+            continue;
+        }
         if !matches!(
             w,
             Write::Event { .. }
@@ -35,6 +42,7 @@ pub(super) fn apply(tx: &Transaction<'_>, writes: &[Write]) -> Result<(), StoreE
         while i < writes.len() {
             match &writes[i] {
                 e @ Write::Event { .. } => events.push(e),
+                a @ Write::Audit { .. } => audits.push(a),
                 x if std::mem::discriminant(x) == kind && jobs.insert(job_of(x)) => run.push(x),
                 _ => break,
             }
@@ -47,7 +55,31 @@ pub(super) fn apply(tx: &Transaction<'_>, writes: &[Write]) -> Result<(), StoreE
             _ => {}
         }
     }
-    insert_events(tx, &events)
+    insert_events(tx, &events)?;
+    insert_audits(tx, &audits)
+}
+
+fn insert_audits(tx: &Transaction<'_>, audits: &[&Write]) -> Result<(), StoreError> {
+    let rows: Vec<[&dyn ToSql; 5]> = audits
+        .iter()
+        .map(|w| match w {
+            Write::Audit {
+                at,
+                actor,
+                action,
+                target,
+                detail,
+            } => [at as &dyn ToSql, actor, action, target, detail],
+            _ => unreachable!("audit entries"),
+        })
+        .collect();
+    many(
+        tx,
+        "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES ",
+        "(?, ?, ?, ?, ?)",
+        "",
+        &rows,
+    )
 }
 
 fn job_of(w: &Write) -> i64 {
@@ -315,18 +347,7 @@ fn apply_one(tx: &Transaction<'_>, w: &Write) -> Result<(), StoreError> {
                 )?
                 .execute(params![node])?;
             }
-            Write::Audit {
-                at,
-                actor,
-                action,
-                target,
-                detail,
-            } => {
-                tx.prepare_cached(
-                    "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                )?
-                .execute(params![at, actor, action, target, detail])?;
-            }
+            Write::Audit { .. } => unreachable!("batched by apply"),
         }
     }
     Ok(())
