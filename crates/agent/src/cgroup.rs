@@ -309,6 +309,20 @@ impl TaskGroup {
         }
     }
 
+    /// SIGKILL every process still in the task's groups: what escaped its
+    /// process group (`setsid`, a double fork) dies with the task, not with
+    /// the job's last task, so it never keeps a GPU the server hands on.
+    pub fn kill_all(&self) {
+        for d in &self.dirs {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill with a pid read from the group; at worst the
+                // process is gone (ESRCH).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
     /// Whether the kernel killed a process of the task for its memory limit.
     pub fn memory_killed(&self) -> bool {
         let file = if self.v2 {

@@ -65,6 +65,8 @@ pub struct Gpu {
     pub memory_mib: u64,
     /// Its character device (`/dev/nvidiaN`), when it has one.
     pub device: Option<PathBuf>,
+    /// Declared (`fake:`), not discovered.
+    pub fake: bool,
 }
 
 /// A GPU model name as the server accepts it: `NVIDIA A100-SXM4-80GB` →
@@ -104,6 +106,7 @@ pub fn discover_gpus(spec: &GpuSpec) -> Result<Vec<Gpu>, String> {
                 model: model_name(model),
                 memory_mib: 81_920,
                 device: devices.as_ref().map(|p| PathBuf::from(format!("{p}{i}"))),
+                fake: true,
             })
             .collect()),
         GpuSpec::Auto => {
@@ -134,6 +137,7 @@ pub fn discover_gpus(spec: &GpuSpec) -> Result<Vec<Gpu>, String> {
                     model: model_name(&name),
                     memory_mib: mem.total >> 20,
                     device,
+                    fake: false,
                 });
             }
             if let Some(g) = gpus.iter().find(|g| g.model != gpus[0].model) {

@@ -252,11 +252,12 @@ impl Agent {
         self.stale_groups.retain(|g| !g.remove());
         for t in self.tasks.values_mut() {
             if !t.running() {
+                if let Some(g) = t.group.take() {
+                    g.kill_all();
+                    self.stale_groups.push(g);
+                }
                 if let Some(uid) = t.uid.take() {
                     self.sandbox.release_uid(uid);
-                }
-                if let Some(g) = t.group.take() {
-                    self.stale_groups.push(g);
                 }
             }
         }
@@ -377,6 +378,8 @@ impl Agent {
             .filter(|t| !t.running() && t.reported && t.logs_pushed())
             .map(|t| t.key)
             .collect();
+        // Their ids, groups and job /dev/shm are handed back first.
+        self.release_ended();
         for k in acked {
             self.tasks.remove(&k);
         }
@@ -448,17 +451,34 @@ pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
 fn gpu_devices(
     gpus: &[Gpu],
     cgroups: Option<&cgroup::Cgroups>,
+    strict: bool,
 ) -> Result<Vec<(u32, devices::DevNo)>, String> {
     let mut out = Vec::new();
     for g in gpus {
-        let Some(path) = &g.device else { continue };
+        let Some(path) = &g.device else {
+            if strict && !g.fake {
+                return Err(format!(
+                    "GPU {}: its device file is unknown (NVML gave no minor number), so tasks \
+                     could not be kept from it (--sandbox full)",
+                    g.index
+                ));
+            }
+            continue;
+        };
         match devices::char_device(path) {
             Ok(d) => out.push((g.index, d)),
-            Err(e) if path.starts_with("/dev/nvidia") => {
+            Err(e) if path.starts_with("/dev/nvidia") && !strict => {
                 log(&format!("WARNING: GPU {}: {e}", g.index))
             }
             Err(e) => return Err(format!("GPU {}: {e}", g.index)),
         }
+    }
+    if strict && !out.is_empty() && !cgroups.is_some_and(|c| c.devices()) {
+        return Err(
+            "--sandbox full: no cgroup devices controller (v1) or device filter (v2) to keep \
+             tasks from other GPUs' device files"
+                .to_string(),
+        );
     }
     if !out.is_empty() && !cgroups.is_some_and(|c| c.devices()) {
         log(
@@ -510,7 +530,15 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     if let Some(c) = &cgroups {
         c.sweep();
     }
-    let gpu_devices = gpu_devices(&cfg.gpus, cgroups.as_ref())?;
+    let strict = cfg.sandbox == "full";
+    if strict && cgroups.is_none() {
+        return Err(
+            "--sandbox full: tasks would run without CPU, memory and device limits (no usable \
+             cgroups; see the warning above): fix the cgroups or use --sandbox auto"
+                .to_string(),
+        );
+    }
+    let gpu_devices = gpu_devices(&cfg.gpus, cgroups.as_ref(), strict)?;
     let mut a = Agent {
         cgroups,
         gpu_devices,
@@ -709,7 +737,7 @@ mod tests {
             master_addr: "10.0.0.5".into(),
         };
         std::env::set_var("SUANLI_AGENT_TEST_SECRET", "x");
-        let e = task::environment(&a, std::path::Path::new("/w/task-1"));
+        let e = task::environment(&a, std::path::Path::new("/w/task-1"), false);
         assert_eq!(e["HOME"], "/w/task-1");
         assert_eq!(e["PATH"], sandbox::TASK_PATH);
         assert!(
@@ -717,6 +745,13 @@ mod tests {
             "nothing of the agent's environment"
         );
         assert_eq!(e["CUDA_VISIBLE_DEVICES"], "2,3");
+        assert_eq!(e["SUANLI_GPUS"], "2,3");
+        // With the other GPUs' device files closed to it, CUDA sees two
+        // devices, numbered from 0.
+        let f = task::environment(&a, std::path::Path::new("/w/task-1"), true);
+        assert_eq!(f["CUDA_VISIBLE_DEVICES"], "0,1");
+        assert_eq!(f["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+        assert_eq!(f["SUANLI_GPUS"], "2,3");
         assert_eq!(e["RANK"], "1", "Suanli's variables win over the job's");
         assert_eq!(e["WORLD_SIZE"], "2");
         assert_eq!(e["MASTER_ADDR"], "10.0.0.5");

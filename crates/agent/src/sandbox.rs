@@ -53,6 +53,9 @@ pub struct Sandbox {
     in_use: BTreeMap<u32, Held>,
     /// The id of each job attempt (job, run) running here.
     by_job: HashMap<(i64, i64), u32>,
+    /// Where the search for a free id starts: ids are handed out in turn,
+    /// not lowest first, so an id is reused as late as possible.
+    cursor: u32,
     /// Mount `/proc` with `hidepid=2` (kernels from 5.8 keep such options
     /// per mount; older ones would apply them to the whole node).
     hidepid: bool,
@@ -68,6 +71,10 @@ struct Held {
     tasks: usize,
     /// The job's `/dev/shm` (a tmpfs mounted here), once made.
     shm: Option<PathBuf>,
+    /// Task directories made for the job (its own): handed to root when
+    /// the id is released, so a later job under the same id cannot read
+    /// what this one left there.
+    dirs: Vec<PathBuf>,
 }
 
 /// Where task user ids are locked (`uid-N.lock`, `flock`ed while a task
@@ -75,15 +82,27 @@ struct Held {
 /// never hand out one id twice; a lock goes with the agent that held it.
 pub const LOCKS: &str = "/run/suanli-agent";
 
+/// [`LOCKS`], made root's alone (0700): a task may not open a lock (a
+/// read-only descriptor is enough to `flock` it and starve every agent of
+/// ids) nor list the jobs' `/dev/shm`s.
+fn locks_dir() -> io::Result<&'static Path> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(LOCKS)?;
+    std::fs::set_permissions(LOCKS, std::fs::Permissions::from_mode(0o700))?;
+    Ok(Path::new(LOCKS))
+}
+
 /// Lock id `uid` for this agent; `None` when another agent holds it.
 fn lock_uid(uid: u32) -> io::Result<Option<File>> {
     use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(LOCKS)?;
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(Path::new(LOCKS).join(format!("uid-{uid}.lock")))?;
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(locks_dir()?.join(format!("uid-{uid}.lock")))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         Ok(Some(f))
@@ -123,6 +142,7 @@ impl Sandbox {
             last: uids.1,
             in_use: BTreeMap::new(),
             by_job: HashMap::new(),
+            cursor: uids.0,
             hidepid: kernel_at_least(5, 8),
         };
         match want {
@@ -187,7 +207,9 @@ impl Sandbox {
             self.in_use.get_mut(&u).expect("held").tasks += 1;
             return Ok(Some(u));
         }
-        for u in self.first..=self.last {
+        let n = self.last - self.first + 1;
+        for k in 0..n {
+            let u = self.first + (self.cursor - self.first + k) % n;
             if self.in_use.contains_key(&u) {
                 continue;
             }
@@ -202,9 +224,11 @@ impl Sandbox {
                             job,
                             tasks: 1,
                             shm: Some(shm),
+                            dirs: Vec::new(),
                         },
                     );
                     self.by_job.insert(job, u);
+                    self.cursor = if u == self.last { self.first } else { u + 1 };
                     return Ok(Some(u));
                 }
                 Ok(None) => continue, // another agent's
@@ -232,6 +256,12 @@ impl Sandbox {
         kill_user(uid);
         if let Some(shm) = &h.shm {
             unmount_shm(shm);
+        }
+        for d in &h.dirs {
+            // Root's now (0700): nothing in it is reachable by the id.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::os::unix::fs::chown(d, Some(0), Some(0));
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
         }
         self.by_job.remove(&h.job);
         self.in_use.remove(&uid);
@@ -282,10 +312,14 @@ impl Sandbox {
 
     /// Make the task's directory its own (0700), and set up `c` to enter
     /// the sandbox as `uid` just before it executes.
-    pub fn own_dir(&self, dir: &Path, uid: u32) -> io::Result<()> {
+    pub fn own_dir(&mut self, dir: &Path, uid: u32) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(h) = self.in_use.get_mut(&uid) {
+            h.dirs.push(dir.to_path_buf());
+        }
+        Ok(())
     }
 
     /// Set `c` up to enter the sandbox as `uid` (full mode) right before it
@@ -304,6 +338,8 @@ impl Sandbox {
         let tmp_opts = CString::new("mode=1777").expect("no NUL");
         let shm = CString::new("/dev/shm").expect("no NUL");
         let has_shm = Path::new("/dev/shm").is_dir();
+        let var_tmp = CString::new("/var/tmp").expect("no NUL");
+        let has_var_tmp = Path::new("/var/tmp").is_dir();
         // The job's own /dev/shm, bound in; a fresh tmpfs if it has none.
         let job_shm = self
             .in_use
@@ -323,7 +359,9 @@ impl Sandbox {
                         Err(io::Error::last_os_error())
                     }
                 };
-                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // Its own mounts, and its own System V IPC and POSIX
+                // message queues (no object of another job's is reachable).
+                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
                 check(libc::mount(
                     std::ptr::null(),
                     root.as_ptr(),
@@ -345,6 +383,15 @@ impl Sandbox {
                     libc::MS_NOSUID | libc::MS_NODEV,
                     tmp_opts.as_ptr().cast(),
                 ))?;
+                if has_var_tmp {
+                    check(libc::mount(
+                        tmpfs.as_ptr(),
+                        var_tmp.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        tmp_opts.as_ptr().cast(),
+                    ))?;
+                }
                 match (&job_shm, has_shm) {
                     (Some(src), true) => check(libc::mount(
                         src.as_ptr(),
@@ -473,6 +520,7 @@ mod tests {
             last: 300_001,
             in_use: BTreeMap::new(),
             by_job: HashMap::new(),
+            cursor: 300_000,
             hidepid: true,
         };
         if unsafe { libc::geteuid() } != 0 {
@@ -484,8 +532,13 @@ mod tests {
         assert!(s.take_uid((3, 1)).is_err(), "the pool is exhausted");
         // A second task of job 1 shares its id (and its /dev/shm).
         assert_eq!(s.take_uid((1, 1)), Ok(Some(a)));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("task-0");
+        std::fs::create_dir(&dir).unwrap();
+        s.own_dir(&dir, a).unwrap();
         let shm = Path::new(LOCKS).join("shm").join(format!("uid-{a}"));
         use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), a);
         let m = std::fs::metadata(&shm).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (a, 0o700));
         s.release_uid(a);
@@ -508,6 +561,14 @@ mod tests {
             !shm.exists(),
             "the job's /dev/shm is gone with its last task"
         );
+        let m = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (0, 0o700),
+            "the job's directory is root's now"
+        );
+        let locks = std::fs::metadata(LOCKS).unwrap();
+        assert_eq!(locks.mode() & 0o777, 0o700, "tasks cannot reach the locks");
         assert_eq!(s.take_uid((4, 1)), Ok(Some(a)));
         s.release_uid(a);
         s.release_uid(b);

@@ -57,24 +57,32 @@ pub fn master_port(job: i64, run: i64) -> u16 {
 
 /// The environment of a task, and all of it (nothing of the agent's): a
 /// fixed `PATH`, `HOME` = `home`, the job's own variables, then Suanli's
-/// (which win).
-pub fn environment(a: &Assignment, home: &Path) -> BTreeMap<String, String> {
+/// (which win). `filtered`: the task can open only its own GPUs' device
+/// files, so CUDA sees just those and numbers them from 0 (in PCI bus
+/// order, the node's order): `CUDA_VISIBLE_DEVICES` is then `0..n`, as
+/// Slurm sets it under `ConstrainDevices`; `SUANLI_GPUS` always names the
+/// node's indices.
+pub fn environment(a: &Assignment, home: &Path, filtered: bool) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), TASK_PATH.to_string());
     env.insert("HOME".to_string(), home.display().to_string());
     env.insert("LANG".to_string(), "C.UTF-8".to_string());
     env.extend(a.env.clone());
-    let devices = a
-        .gpus
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let join = |ids: &mut dyn Iterator<Item = u32>| {
+        ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let node_ids = join(&mut a.gpus.iter().copied());
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
     };
-    set("CUDA_VISIBLE_DEVICES", devices.clone());
-    set("ASCEND_RT_VISIBLE_DEVICES", devices);
+    if filtered {
+        set("CUDA_VISIBLE_DEVICES", join(&mut (0..a.gpus.len() as u32)));
+        set("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string());
+    } else {
+        set("CUDA_VISIBLE_DEVICES", node_ids.clone());
+    }
+    set("SUANLI_GPUS", node_ids.clone());
+    set("ASCEND_RT_VISIBLE_DEVICES", node_ids);
     set("SUANLI_JOB_ID", a.job.to_string());
     set("SUANLI_RUN", a.run.to_string());
     set("SUANLI_TASK_INDEX", a.task.to_string());
@@ -196,11 +204,19 @@ impl Task {
             failed(&mut t, "empty command".to_string());
             return t;
         };
+        // Every GPU of the node but the task's own, kept from it by its
+        // cgroup where the agent has a devices controller.
+        let deny: Vec<DevNo> = gpu_devices
+            .iter()
+            .filter(|(i, _)| !a.gpus.contains(i))
+            .map(|(_, d)| *d)
+            .collect();
+        let filtered = cgroups.is_some_and(Cgroups::devices) && !deny.is_empty();
         let mut c = Command::new(prog);
         c.args(args)
             .current_dir(&cwd)
             .env_clear()
-            .envs(environment(a, &cwd))
+            .envs(environment(a, &cwd, filtered))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -209,12 +225,7 @@ impl Task {
             let limits = Limits {
                 memory_mib: a.memory_mib.max(0) as u64,
                 cpu_milli: a.cpu_milli.max(0) as u64,
-                // Every GPU of the node but the task's own.
-                deny: gpu_devices
-                    .iter()
-                    .filter(|(i, _)| !a.gpus.contains(i))
-                    .map(|(_, d)| *d)
-                    .collect(),
+                deny,
             };
             // Unique on the machine: agents sharing it may run the same
             // (job, run, task) of different servers.

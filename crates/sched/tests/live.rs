@@ -356,3 +356,34 @@ fn bounded_passes_start_what_one_pass_starts() {
         one.len()
     );
 }
+
+#[test]
+fn closed_nodes_leave_the_open_capacity_and_retired_ones_the_pool() {
+    let mut s = empty(QueuePolicy::Fifo);
+    let a = s.add_node(node("a", 8, 0), 0);
+    let h = s.add_node(node("h", 8, 1), 0);
+    assert_eq!(s.open_capacity_gpu_milli(), 16_000);
+    // Drained (or lost): not open, still capacity, still admissible.
+    s.set_closed(h, true);
+    assert_eq!(s.open_capacity_gpu_milli(), 8_000);
+    assert_eq!(s.model_open_gpu_milli(ModelId(1)), 0);
+    let on_h = JobSpec {
+        req: Request::new(1000, 1024, 8, 1000, ModelSet::single(ModelId(1))).unwrap(),
+        ..job(0, 1, 8, Class::OnDemand)
+    };
+    assert_eq!(s.admissible(&on_h), Ok(()), "h may come back");
+    s.set_closed(h, false);
+    assert_eq!(s.open_capacity_gpu_milli(), 16_000);
+    // Retired (removed, or replaced by another inventory): gone for good.
+    s.retire_node(h);
+    assert_eq!(s.capacity_gpu_milli(), 8_000);
+    assert_eq!(s.open_capacity_gpu_milli(), 8_000);
+    assert!(s.admissible(&on_h).is_err(), "no node of model 1 is left");
+    assert_eq!(s.check_indexes(), Ok(()));
+    // The rest of the pool works on.
+    s.submit(job(0, 1, 8, Class::OnDemand));
+    s.schedule(1);
+    assert_eq!(starts(&s)[0].1[0].node, a);
+    assert_eq!(s.allocated_gpu_milli(), 8_000);
+    assert_eq!(s.check_indexes(), Ok(()));
+}

@@ -518,6 +518,93 @@ async fn a_node_is_removed_only_when_empty_and_its_credential_goes_with_it() {
 }
 
 #[tokio::test]
+async fn a_gang_with_a_finished_task_survives_a_restart_and_holds_its_nodes() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    p.register("n2", 8).await;
+    let g = p.submit(job(8, 2)).await;
+    let o1 = p.hb("n1", &[], &[]).await;
+    let o2 = p.hb("n2", &[], &[]).await;
+    assert_eq!(starts(&o1).len() + starts(&o2).len(), 2);
+    p.hb("n1", &[(g, 1, 0)], &[]).await;
+    p.hb("n2", &[(g, 1, 1)], &[]).await;
+    // Task 0 (on n1) is done; task 1 runs on.
+    let (done, other) = if starts(&o1) == vec![(g, 1, 0)] {
+        ("n1", "n2")
+    } else {
+        ("n2", "n1")
+    };
+    let (t_done, t_other) = if done == "n1" { (0, 1) } else { (1, 0) };
+    p.hb(done, &[], &[((g, 1, t_done), 0)]).await;
+    assert_eq!(p.state(g).await, "RUNNING");
+    // The gang still holds its devices there: the node is not removed.
+    let Answer::Removed(r) = p
+        .one(Command::RemoveNode {
+            node: done.to_string(),
+            actor: "test".to_string(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert!(r.is_err(), "{r:?}");
+    // A restart rebuilds it (the finished task's devices included).
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    p.core = Core::recover(snap, &p.cfg, p.now).unwrap();
+    p.core.scheduler().check_indexes().unwrap();
+    assert_eq!(p.core.scheduler().allocated_gpu_milli(), 16_000);
+    p.hb(other, &[], &[((g, 1, t_other), 0)]).await;
+    assert_eq!(p.state(g).await, "COMPLETED");
+    assert_eq!(p.core.scheduler().allocated_gpu_milli(), 0);
+}
+
+#[tokio::test]
+async fn a_restart_after_a_models_last_node_was_removed_keeps_its_jobs_pending() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    // h1: the pool's only node of a second model.
+    let reg = Registration {
+        name: "h1".to_string(),
+        addr: "h1.local".to_string(),
+        gpu_model: Some("H800".to_string()),
+        gpus: 8,
+        gpu_memory_mib: 81920,
+        cpu_milli: 64_000,
+        memory_mib: 256 * 1024,
+        labels: BTreeMap::new(),
+    };
+    assert!(matches!(
+        p.one(Command::Register(reg)).await,
+        Answer::Registered(Ok(_))
+    ));
+    let on_h800 = || NewJob {
+        gpu_models: vec!["H800".to_string()],
+        ..job(8, 1)
+    };
+    // Drained, h1 takes no work: a job for it waits.
+    p.drain("h1", true).await;
+    let waiting = p.submit(on_h800()).await;
+    assert_eq!(p.state(waiting).await, "PENDING");
+    let Answer::Removed(r) = p
+        .one(Command::RemoveNode {
+            node: "h1".to_string(),
+            actor: "test".to_string(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    r.unwrap();
+    // The restart knows H800 from the job alone: the job keeps waiting.
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    p.core = Core::recover(snap, &p.cfg, p.now).unwrap();
+    p.core.scheduler().check_indexes().unwrap();
+    p.step(Vec::new()).await;
+    assert_eq!(p.state(waiting).await, "PENDING");
+    assert_eq!(p.core.scheduler().capacity_gpu_milli(), 8_000);
+}
+
+#[tokio::test]
 async fn a_down_node_gives_up_its_unconfirmed_stops_when_removed() {
     let mut p = Pool::new(LoopConfig::default()).await;
     p.register("n1", 8).await;

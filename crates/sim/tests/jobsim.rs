@@ -749,6 +749,23 @@ fn a_failure_model_fails_and_repairs_nodes_deterministically() {
         (a.node_failures, a.interruptions, a.jct_mean_s),
         (b.node_failures, b.interruptions, b.jct_mean_s)
     );
+    // A job whose only node is drained for good by the events, with the
+    // failure model cycling the other nodes: the run ends with an error
+    // instead of following the model for ever.
+    let cl2 = cluster(
+        "[[group]]\nname='n'\ncount=2\ngpu_model='A100'\ngpus=8\ncpu_cores=64\nmemory_gib=512\nmtbf_h=2\nmttr_h=0.5\n\
+         [[group]]\nname='t'\ncount=1\ngpu_model='T4'\ngpus=2\ncpu_cores=8\nmemory_gib=64\n",
+    );
+    let mut one = workload(&[j(10, 60, 1, 2)], 1);
+    let t4 = ModelSet::single(cl2.models.get("T4").unwrap());
+    one.jobs[0].req = Request::new(0, 0, 2, 1000, t4).unwrap();
+    p.node_events = vec![NodeEvent {
+        at: 0,
+        node: 2,
+        change: NodeChange::Drain,
+    }];
+    let e = simulate(&cl2, &one, &p, &mut |_| {}, &mut |_| {}).unwrap_err();
+    assert!(e.contains("left down or drained"), "{e}");
     assert!(Cluster::parse(
         "[[group]]\nname='n'\ncount=1\ngpus=0\ncpu_cores=1\nmemory_gib=1\nmtbf_h=2\n"
     )

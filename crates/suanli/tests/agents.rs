@@ -341,7 +341,8 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
         ls ../../../../jobs/ >/dev/null 2>&1 && echo listing=yes || echo listing=no
         echo mine > /tmp/left-by-attacker
         echo mine > /dev/shm/left-by-attacker
-        echo "mine=$CUDA_VISIBLE_DEVICES"
+        echo "mine=$SUANLI_GPUS"
+        echo "cuda=$CUDA_VISIBLE_DEVICES"
         for i in 0 1 2 3; do
             ( : < DEVS/nvidia$i ) 2>&1 | grep -q 'not permitted' && echo "gpu$i=denied" || echo "gpu$i=opened"
         done
@@ -371,6 +372,7 @@ fn a_task_reaches_neither_the_agent_nor_another_task() {
     assert_eq!(field("listing"), "no", "{out}");
     // Its own GPU's device file only (the victim holds another).
     let mine: u32 = field("mine").parse().unwrap();
+    assert_eq!(field("cuda"), "0", "CUDA sees its one GPU as device 0");
     for i in 0..4 {
         let want = if i == mine { "opened" } else { "denied" };
         assert_eq!(field(&format!("gpu{i}")), want, "GPU {i}: {out}");

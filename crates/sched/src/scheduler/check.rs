@@ -26,9 +26,18 @@ impl Scheduler {
             if spec.gpus == 0 {
                 continue;
             }
+            let retired = self.retired[node as usize];
+            if retired && (!st.is_closed() || st.total_gpu_left() as u64 != spec.gpus as u64 * 1000)
+            {
+                return Err(format!(
+                    "retired node {node} is open or holds an allocation"
+                ));
+            }
             let (full, key) = self.node_index(node);
             if let Some(m) = spec.model {
-                free[m.0 as usize] += st.total_gpu_left() as u64;
+                if !retired {
+                    free[m.0 as usize] += st.total_gpu_left() as u64;
+                }
                 if !st.is_closed() {
                     open[m.0 as usize] += spec.gpus as u64 * suanli_core::MILLI_PER_GPU as u64;
                 }

@@ -71,6 +71,7 @@ impl Scheduler {
         self.node_full.push(0);
         self.all_nodes.push(id);
         self.node_jobs.push(Vec::new());
+        self.retired.push(false);
         if let Some(m) = model {
             let milli = gpus as u64 * MILLI_PER_GPU as u64;
             self.capacity_milli[m.0 as usize] += milli;
@@ -100,6 +101,27 @@ impl Scheduler {
             .set_closed(node, closed)
             .expect("set_closed of a known node");
         self.note_node(node);
+    }
+
+    /// Take a node out of the pool for good (removed, or replaced by a node
+    /// of another inventory): closed, its GPUs no longer capacity, and no
+    /// job admitted on its account. It must run nothing.
+    pub fn retire_node(&mut self, node: NodeId) {
+        assert!(
+            self.node_jobs[node as usize].is_empty(),
+            "a node retired while running jobs"
+        );
+        self.set_closed(node, true);
+        if std::mem::replace(&mut self.retired[node as usize], true) {
+            return;
+        }
+        let (spec, _) = self.ledger.node(node).expect("a known node");
+        if let Some(m) = spec.model {
+            let milli = spec.gpus as u64 * MILLI_PER_GPU as u64;
+            self.capacity_milli[m.0 as usize] -= milli;
+            self.free_milli[m.0 as usize] -= milli;
+        }
+        self.admit_cache.clear();
     }
 
     /// Running jobs with a task on `node`.

@@ -162,6 +162,9 @@ pub struct Scheduler {
     /// GPU milli of each model on nodes open to placements (not drained,
     /// not lost): the capacity DRF shares and reported capacity follow.
     open_milli: Vec<u64>,
+    /// Nodes out of the pool for good (removed, or replaced by a node of
+    /// another inventory): closed, not capacity, never admitted for.
+    retired: Vec<bool>,
     free_milli: Vec<u64>,
     /// Nodes in use with at least one GPU milli free, by id.
     open: BTreeSet<NodeId>,
@@ -280,6 +283,7 @@ impl Scheduler {
         let mut sched = Scheduler {
             free_milli: capacity_milli.clone(),
             open_milli: capacity_milli.clone(),
+            retired: vec![false; n_nodes],
             capacity_milli,
             ledger,
             racks,
@@ -431,8 +435,15 @@ impl Scheduler {
 
     fn admissible_uncached(&self, spec: &JobSpec) -> Result<(), String> {
         let req = &spec.req;
-        let specs = self.ledger.specs();
-        let fits_empty = |s: &NodeSpec| NodeState::empty(s).fits(s, req);
+        let specs: Vec<&NodeSpec> = self
+            .ledger
+            .specs()
+            .iter()
+            .zip(&self.retired)
+            .filter(|(_, &r)| !r)
+            .map(|(s, _)| s)
+            .collect();
+        let fits_empty = |s: &&NodeSpec| NodeState::empty(s).fits(s, req);
         if !specs.iter().any(fits_empty) {
             return Err(format!("no node can hold one task ({req})"));
         }

@@ -51,7 +51,10 @@ impl Core {
                 }
                 self.nodes.get_mut(&id).expect("node").node = node.clone();
             } else {
-                let busy = self.on_node.get(&id).is_some_and(|t| !t.is_empty());
+                // Live tasks, or a gang's task that ended while its siblings
+                // run (the gang holds its devices until it completes).
+                let busy = self.on_node.get(&id).is_some_and(|t| !t.is_empty())
+                    || !self.sched.jobs_on(self.nodes[&id].handle).is_empty();
                 if busy {
                     return Err(Refusal::Conflict(format!(
                         "node {} has running tasks; its inventory cannot change until they end",
@@ -61,9 +64,9 @@ impl Core {
                 if let Some(r) = self.model_room(&node) {
                     return Err(r);
                 }
-                // Retire the old scheduler node (closed for good) and add
-                // one with the new inventory under the same id.
-                self.sched.set_closed(handle, true);
+                // Retire the old scheduler node (closed for good, no longer
+                // capacity) and add one with the new inventory, same id.
+                self.sched.retire_node(handle);
                 self.nodes.remove(&id);
                 self.add_node(node.clone())
                     .map_err(|detail| Refusal::Invalid {
@@ -168,7 +171,13 @@ impl Core {
         w: &mut Vec<Write>,
     ) -> Result<(), Refusal> {
         let id = *self.node_ids.get(name).ok_or(Refusal::NotFound)?;
-        let live = self.on_node.get(&id).map_or(0, |t| t.len());
+        // Live tasks here, or the allocation of a gang whose task here has
+        // ended while its siblings run elsewhere.
+        let live = self
+            .on_node
+            .get(&id)
+            .map_or(0, |t| t.len())
+            .max(self.sched.jobs_on(self.nodes[&id].handle).len());
         if live > 0 {
             return Err(Refusal::Conflict(format!(
                 "node {name} holds {live} live task(s): drain it and let them end (or cancel \
@@ -184,9 +193,10 @@ impl Core {
             )));
         }
         let n = self.nodes.remove(&id).expect("node");
-        // The scheduler's node stays, closed for good (handles are never
-        // reused); a registration under this name adds a new one.
-        self.sched.set_closed(n.handle, true);
+        // The scheduler's node stays, retired (handles are never reused;
+        // its GPUs leave the capacity); a registration under this name adds
+        // a new one.
+        self.sched.retire_node(n.handle);
         self.node_ids.remove(name);
         self.killing.remove(&id);
         self.on_node.remove(&id);

@@ -138,6 +138,17 @@ impl Core {
             c.add_node(n)
                 .map_err(|e| anyhow::anyhow!("recovery: node {name}: {e}"))?;
         }
+        // GPU models that jobs name but no node of the pool has now (their
+        // last node was removed): known again, with no capacity, so those
+        // jobs wait (pending) instead of failing the recovery.
+        for j in snap.running.iter().chain(&snap.pending).chain(&snap.recent) {
+            for name in &j.gpu_models {
+                if c.models.get(name).is_none() {
+                    c.intern(name)
+                        .map_err(|e| anyhow::anyhow!("recovery: job {}: {e}", j.id))?;
+                }
+            }
+        }
         let mut by_job: BTreeMap<i64, Vec<Task>> = BTreeMap::new();
         for t in snap.active_tasks {
             by_job.entry(t.job).or_default().push(t);
@@ -195,7 +206,7 @@ impl Core {
         let spec = self.spec_of(j).map_err(|r| anyhow::anyhow!("{r:?}"))?;
         if tasks.len() != j.tasks as usize {
             bail!(
-                "{} of its {} tasks hold resources (ASSIGNED or RUNNING)",
+                "{} of its {} tasks hold resources (ASSIGNED, RUNNING or EXITED 0)",
                 tasks.len(),
                 j.tasks
             );
@@ -213,10 +224,10 @@ impl Core {
                 node: n.handle,
                 gpus: GpuMask(t.gpus as u16),
             });
-            let st = if t.state == TaskState::Running {
-                TaskSt::Running
-            } else {
-                TaskSt::Assigned
+            let st = match t.state {
+                TaskState::Running => TaskSt::Running,
+                TaskState::Exited => TaskSt::Exited(0),
+                _ => TaskSt::Assigned,
             };
             live_tasks.push(LiveTask {
                 node: t.node,
@@ -234,10 +245,12 @@ impl Core {
         })?;
         self.track(j, h);
         for (i, t) in live_tasks.iter().enumerate() {
-            self.on_node
-                .entry(t.node)
-                .or_default()
-                .insert((j.id, i as i64));
+            if t.st != TaskSt::Exited(0) {
+                self.on_node
+                    .entry(t.node)
+                    .or_default()
+                    .insert((j.id, i as i64));
+            }
         }
         self.jobs.get_mut(&j.id).expect("tracked").tasks = live_tasks;
         Ok(())

@@ -145,8 +145,9 @@ pub trait Backend: Send + Sync {
     /// back.
     async fn removed_nodes(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
-    /// The tasks of RUNNING jobs' current attempts that hold resources
-    /// (ASSIGNED or RUNNING), by job id then task index.
+    /// The tasks of RUNNING jobs' current attempts that hold resources:
+    /// ASSIGNED or RUNNING, and EXITED with code 0 (a gang holds its
+    /// devices until every task has ended), by job id then task index.
     async fn active_tasks(&self) -> Result<Vec<Task>, StoreError>;
 
     /// Tasks whose devices an agent may still hold: those it was ordered to

@@ -329,7 +329,14 @@ pub fn simulate(
     let mut fail_rng = ChaCha8Rng::seed_from_u64(params.seed);
     fail_rng.set_stream(7);
     let mut churn: BinaryHeap<Reverse<Churn>> = BinaryHeap::new();
+    // Replayed changes still queued, and queued returns per node: what can
+    // still let a waiting job start once nothing else is left.
+    let mut file_left = params.node_events.len();
+    let mut up_queued = vec![0u32; cluster.nodes.len()];
     for e in &params.node_events {
+        if e.change == NodeChange::Up && e.node < up_queued.len() {
+            up_queued[e.node] += 1;
+        }
         if e.node >= cluster.nodes.len() {
             return Err(format!(
                 "node event for node {} of {}",
@@ -359,11 +366,15 @@ pub fn simulate(
         let ta = wl.jobs.get(next_arrival).map(|j| j.submit);
         let th = heap.peek().map(|Reverse(e)| e.0);
         // Node changes matter while work is left: with nothing to arrive,
-        // run or wake, they stop once nothing is pending either.
-        let tc = churn
-            .peek()
-            .map(|Reverse(e)| e.0)
-            .filter(|_| ta.is_some() || th.is_some() || sched.pending_len() > 0);
+        // run or wake, only while jobs wait and a change can still help
+        // them (a replayed change, or the return of a node that is down);
+        // otherwise the failure model would cycle for ever.
+        let tc = churn.peek().map(|Reverse(e)| e.0).filter(|_| {
+            ta.is_some()
+                || th.is_some()
+                || (sched.pending_len() > 0
+                    && (file_left > 0 || (0..down.len()).any(|i| down[i] && up_queued[i] > 0)))
+        });
         let now = match [ta, th, tc].into_iter().flatten().min() {
             Some(t) => t,
             None => break,
@@ -417,6 +428,12 @@ pub fn simulate(
             }
             churn.pop();
             events += 1;
+            if !model {
+                file_left -= 1;
+            }
+            if change == NodeChange::Up {
+                up_queued[node] -= 1;
+            }
             let gpus = cluster.nodes[node].gpus as u64 * MILLI_PER_GPU as u64;
             match change {
                 NodeChange::Down if !down[node] => {
@@ -469,6 +486,9 @@ pub fn simulate(
                 };
                 seq += 1;
                 let at = now + exponential(&mut fail_rng, mean);
+                if next == NodeChange::Up {
+                    up_queued[node] += 1;
+                }
                 churn.push(Reverse((at, seq, node, next, true)));
             }
         }

@@ -451,11 +451,13 @@ impl Backend for SqliteStore {
         let rows = sqlx::query(
             "SELECT k.job_id, k.run, k.idx, k.node_id, k.gpus, k.state, k.started_ms FROM tasks k \
              JOIN jobs j ON j.id = k.job_id AND j.run = k.run \
-             WHERE j.ended_ms IS NULL AND j.state = ? AND k.state IN (?, ?) ORDER BY k.job_id, k.idx",
+             WHERE j.ended_ms IS NULL AND j.state = ? \
+             AND (k.state IN (?, ?) OR (k.state = ? AND k.exit_code = 0)) ORDER BY k.job_id, k.idx",
         )
         .bind(JobState::Running)
         .bind(TaskState::Assigned)
         .bind(TaskState::Running)
+        .bind(TaskState::Exited)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(task_from_row).collect()
