@@ -398,6 +398,7 @@ fn exit_report(t: &Task) -> TaskExit {
         signal: e.signal.map(i64::from),
         reason: e.reason.clone(),
         timeout: e.timeout,
+        not_started: e.not_started,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Exit {
     pub signal: Option<i32>,
     pub reason: String,
     pub timeout: bool,
+    /// It never ran (it could not be started).
+    pub not_started: bool,
 }
 
 pub struct Task {
@@ -140,6 +142,7 @@ impl Task {
                 signal: None,
                 reason: why,
                 timeout: false,
+                not_started: true,
             });
         };
         let cwd = if a.workdir.is_empty() {
@@ -307,6 +310,7 @@ impl Task {
                     signal: status.signal(),
                     reason,
                     timeout,
+                    not_started: false,
                 });
                 return true;
             }

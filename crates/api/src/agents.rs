@@ -80,6 +80,10 @@ pub struct TaskExit {
     /// the job fails without retry.
     #[serde(default)]
     pub timeout: bool,
+    /// The task never ran (no such program, bad working directory...):
+    /// the job fails without retry.
+    #[serde(default)]
+    pub not_started: bool,
 }
 
 impl TaskExit {

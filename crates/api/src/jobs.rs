@@ -66,9 +66,16 @@ pub struct Job {
     pub env: BTreeMap<String, String>,
     pub workdir: String,
     pub max_runtime_s: Option<i64>,
+    /// Times the job runs again after a failure of its own (a task exiting
+    /// non-zero or killed by a signal); default 0. A task that could not
+    /// start, or ran past `max_runtime_s`, is never retried.
     pub retries: i64,
     /// Attempts started so far.
     pub run: i64,
+    /// Attempts that ended by no fault of the job (its node lost, or
+    /// preempted): requeued without using up `retries`.
+    #[serde(default)]
+    pub interrupted: i64,
     pub state: JobState,
     pub submitted_ms: i64,
     /// Start of the current (or last) attempt.

@@ -138,6 +138,7 @@ impl Pool {
                     signal: None,
                     reason: String::new(),
                     timeout: false,
+                    not_started: false,
                 })
                 .collect(),
         };
@@ -273,7 +274,7 @@ async fn a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere() {
 }
 
 #[tokio::test]
-async fn a_gang_on_one_lost_node_fails_once_without_retries() {
+async fn a_gang_lost_with_its_node_is_requeued_without_using_its_retries() {
     let mut p = Pool::new(LoopConfig::default()).await;
     p.register("n1", 8).await;
     let id = p
@@ -287,11 +288,12 @@ async fn a_gang_on_one_lost_node_fails_once_without_retries() {
     p.hb("n1", &[(id, 1, 0), (id, 1, 1)], &[]).await;
     let last = p.now;
     p.advance(20_001);
-    // Both tasks of the gang were on the node: the first loss fails the
-    // job, the second is already stopped. No panic, one FAILED.
+    // Both tasks of the gang were on the node: the first loss requeues
+    // the job, the second is already stopped. No panic, one RETRYING.
     p.step(Vec::new()).await;
-    assert_eq!(p.state(id).await, "FAILED");
-    assert_eq!(p.events(id).await, ["SUBMITTED", "STARTED", "FAILED"]);
+    assert_eq!(p.state(id).await, "PENDING");
+    assert_eq!(p.events(id).await, ["SUBMITTED", "STARTED", "RETRYING"]);
+    assert_eq!(p.store.job(id, None).await.unwrap().interrupted, 1);
     let t = p.store.job_tasks(id).await.unwrap();
     assert_eq!(t[0].state, TaskState::Lost);
     assert_eq!(t[0].ended_ms, Some(last));
@@ -302,32 +304,83 @@ async fn a_gang_on_one_lost_node_fails_once_without_retries() {
         "billing ends at the last heartbeat"
     );
     assert_eq!(p.core.scheduler().allocated_gpu_milli(), 0);
-    // Later steps are quiet.
+    // Later steps are quiet: it waits for a node.
     p.advance(60_000);
     p.step(Vec::new()).await;
-    assert_eq!(p.state(id).await, "FAILED");
+    assert_eq!(p.state(id).await, "PENDING");
+    // A job that keeps losing its node stops after MAX_INTERRUPTIONS.
+    for k in 2..=suanli_server::control::MAX_INTERRUPTIONS + 1 {
+        let o = p.hb("n1", &[], &[]).await; // the agent is back
+        let run = starts(&o)[0].1;
+        p.hb("n1", &[(id, run, 0), (id, run, 1)], &[]).await;
+        p.advance(20_001);
+        p.step(Vec::new()).await;
+        let want = if k <= suanli_server::control::MAX_INTERRUPTIONS {
+            "PENDING"
+        } else {
+            "FAILED"
+        };
+        assert_eq!(p.state(id).await, want, "loss {k}");
+    }
 }
 
 #[tokio::test]
 async fn a_failed_task_is_retried_then_the_job_fails() {
     let mut p = Pool::new(LoopConfig::default()).await;
     p.register("n1", 4).await;
-    let id = p.submit(job(1, 1)).await;
+    let id = p.submit(job(1, 1)).await; // retries: 1
     assert_eq!(starts(&p.hb("n1", &[], &[]).await), vec![(id, 1, 0)]);
     // Exit code 1: requeued and started again in the same answer.
     let o = p.hb("n1", &[], &[((id, 1, 0), 1)]).await;
     assert_eq!(starts(&o), vec![(id, 2, 0)]);
     p.hb("n1", &[(id, 2, 0)], &[]).await;
-    // A confirmed task the agent stops reporting is lost: no retry left.
-    p.hb("n1", &[], &[]).await;
+    // A confirmed task the agent stops reporting is lost: not the job's
+    // fault, so attempt 3 runs (the one retry went to attempt 1's failure).
+    let o = p.hb("n1", &[], &[]).await;
+    assert_eq!(starts(&o), vec![(id, 3, 0)]);
+    // A second failure of its own: no retry left.
+    p.hb("n1", &[], &[((id, 3, 0), 1)]).await;
     assert_eq!(p.state(id).await, "FAILED");
     assert_eq!(
         p.events(id).await,
-        ["SUBMITTED", "STARTED", "RETRYING", "STARTED", "FAILED"]
+        [
+            "SUBMITTED",
+            "STARTED",
+            "RETRYING",
+            "STARTED",
+            "RETRYING",
+            "STARTED",
+            "FAILED"
+        ]
     );
     let t = p.tasks(id).await;
     assert_eq!(t[0].3, "EXITED");
     assert_eq!(t[1].3, "LOST");
+    assert_eq!(t[2].3, "EXITED");
+    // A task that could not start fails its job at once, retries or not.
+    let never = p.submit(job(1, 1)).await;
+    let o = p.hb("n1", &[], &[]).await;
+    assert_eq!(starts(&o), vec![(never, 1, 0)]);
+    let report = Report {
+        running: Vec::new(),
+        exited: vec![TaskExit {
+            job: never,
+            run: 1,
+            task: 0,
+            exit_code: Some(127),
+            signal: None,
+            reason: "cannot start \"nope\": No such file or directory".to_string(),
+            timeout: false,
+            not_started: true,
+        }],
+    };
+    p.one(Command::Heartbeat {
+        node: "n1".to_string(),
+        report,
+        full: false,
+    })
+    .await;
+    assert_eq!(p.state(never).await, "FAILED");
 }
 
 #[tokio::test]
@@ -346,6 +399,7 @@ async fn a_timeout_fails_without_retry() {
             signal: Some(9),
             reason: "max runtime".to_string(),
             timeout: true,
+            not_started: false,
         }],
     };
     p.one(Command::Heartbeat {

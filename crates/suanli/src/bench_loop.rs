@@ -382,6 +382,7 @@ async fn heartbeat(c: &Control, fleet: &Mutex<Fleet>, node: usize, min: f64, max
                 signal: None,
                 reason: String::new(),
                 timeout: false,
+                not_started: false,
             })
             .collect(),
     };

@@ -93,12 +93,26 @@ fn a_failed_task_retries_then_fails_the_job() {
     let h = heartbeat(&p.s, &p.agent, "n1", &[], &[]);
     assert_eq!(starts(&h), vec![(id, 2, 0)]);
     heartbeat(&p.s, &p.agent, "n1", &[(id, 2, 0)], &[]);
-    // A task the agent confirmed and then stops reporting is lost.
-    heartbeat(&p.s, &p.agent, "n1", &[], &[]);
+    // A task the agent confirmed and then stops reporting is lost: not the
+    // job's fault, so it runs again without using up its retry.
+    let h = heartbeat(&p.s, &p.agent, "n1", &[], &[]);
+    assert_eq!(state(&p, id), "RUNNING");
+    assert_eq!(starts(&h), vec![(id, 3, 0)]);
+    assert_eq!(job(&p.s, &p.acme, id)["interrupted"], 1);
+    // Its second failure of its own ends it.
+    heartbeat(&p.s, &p.agent, "n1", &[], &[(id, 3, 0, 2)]);
     assert_eq!(state(&p, id), "FAILED");
     assert_eq!(
         events(&p, id),
-        ["SUBMITTED", "STARTED", "RETRYING", "STARTED", "FAILED"]
+        [
+            "SUBMITTED",
+            "STARTED",
+            "RETRYING",
+            "STARTED",
+            "RETRYING",
+            "STARTED",
+            "FAILED"
+        ]
     );
     let v = job(&p.s, &p.acme, id);
     let t = v["task_history"].as_array().unwrap();
@@ -107,6 +121,16 @@ fn a_failed_task_retries_then_fails_the_job() {
         (Some("EXITED"), Some(1))
     );
     assert_eq!(t[1]["state"], "LOST");
+    assert_eq!(t[2]["exit_code"], 2);
+    // By default a job is not retried after its own failure.
+    let once = submit(&p.s, &p.acme, json!({"command": ["false"], "gpus": 1}))["id"]
+        .as_i64()
+        .unwrap();
+    let h = heartbeat(&p.s, &p.agent, "n1", &[], &[]);
+    assert_eq!(starts(&h), vec![(once, 1, 0)]);
+    heartbeat(&p.s, &p.agent, "n1", &[], &[(once, 1, 0, 1)]);
+    assert_eq!(state(&p, once), "FAILED");
+    assert_eq!(job(&p.s, &p.acme, once)["retries"], 0);
 }
 
 #[test]

@@ -243,6 +243,7 @@ fn live(cluster: &Cluster, wl: &Workload, outages: &[Outage]) -> Vec<Start> {
                         signal: None,
                         reason: String::new(),
                         timeout: false,
+                        not_started: false,
                     });
                 }
             }

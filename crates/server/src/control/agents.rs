@@ -350,6 +350,7 @@ impl Core {
                 signal: None,
                 reason: "lost: the agent no longer runs it".to_string(),
                 timeout: false,
+                not_started: false,
             };
             self.task_exited(node, &e, now, w);
         }
@@ -412,6 +413,7 @@ impl Core {
                     signal: None,
                     reason: format!("lost: node {name} missed its lease"),
                     timeout: false,
+                    not_started: false,
                 };
                 self.task_exited(id, &e, last, w);
             }

@@ -15,6 +15,8 @@ pub(super) struct Live {
     pub tenant_id: i64,
     pub run: i64,
     pub retries: i64,
+    /// Attempts ended by node loss or preemption.
+    pub interrupted: i64,
     /// Current attempt's tasks, by index, when running.
     pub tasks: Vec<LiveTask>,
 }
@@ -211,6 +213,7 @@ impl Core {
                 tenant_id,
                 run: j.run,
                 retries: j.retries,
+                interrupted: j.interrupted,
                 tasks: Vec::new(),
             },
         );

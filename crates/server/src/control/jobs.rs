@@ -36,6 +36,7 @@ impl Core {
             max_runtime_s: job.max_runtime_s,
             retries: job.retries,
             run: 0,
+            interrupted: 0,
             state: JobState::Pending,
             submitted_ms: now,
             started_ms: None,
@@ -142,6 +143,10 @@ impl Core {
                     let id = self.by_handle[&job];
                     let run = self.jobs[&id].run;
                     self.stop_tasks(id, "preempted", now, w);
+                    if let Some(l) = self.jobs.get_mut(&id) {
+                        l.interrupted += 1;
+                    }
+                    w.push(Write::Interrupted { job: id });
                     transition(
                         w,
                         (id, run),
@@ -271,7 +276,28 @@ impl Core {
         // The attempt failed: stop the rest of the gang.
         self.stop_tasks(e.job, "another task of the gang failed", now, w);
         let detail = format!("task {} {reason}", e.task);
-        if run <= retries && !e.timeout {
+        let interrupted = self.jobs[&e.job].interrupted;
+        // Lost with its node: not the job's fault, requeued (bounded);
+        // its own failure: retried as asked, never when it could not start
+        // or ran out of time.
+        let again = if lost {
+            (interrupted < MAX_INTERRUPTIONS).then(|| {
+                format!(
+                    "{detail}; requeued (interruption {} of at most {MAX_INTERRUPTIONS})",
+                    interrupted + 1
+                )
+            })
+        } else if e.not_started || e.timeout {
+            None
+        } else {
+            let own = run - interrupted;
+            (own <= retries).then(|| format!("{detail}; retry {own} of {retries}"))
+        };
+        if let Some(why) = again {
+            if lost {
+                self.jobs.get_mut(&e.job).expect("live").interrupted += 1;
+                w.push(Write::Interrupted { job: e.job });
+            }
             let _lost = self.sched.requeue(handle, now as u64);
             transition(
                 w,
@@ -279,7 +305,7 @@ impl Core {
                 JobState::Pending,
                 None,
                 EventKind::Retrying,
-                format!("{detail}; attempt {} of {}", run + 1, retries + 1),
+                why,
                 now,
             );
         } else {
@@ -297,6 +323,11 @@ impl Core {
         }
     }
 }
+
+/// Times a job is requeued after attempts that ended by no fault of its
+/// own (node lost, preempted) before it fails: a job that keeps losing its
+/// node (or crashing it) stops.
+pub const MAX_INTERRUPTIONS: i64 = 10;
 
 /// A job's state change and the event that records it (always together).
 pub(super) fn transition(

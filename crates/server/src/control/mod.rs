@@ -44,6 +44,7 @@ use suanli_sched::scheduler::QueuePolicy;
 
 pub use self::core::{Core, Step};
 pub use driver::{start, Control, Driver, Gone, Timing};
+pub use jobs::MAX_INTERRUPTIONS;
 pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
 pub use recover::Snapshot;
 

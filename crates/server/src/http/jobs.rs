@@ -20,7 +20,7 @@ use suanli_api::Problem as ProblemDoc;
 
 /// Attempts a job may make after its first fails (or its node is lost),
 /// unless it says otherwise.
-pub const DEFAULT_RETRIES: i64 = 1;
+pub const DEFAULT_RETRIES: i64 = 0;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -409,6 +409,11 @@ pub enum Write {
         node: i64,
         at: i64,
     },
+    /// The job's current attempt ended by no fault of its own (node lost,
+    /// preempted): one more interruption.
+    Interrupted {
+        job: i64,
+    },
     /// An admin removed the node (it holds no live task): it leaves the
     /// pool (its history closes at `at`), and its agent's credential
     /// (tokens of node `name`) is revoked in the same transaction; tasks

@@ -348,6 +348,10 @@ fn apply_one(tx: &Transaction<'_>, w: &Write) -> Result<(), StoreError> {
                 .execute(params![node])?;
             }
             Write::Audit { .. } => unreachable!("batched by apply"),
+            Write::Interrupted { job } => {
+                tx.prepare_cached("UPDATE jobs SET interrupted = interrupted + 1 WHERE id = ?")?
+                    .execute(params![job])?;
+            }
         }
     }
     Ok(())

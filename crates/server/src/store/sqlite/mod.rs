@@ -606,7 +606,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 const JOB_COLUMNS: &str =
     "j.id, t.name AS tenant, j.name, j.command, j.tasks, j.cpu_milli, j.memory_mib, \
      j.num_gpu, j.gpu_milli, j.gpu_models, j.class, j.env, j.workdir, j.max_runtime_s, j.retries, \
-     j.run, j.state, j.submitted_ms, j.started_ms, j.ended_ms";
+     j.run, j.interrupted, j.state, j.submitted_ms, j.started_ms, j.ended_ms";
 
 fn tenant_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
     Ok(Tenant {
@@ -637,6 +637,7 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
         max_runtime_s: r.try_get("max_runtime_s")?,
         retries: r.try_get("retries")?,
         run: r.try_get("run")?,
+        interrupted: r.try_get("interrupted")?,
         state: r.try_get("state")?,
         submitted_ms: r.try_get("submitted_ms")?,
         started_ms: r.try_get("started_ms")?,
