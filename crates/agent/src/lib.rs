@@ -221,6 +221,9 @@ impl Agent {
             ));
         }
         self.interval = Duration::from_secs(r.heartbeat_interval_s.max(1));
+        for w in &r.warnings {
+            log(&format!("WARNING from the server: {w}"));
+        }
         Ok(())
     }
 

@@ -51,6 +51,10 @@ pub struct Registered {
     pub heartbeat_interval_s: u64,
     /// The server's [`crate::PROTOCOL`].
     pub protocol: u32,
+    /// What the operator should know (e.g. the node's GPU model has no
+    /// price in the server's price book): the agent logs each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One task of one attempt, as an agent reports it.

@@ -180,3 +180,6 @@ pub const NEXT_OFFSET_HEADER: &str = "x-next-offset";
 /// Header of a log read: the job's state (a reader following the output
 /// stops once it is final).
 pub const JOB_STATE_HEADER: &str = "x-job-state";
+/// Header of a log read: the job's latest attempt (a reader following one
+/// attempt's output moves to the next when the job is retried).
+pub const JOB_RUN_HEADER: &str = "x-job-run";

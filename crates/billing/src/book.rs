@@ -144,6 +144,13 @@ impl PriceBook {
             .collect()
     }
 
+    /// Whether the period in force at `t` prices GPUs of `model` (in any
+    /// class).
+    pub fn prices_model_at(&self, t: Ms, model: &str) -> bool {
+        self.period_at(t)
+            .is_some_and(|pi| self.periods[pi].gpu_hour.keys().any(|(m, _)| m == model))
+    }
+
     /// The list price of a GPU-hour of `model` in period `pi`: its on-demand
     /// price, else its guaranteed price, else none.
     pub(crate) fn list_price(&self, pi: usize, model: &str) -> Option<Decimal> {

@@ -16,7 +16,25 @@ fn prices_path() -> String {
 #[test]
 fn a_preempted_spot_task_is_billed_only_until_its_preemption() {
     let p = pool("bill", &["--prices", &prices_path()]);
-    register(&p.s, &p.agent, "n1", 8, "A100-80G", 64_000);
+    let r = register(&p.s, &p.agent, "n1", 8, "A100-80G", 64_000);
+    assert!(r.get("warnings").is_none(), "A100-80G is priced: {r}");
+    // The example book prices the models agents report for the current
+    // generation.
+    let book = suanli_billing::PriceBook::read(std::path::Path::new(&prices_path())).unwrap();
+    for m in [
+        "H100-80GB-HBM3",
+        "H200",
+        "H800",
+        "B200",
+        "A100-SXM4-80GB",
+        "Ascend910B",
+        "Ascend910C",
+    ] {
+        assert!(
+            book.prices_model_at(suanli_server::store::now_ms(), m),
+            "{m}"
+        );
+    }
     let spot = submit(&p.s, &p.acme, json!({"command": ["x"], "gpus": 8, "class": "spot", "cpu_milli": 2000, "memory_mib": 8192}))["id"]
         .as_i64()
         .unwrap();
@@ -126,6 +144,11 @@ fn a_preempted_spot_task_is_billed_only_until_its_preemption() {
             .any(|l| l.starts_with("acme,gpu,A100-80G,spot,")),
         "{out}"
     );
+    // A node whose model the book does not price is told so (and the
+    // operator, in the server's log): its GPUs would bill at 0.
+    let r = register(&p.s, &p.agent, "x1", 8, "Mystery-GPU", 64_000);
+    let w = r["warnings"][0].as_str().unwrap_or_default();
+    assert!(w.contains("\"Mystery-GPU\" has no price"), "{r}");
 }
 
 #[test]

@@ -621,3 +621,56 @@ fn more_than_64_gpu_models_are_refused_without_harm() {
         .unwrap();
     assert_eq!(state(&p, id), "RUNNING");
 }
+
+/// `logs --follow` across a retry (issue 16): the first attempt's output,
+/// then the second's from its start (an offset never crosses attempts).
+#[test]
+fn logs_follow_moves_to_the_next_attempt_of_a_retried_job() {
+    let p = pool("logs-retry", &[]);
+    register(&p.s, &p.agent, "n1", 4, "A100-80G", 64_000);
+    let cred = credential(&p.agent, "n1").unwrap();
+    let id = submit(
+        &p.s,
+        &p.acme,
+        json!({"command": ["x"], "gpus": 1, "retries": 1}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let push = |run: i64, text: &str| {
+        let path = format!("/v1/agents/n1/logs?job={id}&run={run}&task=0&stream=out&offset=0");
+        let (code, v, _) = call("POST", &p.s.u(&path), Some(&cred), Some(text));
+        assert_eq!(code, 200, "{v}");
+    };
+    assert_eq!(
+        starts(&heartbeat(&p.s, &p.agent, "n1", &[], &[])),
+        vec![(id, 1, 0)]
+    );
+    heartbeat(&p.s, &p.agent, "n1", &[(id, 1, 0)], &[]);
+    push(1, "one: a longer first line\n");
+    let follow = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["logs", &id.to_string(), "--follow"])
+        .env("SUANLI_SERVER", &p.s.url)
+        .env("SUANLI_TOKEN", &p.acme)
+        .env("HOME", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    heartbeat(&p.s, &p.agent, "n1", &[], &[(id, 1, 0, 1)]);
+    assert_eq!(
+        starts(&heartbeat(&p.s, &p.agent, "n1", &[], &[])),
+        vec![(id, 2, 0)]
+    );
+    push(2, "two\nthree\n");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    heartbeat(&p.s, &p.agent, "n1", &[], &[(id, 2, 0, 0)]);
+    let o = follow.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "one: a longer first line\ntwo\nthree\n", "{err}");
+    assert!(err.contains("attempt 2"), "{err}");
+}

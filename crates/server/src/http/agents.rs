@@ -184,10 +184,22 @@ async fn register_agent(
             return Err(refusal.into());
         }
     };
+    let mut warnings = Vec::new();
+    if let (Some(book), Some(model)) = (&st.prices, &node.gpu_model) {
+        if !book.prices_model_at(crate::store::now_ms(), model) {
+            let w = format!(
+                "GPU model {model:?} has no price in the server's price book: its GPUs bill at 0 \
+                 (add [period.gpu_hour.{model}] to the book)"
+            );
+            tracing::warn!(node = %node.name, "{w}");
+            warnings.push(w);
+        }
+    }
     Ok(Json(Registered {
         node,
         heartbeat_interval_s: st.control.heartbeat_interval_s,
         protocol: suanli_api::PROTOCOL,
+        warnings,
     }))
 }
 

@@ -156,6 +156,10 @@ async fn read(
                 HeaderName::from_static("x-job-state"),
                 job.state.to_string(),
             ),
+            (
+                HeaderName::from_static(suanli_api::JOB_RUN_HEADER),
+                job.run.to_string(),
+            ),
         ],
         data,
     ))

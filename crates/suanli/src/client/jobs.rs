@@ -289,10 +289,13 @@ pub fn logs(a: LogsArgs) -> Result<(), CliError> {
     };
     let mut offset = 0u64;
     let mut out = std::io::stdout();
-    let path = |offset: u64| {
+    // The attempt being read: the one asked for, else the latest, pinned
+    // at the first read so that an offset never crosses attempts.
+    let mut run = a.run;
+    let path = |run: Option<i64>, offset: u64| {
         let q = LogRead {
             task: Some(a.task),
-            run: a.run,
+            run,
             stream: Some(stream),
             offset: Some(offset),
         };
@@ -304,17 +307,31 @@ pub fn logs(a: LogsArgs) -> Result<(), CliError> {
             .map_err(|e| failure(e.to_string()))
     };
     loop {
-        let (data, next, state) = a.conn.get_bytes(&path(offset))?;
+        let (data, next, state, latest) = a.conn.get_bytes(&path(run, offset))?;
+        let reading = *run.get_or_insert(latest);
         print(&data)?;
         offset = next.max(offset);
         if !a.follow {
             return Ok(());
         }
         if data.is_empty() {
+            if a.run.is_none() && latest > reading {
+                // Started (from 0), or retried: this attempt's tail, then
+                // the next attempt's output from its start.
+                if reading > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1500));
+                    let (data, _, _, _) = a.conn.get_bytes(&path(run, offset))?;
+                    print(&data)?;
+                    eprintln!("suanli: attempt {latest} (the job was requeued)");
+                }
+                run = Some(latest);
+                offset = 0;
+                continue;
+            }
             if state.parse::<JobState>().is_ok_and(JobState::is_final) {
                 // The agent pushes the tail right after the exit: one last read.
                 std::thread::sleep(std::time::Duration::from_millis(1500));
-                let (data, _, _) = a.conn.get_bytes(&path(offset))?;
+                let (data, _, _, _) = a.conn.get_bytes(&path(run, offset))?;
                 return print(&data);
             }
             std::thread::sleep(std::time::Duration::from_millis(500));

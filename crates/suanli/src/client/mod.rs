@@ -107,9 +107,9 @@ impl Conn {
         Ok(self.client.get_or_init(|| a).clone())
     }
 
-    /// GET raw bytes; returns them with the `x-next-offset` and
-    /// `x-job-state` headers.
-    fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, u64, String), CliError> {
+    /// GET raw bytes; returns them with the `x-next-offset`, `x-job-state`
+    /// and `x-job-run` headers.
+    fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, u64, String, i64), CliError> {
         let (server, token) = self.resolve()?;
         let url = format!("{server}{path}");
         match self
@@ -127,10 +127,14 @@ impl Conn {
                     .header(suanli_api::JOB_STATE_HEADER)
                     .unwrap_or("")
                     .to_string();
+                let run = r
+                    .header(suanli_api::JOB_RUN_HEADER)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)
                     .map_err(|e| failure(format!("{url}: {e}")))?;
-                Ok((buf, next, state))
+                Ok((buf, next, state, run))
             }
             Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
             Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
