@@ -179,6 +179,18 @@ enum BenchCmd {
 /// unreachable), 2 invalid command line, 3 request refused by the server.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print and end (not the server, agents, `up` or the
+    // benchmarks, which write to sockets and must see EPIPE as an error)
+    // stop quietly when their reader goes away, as `suanli queue | head`
+    // expects, instead of panicking in `println!`.
+    if !matches!(
+        cli.cmd,
+        Cmd::Server(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Bench(_)
+    ) {
+        // SAFETY: restoring the default disposition of one signal, before
+        // any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let r = match cli.cmd {
         Cmd::Sim(SimCmd::Openb(a)) => openb_cmd::run(a),
         Cmd::Bench(BenchCmd::Openb(a)) => openb_cmd::bench(a),

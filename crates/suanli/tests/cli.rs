@@ -659,3 +659,63 @@ fn bench_loop_measures_an_open_loop_of_submissions_and_heartbeats() {
     let (code, _, err) = suanli(&["bench", "loop", "--min-run", "9", "--max-run", "1"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// Issue 16's rough edges: a closed pipe ends a printing command quietly,
+/// and `--state` takes any case but only states a job can be in.
+#[test]
+fn a_closed_pipe_is_a_quiet_end_and_states_are_a_closed_set() {
+    let d = tmpdir();
+    let w = d.path().join("w.csv");
+    let (code, _, err) = suanli(&[
+        "gen",
+        "--jobs",
+        "3000",
+        "--cluster",
+        &example("mixed.toml"),
+        "--out",
+        w.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The reader is gone before `sim jobs --json -` prints (`true` reads
+    // nothing): the write fails with EPIPE, which used to be a panic.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(sleep 0.3; {} sim jobs --cluster {} --trace native:{} --json -) | true",
+            env!("CARGO_BIN_EXE_suanli"),
+            example("mixed.toml"),
+            w.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // States: any case; PREEMPTED (an event, not a state) and typos refused
+    // before any server is asked.
+    let (code, _, err) = suanli(&[
+        "queue",
+        "--state",
+        "Preempted",
+        "--server",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a preempted job is pending again"), "{err}");
+    let (code, _, err) = suanli(&["queue", "--state", "done", "--server", "http://127.0.0.1:9"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pending, running, completed, failed or cancelled"),
+        "{err}"
+    );
+    let (code, _, err) = suanli(&[
+        "queue",
+        "--state",
+        "running",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "x",
+    ]);
+    assert_eq!(code, 1, "parsed, then the server is unreachable: {err}");
+}

@@ -106,15 +106,28 @@ pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
 pub struct QueueArgs {
     #[command(flatten)]
     conn: Conn,
-    /// Only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED,
-    /// PREEMPTED) [default: PENDING and RUNNING].
-    #[arg(long, value_parser = |s: &str| s.parse::<JobState>())]
+    /// Only jobs in this state, in any case (pending, running, completed,
+    /// failed, cancelled) [default: pending and running].
+    #[arg(long, value_parser = parse_state)]
     state: Option<JobState>,
     /// Every job, whatever its state.
     #[arg(long, conflicts_with = "state")]
     all: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// A job state a job can be in, in any case (PREEMPTED is an event: a
+/// preempted job is PENDING again).
+fn parse_state(s: &str) -> Result<JobState, String> {
+    let valid = "pending, running, completed, failed or cancelled";
+    match s.to_ascii_uppercase().parse::<JobState>() {
+        Ok(JobState::Preempted) => Err(format!(
+            "no job is ever in state {s:?} (a preempted job is pending again); expected {valid}"
+        )),
+        Ok(st) => Ok(st),
+        Err(_) => Err(format!("expected {valid} (found {s:?})")),
+    }
 }
 
 fn list_jobs(conn: &Conn, state: Option<JobState>) -> Result<Vec<Job>, CliError> {
