@@ -298,6 +298,13 @@ fn same_inputs_same_json() {
     }
 }
 
+/// Five nodes of two models, two tenants with quotas: the property tests'
+/// cluster.
+const SMALL_MIXED: &str = "[[group]]\nname='a'\ncount=3\ngpu_model='A100'\ngpus=4\ncpu_cores=4\nmemory_gib=64\nnodes_per_rack=2\n\
+     [[group]]\nname='b'\ncount=2\ngpu_model='T4'\ngpus=2\ncpu_cores=2\nmemory_gib=32\n\
+     [[tenant]]\nname='t0'\nquota.A100 = { guaranteed = 6, max = 10 }\n\
+     [[tenant]]\nname='t1'\nquota.A100 = { guaranteed = 4, max = 12 }\nquota.T4 = { guaranteed = 2, max = 4 }\n";
+
 fn arb_job() -> impl Strategy<Value = J> {
     (
         0u64..200,
@@ -505,12 +512,7 @@ proptest! {
         ckpt in prop_oneof![Just(0u64), Just(7u64)],
     ) {
         jobs.sort_by_key(|x| x.submit);
-        let cl = cluster(
-            "[[group]]\nname='a'\ncount=3\ngpu_model='A100'\ngpus=4\ncpu_cores=4\nmemory_gib=64\nnodes_per_rack=2\n\
-             [[group]]\nname='b'\ncount=2\ngpu_model='T4'\ngpus=2\ncpu_cores=2\nmemory_gib=32\n\
-             [[tenant]]\nname='t0'\nquota.A100 = { guaranteed = 6, max = 10 }\n\
-             [[tenant]]\nname='t1'\nquota.A100 = { guaranteed = 4, max = 12 }\nquota.T4 = { guaranteed = 2, max = 4 }\n",
-        );
+        let cl = cluster(SMALL_MIXED);
         let wl = workload(&jobs, 3);
         for policy in QUEUE_POLICY_NAMES {
             for placement in POLICY_NAMES {
@@ -563,12 +565,7 @@ proptest! {
                 events.push(NodeEvent { at: 10_000 * S, node, change });
             }
         }
-        let cl = cluster(
-            "[[group]]\nname='a'\ncount=3\ngpu_model='A100'\ngpus=4\ncpu_cores=4\nmemory_gib=64\nnodes_per_rack=2\n\
-             [[group]]\nname='b'\ncount=2\ngpu_model='T4'\ngpus=2\ncpu_cores=2\nmemory_gib=32\n\
-             [[tenant]]\nname='t0'\nquota.A100 = { guaranteed = 6, max = 10 }\n\
-             [[tenant]]\nname='t1'\nquota.A100 = { guaranteed = 4, max = 12 }\nquota.T4 = { guaranteed = 2, max = 4 }\n",
-        );
+        let cl = cluster(SMALL_MIXED);
         let wl = workload(&jobs, 3);
         for policy in QUEUE_POLICY_NAMES {
             check_safety_and_conservation(&cl, &wl, policy, placement, ckpt, &events).map_err(|e| {

@@ -83,6 +83,18 @@ fn trace(name: &str) -> Option<OpenbTrace> {
     )
 }
 
+/// Every openb pod list of the public release beside the checkout.
+const TRACES: [&str; 8] = [
+    "default",
+    "gpushare20",
+    "gpushare40",
+    "gpushare60",
+    "gpushare80",
+    "gpushare100",
+    "cpu050",
+    "cpu250",
+];
+
 /// The published figures' method: the whole trace's typical workload given.
 fn mean_alloc_130(t: &OpenbTrace, policy: &str) -> f64 {
     mean_alloc_130_with(t, policy, Target::Given)
@@ -127,16 +139,7 @@ fn six_policies_land_inside_the_published_ranges() {
 /// Suanli's default policy allocates more than FGD at 130% on every openb trace.
 #[test]
 fn fgd_sa_beats_fgd_on_every_openb_trace() {
-    for name in [
-        "default",
-        "gpushare20",
-        "gpushare40",
-        "gpushare60",
-        "gpushare80",
-        "gpushare100",
-        "cpu050",
-        "cpu250",
-    ] {
+    for name in TRACES {
         let Some(t) = trace(name) else { return };
         let (ours, fgd) = (mean_alloc_130(&t, "fgd-sa"), mean_alloc_130(&t, "fgd"));
         eprintln!(
@@ -152,16 +155,7 @@ fn fgd_sa_beats_fgd_on_every_openb_trace() {
 /// allocation at 130% against the given one, on every openb trace.
 #[test]
 fn a_learned_target_allocates_within_0_2_pp_of_the_given_one() {
-    for name in [
-        "default",
-        "gpushare20",
-        "gpushare40",
-        "gpushare60",
-        "gpushare80",
-        "gpushare100",
-        "cpu050",
-        "cpu250",
-    ] {
+    for name in TRACES {
         let Some(t) = trace(name) else { return };
         let given = mean_alloc_130(&t, "fgd-sa");
         let learned = mean_alloc_130_with(&t, "fgd-sa", Target::default());
