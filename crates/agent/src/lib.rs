@@ -28,12 +28,14 @@ pub mod task;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use suanli_api::{
-    GpuInfo, LogChunk, LogPushed, LogStream, NodeRegistration, Orders, Problem, Registered, Report,
-    TaskExit, TaskKey, PROTOCOL, PROTOCOL_HEADER,
+    GpuInfo, LogChunk, LogPushed, LogStream, NodeRegistration, Orders, OrdersChanged, Problem,
+    Registered, Report, TaskExit, TaskKey, DEFAULT_WAIT_MS, PROTOCOL, PROTOCOL_HEADER,
 };
 
 pub use discover::{discover_gpus, discover_host, model_name, Gpu, GpuSpec};
@@ -62,6 +64,9 @@ pub struct AgentConfig {
     pub task_uids: (u32, u32),
     /// PEM certificates to trust for the server (else the system's roots).
     pub ca: Option<PathBuf>,
+    /// Hold a wait call on the node's orders and heartbeat as soon as they
+    /// change (false: learn of work only at the periodic heartbeat).
+    pub push: bool,
 }
 
 struct Agent {
@@ -76,6 +81,8 @@ struct Agent {
     stale_groups: Vec<cgroup::TaskGroup>,
     /// This node's credential (`WORK_DIR/node.token`, 0600).
     credential: String,
+    /// The same, for the thread that waits for orders.
+    shared_credential: Arc<Mutex<String>>,
     http: ureq::Agent,
     interval: Duration,
     tasks: BTreeMap<Key, Task>,
@@ -179,7 +186,11 @@ impl Agent {
                 let (secret, hash) = suanli_api::token::new_token();
                 write_secret(&self.credential_file(), &secret)
                     .map_err(|e| (0, format!("cannot save this node's credential: {e}")))?;
-                self.credential = secret;
+                self.credential = secret.clone();
+                *self
+                    .shared_credential
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = secret;
                 self.register_once(Some((&join, hash)))
             }
             r => r,
@@ -332,7 +343,9 @@ impl Agent {
         }
     }
 
-    fn heartbeat(&mut self) -> Result<(), CallError> {
+    /// Report, then obey the answer; true when it started a task (whose
+    /// start the next report confirms).
+    fn heartbeat(&mut self) -> Result<bool, CallError> {
         let sent = self.unacked.len();
         let body = Report {
             running: self
@@ -355,6 +368,7 @@ impl Agent {
                 t.stop("stopped by the server", false, self.cfg.grace);
             }
         }
+        let started = !orders.start.is_empty();
         for a in orders.start {
             let key = (a.job, a.run, a.task);
             if self.tasks.contains_key(&key) {
@@ -387,7 +401,7 @@ impl Agent {
             self.tasks.remove(&k);
         }
         self.save_state();
-        Ok(())
+        Ok(started)
     }
 }
 
@@ -543,12 +557,14 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         );
     }
     let gpu_devices = gpu_devices(&cfg.gpus, cgroups.as_ref(), strict)?;
+    let credential = credential.unwrap_or_default();
     let mut a = Agent {
+        shared_credential: Arc::new(Mutex::new(credential.clone())),
         cgroups,
         gpu_devices,
         stale_groups: Vec::new(),
         sandbox,
-        credential: credential.unwrap_or_default(),
+        credential,
         http: http_client(cfg.ca.as_deref(), Duration::from_secs(10))?,
         interval: Duration::from_secs(5),
         tasks: BTreeMap::new(),
@@ -576,7 +592,28 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         a.cfg.gpus.len(),
         a.interval.as_secs()
     ));
+    // Pushed work: a thread holds a wait call on the node's orders and
+    // says when they change; the loop below then heartbeats at once.
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let quit_waiter = Arc::new(AtomicBool::new(false));
+    if a.cfg.push {
+        let w = Waiter {
+            url: a.url(&format!("/v1/agents/{}/wait", a.cfg.name)),
+            http: http_client(
+                a.cfg.ca.as_deref(),
+                Duration::from_millis(DEFAULT_WAIT_MS + 10_000),
+            )?,
+            credential: a.shared_credential.clone(),
+            wake: wake_tx.clone(),
+            quit: quit_waiter.clone(),
+        };
+        std::thread::Builder::new()
+            .name("orders-wait".to_string())
+            .spawn(move || w.run())
+            .map_err(|e| format!("cannot start the orders thread: {e}"))?;
+    }
     let mut last_beat = Instant::now() - a.interval;
+    let mut woken = false;
     while !stop.load(Ordering::Relaxed) {
         let mut ended = false;
         for t in a.tasks.values_mut() {
@@ -592,9 +629,15 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
             }
         }
         a.push_logs();
-        if ended || last_beat.elapsed() >= a.interval {
+        if ended || woken || last_beat.elapsed() >= a.interval {
+            woken = false;
             match a.heartbeat() {
-                Ok(()) => last_beat = Instant::now(),
+                Ok(started) => {
+                    last_beat = Instant::now();
+                    // Confirm new tasks at once when work is pushed (a
+                    // polling agent confirms them at its next heartbeat).
+                    woken = started && a.cfg.push;
+                }
                 Err((404, _)) => {
                     log("the server does not know this node; registering again");
                     let _ = a.register();
@@ -608,8 +651,14 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
                 Err((_, msg)) => log(&format!("heartbeat failed: {msg}")),
             }
         }
-        sleep_or_stop(stop, Duration::from_millis(100));
+        // Reap every tick; heartbeat early when the orders changed.
+        if wake_rx.recv_timeout(TICK).is_ok() {
+            woken = true;
+            while wake_rx.try_recv().is_ok() {}
+        }
     }
+    quit_waiter.store(true, Ordering::Relaxed);
+    drop(wake_tx);
     // Shutting down: nothing we started may outlive us.
     for t in a.tasks.values_mut() {
         t.stop("the agent is stopping", false, a.cfg.grace);
@@ -630,6 +679,58 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(a.state_file());
     Ok(())
+}
+
+/// How often the agent checks its tasks (exits, time limits) and whether
+/// its orders changed.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The thread that holds `GET /v1/agents/{name}/wait` and sends on `wake`
+/// each time the node's order sequence moves.
+struct Waiter {
+    url: String,
+    http: ureq::Agent,
+    credential: Arc<Mutex<String>>,
+    wake: mpsc::Sender<()>,
+    quit: Arc<AtomicBool>,
+}
+
+impl Waiter {
+    fn run(self) {
+        let mut seen = 0u64;
+        while !self.quit.load(Ordering::Relaxed) {
+            let token = self
+                .credential
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let r = self
+                .http
+                .get(&self.url)
+                .query("seen", &seen.to_string())
+                .query("timeout_ms", &DEFAULT_WAIT_MS.to_string())
+                .set("Authorization", &format!("Bearer {token}"))
+                .set(PROTOCOL_HEADER, &PROTOCOL.to_string())
+                .call();
+            match r.map(|resp| resp.into_json::<OrdersChanged>()) {
+                Ok(Ok(c)) => {
+                    if c.seq != seen {
+                        seen = c.seq;
+                        if self.wake.send(()).is_err() {
+                            return; // the agent is stopping
+                        }
+                    }
+                }
+                Err(ureq::Error::Status(404 | 405, _)) => {
+                    log("the server does not push orders; learning of work at heartbeats only");
+                    return;
+                }
+                // The server restarting, a credential being renewed, a
+                // bad answer: the heartbeats go on meanwhile.
+                Ok(Err(_)) | Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+    }
 }
 
 /// Sleep `d` unless `stop` is set meanwhile; true if it was.

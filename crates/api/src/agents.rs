@@ -214,3 +214,39 @@ pub struct LogChunk {
     /// Where these bytes start in the task's stream.
     pub offset: u64,
 }
+
+/// `GET /v1/agents/{name}/wait?...`: hold the call until this node's orders
+/// change (the server pushes work this way; heartbeats still carry the
+/// orders and keep the node's lease).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct OrdersWait {
+    /// The last [`OrdersChanged::seq`] this agent saw (0 at first): the
+    /// call answers at once when the node's sequence differs.
+    #[serde(default)]
+    pub seen: u64,
+    /// How long to hold the call when nothing changes, in ms
+    /// (1..=[`MAX_WAIT_MS`]; default [`DEFAULT_WAIT_MS`]).
+    #[serde(default = "default_wait_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The longest an agent may hold a wait call.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// The hold of a wait call that names none.
+pub const DEFAULT_WAIT_MS: u64 = 20_000;
+
+fn default_wait_ms() -> u64 {
+    DEFAULT_WAIT_MS
+}
+
+/// The answer to a wait: the node's order sequence now. It differs from
+/// `seen` when new orders were committed for the node (the agent then
+/// heartbeats to get them); equal when the hold timed out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrdersChanged {
+    pub seq: u64,
+}

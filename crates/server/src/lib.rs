@@ -124,6 +124,15 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     // Recover and check the state before accepting any request.
     let (control, mut sched) = control::start(store.clone(), &cfg.scheduler).await?;
+    let wakes = control.wakes.clone();
+    // Held wait calls answer at once when the server stops.
+    let stopping = move || {
+        let wakes = wakes.clone();
+        async move {
+            shutdown().await;
+            wakes.close();
+        }
+    };
     let app = http::router(http::AppState {
         store,
         control,
@@ -152,7 +161,7 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             tokio::spawn(async move {
-                shutdown().await;
+                stopping().await;
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
             let server = axum_server::from_tcp_rustls(std_listener, tls)
@@ -167,7 +176,7 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::from_std(std_listener)?;
             eprintln!("listening on {addr}");
             tracing::info!(%addr, scheme, policy = ?cfg.scheduler.queue_policy, "serving");
-            let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+            let server = axum::serve(listener, app).with_graceful_shutdown(stopping());
             tokio::select! {
                 r = server => r?,
                 r = &mut sched => return Err(loop_stopped(r)),

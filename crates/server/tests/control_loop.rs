@@ -925,3 +925,56 @@ async fn another_nodes_task_reported_by_an_agent_is_stopped_there_only() {
     assert_eq!(p.tasks(id).await[0].3, "RUNNING");
     assert_eq!(p.state(id).await, "RUNNING");
 }
+
+#[tokio::test]
+async fn nodes_given_orders_outside_their_own_report_are_woken() {
+    let mut p = Pool::new(LoopConfig::default()).await;
+    p.register("n1", 8).await;
+    p.register("n2", 8).await;
+    let submit = |p: &Pool, gpus| Command::Submit {
+        tenant_id: p.tenant_id,
+        tenant: "acme".to_string(),
+        job: job(gpus, 1),
+    };
+    let step = |p: &mut Pool, cmds| {
+        let s = p.core.step(cmds, p.now);
+        (s.answers, s.poked, s.writes)
+    };
+    // A start for a node that did not report: its agent is woken.
+    let cmds = vec![submit(&p, 8)];
+    let (a, poked, w) = step(&mut p, cmds);
+    p.store.commit(w).await.unwrap();
+    let Answer::Submitted(Ok(j)) = &a[0] else {
+        panic!("{a:?}")
+    };
+    let (id, node) = (j.id, p.tasks(j.id).await[0].2.clone());
+    assert_eq!(poked, vec![node.clone()]);
+    // Nothing new: nobody is woken.
+    let (_, poked, w) = step(&mut p, vec![]);
+    p.store.commit(w).await.unwrap();
+    assert!(poked.is_empty(), "{poked:?}");
+    // A node whose report is in the batch gets its orders in the answer,
+    // not a wake-up.
+    let hb = Command::Heartbeat {
+        node: node.clone(),
+        report: Report::default(),
+        full: true,
+    };
+    let cmds = vec![submit(&p, 8), hb];
+    let (a, poked, w) = step(&mut p, cmds);
+    p.store.commit(w).await.unwrap();
+    let Answer::Submitted(Ok(j2)) = &a[0] else {
+        panic!("{a:?}")
+    };
+    let other = p.tasks(j2.id).await[0].2.clone();
+    assert_ne!(other, node);
+    assert_eq!(
+        poked,
+        vec![other.clone()],
+        "only the node that did not report"
+    );
+    // A cancel is a stop order: the running node is woken.
+    let (_, poked, w) = step(&mut p, vec![Command::Cancel { id, tenant: None }]);
+    p.store.commit(w).await.unwrap();
+    assert_eq!(poked, vec![node]);
+}

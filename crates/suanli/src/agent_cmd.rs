@@ -75,6 +75,11 @@ pub struct AgentArgs {
     /// User ids handed to tasks, one per running task (full sandbox).
     #[arg(long, default_value = "200000-201023", value_name = "START-END")]
     task_uids: String,
+    /// Learn of work only at the periodic heartbeat, instead of holding a
+    /// wait call the server answers as soon as this node has new orders
+    /// (for comparison: `suanli bench start-latency`).
+    #[arg(long)]
+    poll_only: bool,
 }
 
 /// The join token: from --join-token-file, --join-token or
@@ -141,6 +146,7 @@ pub fn agent(a: AgentArgs) -> Result<(), CliError> {
             ca: a
                 .ca
                 .or_else(|| std::env::var_os("SUANLI_CA").map(PathBuf::from)),
+            push: !a.poll_only,
         },
         &stop,
     )

@@ -5,6 +5,7 @@ mod agent_cmd;
 mod bench_billing;
 mod bench_loop;
 mod bench_server;
+mod bench_start;
 mod client;
 mod jobs_cmd;
 mod openb_cmd;
@@ -173,6 +174,8 @@ enum BenchCmd {
     Loop(bench_loop::BenchLoopArgs),
     /// Speed of the economics report: a month of a large pool, vs a per-tenant scan baseline.
     Billing(bench_billing::BenchBillingArgs),
+    /// Submit -> process running and cancel -> SIGTERM on a real server and agents: pushed work vs polling.
+    StartLatency(bench_start::BenchStartArgs),
 }
 
 /// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace, server
@@ -199,6 +202,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Server(a)) => bench_server::run(a),
         Cmd::Bench(BenchCmd::Loop(a)) => bench_loop::run(a),
         Cmd::Bench(BenchCmd::Billing(a)) => bench_billing::run(a),
+        Cmd::Bench(BenchCmd::StartLatency(a)) => bench_start::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
         Cmd::Submit(a) => client::submit(a),

@@ -65,12 +65,20 @@ fn pool(name: &str, agents: usize) -> Pool {
 }
 
 fn pool_with(name: &str, agents: usize, gpus: &str) -> Pool {
+    pool_beating(name, agents, gpus, 1)
+}
+
+/// Agents heartbeat every `heartbeat_s` (lease: 3 heartbeats).
+fn pool_beating(name: &str, agents: usize, gpus: &str, heartbeat_s: u64) -> Pool {
     let dir = tmp(name);
     let conf = dir.join("server.toml");
     let prices = format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"));
     std::fs::write(
         &conf,
-        format!("prices = {prices:?}\n[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n"),
+        format!(
+            "prices = {prices:?}\n[agents]\nheartbeat_interval_s = {heartbeat_s}\nlease_s = {}\n",
+            3 * heartbeat_s
+        ),
     )
     .unwrap();
     let s = Server::start_with(&dir, &["--config", conf.to_str().unwrap()]);
@@ -477,6 +485,39 @@ fn a_task_is_held_to_its_cpu_and_memory_requests() {
     while !left().is_empty() {
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", left());
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn work_and_cancels_are_pushed_to_agents_between_heartbeats() {
+    // Heartbeats every 60 s: anything faster is the push.
+    let p = pool_beating("push", 2, FAKE_GPUS, 60);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let id = submit(
+            &p.s,
+            &p.tenant,
+            json!({"command": sh("echo started; exec sleep 300"), "gpus": 4}),
+        )["id"]
+            .as_i64()
+            .unwrap();
+        wait_for(Duration::from_secs(5), || {
+            logs(&p, id, &[]).contains("started")
+        });
+        // The agent confirms the start at once too.
+        wait_for(Duration::from_secs(5), || {
+            job(&p.s, &p.tenant, id)["task_history"][0]["state"] == "RUNNING"
+        });
+        let started = t.elapsed();
+        let (code, _, err) = cli(&p.s.url, &p.tenant, &["cancel", &id.to_string()]);
+        assert_eq!(code, 0, "{err}");
+        wait_for(Duration::from_secs(5), || {
+            job(&p.s, &p.tenant, id)["task_history"][0]["state"] == "KILLED"
+        });
+        eprintln!(
+            "started and confirmed in {started:?}, killed in {:?}",
+            t.elapsed() - started
+        );
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Core {
     pub(super) next_node: i64,
     pub(super) lease_ms: i64,
     pub(super) dirty: bool,
+    /// Nodes given new orders (a start or a stop) in the current step.
+    pub(super) poked: BTreeSet<i64>,
 }
 
 /// What one [`Core::step`] produced.
@@ -80,6 +82,9 @@ pub struct Step {
     pub answers: Vec<Answer>,
     /// Decisions (starts and preemptions) of the pass, if one ran.
     pub decisions: usize,
+    /// Nodes with new orders that did not report in this batch: once the
+    /// writes are durable their agents are woken ([`super::Wakes`]).
+    pub poked: Vec<String>,
 }
 
 impl Core {
@@ -153,9 +158,15 @@ impl Core {
             // A bounded pass left work: another pass follows at once.
             self.dirty = self.sched.pass_cut_short();
         }
-        for (i, node) in reported {
+        for &(i, node) in &reported {
             answers[i] = Answer::Orders(Ok(self.orders(node)));
+            // Its answer carries the orders already.
+            self.poked.remove(&node);
         }
+        let poked = std::mem::take(&mut self.poked)
+            .into_iter()
+            .filter_map(|id| self.nodes.get(&id).map(|n| n.node.name.clone()))
+            .collect();
         // A job the pass started is answered as it is committed: RUNNING.
         for i in submitted {
             if let Answer::Submitted(Ok(j)) = &mut answers[i] {
@@ -170,6 +181,7 @@ impl Core {
             writes: w,
             answers,
             decisions,
+            poked,
         }
     }
 

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::core::Core;
 use super::metrics::{ended_jobs, Ended, Metrics};
 use super::recover::Snapshot;
+use super::wakes::Wakes;
 use super::{
     Answer, Command, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report, MAX_BATCH,
 };
@@ -33,6 +34,8 @@ pub struct Gone;
 pub struct Control {
     tx: mpsc::Sender<Msg>,
     pub metrics: Metrics,
+    /// The nodes' order sequences agents wait on.
+    pub wakes: Wakes,
     /// Told to agents when they register.
     pub heartbeat_interval_s: u64,
 }
@@ -166,6 +169,7 @@ struct Prepared {
     started: Instant,
     step_s: f64,
     decisions: usize,
+    poked: Vec<String>,
 }
 
 /// A batch whose writes are with the store; its answers go out once they
@@ -180,6 +184,7 @@ struct InFlight {
     rows: usize,
     writes: usize,
     ended: Ended,
+    poked: Vec<String>,
 }
 
 /// The core with its store and metrics: what [`start`] runs, and what
@@ -201,6 +206,7 @@ pub struct Driver {
     core: Core,
     store: Store,
     metrics: Metrics,
+    wakes: Wakes,
 }
 
 impl Driver {
@@ -222,6 +228,7 @@ impl Driver {
             core,
             store,
             metrics: m,
+            wakes: Wakes::default(),
         })
     }
 
@@ -294,6 +301,7 @@ impl Driver {
             started,
             step_s: started.elapsed().as_secs_f64(),
             decisions: step.decisions,
+            poked: step.poked,
         })
     }
 
@@ -312,6 +320,7 @@ impl Driver {
             rows,
             writes,
             ended,
+            poked: p.poked,
         }
     }
 
@@ -337,6 +346,7 @@ impl Driver {
         for (a, r) in f.answers.into_iter().zip(f.replies) {
             let _ = r.send(a);
         }
+        self.wakes.poke(&f.poked);
         self.metrics.publish(
             &self.core,
             Some(f.started.elapsed()),
@@ -445,6 +455,7 @@ pub async fn start(
     let control = Control {
         tx,
         metrics: d.metrics.clone(),
+        wakes: d.wakes.clone(),
         heartbeat_interval_s: cfg.heartbeat_interval_s,
     };
     let task = tokio::spawn(d.run(rx));

@@ -130,6 +130,7 @@ impl Core {
                         .collect();
                     for (i, t) in tasks.iter().enumerate() {
                         self.on_node.entry(t.0).or_default().insert((id, i as i64));
+                        self.poked.insert(t.0);
                     }
                     // The attempt's STARTED event is read from its task rows.
                     w.push(Write::StartJob {
@@ -179,6 +180,7 @@ impl Core {
                     .entry(t.node)
                     .or_default()
                     .insert((id, run, i as i64), t.mask);
+                self.poked.insert(t.node);
             }
         }
         w.push(Write::TaskState {

@@ -24,6 +24,9 @@
 //!   at [`LoopConfig::max_decisions_per_pass`]; the next batch's pass runs
 //!   while the store commits the last one (two deep, never more).
 //! - `metrics.rs`: the figures `/metrics` shows, published after each batch.
+//! - `wakes.rs`: [`Wakes`], each node's order sequence, bumped once a batch
+//!   that gave the node orders is durable; agents hold a wait call on it and
+//!   heartbeat when it moves (work is pushed, not polled for).
 //!
 //! The in-memory state is a cache of the store. If a commit fails the loop
 //! stops and the server exits (crash-only): on restart [`Core::recover`]
@@ -37,6 +40,7 @@ mod explain;
 mod jobs;
 mod metrics;
 mod recover;
+mod wakes;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,6 +51,7 @@ pub use driver::{start, Control, Driver, Gone, Timing};
 pub use jobs::MAX_INTERRUPTIONS;
 pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
 pub use recover::Snapshot;
+pub use wakes::Wakes;
 
 pub use suanli_api::{NodeView, Report, TaskExit, TaskKey};
 

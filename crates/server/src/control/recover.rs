@@ -3,7 +3,7 @@
 //! inconsistency is an error naming the job, task and node: the server must
 //! not schedule on corrupt state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{bail, Context};
 use suanli_core::{GpuMask, Ledger, Models, NodeId};
@@ -122,6 +122,7 @@ impl Core {
             removed: snap.removed.iter().cloned().collect(),
             node_db: Vec::new(),
             killing: BTreeMap::new(),
+            poked: BTreeSet::new(),
             on_node: HashMap::new(),
             tenants: HashMap::new(),
             tenant_names: HashMap::new(),

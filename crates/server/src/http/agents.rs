@@ -5,9 +5,13 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::Json;
-use suanli_api::{Assignment, Job, NodeRegistration, Orders, Registered, Report, TaskRef};
+use suanli_api::{
+    Assignment, Job, NodeRegistration, Orders, OrdersChanged, OrdersWait, Registered, Report,
+    TaskRef, MAX_WAIT_MS,
+};
 use suanli_core::MAX_GPUS_PER_NODE;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -28,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(register_agent))
         .routes(routes!(heartbeat))
         .routes(routes!(task_status))
+        .routes(routes!(wait_orders))
 }
 
 fn validate_registration(b: NodeRegistration) -> Result<Registration, Problem> {
@@ -285,4 +290,28 @@ async fn task_status(
         ));
     }
     report(&st, name, r, false).await
+}
+
+/// Hold the call until this node gets new orders (then heartbeat to read them), or the timeout passes (agent).
+#[utoipa::path(get, path = "/v1/agents/{name}/wait", tag = "agents", params(("name" = String, Path), OrdersWait), security(("bearer" = [])), responses((status = 200, description = "The node's order sequence: changed, or the same after the timeout", body = OrdersChanged), (status = 400, description = "Invalid query, or another protocol version", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not this node's credential", body = ProblemDoc)))]
+async fn wait_orders(
+    State(st): State<AppState>,
+    who: AgentCaller,
+    Path(name): Path<String>,
+    q: Result<Query<OrdersWait>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<OrdersChanged>, Problem> {
+    who.speaks_for(&name)?;
+    let Query(q) = q.map_err(Problem::bad_query)?;
+    if !(1..=MAX_WAIT_MS).contains(&q.timeout_ms) {
+        return Err(Problem::invalid(
+            "timeout_ms",
+            format!(
+                "timeout_ms must be 1..={MAX_WAIT_MS} (found {})",
+                q.timeout_ms
+            ),
+        ));
+    }
+    let timeout = std::time::Duration::from_millis(q.timeout_ms);
+    let seq = st.control.wakes.wait(&name, q.seen, timeout).await;
+    Ok(Json(OrdersChanged { seq }))
 }
