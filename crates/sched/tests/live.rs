@@ -56,12 +56,17 @@ fn starts(s: &Scheduler) -> Vec<(u32, Vec<Placement>)> {
 #[test]
 fn jobs_wait_for_nodes_and_start_when_one_joins() {
     let mut s = empty(QueuePolicy::Fifo);
+    assert_eq!(
+        s.admissible(&job(0, 1, 4, Class::OnDemand)),
+        Ok(()),
+        "no node yet: anything may come"
+    );
     let j = s.submit(job(0, 1, 4, Class::OnDemand));
     s.schedule(1);
     assert!(s.decisions().is_empty());
     assert_eq!(
         s.why_pending(j),
-        Some(WhyPending::Resources {
+        Some(WhyPending::Nodes {
             models: ModelSet::ANY,
             tasks: 1,
             fit: 0
@@ -103,7 +108,7 @@ fn a_drained_node_gets_no_new_work_but_keeps_its_jobs() {
     assert!(s.decisions().is_empty(), "every node is closed");
     assert!(matches!(
         s.why_pending(third),
-        Some(WhyPending::Resources { fit: 0, .. })
+        Some(WhyPending::Nodes { fit: 0, .. })
     ));
     // The first job still runs on the drained node and completes normally.
     s.complete(first, 10);
@@ -270,11 +275,22 @@ fn why_pending_counts_the_jobs_ahead() {
     assert!(s.decisions().is_empty());
     assert_eq!(
         s.why_pending(big),
+        Some(WhyPending::Nodes {
+            models: ModelSet::ANY,
+            tasks: 2,
+            fit: 1
+        }),
+        "one node, even empty, holds one of its two tasks"
+    );
+    s.add_node(node("b", 8, 0), 0);
+    assert_eq!(
+        s.why_pending(big),
         Some(WhyPending::Resources {
             models: ModelSet::ANY,
             tasks: 2,
-            fit: 0
-        })
+            fit: 1
+        }),
+        "two nodes could: it waits for the running job"
     );
     // After the running job ends there is room for a small job, but FIFO
     // holds it behind the gang (and behind the small jobs before it).
@@ -378,12 +394,27 @@ fn closed_nodes_leave_the_open_capacity_and_retired_ones_the_pool() {
     s.retire_node(h);
     assert_eq!(s.capacity_gpu_milli(), 8_000);
     assert_eq!(s.open_capacity_gpu_milli(), 8_000);
-    assert!(s.admissible(&on_h).is_err(), "no node of model 1 is left");
+    assert_eq!(
+        s.admissible(&on_h),
+        Ok(()),
+        "the pool has had a node of model 1: the job may wait for one"
+    );
+    let held = s.submit(on_h.clone());
+    let two = JobSpec { tasks: 2, ..on_h };
+    assert!(
+        s.admissible(&two).is_err(),
+        "the pool never had two nodes of model 1"
+    );
     assert_eq!(s.check_indexes(), Ok(()));
     // The rest of the pool works on.
     s.submit(job(0, 1, 8, Class::OnDemand));
     s.schedule(1);
+    assert_eq!(starts(&s).len(), 1);
     assert_eq!(starts(&s)[0].1[0].node, a);
     assert_eq!(s.allocated_gpu_milli(), 8_000);
+    assert!(matches!(
+        s.why_pending(held),
+        Some(WhyPending::Nodes { fit: 0, .. })
+    ));
     assert_eq!(s.check_indexes(), Ok(()));
 }

@@ -76,6 +76,91 @@ fn a_gang_runs_across_two_agents_and_completes() {
 }
 
 #[test]
+fn a_job_waits_for_nodes_it_could_run_on_and_only_one_no_node_could_ever_hold_is_refused() {
+    let p = pool("waits", &[]);
+    let reason = |id: i64| {
+        job(&p.s, &p.acme, id)["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // No node has joined yet: accepted, PENDING, saying why.
+    let early = submit(&p.s, &p.acme, json!({"command": ["x"], "gpus": 8}));
+    assert_eq!(early["state"], "PENDING", "{early}");
+    let early = early["id"].as_i64().unwrap();
+    assert!(
+        reason(early).starts_with(
+            "nodes: no node has joined the pool yet (each task needs 8 GPUs (any model)"
+        ),
+        "{}",
+        reason(early)
+    );
+    // The first node starts it.
+    register(&p.s, &p.agent, "n1", 8, "H200", 64_000);
+    assert_eq!(state(&p, early), "RUNNING");
+    call(
+        "POST",
+        &p.s.u(&format!("/v1/jobs/{early}/cancel")),
+        Some(&p.acme),
+        Some("{}"),
+    );
+    heartbeat(&p.s, &p.agent, "n1", &[], &[]);
+    // Beyond every shape the pool has had: refused, saying why.
+    let (code, v, _) = call(
+        "POST",
+        &p.s.u("/v1/jobs"),
+        Some(&p.acme),
+        Some(&json!({"command": ["x"], "gpus": 8, "tasks": 2}).to_string()),
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (422, Some("unsatisfiable")),
+        "{v}"
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("room for at most 1 of them"),
+        "{v}"
+    );
+    // The only node drained: a job it could hold waits for it.
+    assert_eq!(
+        call("POST", &p.s.u("/v1/nodes/n1/drain"), Some(&p.admin), None).0,
+        200
+    );
+    let w = submit(&p.s, &p.acme, json!({"command": ["x"], "gpus": 4}))["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(state(&p, w), "PENDING");
+    assert!(
+        reason(w).starts_with(
+            "nodes: no ready node is large enough (each task needs 4 GPUs (any model)"
+        ),
+        "{}",
+        reason(w)
+    );
+    // The node is removed (its shape stays known): still accepted, still
+    // waiting; a node that joins later runs it.
+    heartbeat(&p.s, &p.agent, "n1", &[], &[]);
+    assert_eq!(
+        call("DELETE", &p.s.u("/v1/nodes/n1"), Some(&p.admin), None).0,
+        204
+    );
+    let w2 = submit(&p.s, &p.acme, json!({"command": ["x"], "gpus": 8}));
+    assert_eq!(w2["state"], "PENDING", "{w2}");
+    register(&p.s, &p.agent, "n2", 8, "H200", 64_000);
+    assert_eq!(state(&p, w), "RUNNING");
+    assert_eq!(
+        state(&p, w2.get("id").unwrap().as_i64().unwrap()),
+        "PENDING"
+    );
+    assert!(
+        reason(w2["id"].as_i64().unwrap()).starts_with("resources: no node has 8 GPUs (any model)")
+    );
+}
+
+#[test]
 fn a_failed_task_retries_then_fails_the_job() {
     let p = pool("retry", &[]);
     register(&p.s, &p.agent, "n1", 4, "A100-80G", 64_000);
@@ -196,7 +281,7 @@ fn quotas_limit_tenants_and_pending_jobs_say_why() {
         })
         .collect();
     assert_eq!(reasons, vec![
-        (g, "resources: only 1 of the gang's 2 tasks fit now (each needs 8 free GPUs of model any model)".to_string()),
+        (g, "resources: only 1 of the gang's 2 tasks fit now (each needs 8 GPUs (any model), 1 CPU and 1024 MiB); running jobs hold the rest".to_string()),
         (small, "priority: waiting behind higher-priority jobs (1 of them yours)".to_string()),
     ]);
     // The admin is told the full count; beta is not told of acme's job.
@@ -262,7 +347,7 @@ fn spot_work_is_preempted_and_its_devices_are_handed_over_only_after_the_kill() 
         v["reason"]
             .as_str()
             .unwrap()
-            .starts_with("resources: no node has 8 free GPUs"),
+            .starts_with("resources: no node has 8 GPUs (any model)"),
         "{v}"
     );
 }

@@ -23,6 +23,14 @@ pub enum WhyPending {
         tasks: u32,
         fit: u32,
     },
+    /// No open node could hold the job even with nothing running: at most
+    /// `fit` of its `tasks` tasks on one GPU model among `models`. It
+    /// waits for nodes to join, return (down) or reopen (draining).
+    Nodes {
+        models: ModelSet,
+        tasks: u32,
+        fit: u32,
+    },
     /// Resources are free but `ahead` jobs come first in the policy's order
     /// (they are tried first; under FIFO the head blocks the rest), `own` of
     /// them the same tenant's (what that tenant may be told).
@@ -47,6 +55,7 @@ impl Scheduler {
             t.used.resize(n, 0);
         }
         self.admit_cache.clear();
+        self.open_fit.clear();
     }
 
     /// Add a node to the pool (open to placements); returns its id.
@@ -81,6 +90,7 @@ impl Scheduler {
         }
         self.note_node(id);
         self.admit_cache.clear();
+        self.open_fit.clear();
         id
     }
 
@@ -96,6 +106,7 @@ impl Scheduler {
                 *open = if closed { *open - milli } else { *open + milli };
             }
             self.admit_cache.clear();
+            self.open_fit.clear();
         }
         self.ledger
             .set_closed(node, closed)
@@ -122,6 +133,7 @@ impl Scheduler {
             self.free_milli[m.0 as usize] -= milli;
         }
         self.admit_cache.clear();
+        self.open_fit.clear();
     }
 
     /// Running jobs with a task on `node`.
@@ -148,6 +160,7 @@ impl Scheduler {
         tenant.limited = quota.max.iter().any(|&m| m != u64::MAX);
         tenant.quota = quota;
         self.admit_cache.clear();
+        self.open_fit.clear();
     }
 
     /// After a restart: a job that was running since `started` on exactly
@@ -240,6 +253,16 @@ impl Scheduler {
         }
         let s = &e.spec;
         let req = s.req;
+        // Even empty, the open nodes cannot hold it: it waits for nodes
+        // (whatever the quota says).
+        let fit = self.fit_tasks(&req, s.tasks, true);
+        if fit < s.tasks {
+            return Some(WhyPending::Nodes {
+                models: req.models,
+                tasks: s.tasks,
+                fit,
+            });
+        }
         let models = match self.allowed_models(s) {
             Some(m) => m,
             None => {
@@ -261,25 +284,7 @@ impl Scheduler {
             }
         };
         let req = Request { models, ..req };
-        let specs = self.ledger.specs();
-        let states = self.ledger.states();
-        let fit = if req.num_gpu == 0 {
-            let n: u64 = (0..specs.len())
-                .map(|n| fit_count(&specs[n], &states[n], &req, s.tasks) as u64)
-                .sum();
-            n.min(s.tasks as u64) as u32
-        } else {
-            let mut per_model = vec![0u64; self.n_models];
-            for n in 0..specs.len() {
-                if let Some(m) = specs[n].model {
-                    if req.models.accepts(Some(m)) {
-                        per_model[m.0 as usize] +=
-                            fit_count(&specs[n], &states[n], &req, s.tasks) as u64;
-                    }
-                }
-            }
-            per_model.into_iter().max().unwrap_or(0).min(s.tasks as u64) as u32
-        };
+        let fit = self.fit_tasks(&req, s.tasks, false);
         if fit < s.tasks {
             return Some(WhyPending::Resources {
                 models,

@@ -227,6 +227,10 @@ pub struct Scheduler {
     /// Answers of `admissible` by (request, tasks, tenant): they depend only
     /// on the fixed node inventory and quotas.
     admit_cache: HashMap<MemoKey, Result<(), String>>,
+    /// Whether a job shape (request, tasks) cannot fit the open nodes even
+    /// with nothing running ([`Scheduler::waits_for_nodes`]); cleared with
+    /// `admit_cache` whenever nodes join, close, reopen or retire.
+    open_fit: HashMap<(Request, u32), bool>,
 }
 
 impl Scheduler {
@@ -326,6 +330,7 @@ impl Scheduler {
             running_by_level: Vec::new(),
             running_spot: 0,
             admit_cache: HashMap::new(),
+            open_fit: HashMap::new(),
             preempt_failures: 0,
             preempt_backoff: Vec::new(),
         };
@@ -420,9 +425,12 @@ impl Scheduler {
         e.spec.work.saturating_sub(done)
     }
 
-    /// Can this job ever run on this cluster (some node of an allowed model
-    /// holds one task, enough such GPUs exist for the gang, and the quota
-    /// maximum leaves room)? A job that cannot is best rejected at submission.
+    /// Could this job ever run on this pool? It could when some node shape
+    /// the pool has had (retired nodes included: a node may come back) holds
+    /// one task, enough such GPUs of one model exist for the gang, and the
+    /// tenant's maximum quota leaves room; or when no node has joined yet.
+    /// A job that could not is best refused at submission; one that could
+    /// but cannot now waits ([`Scheduler::why_pending`] says for what).
     pub fn admissible(&mut self, spec: &JobSpec) -> Result<(), String> {
         let key = (spec.req, spec.tasks, spec.tenant.0);
         if let Some(r) = self.admit_cache.get(&key) {
@@ -435,45 +443,48 @@ impl Scheduler {
 
     fn admissible_uncached(&self, spec: &JobSpec) -> Result<(), String> {
         let req = &spec.req;
-        let specs: Vec<&NodeSpec> = self
-            .ledger
-            .specs()
-            .iter()
-            .zip(&self.retired)
-            .filter(|(_, &r)| !r)
-            .map(|(s, _)| s)
-            .collect();
-        let fits_empty = |s: &&NodeSpec| NodeState::empty(s).fits(s, req);
+        let specs = self.ledger.specs();
+        if specs.is_empty() {
+            return Ok(()); // no node yet: it waits for them
+        }
+        let fits_empty = |s: &NodeSpec| NodeState::empty(s).fits(s, req);
         if !specs.iter().any(fits_empty) {
-            return Err(format!("no node can hold one task ({req})"));
+            return Err(format!(
+                "one task ({req}) is larger than every node this pool has had"
+            ));
         }
         if req.num_gpu > 0 {
-            let mut best = 0u64;
-            for m in 0..self.n_models {
-                let id = ModelId(m as u8);
-                if !req.models.accepts(Some(id)) {
-                    continue;
-                }
-                let mut slots = 0u64;
-                for s in specs.iter().filter(|s| s.model == Some(id)) {
+            // Tasks of the gang that fit on each model's nodes, all empty.
+            let mut slots = vec![0u64; self.n_models];
+            for s in specs {
+                if let Some(m) = s.model.filter(|&m| req.models.accepts(Some(m))) {
                     let st = NodeState::empty(s);
-                    slots += fit_count(s, &st, req, spec.tasks) as u64;
-                }
-                if slots < spec.tasks as u64 {
-                    continue;
-                }
-                let max = self
-                    .tenants
-                    .get(spec.tenant.0 as usize)
-                    .map_or(u64::MAX, |t| t.quota.max[m]);
-                if spec.gpu_milli() <= max {
-                    best = best.max(slots);
+                    slots[m.0 as usize] += fit_count(s, &st, req, spec.tasks) as u64;
                 }
             }
-            if best == 0 {
+            let big_enough: Vec<usize> = (0..self.n_models)
+                .filter(|&m| slots[m] >= spec.tasks as u64)
+                .collect();
+            if big_enough.is_empty() {
                 return Err(format!(
-                    "{} tasks of {req}: no GPU model has room for the gang within the tenant's maximum quota",
-                    spec.tasks
+                    "a gang of {} tasks of {req}: the pool has had room for at most {} of them \
+                     on one GPU model",
+                    spec.tasks,
+                    slots.iter().max().copied().unwrap_or(0)
+                ));
+            }
+            let max = |m: usize| {
+                self.tenants
+                    .get(spec.tenant.0 as usize)
+                    .map_or(u64::MAX, |t| t.quota.max[m])
+            };
+            if !big_enough.iter().any(|&m| spec.gpu_milli() <= max(m)) {
+                let most = big_enough.iter().map(|&m| max(m)).max().unwrap_or(0);
+                return Err(format!(
+                    "the job needs {} GPUs; the tenant's maximum quota allows at most {} on \
+                     any GPU model that could hold it",
+                    spec.gpu_milli() as f64 / 1000.0,
+                    most as f64 / 1000.0
                 ));
             }
         }

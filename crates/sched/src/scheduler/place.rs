@@ -29,6 +29,47 @@ impl Scheduler {
         (set.0 != 0).then_some(set)
     }
 
+    /// How many of `tasks` tasks of `req` fit on the open nodes, on one
+    /// GPU model for GPU requests: as they are now, or (`empty`) with
+    /// nothing running.
+    pub(super) fn fit_tasks(&self, req: &Request, tasks: u32, empty: bool) -> u32 {
+        let specs = self.ledger.specs();
+        let states = self.ledger.states();
+        let mut per_model = vec![0u64; self.n_models.max(1)];
+        for n in 0..specs.len() {
+            let m = match specs[n].model {
+                Some(m) if req.num_gpu > 0 && req.models.accepts(Some(m)) => m.0 as usize,
+                _ if req.num_gpu > 0 => continue,
+                _ => 0,
+            };
+            let k = if empty {
+                if states[n].is_closed() || self.retired[n] {
+                    continue;
+                }
+                fit_count(&specs[n], &NodeState::empty(&specs[n]), req, tasks)
+            } else {
+                fit_count(&specs[n], &states[n], req, tasks)
+            };
+            per_model[m] += k as u64;
+        }
+        per_model.into_iter().max().unwrap_or(0).min(tasks as u64) as u32
+    }
+
+    /// Whether job `j` cannot fit the open nodes even with nothing running:
+    /// it waits for nodes (to join, come back or reopen), not for other
+    /// jobs, so it holds nobody back (FIFO's head, backfill's reservation).
+    /// Cached per shape until the nodes change.
+    pub(super) fn waits_for_nodes(&mut self, j: JobId) -> bool {
+        let s = &self.jobs[j.0 as usize].spec;
+        let key = (s.req, s.tasks);
+        if let Some(&w) = self.open_fit.get(&key) {
+            return w;
+        }
+        let w = self.fit_tasks(&s.req, s.tasks, true) < s.tasks;
+        self.open_fit.insert(key, w);
+        w
+    }
+
     pub(super) fn free_in(&self, models: ModelSet) -> u64 {
         if models.is_any() {
             return self.free_milli.iter().sum();

@@ -156,7 +156,7 @@ impl Scheduler {
             }
             self.failed_preempt.insert(mk);
         }
-        if self.policy == QueuePolicy::Fifo {
+        if self.policy == QueuePolicy::Fifo && !self.waits_for_nodes(j) {
             return None;
         }
         Some(false)
@@ -296,8 +296,11 @@ impl Scheduler {
                     if self.start_if_placeable(j, now) {
                         continue;
                     }
-                    reservation = Some(self.reserve(j, now));
                     self.failed.insert(mk);
+                    if self.waits_for_nodes(j) {
+                        continue; // no reservation for what no open node holds
+                    }
+                    reservation = Some(self.reserve(j, now));
                 }
                 Some((shadow, extra, rmodels)) => {
                     let overlaps = models.is_any() || rmodels.is_any() || models.0 & rmodels.0 != 0;

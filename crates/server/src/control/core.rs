@@ -306,7 +306,9 @@ impl Core {
                     detail: format!(
                         "unknown GPU model {name:?}; the pool has: {}",
                         if known.is_empty() {
-                            "none yet".to_string()
+                            "none yet (no node has joined: submit without a GPU model, or \
+                             once the agents have registered)"
+                                .to_string()
                         } else {
                             known.join(", ")
                         }

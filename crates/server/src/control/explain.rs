@@ -21,6 +21,33 @@ impl Core {
         names.join("|")
     }
 
+    /// What one task of `req` needs, in words: "2 GPUs (H200), 8 CPUs
+    /// and 65536 MiB", "0.5 of a GPU (any model), 1 CPU and 1024 MiB".
+    pub(super) fn task_needs(&self, req: &suanli_core::Request, models: ModelSet) -> String {
+        let num = |milli: u64| {
+            let g = milli as f64 / 1000.0;
+            if g.fract() == 0.0 {
+                format!("{g:.0}")
+            } else {
+                format!("{g}")
+            }
+        };
+        let of = if models.is_any() {
+            "any model".to_string()
+        } else {
+            self.model_names(models)
+        };
+        let gpus = match req.num_gpu {
+            0 => String::new(),
+            _ if req.is_share() => format!("{} of a GPU ({of}), ", num(req.gpu_milli as u64)),
+            1 => format!("1 GPU ({of}), "),
+            n => format!("{n} GPUs ({of}), "),
+        };
+        let cpus = num(req.cpu_milli);
+        let s = if cpus == "1" { "" } else { "s" };
+        format!("{gpus}{cpus} CPU{s} and {} MiB", req.memory_mib)
+    }
+
     pub(super) fn explain(&self, ids: &[i64], viewer: Option<i64>) -> HashMap<i64, String> {
         let mut out = HashMap::new();
         for id in ids {
@@ -53,28 +80,28 @@ impl Core {
                     self.models.name(model),
                     gpus(need)
                 ),
-                WhyPending::Resources { models, tasks, fit } => {
-                    let r = spec.req;
-                    let what = if r.num_gpu == 0 {
-                        format!("{} CPU and {} MiB free", gpus(r.cpu_milli), r.memory_mib)
-                    } else if r.is_share() {
-                        format!(
-                            "a GPU with {} free of model {}",
-                            gpus(r.gpu_milli as u64),
-                            self.model_names(models)
-                        )
+                WhyPending::Nodes { models, tasks, fit } => {
+                    let what = self.task_needs(&spec.req, models);
+                    let have = if self.nodes.is_empty() {
+                        "no node has joined the pool yet".to_string()
+                    } else if fit == 0 {
+                        "no ready node is large enough".to_string()
                     } else {
-                        format!(
-                            "{} free GPUs of model {}",
-                            r.num_gpu,
-                            self.model_names(models)
-                        )
+                        format!("the ready nodes could hold only {fit} of the gang's {tasks} tasks")
                     };
+                    format!(
+                        "nodes: {have} (each task needs {what}); it waits for nodes to join, \
+                         come back or be undrained"
+                    )
+                }
+                WhyPending::Resources { models, tasks, fit } => {
+                    let what = self.task_needs(&spec.req, models);
                     if tasks == 1 {
-                        format!("resources: no node has {what}")
+                        format!("resources: no node has {what} free now; running jobs hold them")
                     } else {
                         format!(
-                            "resources: only {fit} of the gang's {tasks} tasks fit now (each needs {what})"
+                            "resources: only {fit} of the gang's {tasks} tasks fit now (each \
+                             needs {what}); running jobs hold the rest"
                         )
                     }
                 }
