@@ -180,6 +180,10 @@ pub struct Ledger {
     allocs: HashMap<AllocId, Allocation>,
     next_id: u64,
     capacity_gpu_milli: u64,
+    /// Bumped by every change (a node added, closed or reopened, an
+    /// allocation made or released): what was computed from the ledger at
+    /// one generation holds as long as it is current.
+    generation: u64,
 }
 
 impl Ledger {
@@ -195,6 +199,7 @@ impl Ledger {
             allocs: HashMap::new(),
             next_id: 0,
             capacity_gpu_milli,
+            generation: 0,
         }
     }
 
@@ -217,6 +222,10 @@ impl Ledger {
     pub fn capacity_gpu_milli(&self) -> u64 {
         self.capacity_gpu_milli
     }
+    /// Changes so far (see the field): equal generations, equal ledger.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
     /// GPU milli currently allocated across the cluster.
     pub fn allocated_gpu_milli(&self) -> u64 {
         self.capacity_gpu_milli
@@ -232,6 +241,7 @@ impl Ledger {
         self.capacity_gpu_milli += spec.gpus as u64 * MILLI_PER_GPU as u64;
         self.states.push(NodeState::empty(&spec));
         self.specs.push(spec);
+        self.generation += 1;
         id
     }
 
@@ -245,6 +255,7 @@ impl Ledger {
         if st.closed != closed {
             st.closed = closed;
             st.version = st.version.wrapping_add(1);
+            self.generation += 1;
         }
         Ok(())
     }
@@ -317,6 +328,7 @@ impl Ledger {
             st.gpu_tasks[shape] += 1;
         }
         st.version = st.version.wrapping_add(1);
+        self.generation += 1;
         let id = AllocId(self.next_id);
         self.next_id += 1;
         self.allocs.insert(
@@ -350,6 +362,7 @@ impl Ledger {
             st.gpu_tasks[shape] -= 1;
         }
         st.version = st.version.wrapping_add(1);
+        self.generation += 1;
         debug_assert!(st.cpu_free <= spec.cpu_milli && st.mem_free <= spec.memory_mib);
         Ok(a)
     }

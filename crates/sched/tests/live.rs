@@ -418,3 +418,84 @@ fn closed_nodes_leave_the_open_capacity_and_retired_ones_the_pool() {
     ));
     assert_eq!(s.check_indexes(), Ok(()));
 }
+
+/// Cached why-pending answers stay equal to fresh ones whatever changes
+/// between them: nodes joining, closing and reopening, jobs starting and
+/// ending, quotas changing; and the count of jobs ahead stops at the cap.
+#[test]
+fn cached_reasons_match_fresh_ones_through_every_kind_of_change() {
+    use suanli_sched::scheduler::WHY_AHEAD_CAP;
+    let mut s = empty(QueuePolicy::Classes);
+    let mut jobs = Vec::new();
+    let mut x = 7u64;
+    let mut rnd = |n: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    let mut nodes = Vec::new();
+    for step in 0..400u64 {
+        match rnd(8) {
+            0 if nodes.len() < 6 => nodes.push(s.add_node(node("n", 8, rnd(2) as u8), 0)),
+            1 if !nodes.is_empty() => {
+                let n = nodes[rnd(nodes.len() as u64) as usize];
+                let closed = s.ledger().node(n).unwrap().1.is_closed();
+                s.set_closed(n, !closed);
+            }
+            2 => {
+                let mut q = TenantQuota::unlimited(2);
+                q.max = vec![rnd(3) * 4000, u64::MAX];
+                s.set_quota(TenantId(rnd(2) as u16), q);
+            }
+            3 => {
+                let running: Vec<_> = jobs
+                    .iter()
+                    .copied()
+                    .filter(|&j| s.state(j) == suanli_sched::scheduler::JobState::Running)
+                    .collect();
+                if let Some(&j) = running.first() {
+                    s.complete(j, step);
+                }
+            }
+            4 => s.schedule(step),
+            _ => {
+                let spec = job(
+                    rnd(2) as u16,
+                    1 + rnd(2) as u32,
+                    1 + rnd(8) as u32,
+                    Class::OnDemand,
+                );
+                if s.admissible(&spec).is_ok() {
+                    jobs.push(s.submit(spec));
+                }
+            }
+        }
+        let cached: Vec<_> = jobs.iter().map(|&j| s.why_pending(j)).collect();
+        s.forget_why();
+        let fresh: Vec<_> = jobs.iter().map(|&j| s.why_pending(j)).collect();
+        assert_eq!(cached, fresh, "step {step}");
+    }
+    // Far down a long queue: at most the cap is counted.
+    let mut s = empty(QueuePolicy::Fifo);
+    s.add_node(node("a", 8, 0), 0);
+    let ids: Vec<_> = (0..WHY_AHEAD_CAP + 20)
+        .map(|_| s.submit(job(0, 1, 8, Class::OnDemand)))
+        .collect();
+    s.schedule(1);
+    let last = *ids.last().unwrap();
+    match s.why_pending(last) {
+        Some(WhyPending::Resources { .. }) => {}
+        w => panic!("{w:?}"),
+    }
+    s.complete(ids[0], 2);
+    // The pool is free again: the first pending job would start at the
+    // next pass, the last is behind the cap.
+    assert_eq!(
+        s.why_pending(last),
+        Some(WhyPending::Queue {
+            ahead: WHY_AHEAD_CAP,
+            own: WHY_AHEAD_CAP
+        })
+    );
+}

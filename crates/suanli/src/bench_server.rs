@@ -56,6 +56,13 @@ pub struct BenchServerArgs {
     /// Skip the placement benchmark.
     #[arg(long)]
     no_place: bool,
+    /// Skip the placement-while-listing benchmark.
+    #[arg(long)]
+    no_list: bool,
+    /// Runs of the placement-while-listing benchmark, with and without the
+    /// lister each (the median counts).
+    #[arg(long, default_value_t = 3)]
+    list_runs: usize,
     /// Also write the figures as JSON to FILE (`-`: standard output, and
     /// no text).
     #[arg(long, value_name = "FILE")]
@@ -73,6 +80,24 @@ struct Figures {
     submissions: Option<SubmitFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     placement: Option<PlaceFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listing: Option<ListFigures>,
+}
+
+/// The live loop placing while a tenant lists its pending jobs.
+#[derive(Serialize)]
+struct ListFigures {
+    nodes: usize,
+    pending: usize,
+    decisions_alone: u64,
+    seconds_alone: f64,
+    decisions_listing: u64,
+    seconds_listing: f64,
+    /// Pages of 100 pending jobs (with reasons) listed while the loop
+    /// placed, over and over from the first (the median run's).
+    pages_listed: u64,
+    /// (decisions/s alone) / (decisions/s while listing) - 1, in percent.
+    slowdown_pct: f64,
 }
 
 #[derive(Serialize)]
@@ -204,6 +229,45 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
                 base.rss_per_pending
             );
         }
+    }
+    if !a.no_list {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| failure(e.to_string()))?;
+        // Runs are short (under a second at 5,000 nodes): the median of
+        // `--list-runs` of each, interleaved.
+        let (mut alone_runs, mut list_runs) = (Vec::new(), Vec::new());
+        for _ in 0..a.list_runs.max(1) {
+            alone_runs.push(rt.block_on(place_while_listing(a.nodes, a.pending, false))?);
+            list_runs.push(rt.block_on(place_while_listing(a.nodes, a.pending, true))?);
+        }
+        let median = |mut v: Vec<(f64, u64, u64)>| {
+            v.sort_by(|x, y| (x.0 / x.1 as f64).total_cmp(&(y.0 / y.1 as f64)));
+            v[v.len() / 2]
+        };
+        let (alone_s, alone, _) = median(alone_runs);
+        let (list_s, listing, pages) = median(list_runs);
+        let rate = |d: u64, s: f64| d as f64 / s;
+        let slowdown = (rate(alone, alone_s) / rate(listing, list_s) - 1.0) * 100.0;
+        if text {
+            println!(
+                "listing: the live loop placed {alone} jobs in {alone_s:.3} s alone, {listing} in \
+                 {list_s:.3} s while a tenant's {LISTERS} clients listed {pages} pages of 100 \
+                 pending jobs with reasons ({slowdown:+.1}% time per decision)"
+            );
+        }
+        fig.listing = Some(ListFigures {
+            nodes: a.nodes,
+            pending: a.pending,
+            decisions_alone: alone,
+            seconds_alone: alone_s,
+            decisions_listing: listing,
+            seconds_listing: list_s,
+            pages_listed: pages,
+            slowdown_pct: slowdown,
+        });
     }
     if let Some(path) = &a.json {
         let j = serde_json::to_string_pretty(&fig).expect("figures serialise");
@@ -469,52 +533,14 @@ struct Placed {
     target: String,
 }
 
-/// Undrain `nodes` nodes under `pending` queued jobs, and run the loop's
-/// passes until the pool is full (timed).
-async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed, CliError> {
-    let f = |e: anyhow::Error| failure(format!("{e:#}"));
-    let dir = tmp_dir(if group { "place" } else { "place-base" });
-    std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
-    let store = Store::open(&dir)
-        .await
-        .map_err(|e| failure(e.to_string()))?;
-    let t = store
-        .create_tenant("bench", 1.0, "bench")
-        .await
-        .map_err(|e| failure(e.to_string()))?;
-    let cfg = LoopConfig {
-        group_nodes: group,
-        // No agent reports here: nodes must outlive queuing a million jobs.
-        lease_ms: 24 * 3600 * 1000,
-        ..LoopConfig::default()
-    };
-    let mut lp = Driver::recover(store, &cfg).await.map_err(f)?;
-    let models = ["A100-80G", "H800", "Ascend910B"];
-    let mut cmds = Vec::new();
-    for n in 0..nodes {
-        cmds.push(LoopCmd::Register(Registration {
-            name: format!("n{n:05}"),
-            addr: String::new(),
-            gpu_model: Some(models[n % 3].to_string()),
-            gpus: 8,
-            gpu_memory_mib: 81920,
-            cpu_milli: 128_000,
-            memory_mib: 1 << 20,
-            labels: [("rack".to_string(), format!("r{}", n / 32))].into(),
-        }));
-        cmds.push(LoopCmd::Drain {
-            node: format!("n{n:05}"),
-            drain: true,
-            actor: "bench".to_string(),
-        });
-    }
-    lp.step(cmds).await.map_err(f)?;
-    let rss_before = rss_bytes();
-    // Mixed shapes: shares, 1, 2, 4 and 8 GPUs, a few 2-node gangs, some
-    // pinned to a model, classes mixed.
+const MODELS: [&str; 3] = ["A100-80G", "H800", "Ascend910B"];
+
+/// `n` queued jobs of mixed shapes: shares, 1, 2, 4 and 8 GPUs, a few
+/// 2-node gangs, some pinned to a model, classes mixed (seeded: the same
+/// every run).
+fn bench_jobs(n: usize) -> impl Iterator<Item = NewJob> {
     let mut x: u64 = 42;
-    let mut cmds = Vec::new();
-    for i in 0..pending {
+    (0..n).map(move |i| {
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -529,28 +555,204 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
         };
         let pin = (x >> 40) % 4;
         let gpu_models = if pin < 3 {
-            vec![models[pin as usize].to_string()]
+            vec![MODELS[pin as usize].to_string()]
         } else {
             Vec::new()
         };
+        NewJob {
+            name: format!("j{i}"),
+            command: vec!["x".to_string()],
+            tasks,
+            cpu_milli: 4000,
+            memory_mib: 16384,
+            num_gpu,
+            gpu_milli,
+            gpu_models,
+            class: [Class::Spot, Class::OnDemand, Class::Guaranteed][(x >> 50) as usize % 3],
+            env: Default::default(),
+            workdir: String::new(),
+            max_runtime_s: None,
+            retries: 0,
+        }
+    })
+}
+
+/// A loop with `nodes` registered, drained 8-GPU nodes (of three models)
+/// and a tenant `bench`, in a fresh store in `dir`.
+async fn loaded_store(
+    dir: &std::path::Path,
+    nodes: usize,
+    cfg: &LoopConfig,
+) -> Result<(Driver, i64), CliError> {
+    let f = |e: anyhow::Error| failure(format!("{e:#}"));
+    std::fs::create_dir_all(dir).map_err(|e| failure(e.to_string()))?;
+    let store = Store::open(dir).await.map_err(|e| failure(e.to_string()))?;
+    let t = store
+        .create_tenant("bench", 1.0, "bench")
+        .await
+        .map_err(|e| failure(e.to_string()))?;
+    let mut lp = Driver::recover(store, cfg).await.map_err(f)?;
+    let mut cmds = Vec::new();
+    for n in 0..nodes {
+        cmds.push(LoopCmd::Register(Registration {
+            name: format!("n{n:05}"),
+            addr: String::new(),
+            gpu_model: Some(MODELS[n % 3].to_string()),
+            gpus: 8,
+            gpu_memory_mib: 81920,
+            cpu_milli: 128_000,
+            memory_mib: 1 << 20,
+            labels: [("rack".to_string(), format!("r{}", n / 32))].into(),
+        }));
+        cmds.push(LoopCmd::Drain {
+            node: format!("n{n:05}"),
+            drain: true,
+            actor: "bench".to_string(),
+        });
+    }
+    lp.step(cmds).await.map_err(f)?;
+    Ok((lp, t.id))
+}
+
+/// Concurrent listers of `place_while_listing` (a tenant's scripts, or a
+/// console's tabs).
+const LISTERS: usize = 4;
+
+/// The live loop (its driver task, as the server runs it) places what
+/// undraining `nodes` nodes under `pending` queued jobs allows, while (with
+/// `list`) a tenant lists its pending jobs page by page from [`LISTERS`]
+/// clients at once (100 a page, with their why-pending reasons, over and
+/// over). Returns the seconds from the
+/// undrain to the last decision, the decisions, and the pages listed in
+/// that time.
+async fn place_while_listing(
+    nodes: usize,
+    pending: usize,
+    list: bool,
+) -> Result<(f64, u64, u64), CliError> {
+    let f = |e: anyhow::Error| failure(format!("{e:#}"));
+    let dir = tmp_dir(if list { "list" } else { "list-base" });
+    let cfg = LoopConfig {
+        lease_ms: 24 * 3600 * 1000,
+        ..LoopConfig::default()
+    };
+    let (mut lp, tenant) = loaded_store(&dir, nodes, &cfg).await?;
+    let mut cmds = Vec::new();
+    for job in bench_jobs(pending) {
         cmds.push(LoopCmd::Submit {
-            tenant_id: t.id,
+            tenant_id: tenant,
             tenant: "bench".to_string(),
-            job: NewJob {
-                name: format!("j{i}"),
-                command: vec!["x".to_string()],
-                tasks,
-                cpu_milli: 4000,
-                memory_mib: 16384,
-                num_gpu,
-                gpu_milli,
-                gpu_models,
-                class: [Class::Spot, Class::OnDemand, Class::Guaranteed][(x >> 50) as usize % 3],
-                env: Default::default(),
-                workdir: String::new(),
-                max_runtime_s: None,
-                retries: 0,
-            },
+            job,
+        });
+        if cmds.len() == 10_000 {
+            lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;
+        }
+    }
+    lp.step(cmds).await.map_err(f)?;
+    drop(lp);
+    // The server's way: recover from the store, run the driver as a task.
+    let store = Store::open(&dir)
+        .await
+        .map_err(|e| failure(e.to_string()))?;
+    let (control, task) = suanli_server::control::start(store.clone(), &cfg)
+        .await
+        .map_err(f)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pages = Arc::new(AtomicU64::new(0));
+    let listers: Vec<_> = (0..if list { LISTERS } else { 0 })
+        .map(|i| {
+            let (control, store, stop, pages) =
+                (control.clone(), store.clone(), stop.clone(), pages.clone());
+            tokio::spawn(async move {
+                // Each from its own place in the queue.
+                let mut cursor = i as i64 * 2_500;
+                while !stop.load(Ordering::Relaxed) {
+                    let page = store
+                        .jobs(
+                            Some(tenant),
+                            Some(suanli_api::JobState::Pending),
+                            cursor,
+                            100,
+                        )
+                        .await
+                        .map_err(|e| failure(e.to_string()))?;
+                    let ids: Vec<i64> = page.iter().map(|j| j.id).collect();
+                    let reasons = control
+                        .explain(ids.clone(), Some(tenant))
+                        .await
+                        .map_err(|_| failure("the loop stopped"))?;
+                    std::hint::black_box(reasons);
+                    pages.fetch_add(1, Ordering::Relaxed);
+                    cursor = if ids.len() < 100 {
+                        0
+                    } else {
+                        *ids.last().expect("a full page")
+                    };
+                }
+                Ok::<(), CliError>(())
+            })
+        })
+        .collect();
+    // Let the lister get going, then undrain every node.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = control.metrics.decisions();
+    let pages_before = pages.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut undrains = Vec::with_capacity(nodes);
+    for n in 0..nodes {
+        let c = control.clone();
+        undrains.push(tokio::spawn(async move {
+            c.drain(format!("n{n:05}"), false, "bench".to_string())
+                .await
+        }));
+    }
+    for u in undrains {
+        u.await
+            .map_err(|e| failure(e.to_string()))?
+            .map_err(|_| failure("the loop stopped"))?
+            .map_err(|r| failure(format!("undrain refused: {r:?}")))?;
+    }
+    // Done when no decision came for 500 ms; timed to the last one.
+    let (mut last, mut last_at) = (control.metrics.decisions(), Instant::now());
+    let mut pages_by_last = pages.load(Ordering::Relaxed);
+    while last_at.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let d = control.metrics.decisions();
+        if d != last {
+            (last, last_at) = (d, Instant::now());
+            pages_by_last = pages.load(Ordering::Relaxed);
+        }
+    }
+    let took = last_at.duration_since(t0).as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for l in listers {
+        l.await.map_err(|e| failure(e.to_string()))??;
+    }
+    drop(control);
+    let _ = task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((took, last - before, pages_by_last - pages_before))
+}
+
+/// Undrain `nodes` nodes under `pending` queued jobs, and run the loop's
+/// passes until the pool is full (timed).
+async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed, CliError> {
+    let f = |e: anyhow::Error| failure(format!("{e:#}"));
+    let dir = tmp_dir(if group { "place" } else { "place-base" });
+    let cfg = LoopConfig {
+        group_nodes: group,
+        // No agent reports here: nodes must outlive queuing a million jobs.
+        lease_ms: 24 * 3600 * 1000,
+        ..LoopConfig::default()
+    };
+    let (mut lp, tenant) = loaded_store(&dir, nodes, &cfg).await?;
+    let rss_before = rss_bytes();
+    let mut cmds = Vec::new();
+    for job in bench_jobs(pending) {
+        cmds.push(LoopCmd::Submit {
+            tenant_id: tenant,
+            tenant: "bench".to_string(),
+            job,
         });
         if cmds.len() == 10_000 {
             lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;

@@ -4,6 +4,9 @@
 //! lost); and the answer to "why is my job still pending?".
 use super::*;
 
+/// [`WhyPending::Queue`] counts the jobs ahead up to this many.
+pub const WHY_AHEAD_CAP: usize = 100;
+
 /// Why a pending job did not start, as of the scheduler's current state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WhyPending {
@@ -31,7 +34,8 @@ pub enum WhyPending {
         tasks: u32,
         fit: u32,
     },
-    /// Resources are free but `ahead` jobs come first in the policy's order
+    /// Resources are free but `ahead` jobs come first (counted up to
+    /// [`WHY_AHEAD_CAP`]: that many means at least that many) in the policy's order
     /// (they are tried first; under FIFO the head blocks the rest), `own` of
     /// them the same tenant's (what that tenant may be told).
     Queue { ahead: usize, own: usize },
@@ -161,6 +165,7 @@ impl Scheduler {
         tenant.quota = quota;
         self.admit_cache.clear();
         self.open_fit.clear();
+        self.why_cache.get_mut().1.clear();
     }
 
     /// After a restart: a job that was running since `started` on exactly
@@ -245,13 +250,63 @@ impl Scheduler {
     }
 
     /// Why pending job `j` is not running (by a test placement that changes
-    /// nothing); `None` if it is not pending.
+    /// nothing); `None` if it is not pending. The part that depends on the
+    /// job's shape (nodes, quota, resources: O(nodes)) is computed once per
+    /// shape while the ledger and the quotas stay as they are; what depends
+    /// on the job itself (how many jobs are ahead) counts at most
+    /// [`WHY_AHEAD_CAP`] of them. So explaining a page of jobs costs
+    /// O(page), not O(page x nodes).
     pub fn why_pending(&self, j: JobId) -> Option<WhyPending> {
         let e = self.jobs.get(j.0 as usize)?;
         if e.state != JobState::Pending {
             return None;
         }
+        let key = self.memo_key(j);
+        let generation = self.ledger.generation();
+        let cached = {
+            let mut c = self.why_cache.borrow_mut();
+            if c.0 != generation {
+                *c = (generation, HashMap::new());
+            }
+            c.1.get(&key).cloned()
+        };
+        let shaped = match cached {
+            Some(w) => w,
+            None => {
+                let w = self.why_shape(&e.spec);
+                self.why_cache.borrow_mut().1.insert(key, w.clone());
+                w
+            }
+        };
+        if shaped.is_some() {
+            return shaped;
+        }
         let s = &e.spec;
+        let (ahead, own) = if self.policy == QueuePolicy::Drf {
+            let t = &self.tenants[s.tenant.0 as usize];
+            let n = t.pending.range(..(e.key.0, j)).take(WHY_AHEAD_CAP).count();
+            (n, n)
+        } else {
+            let mut n = (0, 0);
+            for k in self.pending.range(..e.key).take(WHY_AHEAD_CAP) {
+                n.0 += 1;
+                n.1 += (self.jobs[k.2 .0 as usize].spec.tenant == s.tenant) as usize;
+            }
+            n
+        };
+        Some(WhyPending::Queue { ahead, own })
+    }
+
+    /// Forget the cached part of the why-pending answers (tests compare
+    /// cached answers with fresh ones).
+    #[doc(hidden)]
+    pub fn forget_why(&self) {
+        self.why_cache.borrow_mut().1.clear();
+    }
+
+    /// The shape's part of [`Scheduler::why_pending`]: `None` when the job
+    /// would fit now (it waits for the jobs ahead).
+    fn why_shape(&self, s: &JobSpec) -> Option<WhyPending> {
         let req = s.req;
         // Even empty, the open nodes cannot hold it: it waits for nodes
         // (whatever the quota says).
@@ -292,18 +347,6 @@ impl Scheduler {
                 fit,
             });
         }
-        let (ahead, own) = if self.policy == QueuePolicy::Drf {
-            let t = &self.tenants[s.tenant.0 as usize];
-            let n = t.pending.range(..(e.key.0, j)).count();
-            (n, n)
-        } else {
-            let mut n = (0, 0);
-            for k in self.pending.range(..e.key) {
-                n.0 += 1;
-                n.1 += (self.jobs[k.2 .0 as usize].spec.tenant == s.tenant) as usize;
-            }
-            n
-        };
-        Some(WhyPending::Queue { ahead, own })
+        None
     }
 }

@@ -34,7 +34,7 @@ mod queue;
 mod shapes;
 mod types;
 
-pub use live::WhyPending;
+pub use live::{WhyPending, WHY_AHEAD_CAP};
 pub use place::fit_count;
 
 use suanli_core::{
@@ -231,6 +231,9 @@ pub struct Scheduler {
     /// with nothing running ([`Scheduler::waits_for_nodes`]); cleared with
     /// `admit_cache` whenever nodes join, close, reopen or retire.
     open_fit: HashMap<(Request, u32), bool>,
+    /// The shape part of `why_pending` by memo key, valid for one ledger
+    /// generation (and cleared when quotas change).
+    why_cache: std::cell::RefCell<(u64, HashMap<MemoKey, Option<WhyPending>>)>,
 }
 
 impl Scheduler {
@@ -331,6 +334,7 @@ impl Scheduler {
             running_spot: 0,
             admit_cache: HashMap::new(),
             open_fit: HashMap::new(),
+            why_cache: std::cell::RefCell::new((u64::MAX, HashMap::new())),
             preempt_failures: 0,
             preempt_backoff: Vec::new(),
         };

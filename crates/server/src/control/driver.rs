@@ -294,10 +294,25 @@ impl Driver {
         }
         let started = Instant::now();
         let step = self.core.step(cmds, now_ms());
+        // Reads (why-pending reasons, node views) wrote nothing: they are
+        // answered now, not after the batch's commit (a tenant listing its
+        // jobs does not wait behind a long commit).
+        let (mut answers, mut waiting) = (Vec::new(), Vec::new());
+        for (a, r) in step.answers.into_iter().zip(replies) {
+            match a {
+                Answer::Reasons(_) | Answer::Nodes(_) => {
+                    let _ = r.send(a);
+                }
+                a => {
+                    answers.push(a);
+                    waiting.push(r);
+                }
+            }
+        }
         Ok(Prepared {
             writes: step.writes,
-            answers: step.answers,
-            replies,
+            answers,
+            replies: waiting,
             started,
             step_s: started.elapsed().as_secs_f64(),
             decisions: step.decisions,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use suanli_core::{ModelId, ModelSet};
-use suanli_sched::scheduler::WhyPending;
+use suanli_sched::scheduler::{WhyPending, WHY_AHEAD_CAP};
 
 use super::core::Core;
 use super::NodeView;
@@ -108,15 +108,29 @@ impl Core {
                 WhyPending::Queue { ahead: 0, .. } => {
                     "queued: resources are free; it starts at the next pass".to_string()
                 }
-                WhyPending::Queue { ahead, own } => match viewer {
-                    None => format!("priority: waiting behind {ahead} higher-priority jobs"),
-                    Some(_) if own == ahead => {
-                        format!("priority: waiting behind {own} higher-priority jobs of yours")
+                WhyPending::Queue { ahead, own } => {
+                    // Counted up to a cap: that many means at least that many.
+                    let n = |k: usize| {
+                        if ahead >= WHY_AHEAD_CAP {
+                            format!("{k}+")
+                        } else {
+                            k.to_string()
+                        }
+                    };
+                    match viewer {
+                        None => {
+                            format!("priority: waiting behind {} higher-priority jobs", n(ahead))
+                        }
+                        Some(_) if own == ahead => format!(
+                            "priority: waiting behind {} higher-priority jobs of yours",
+                            n(own)
+                        ),
+                        Some(_) => format!(
+                            "priority: waiting behind higher-priority jobs ({} of them yours)",
+                            n(own)
+                        ),
                     }
-                    Some(_) => format!(
-                        "priority: waiting behind higher-priority jobs ({own} of them yours)"
-                    ),
-                },
+                }
             };
             out.insert(*id, text);
         }
