@@ -210,6 +210,7 @@ pub struct LogChunk {
     pub job: i64,
     pub run: i64,
     pub task: i64,
+    #[cfg_attr(feature = "openapi", param(inline))]
     pub stream: LogStream,
     /// Where these bytes start in the task's stream.
     pub offset: u64,

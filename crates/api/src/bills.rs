@@ -106,9 +106,11 @@ pub struct EconomicsReport {
 #[serde(deny_unknown_fields)]
 pub struct BillQuery {
     /// A month, `YYYY-MM` (UTC).
+    #[cfg_attr(feature = "openapi", param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"))]
     pub period: String,
     /// Admin only: one tenant (default: every tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub tenant: Option<String>,
 }
 
@@ -119,5 +121,6 @@ pub struct BillQuery {
 #[serde(deny_unknown_fields)]
 pub struct EconomicsQuery {
     /// A month, `YYYY-MM` (UTC).
+    #[cfg_attr(feature = "openapi", param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"))]
     pub period: String,
 }

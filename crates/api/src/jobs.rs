@@ -13,37 +13,98 @@ use crate::states::{Class, EventKind, JobState, TaskState};
 #[serde(deny_unknown_fields)]
 pub struct JobSubmit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub name: Option<String>,
-    /// The program and its arguments (no shell unless you name one).
+    /// The program and its arguments (no shell unless you name one): at
+    /// most 1,000 strings and 32 KiB, no NUL byte, the program not empty.
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::command))]
     pub command: Vec<String>,
     /// Gang size: tasks started together, each with `RANK` and `WORLD_SIZE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub tasks: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10000000))]
     pub cpu_milli: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1073741824))]
     pub memory_mib: Option<i64>,
-    /// Whole GPUs per task.
+    /// Whole GPUs per task (0..=16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 16))]
     pub gpus: Option<i64>,
-    /// A share of one GPU, in (0, 1); exclusive with `gpus`.
+    /// A share of one GPU, in (0, 1), to the thousandth; exclusive with
+    /// `gpus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0005, exclusive_maximum = 1))]
     pub gpu_share: Option<f64>,
     /// Accepted GPU models; absent or empty = any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::names))]
     pub gpu_models: Option<Vec<String>>,
-    /// `guaranteed`, `on-demand` or `spot` (text, so that a wrong value is
-    /// reported as an invalid field).
+    /// `guaranteed`, `on-demand` (default) or `spot`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Class>))]
     pub class: Option<String>,
+    /// At most 256 variables and 32 KiB; names of letters, digits and `_`
+    /// not starting with a digit, and not `SUANLI_...` (the agent's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::env))]
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 4096, pattern = "^[^\\u0000]*$")
+    )]
     pub workdir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31536000))]
     pub max_runtime_s: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub retries: Option<i64>,
+}
+
+/// Schemas the derive cannot say.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+
+    fn text(pattern: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+    }
+
+    /// Strings without NUL.
+    const NO_NUL: &str = "^[^\\u0000]*$";
+
+    pub fn command() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .prefix_items([text(NO_NUL).min_length(Some(1))])
+            .items(text(NO_NUL))
+            .min_items(Some(1))
+            .max_items(Some(1000))
+            .into()
+    }
+
+    pub fn names() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(text("^[A-Za-z0-9._-]{1,63}$"))
+            .into()
+    }
+
+    pub fn env() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                text("^[A-Za-z_][A-Za-z0-9_]*$").max_length(Some(4096)),
+            ))
+            .additional_properties(Some(text(NO_NUL)))
+            .max_properties(Some(256))
+            .into()
+    }
 }
 
 /// A job as stored and returned by the API.
@@ -144,12 +205,14 @@ pub struct JobsQuery {
     pub state: Option<JobState>,
     /// Admin only: one tenant's jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub tenant: Option<String>,
     /// Jobs with ids above this (a page's `next_cursor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<i64>,
     /// 1..=1000 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 1000))]
     pub limit: Option<i64>,
 }
 
@@ -161,14 +224,17 @@ pub struct JobsQuery {
 #[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct LogRead {
-    /// Task index (default 0).
+    /// Task index, below the job's `tasks` (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(minimum = 0, maximum = 9999))]
     pub task: Option<i64>,
     /// Attempt (default: the job's latest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(minimum = 0))]
     pub run: Option<i64>,
     /// `out` (default) or `err`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(inline))]
     pub stream: Option<crate::agents::LogStream>,
     /// Byte offset to read from (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -44,8 +44,11 @@ pub struct TenantList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub name: String,
+    /// Its share under DRF, in (0, 1e6] (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 1e6))]
     pub weight: Option<f64>,
 }
 
@@ -54,10 +57,13 @@ pub struct NewTenant {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSet {
-    /// GPUs the tenant can always reclaim.
+    /// GPUs the tenant can always reclaim (0..=1e7).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1e7))]
     pub guaranteed: f64,
-    /// GPUs the tenant may never exceed; absent = unlimited.
+    /// GPUs the tenant may never exceed, at least `guaranteed`; absent =
+    /// unlimited.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1e7))]
     pub max: Option<f64>,
 }
 
@@ -67,17 +73,22 @@ pub struct QuotaSet {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// `admin`, `tenant` or `agent`.
+    /// `admin`, `tenant` (with `tenant`) or `agent` (with `node` or not).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(admin|tenant|agent)$"))]
     pub scope: String,
     /// For a tenant token: its tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub tenant: Option<String>,
     /// For an agent token: the node it is the credential of. Without it,
     /// an agent token is a join token, which can only register a node that
     /// has no live credential (and so obtain that node's credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub node: Option<String>,
+    /// A label for people (at most 200 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub name: Option<String>,
 }
 

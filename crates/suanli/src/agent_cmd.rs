@@ -394,9 +394,8 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         "  {cli} submit --gpus 1 --name hello -- sh -c 'echo hello from GPU $CUDA_VISIBLE_DEVICES'"
     );
     println!("  {cli} queue --all; {cli} logs 1 --follow");
-    println!(
-        "  {cli} bill --period {month}; (source {d}/admin.env) {cli} report economics --period {month}"
-    );
+    println!("  {cli} bill --period {month}");
+    println!("  (source {d}/admin.env && {cli} report economics --period {month})");
     println!("  prices: {}", prices.display());
     println!("Ctrl-C stops everything.");
     use std::io::Write;

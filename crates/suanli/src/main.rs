@@ -52,6 +52,8 @@ enum Cmd {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(client::TokenCmd),
+    /// The pool by GPU model: ready nodes, GPUs, what is free now, and the queue's depth.
+    Pool(client::PoolArgs),
     /// List nodes; `nodes drain NAME`, `nodes undrain NAME`, `nodes remove NAME` (admin).
     Nodes(client::NodesArgs),
     /// What admins did: tokens, tenants, quotas, drains, removals, node claims (admin).
@@ -211,6 +213,7 @@ fn main() -> ExitCode {
         Cmd::Cancel(a) => client::cancel(a),
         Cmd::Tenant(c) => client::tenant(c),
         Cmd::Token(c) => client::token(c),
+        Cmd::Pool(a) => client::pool(a),
         Cmd::Nodes(a) => client::nodes(a),
         Cmd::Audit(a) => client::audit(a),
         Cmd::Logs(a) => client::logs(a),

@@ -767,7 +767,14 @@ fn up_brings_a_pool_and_its_printed_example_completes() {
         .expect(&text)
         .trim()
         .to_string();
-    let (bill, econ) = bill_line.split_once("; ").expect(&bill_line);
+    let bill = bill_line.as_str();
+    // The economics line is pasted verbatim into bash (`source` is bash's).
+    let econ = printed
+        .iter()
+        .find(|l| l.contains(" report economics "))
+        .expect(&text)
+        .trim()
+        .to_string();
     let o = Command::new("sh")
         .arg("-c")
         .arg(format!(". {}/env && {bill}", dir.display()))
@@ -775,11 +782,7 @@ fn up_brings_a_pool_and_its_printed_example_completes() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains("tenant demo"), "{out}");
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(econ.replace("(source ", ". ").replace(") ", " && "))
-        .output()
-        .unwrap();
+    let o = Command::new("bash").arg("-c").arg(&econ).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success() && out.contains("A100-80G") && out.contains("by tenant: demo"),

@@ -648,11 +648,18 @@ fn openapi_documents_every_route_and_every_documented_route_exists() {
     ] {
         assert!(schemas.contains_key(k), "schema {k} missing");
     }
-    assert_eq!(
-        doc["paths"]["/v1/jobs"]["post"]["responses"]["422"]["content"]["application/json"]
-            ["schema"]["$ref"],
-        "#/components/schemas/Problem"
-    );
+    // Errors are problem documents, and say so.
+    let errors = &doc["paths"]["/v1/jobs"]["post"]["responses"];
+    for code in ["400", "401", "403", "413", "415", "422", "503"] {
+        assert_eq!(
+            errors[code]["content"]["application/problem+json"]["schema"]["$ref"],
+            "#/components/schemas/Problem",
+            "{code}"
+        );
+    }
+    // The wire's spellings, exactly.
+    assert_eq!(schemas["JobState"]["enum"][0], "PENDING");
+    assert_eq!(schemas["Class"]["enum"][1], "on-demand");
 }
 
 /// Nobody can lock the pool's admins out: the last live admin token cannot

@@ -92,6 +92,23 @@ impl Scheduler {
                 used[e.spec.tenant.0 as usize][m.0 as usize] += e.spec.gpu_milli();
             }
         }
+        let mut jobs = vec![(0u64, 0u64); self.tenants.len()];
+        for e in &self.jobs {
+            let t = e.spec.tenant.0 as usize;
+            match e.state {
+                JobState::Pending => jobs[t].0 += 1,
+                JobState::Running => jobs[t].1 += 1,
+                _ => {}
+            }
+        }
+        for (t, (n, tenant)) in jobs.iter().zip(&self.tenants).enumerate() {
+            if *n != tenant.jobs {
+                return Err(format!(
+                    "tenant {t}: (pending, running) counted {:?}, the jobs say {n:?}",
+                    tenant.jobs
+                ));
+            }
+        }
         for (t, (u, tenant)) in used.iter().zip(&self.tenants).enumerate() {
             let indexed = (0..self.n_models).map(|m| tenant.used.get(m).copied().unwrap_or(0));
             if !indexed.eq(u.iter().copied()) {

@@ -59,7 +59,7 @@ impl Scheduler {
             t.used.resize(n, 0);
         }
         self.admit_cache.clear();
-        self.open_fit.clear();
+        self.open_fit.get_mut().clear();
     }
 
     /// Add a node to the pool (open to placements); returns its id.
@@ -94,7 +94,7 @@ impl Scheduler {
         }
         self.note_node(id);
         self.admit_cache.clear();
-        self.open_fit.clear();
+        self.open_fit.get_mut().clear();
         id
     }
 
@@ -110,7 +110,7 @@ impl Scheduler {
                 *open = if closed { *open - milli } else { *open + milli };
             }
             self.admit_cache.clear();
-            self.open_fit.clear();
+            self.open_fit.get_mut().clear();
         }
         self.ledger
             .set_closed(node, closed)
@@ -137,7 +137,7 @@ impl Scheduler {
             self.free_milli[m.0 as usize] -= milli;
         }
         self.admit_cache.clear();
-        self.open_fit.clear();
+        self.open_fit.get_mut().clear();
     }
 
     /// Running jobs with a task on `node`.
@@ -164,7 +164,7 @@ impl Scheduler {
         tenant.limited = quota.max.iter().any(|&m| m != u64::MAX);
         tenant.quota = quota;
         self.admit_cache.clear();
-        self.open_fit.clear();
+        self.open_fit.get_mut().clear();
         self.why_cache.get_mut().1.clear();
     }
 
@@ -310,7 +310,7 @@ impl Scheduler {
         let req = s.req;
         // Even empty, the open nodes cannot hold it: it waits for nodes
         // (whatever the quota says).
-        let fit = self.fit_tasks(&req, s.tasks, true);
+        let fit = self.open_fit(&req, s.tasks);
         if fit < s.tasks {
             return Some(WhyPending::Nodes {
                 models: req.models,

@@ -92,6 +92,8 @@ struct Tenant {
     /// FIFO of pending jobs (DRF only).
     pending: BTreeSet<(Time, JobId)>,
     limited: bool,
+    /// Its jobs (pending, running), under every policy.
+    jobs: (u64, u64),
 }
 
 /// What a failed placement attempt looked like, for the per-pass memo:
@@ -227,10 +229,10 @@ pub struct Scheduler {
     /// Answers of `admissible` by (request, tasks, tenant): they depend only
     /// on the fixed node inventory and quotas.
     admit_cache: HashMap<MemoKey, Result<(), String>>,
-    /// Whether a job shape (request, tasks) cannot fit the open nodes even
-    /// with nothing running ([`Scheduler::waits_for_nodes`]); cleared with
+    /// How many tasks of a job shape (request, tasks) the open nodes hold
+    /// with nothing running ([`Scheduler::open_fit`]); cleared with
     /// `admit_cache` whenever nodes join, close, reopen or retire.
-    open_fit: HashMap<(Request, u32), bool>,
+    open_fit: std::cell::RefCell<HashMap<(Request, u32), u32>>,
     /// The shape part of `why_pending` by memo key, valid for one ledger
     /// generation (and cleared when quotas change).
     why_cache: std::cell::RefCell<(u64, HashMap<MemoKey, Option<WhyPending>>)>,
@@ -333,7 +335,7 @@ impl Scheduler {
             running_by_level: Vec::new(),
             running_spot: 0,
             admit_cache: HashMap::new(),
-            open_fit: HashMap::new(),
+            open_fit: std::cell::RefCell::new(HashMap::new()),
             why_cache: std::cell::RefCell::new((u64::MAX, HashMap::new())),
             preempt_failures: 0,
             preempt_backoff: Vec::new(),
@@ -360,7 +362,13 @@ impl Scheduler {
             pending: BTreeSet::new(),
             limited,
             quota,
+            jobs: (0, 0),
         });
+    }
+
+    /// A tenant's jobs: (pending, running).
+    pub fn tenant_jobs(&self, t: TenantId) -> (u64, u64) {
+        self.tenants.get(t.0 as usize).map_or((0, 0), |x| x.jobs)
     }
 
     pub fn ledger(&self) -> &Ledger {

@@ -33,6 +33,24 @@ impl Scheduler {
     /// GPU model for GPU requests: as they are now, or (`empty`) with
     /// nothing running.
     pub(super) fn fit_tasks(&self, req: &Request, tasks: u32, empty: bool) -> u32 {
+        if !empty && req.num_gpu > 0 {
+            // The common case of a full pool in O(models): no accepted
+            // model has a node with the GPUs one task needs free (the
+            // indexes count closed nodes too: they only ever say "maybe").
+            let maybe = (0..self.n_models)
+                .filter(|&m| req.models.accepts(Some(ModelId(m as u8))))
+                .any(|m| {
+                    if req.is_share() {
+                        self.free_milli[m] >= req.gpu_milli as u64
+                    } else {
+                        let k = (req.num_gpu as usize).min(MAX_GPUS_PER_NODE);
+                        self.full_hist[m][k..].iter().any(|&c| c > 0)
+                    }
+                });
+            if !maybe {
+                return 0;
+            }
+        }
         let specs = self.ledger.specs();
         let states = self.ledger.states();
         let mut per_model = vec![0u64; self.n_models.max(1)];
@@ -59,15 +77,21 @@ impl Scheduler {
     /// it waits for nodes (to join, come back or reopen), not for other
     /// jobs, so it holds nobody back (FIFO's head, backfill's reservation).
     /// Cached per shape until the nodes change.
-    pub(super) fn waits_for_nodes(&mut self, j: JobId) -> bool {
+    pub(super) fn waits_for_nodes(&self, j: JobId) -> bool {
         let s = &self.jobs[j.0 as usize].spec;
-        let key = (s.req, s.tasks);
-        if let Some(&w) = self.open_fit.get(&key) {
-            return w;
+        self.open_fit(&s.req, s.tasks) < s.tasks
+    }
+
+    /// [`Scheduler::fit_tasks`] on empty open nodes, cached per shape until
+    /// the nodes change (allocations do not change it).
+    pub(super) fn open_fit(&self, req: &Request, tasks: u32) -> u32 {
+        let key = (*req, tasks);
+        if let Some(&n) = self.open_fit.borrow().get(&key) {
+            return n;
         }
-        let w = self.fit_tasks(&s.req, s.tasks, true) < s.tasks;
-        self.open_fit.insert(key, w);
-        w
+        let n = self.fit_tasks(req, tasks, true);
+        self.open_fit.borrow_mut().insert(key, n);
+        n
     }
 
     pub(super) fn free_in(&self, models: ModelSet) -> u64 {

@@ -5,6 +5,7 @@ use super::*;
 impl Scheduler {
     pub(super) fn note_running(&mut self, j: JobId, now: Time) {
         let e = &self.jobs[j.0 as usize];
+        self.tenants[e.spec.tenant.0 as usize].jobs.1 += 1;
         let end = now + e.spec.work.saturating_sub(e.progress);
         let level = self.las_level(e, e.attained) as usize;
         let spot = e.spec.class == Class::Spot;
@@ -21,6 +22,7 @@ impl Scheduler {
 
     pub(super) fn note_stopped(&mut self, j: JobId) {
         let e = &self.jobs[j.0 as usize];
+        self.tenants[e.spec.tenant.0 as usize].jobs.1 -= 1;
         let end = e.started + e.spec.work.saturating_sub(e.progress);
         self.ends.remove(&(end, j));
         self.est_ends

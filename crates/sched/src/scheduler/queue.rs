@@ -47,6 +47,7 @@ impl Scheduler {
         e.state = JobState::Pending;
         self.pending_count += 1;
         self.pending_cpu_only += cpu_only as usize;
+        self.tenants[tenant].jobs.0 += 1;
     }
 
     pub(super) fn dequeue(&mut self, j: JobId) {
@@ -60,6 +61,7 @@ impl Scheduler {
         }
         self.pending_count -= 1;
         self.pending_cpu_only -= (e.spec.req.num_gpu == 0) as usize;
+        self.tenants[e.spec.tenant.0 as usize].jobs.0 -= 1;
     }
 
     pub(super) fn arm_las_wakeup(&mut self, j: JobId, now: Time) {

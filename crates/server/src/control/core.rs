@@ -146,6 +146,7 @@ impl Core {
                 }
                 Command::Explain { ids, viewer } => Answer::Reasons(self.explain(&ids, viewer)),
                 Command::Nodes => Answer::Nodes(self.node_views()),
+                Command::Pool { viewer } => Answer::Pool(self.pool_view(viewer)),
             };
             answers.push(a);
         }

@@ -129,6 +129,13 @@ impl Control {
         }
     }
 
+    pub async fn pool(&self, viewer: Option<i64>) -> Result<super::PoolView, Gone> {
+        match self.ask(Command::Pool { viewer }).await? {
+            Answer::Pool(r) => Ok(r),
+            _ => Err(Gone),
+        }
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>, Gone> {
         match self.ask(Command::Nodes).await? {
             Answer::Nodes(r) => Ok(r),
@@ -300,7 +307,7 @@ impl Driver {
         let (mut answers, mut waiting) = (Vec::new(), Vec::new());
         for (a, r) in step.answers.into_iter().zip(replies) {
             match a {
-                Answer::Reasons(_) | Answer::Nodes(_) => {
+                Answer::Reasons(_) | Answer::Nodes(_) | Answer::Pool(_) => {
                     let _ = r.send(a);
                 }
                 a => {

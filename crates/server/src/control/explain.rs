@@ -1,13 +1,14 @@
 //! What the loop tells people: why a job is pending (worded for the
 //! viewer) and the nodes with what is allocated on them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use suanli_core::{ModelId, ModelSet};
 use suanli_sched::scheduler::{WhyPending, WHY_AHEAD_CAP};
 
 use super::core::Core;
 use super::NodeView;
+use suanli_api::{PoolModel, PoolView};
 
 impl Core {
     pub(super) fn model_names(&self, set: ModelSet) -> String {
@@ -135,6 +136,53 @@ impl Core {
             out.insert(*id, text);
         }
         out
+    }
+
+    /// The pool by GPU model, and the queue's depth (`viewer`'s own jobs
+    /// too). O(nodes).
+    pub(super) fn pool_view(&self, viewer: Option<i64>) -> PoolView {
+        let ledger = self.sched.ledger();
+        let mut by_model: BTreeMap<Option<String>, PoolModel> = BTreeMap::new();
+        for n in self.nodes.values() {
+            let Some((spec, st)) = ledger.node(n.handle) else {
+                continue;
+            };
+            let model = spec.model.map(|m| self.models.name(m).to_string());
+            let row = by_model.entry(model.clone()).or_insert(PoolModel {
+                model,
+                nodes_ready: 0,
+                nodes_unavailable: 0,
+                gpus: 0,
+                gpus_free: 0.0,
+                most_free_on_one_node: 0,
+            });
+            if st.is_closed() || n.node.state != suanli_api::NodeState::Ready {
+                row.nodes_unavailable += 1;
+                continue;
+            }
+            row.nodes_ready += 1;
+            row.gpus += spec.gpus as u64;
+            row.gpus_free += st.total_gpu_left() as f64 / 1000.0;
+            row.most_free_on_one_node = row.most_free_on_one_node.max(st.fully_free() as u64);
+        }
+        let (pending, running) = self.sched_queue();
+        let (own_pending, own_running) = viewer
+            .and_then(|t| self.tenants.get(&t))
+            .map_or((0, 0), |&t| self.sched.tenant_jobs(t));
+        PoolView {
+            models: by_model.into_values().collect(),
+            pending_jobs: pending,
+            running_jobs: running,
+            your_pending_jobs: own_pending,
+            your_running_jobs: own_running,
+        }
+    }
+
+    fn sched_queue(&self) -> (u64, u64) {
+        (
+            self.sched.pending_len() as u64,
+            self.sched.running_len() as u64,
+        )
     }
 
     pub(super) fn node_views(&self) -> Vec<NodeView> {

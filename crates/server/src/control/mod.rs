@@ -53,7 +53,7 @@ pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
 pub use recover::Snapshot;
 pub use wakes::Wakes;
 
-pub use suanli_api::{NodeView, Report, TaskExit, TaskKey};
+pub use suanli_api::{NodeView, PoolView, Report, TaskExit, TaskKey};
 
 use crate::store::{Job, NewJob, Node, NodeState, Quota, Tenant};
 
@@ -168,6 +168,10 @@ pub enum Command {
         viewer: Option<i64>,
     },
     Nodes,
+    /// The pool as a tenant (`Some`) or the admin sees it.
+    Pool {
+        viewer: Option<i64>,
+    },
 }
 
 /// One output of [`Core::step`], for the command at the same position.
@@ -183,6 +187,7 @@ pub enum Answer {
     Done,
     Reasons(HashMap<i64, String>),
     Nodes(Vec<NodeView>),
+    Pool(PoolView),
 }
 
 /// Scheduler settings of the server.

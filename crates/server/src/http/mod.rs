@@ -5,6 +5,8 @@
 //! - `state.rs`: [`AppState`], what handlers share.
 //! - `error.rs`: [`Problem`], every error as an RFC 9457 document.
 //! - `auth.rs`: the caller's scope from its bearer token; the agent protocol check.
+//! - `openapi.rs`: what every operation's documentation gains (the errors
+//!   any call can meet, as `application/problem+json`).
 //! - `tenants.rs`, `tokens.rs`, `jobs.rs`, `nodes.rs`, `agents.rs`,
 //!   `logs.rs`, `bills.rs` (with `wire.rs`), `metrics.rs`: the resources.
 //!
@@ -21,6 +23,7 @@ mod jobs;
 mod logs;
 mod metrics;
 mod nodes;
+mod openapi;
 mod state;
 mod tenants;
 mod tokens;
@@ -56,7 +59,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .merge(tenants::routes())
         .merge(tokens::routes())
@@ -66,7 +69,10 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(logs::routes())
         .merge(bills::routes())
         .merge(metrics::routes())
-        .split_for_parts()
+        .split_for_parts();
+    // Errors every operation can meet, and their media type.
+    utoipa::Modify::modify(&openapi::Truthful, &mut doc);
+    (router, doc)
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The server is up")))]

@@ -1,14 +1,15 @@
 //! `/v1/nodes`: the pool's nodes with what is allocated on them, drain,
-//! undrain and removal (admin).
+//! undrain and removal (admin); `/v1/pool`: the pool by GPU model, for
+//! tenants.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use suanli_api::{NodeList, NodeStateView};
+use suanli_api::{NodeList, NodeStateView, PoolView};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{admin, Caller};
+use super::auth::{admin, job_scope, Caller};
 use super::error::Problem;
 use super::state::AppState;
 use suanli_api::Problem as ProblemDoc;
@@ -19,6 +20,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(drain_node))
         .routes(routes!(undrain_node))
         .routes(routes!(remove_node))
+        .routes(routes!(pool))
+}
+
+/// The pool by GPU model: nodes, GPUs, what is free, and the queue's depth
+/// (tenant or admin; no node names).
+#[utoipa::path(get, path = "/v1/pool", tag = "nodes", security(("bearer" = [])), responses((status = 200, description = "The pool", body = PoolView), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not a tenant or admin token", body = ProblemDoc)))]
+async fn pool(State(st): State<AppState>, c: Caller) -> Result<Json<PoolView>, Problem> {
+    let viewer = job_scope(&c)?;
+    Ok(Json(st.control.pool(viewer).await?))
 }
 
 /// List nodes (admin).

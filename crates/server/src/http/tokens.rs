@@ -44,11 +44,13 @@ async fn audit_log(
 
 /// `GET /v1/audit?after=&limit=`.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     /// Entries after this id (default 0).
     after: Option<i64>,
     /// At most this many (1..=1000, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -200,8 +200,9 @@ fn economics(a: EconomicsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "economics: period {} ({cur}), counted up to {} ms",
-        v.period, v.now_ms
+        "economics: period {} ({cur}), counted up to {}",
+        v.period,
+        suanli_billing::format_time(v.now_ms)
     );
     println!(
         "{:<14} {:>14} {:>10} {:>12} {:>7} {:>12} {:>12} {:>12} {:>10}",

@@ -7,7 +7,7 @@ use suanli_api::{
     LogStream,
 };
 
-use super::output::{gpus_of, print_json};
+use super::output::{gpus_of, print_json, total_gpus};
 use super::{parse_duration, parse_mem, query, Conn};
 use crate::{failure, usage, CliError};
 
@@ -170,20 +170,23 @@ pub fn queue(a: QueueArgs) -> Result<(), CliError> {
         print_json(&JobList { jobs: all });
         return Ok(());
     }
+    // GPUS is the job's total (tasks x per task); TASK GPUS one task's.
     println!(
-        "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} REASON",
-        "ID", "TENANT", "NAME", "STATE", "TASKS", "GPUS", "CLASS"
+        "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:>9} {:<10} {:<20} REASON",
+        "ID", "TENANT", "NAME", "STATE", "TASKS", "GPUS", "TASK GPUS", "CLASS", "SUBMITTED"
     );
     for j in &all {
         println!(
-            "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:<10} {}",
+            "{:>8} {:<12} {:<20} {:<10} {:>5} {:>6} {:>9} {:<10} {:<20} {}",
             j.id,
             j.tenant,
             j.name,
             j.state.as_str(),
             j.tasks,
+            total_gpus(j),
             gpus_of(j),
             j.class.as_str(),
+            suanli_billing::format_time(j.submitted_ms),
             j.reason.as_deref().unwrap_or("")
         );
     }
@@ -239,6 +242,17 @@ pub fn job(c: JobCmd) -> Result<(), CliError> {
         println!("{k:<12} {v}");
     }
     println!("{:<12} {}", "gpus", gpus_of(j));
+    println!(
+        "{:<12} {}",
+        "submitted",
+        suanli_billing::format_time(j.submitted_ms)
+    );
+    if let Some(t) = j.started_ms {
+        println!("{:<12} {}", "started", suanli_billing::format_time(t));
+    }
+    if let Some(t) = j.ended_ms {
+        println!("{:<12} {}", "ended", suanli_billing::format_time(t));
+    }
     println!("{:<12} {:?}", "command", j.command);
     if let Some(r) = &j.reason {
         println!("{:<12} {r}", "reason");
@@ -246,15 +260,30 @@ pub fn job(c: JobCmd) -> Result<(), CliError> {
     if !d.task_history.is_empty() {
         println!("tasks:");
         for t in &d.task_history {
+            let ended = t
+                .ended_ms
+                .map_or("-".to_string(), suanli_billing::format_time);
             println!(
-                "  attempt {} task {} on {} gpus {:?} {} {}",
-                t.run, t.index, t.node, t.gpus, t.state, t.reason
+                "  attempt {} task {} on {} gpus {:?} {} {} .. {} {}",
+                t.run,
+                t.index,
+                t.node,
+                t.gpus,
+                t.state,
+                suanli_billing::format_time(t.started_ms),
+                ended,
+                t.reason
             );
         }
     }
     println!("events:");
     for e in &ev.events {
-        println!("  {} {} {}", e.at_ms, e.kind, e.detail);
+        println!(
+            "  {} {} {}",
+            suanli_billing::format_time(e.at_ms),
+            e.kind,
+            e.detail
+        );
     }
     Ok(())
 }

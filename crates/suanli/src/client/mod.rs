@@ -1,6 +1,7 @@
 //! The CLI client of the control plane, one module per command group:
 //! `jobs.rs` (`submit`, `queue`, `job show`, `cancel`, `logs`), `admin.rs`
-//! (`tenant`, `token`, `nodes`), `bills.rs` (`bill`, `report economics`);
+//! (`tenant`, `token`, `nodes`), `bills.rs` (`bill`, `report economics`),
+//! `pool.rs` (`pool`: the pool by GPU model, for tenants);
 //! `output.rs` renders tables, CSV and JSON. Requests and answers are the
 //! protocol's own types ([`suanli_api`]); nothing indexes JSON by string.
 //!
@@ -16,12 +17,14 @@ mod admin;
 mod bills;
 mod jobs;
 mod output;
+mod pool;
 
 pub use admin::{audit, nodes, tenant, token, AuditArgs, NodesArgs, TenantCmd, TokenCmd};
 pub use bills::{bill, report, BillArgs, ReportCmd};
 pub use jobs::{
     cancel, job, logs, queue, submit, JobCmd, JobIdArgs, LogsArgs, QueueArgs, SubmitArgs,
 };
+pub use pool::{pool, PoolArgs};
 
 use clap::Args;
 use serde::de::DeserializeOwned;

@@ -30,6 +30,20 @@ pub fn gpus_of(j: &Job) -> String {
     }
 }
 
+/// A job's GPUs in all (tasks x per task): `-`, or a count such as `16`
+/// or `0.5`.
+pub fn total_gpus(j: &Job) -> String {
+    if j.num_gpu == 0 {
+        return "-".into();
+    }
+    let milli = j.tasks * j.num_gpu * j.gpu_milli;
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{:.2}", milli as f64 / 1000.0)
+    }
+}
+
 /// An optional text, `-` when absent.
 pub fn or_dash(s: Option<&str>) -> &str {
     s.unwrap_or("-")
