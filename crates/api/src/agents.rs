@@ -15,9 +15,12 @@ use crate::nodes::Node;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GpuInfo {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 15))]
     pub index: i64,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub model: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 16777216))]
     pub memory_mib: Option<i64>,
 }
 
@@ -26,14 +29,19 @@ pub struct GpuInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeRegistration {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000000))]
     pub cpu_milli: i64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 17179869184_i64))]
     pub memory_mib: i64,
+    /// Indexes 0..n-1 each once, one model, at most 16.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub gpus: Vec<GpuInfo>,
     /// With a join token: the SHA-256 (hex, [`crate::token::hash_token`])
     /// of the credential this agent generated and saved for its node. The
@@ -227,10 +235,15 @@ pub struct OrdersWait {
     /// The last [`OrdersChanged::seq`] this agent saw (0 at first): the
     /// call answers at once when the node's sequence differs.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        param(minimum = 0, maximum = 9223372036854775807_i64)
+    )]
     pub seen: u64,
     /// How long to hold the call when nothing changes, in ms
     /// (1..=[`MAX_WAIT_MS`]; default [`DEFAULT_WAIT_MS`]).
     #[serde(default = "default_wait_ms")]
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 60000))]
     pub timeout_ms: u64,
 }
 

@@ -106,7 +106,10 @@ pub struct EconomicsReport {
 #[serde(deny_unknown_fields)]
 pub struct BillQuery {
     /// A month, `YYYY-MM` (UTC).
-    #[cfg_attr(feature = "openapi", param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        param(pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$")
+    )]
     pub period: String,
     /// Admin only: one tenant (default: every tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +124,9 @@ pub struct BillQuery {
 #[serde(deny_unknown_fields)]
 pub struct EconomicsQuery {
     /// A month, `YYYY-MM` (UTC).
-    #[cfg_attr(feature = "openapi", param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        param(pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$")
+    )]
     pub period: String,
 }

@@ -302,6 +302,9 @@ async fn wait_orders(
 ) -> Result<Json<OrdersChanged>, Problem> {
     who.speaks_for(&name)?;
     let Query(q) = q.map_err(Problem::bad_query)?;
+    if q.seen > i64::MAX as u64 {
+        return Err(Problem::invalid("seen", "seen must be 0..=2^63-1"));
+    }
     if !(1..=MAX_WAIT_MS).contains(&q.timeout_ms) {
         return Err(Problem::invalid(
             "timeout_ms",

@@ -32,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/v1/bills", tag = "bills", params(BillQuery), security(("bearer" = [])),
     responses((status = 200, description = "Invoices: line items by resource, GPU model and class; total", body = Bills),
         (status = 400, description = "Bad period", body = ProblemDoc),
+        (status = 404, description = "No such tenant (admin's tenant=)", body = ProblemDoc),
         (status = 409, description = "No price book configured", body = ProblemDoc)))]
 async fn bills(
     State(st): State<AppState>,

@@ -193,7 +193,7 @@ async fn submit(
 }
 
 /// List jobs: a tenant's own, or all (admin).
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery), security(("bearer" = [])), responses((status = 200, description = "A page of jobs; pending ones carry a reason", body = JobPage), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery), security(("bearer" = [])), responses((status = 200, description = "A page of jobs; pending ones carry a reason", body = JobPage), (status = 404, description = "No such tenant (admin's tenant=)", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn list_jobs(
     State(st): State<AppState>,
     c: Caller,

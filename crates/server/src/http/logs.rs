@@ -122,6 +122,9 @@ async fn read(
         ));
     }
     let run = q.run.unwrap_or(job.run);
+    if run < 0 {
+        return Err(Problem::invalid("run", "run must be 0 or more"));
+    }
     let offset = q.offset.unwrap_or(0);
     if offset > i64::MAX as u64 {
         return Err(Problem::invalid(
