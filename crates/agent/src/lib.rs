@@ -722,12 +722,19 @@ impl Waiter {
                     }
                 }
                 Err(ureq::Error::Status(404 | 405, _)) => {
-                    log("the server does not push orders; learning of work at heartbeats only");
-                    return;
+                    // A server without pushed orders (or a proxy while it
+                    // restarts): heartbeats carry the orders; try again
+                    // later.
+                    seen = 0;
+                    std::thread::sleep(Duration::from_secs(30));
                 }
                 // The server restarting, a credential being renewed, a
-                // bad answer: the heartbeats go on meanwhile.
-                Ok(Err(_)) | Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                // bad answer: the heartbeats go on meanwhile, and the next
+                // answer (`seen` 0) says to heartbeat at once.
+                Ok(Err(_)) | Err(_) => {
+                    seen = 0;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
         }
     }

@@ -31,8 +31,8 @@ use crate::{failure, usage, CliError};
 #[derive(Args)]
 pub struct BenchStartArgs {
     /// Jobs per mode (each: submit, wait for its process, cancel, wait
-    /// for its SIGTERM).
-    #[arg(long, default_value_t = 30)]
+    /// for its SIGTERM); p99 is the maximum below 100.
+    #[arg(long, default_value_t = 100)]
     jobs: usize,
     /// The agents' heartbeat interval, s (the polling mode's delay).
     #[arg(long, default_value_t = 1)]
@@ -296,7 +296,8 @@ fn measure(a: &BenchStartArgs, dir: &Path, push: bool) -> Result<Figures, CliErr
             marks.join(format!("{i}.term")),
         );
         let script = format!(
-            "trap 'date +%s%N > {t}; exit 0' TERM; date +%s%N > {s}; sleep 3600 & wait",
+            "trap 'date +%s%N > {t}.w && mv {t}.w {t}; exit 0' TERM; \
+             date +%s%N > {s}.w && mv {s}.w {s}; sleep 3600 & wait",
             s = s.display(),
             t = t.display()
         );

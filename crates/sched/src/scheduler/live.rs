@@ -138,6 +138,7 @@ impl Scheduler {
         }
         self.admit_cache.clear();
         self.open_fit.get_mut().clear();
+        self.why_cache.get_mut().1.clear();
     }
 
     /// Running jobs with a task on `node`.

@@ -152,7 +152,9 @@ impl Scheduler {
         }
         // A job that could not preempt its way in: later (lower-priority)
         // jobs of the same shape have fewer victims, so they cannot either.
-        if preemptive && !self.failed_preempt.contains(&mk) {
+        // A job no open node could hold even empty frees nothing by
+        // preempting: no victim search for it.
+        if preemptive && !self.failed_preempt.contains(&mk) && !self.waits_for_nodes(j) {
             if self.preempt_for(j, now) {
                 return Some(true);
             }
@@ -235,7 +237,17 @@ impl Scheduler {
             if self.out_of_decisions() {
                 break;
             }
-            let j = self.tenants[t].pending.first().expect("non-empty").1;
+            // The tenant's first job that open nodes could hold (one that
+            // waits for nodes holds back none of the tenant's others).
+            let Some(j) = self.tenants[t]
+                .pending
+                .iter()
+                .map(|k| k.1)
+                .find(|&j| !self.waits_for_nodes(j))
+            else {
+                blocked[t] = true;
+                continue;
+            };
             if self.start_if_placeable(j, now) {
                 continue;
             }

@@ -51,7 +51,7 @@ pub use driver::{start, Control, Driver, Gone, Timing};
 pub use jobs::MAX_INTERRUPTIONS;
 pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
 pub use recover::Snapshot;
-pub use wakes::Wakes;
+pub use wakes::{Wakes, MAX_WAITS_PER_NODE};
 
 pub use suanli_api::{NodeView, PoolView, Report, TaskExit, TaskKey};
 

@@ -293,7 +293,7 @@ async fn task_status(
 }
 
 /// Hold the call until this node gets new orders (then heartbeat to read them), or the timeout passes (agent).
-#[utoipa::path(get, path = "/v1/agents/{name}/wait", tag = "agents", params(("name" = String, Path), OrdersWait), security(("bearer" = [])), responses((status = 200, description = "The node's order sequence: changed, or the same after the timeout", body = OrdersChanged), (status = 400, description = "Invalid query, or another protocol version", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not this node's credential", body = ProblemDoc)))]
+#[utoipa::path(get, path = "/v1/agents/{name}/wait", tag = "agents", params(("name" = String, Path), OrdersWait), security(("bearer" = [])), responses((status = 200, description = "The node's order sequence: changed, or the same after the timeout", body = OrdersChanged), (status = 400, description = "Invalid query, or another protocol version", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Not this node's credential", body = ProblemDoc), (status = 429, description = "The node already holds 4 wait calls", body = ProblemDoc)))]
 async fn wait_orders(
     State(st): State<AppState>,
     who: AgentCaller,
@@ -315,6 +315,15 @@ async fn wait_orders(
         ));
     }
     let timeout = std::time::Duration::from_millis(q.timeout_ms);
-    let seq = st.control.wakes.wait(&name, q.seen, timeout).await;
-    Ok(Json(OrdersChanged { seq }))
+    match st.control.wakes.wait(&name, q.seen, timeout).await {
+        Ok(seq) => Ok(Json(OrdersChanged { seq })),
+        Err(_) => Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_waits",
+            format!(
+                "node {name:?} already holds {} wait calls",
+                crate::control::MAX_WAITS_PER_NODE
+            ),
+        )),
+    }
 }
