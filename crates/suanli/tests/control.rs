@@ -134,9 +134,8 @@ fn a_job_waits_for_nodes_it_could_run_on_and_only_one_no_node_could_ever_hold_is
         .unwrap();
     assert_eq!(state(&p, w), "PENDING");
     assert!(
-        reason(w).starts_with(
-            "nodes: no ready node is large enough (each task needs 4 GPUs (any model)"
-        ),
+        reason(w)
+            .starts_with("nodes: no ready node can hold it (each task needs 4 GPUs (any model)"),
         "{}",
         reason(w)
     );

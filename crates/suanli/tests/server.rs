@@ -548,7 +548,7 @@ fn the_cli_drives_the_server() {
     assert_eq!(code, 0);
     assert!(out.contains("train") && out.contains("PENDING"), "{out}");
     assert!(
-        out.contains("nodes: no ready node is large enough (each task needs 2 GPUs (H800)"),
+        out.contains("nodes: no ready node can hold it (each task needs 2 GPUs (H800)"),
         "the node is draining: {out}"
     );
     let (code, out, err) = cli(&s.url, &admin, &["nodes", "undrain", "h1"]);

@@ -86,7 +86,7 @@ impl Core {
                     let have = if self.nodes.is_empty() {
                         "no node has joined the pool yet".to_string()
                     } else if fit == 0 {
-                        "no ready node is large enough".to_string()
+                        "no ready node can hold it".to_string()
                     } else {
                         format!("the ready nodes could hold only {fit} of the gang's {tasks} tasks")
                     };

@@ -317,13 +317,18 @@ async fn wait_orders(
     let timeout = std::time::Duration::from_millis(q.timeout_ms);
     match st.control.wakes.wait(&name, q.seen, timeout).await {
         Ok(seq) => Ok(Json(OrdersChanged { seq })),
-        Err(_) => Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_waits",
-            format!(
-                "node {name:?} already holds {} wait calls",
-                crate::control::MAX_WAITS_PER_NODE
-            ),
-        )),
+        Err(_) => {
+            // Only this node's credential can hold its waits: a second
+            // holder crowds out the agent's own (it then polls).
+            tracing::warn!(node = %name, "wait refused: the node already holds the most wait calls");
+            Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_waits",
+                format!(
+                    "node {name:?} already holds {} wait calls",
+                    crate::control::MAX_WAITS_PER_NODE
+                ),
+            ))
+        }
     }
 }

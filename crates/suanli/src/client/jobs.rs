@@ -241,7 +241,8 @@ pub fn job(c: JobCmd) -> Result<(), CliError> {
     for (k, v) in rows {
         println!("{k:<12} {v}");
     }
-    println!("{:<12} {}", "gpus", gpus_of(j));
+    println!("{:<12} {}", "gpus/task", gpus_of(j));
+    println!("{:<12} {}", "gpus total", total_gpus(j));
     println!(
         "{:<12} {}",
         "submitted",
