@@ -577,6 +577,24 @@ fn bench_jobs(n: usize) -> impl Iterator<Item = NewJob> {
     })
 }
 
+/// Queue [`bench_jobs`]`(pending)` for tenant `bench`, 10,000 a batch.
+async fn queue_jobs(lp: &mut Driver, tenant: i64, pending: usize) -> Result<(), CliError> {
+    let f = |e: anyhow::Error| failure(format!("{e:#}"));
+    let mut cmds = Vec::new();
+    for job in bench_jobs(pending) {
+        cmds.push(LoopCmd::Submit {
+            tenant_id: tenant,
+            tenant: "bench".to_string(),
+            job,
+        });
+        if cmds.len() == 10_000 {
+            lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;
+        }
+    }
+    lp.step(cmds).await.map_err(f)?;
+    Ok(())
+}
+
 /// A loop with `nodes` registered, drained 8-GPU nodes (of three models)
 /// and a tenant `bench`, in a fresh store in `dir`.
 async fn loaded_store(
@@ -637,18 +655,7 @@ async fn place_while_listing(
         ..LoopConfig::default()
     };
     let (mut lp, tenant) = loaded_store(&dir, nodes, &cfg).await?;
-    let mut cmds = Vec::new();
-    for job in bench_jobs(pending) {
-        cmds.push(LoopCmd::Submit {
-            tenant_id: tenant,
-            tenant: "bench".to_string(),
-            job,
-        });
-        if cmds.len() == 10_000 {
-            lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;
-        }
-    }
-    lp.step(cmds).await.map_err(f)?;
+    queue_jobs(&mut lp, tenant, pending).await?;
     drop(lp);
     // The server's way: recover from the store, run the driver as a task.
     let store = Store::open(&dir)
@@ -747,18 +754,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
     };
     let (mut lp, tenant) = loaded_store(&dir, nodes, &cfg).await?;
     let rss_before = rss_bytes();
-    let mut cmds = Vec::new();
-    for job in bench_jobs(pending) {
-        cmds.push(LoopCmd::Submit {
-            tenant_id: tenant,
-            tenant: "bench".to_string(),
-            job,
-        });
-        if cmds.len() == 10_000 {
-            lp.step(std::mem::take(&mut cmds)).await.map_err(f)?;
-        }
-    }
-    lp.step(cmds).await.map_err(f)?;
+    queue_jobs(&mut lp, tenant, pending).await?;
     let rss_pending = rss_bytes().saturating_sub(rss_before);
     let before = lp.decisions_total();
     let cmds = (0..nodes)
