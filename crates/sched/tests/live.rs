@@ -499,3 +499,29 @@ fn cached_reasons_match_fresh_ones_through_every_kind_of_change() {
         })
     );
 }
+
+/// Under DRF a tenant's job that no open node could hold (its node is
+/// drained) does not hold back the tenant's next job.
+#[test]
+fn drf_passes_over_a_job_that_waits_for_nodes() {
+    let mut s = empty(QueuePolicy::Drf);
+    s.add_node(node("a", 8, 0), 0);
+    let b = s.add_node(node("b", 8, 1), 0);
+    s.set_closed(b, true);
+    let on_b = JobSpec {
+        req: Request::new(1000, 1024, 8, 1000, ModelSet::single(ModelId(1))).unwrap(),
+        ..job(0, 1, 8, Class::OnDemand)
+    };
+    let waiting = s.submit(on_b);
+    let next = s.submit(job(0, 1, 4, Class::OnDemand));
+    s.schedule(1);
+    assert_eq!(
+        starts(&s).iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![next.0]
+    );
+    assert!(matches!(
+        s.why_pending(waiting),
+        Some(WhyPending::Nodes { fit: 0, .. })
+    ));
+    assert_eq!(s.check_indexes(), Ok(()));
+}

@@ -325,7 +325,11 @@ fn every_response_matches_the_openapi_document() {
     let w = "/v1/agents/{name}/wait";
     c.call("GET", w, "/v1/agents/n1/wait?seen=0&timeout_ms=1", n, None);
     c.call("GET", w, "/v1/agents/n1/wait?timeout_ms=0", n, None);
-    c.call("GET", w, "/v1/agents/n2/wait", n, None);
+    // Only a node's own credential waits on its orders.
+    let (code, _) = c.call("GET", w, "/v1/agents/n2/wait?timeout_ms=1", n, None);
+    assert_eq!(code, 403, "another node's wait");
+    let (code, _) = c.call("GET", w, "/v1/agents/n1/wait?timeout_ms=1", t, None);
+    assert_eq!(code, 403, "a tenant's wait");
     c.call("GET", "/v1/jobs", "/v1/jobs", t, None);
     c.call(
         "GET",
@@ -373,6 +377,7 @@ fn every_response_matches_the_openapi_document() {
     let (_, pool) = c.call("GET", "/v1/pool", "/v1/pool", t, None);
     assert_eq!(pool["your_running_jobs"], 1, "{pool}");
     assert_eq!(pool["models"][0]["model"], "H200", "{pool}");
+    assert!(!pool.to_string().contains("n1"), "no node names: {pool}");
     c.call("GET", "/v1/pool", "/v1/pool", a, None);
     c.call("GET", "/v1/pool", "/v1/pool", n, None);
     c.call("GET", "/v1/nodes", "/v1/nodes", a, None);
