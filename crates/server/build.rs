@@ -2,4 +2,5 @@
 // changed file must rebuild the crate.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations-postgres");
 }

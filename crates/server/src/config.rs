@@ -5,6 +5,9 @@
 //! ```toml
 //! # Directory of the store (suanli.db) and of admin.token.
 //! data_dir = "suanli-data"
+//! # The store on PostgreSQL instead of SQLite in data_dir (also --store and
+//! # SUANLI_STORE). TLS: add ?sslmode=verify-full&sslrootcert=/path/ca.pem.
+//! # store = "postgres://suanli:PASSWORD@db.example:5432/suanli"
 //! # Address to listen on; port 0 picks a free port (the bound address is printed).
 //! listen = "127.0.0.1:8420"
 //! # Log lines as "human" text or "json" (one object per line).
@@ -42,6 +45,7 @@ use crate::control::LoopConfig;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
     pub listen: Option<String>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
@@ -83,6 +87,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL; None: SQLite in `data_dir`.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -96,6 +102,7 @@ pub struct Settings {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
     pub listen: Option<SocketAddr>,
     pub log_format: Option<String>,
     pub queue_policy: Option<String>,
@@ -191,8 +198,19 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
              --insecure-http)"
         ));
     }
+    let store = o.store.or(file.store);
+    if let Some(url) = &store {
+        if !crate::store::is_postgres_url(url) {
+            return Err(format!(
+                "store: {:?} is not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB); \
+                 leave it out for SQLite in data_dir",
+                crate::store::redact_url(url)
+            ));
+        }
+    }
     Ok(Settings {
         tls,
+        store,
         data_dir: o
             .data_dir
             .or(file.data_dir)
@@ -239,6 +257,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("fifo"), "{e}");
+    }
+
+    #[test]
+    fn a_store_must_be_a_postgres_url_and_its_password_stays_out_of_errors() {
+        let f = parse("store = \"mysql://u:secret@h/db\"").unwrap();
+        let e = resolve(f, Overrides::default()).unwrap_err();
+        assert!(
+            e.starts_with("store:") && e.contains("mysql://u:***@h/db"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
+        let f = parse("store = \"postgres://u:p@h:5432/db\"").unwrap();
+        let s = resolve(
+            f,
+            Overrides {
+                store: Some("postgresql://v:q@k/db2".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.store.as_deref(), Some("postgresql://v:q@k/db2"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! # suanli-server: the control plane (in progress)
 //!
-//! `suanli server` keeps the pool's durable state in SQLite ([`store`]) and
+//! `suanli server` keeps the pool's durable state in SQLite or PostgreSQL
+//! ([`store`]) and
 //! serves the tenant API ([`http`]) with per-tenant tokens ([`auth`]). This
 //! first increment has tenants, tokens (admin, tenant, agent; revocable),
 //! and job submission, listing, cancellation and event history with tenant
@@ -22,6 +23,8 @@ use store::{Scope, Store};
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL; None: SQLite in `data_dir`.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     pub scheduler: control::LoopConfig,
     /// Price book for invoices (`/v1/bills`).
@@ -54,14 +57,15 @@ pub async fn bootstrap(store: &Store, dir: &Path) -> anyhow::Result<Option<PathB
 /// exist: the way back in when every admin token was lost or revoked. Run
 /// on the server machine (it needs the data directory); the running
 /// server, if any, accepts the token at once.
-pub async fn reset_admin(dir: &Path) -> anyhow::Result<PathBuf> {
-    let db = dir.join("suanli.db");
-    if !db.exists() {
-        anyhow::bail!("{}: no store here (is --data-dir right?)", db.display());
+pub async fn reset_admin(dir: &Path, url: Option<&str>) -> anyhow::Result<PathBuf> {
+    if url.is_none() && !dir.join("suanli.db").exists() {
+        anyhow::bail!(
+            "{}: no store here (is --data-dir right?)",
+            dir.join("suanli.db").display()
+        );
     }
-    let store = Store::open(dir)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let store = open_store(dir, url).await?;
     let (secret, hash) = auth::new_token();
     let path = dir.join("admin.token");
     write_private(&path, &format!("{secret}\n"))?;
@@ -74,6 +78,45 @@ pub async fn reset_admin(dir: &Path) -> anyhow::Result<PathBuf> {
         )
         .await?;
     Ok(path)
+}
+
+/// The store: PostgreSQL at `url`, else SQLite in `dir`. Errors name it
+/// (without the password).
+pub async fn open_store(dir: &Path, url: Option<&str>) -> anyhow::Result<Store> {
+    match url {
+        Some(url) => Store::connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("store {}: {e}", store::redact_url(url))),
+        None => Store::open(dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("suanli.db").display())),
+    }
+}
+
+/// Hold `DIR/server.lock` for as long as the server runs: a second server
+/// on the same SQLite store is refused (two loops would each believe they
+/// own every device). The lock is the kernel's: it goes with the process,
+/// however it ends.
+fn one_server_per_sqlite_file(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("server.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another suanli server runs on {} ({} is locked): an SQLite store serves one \
+             server; for several replicas use --store postgres://...",
+            dir.join("suanli.db").display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("{}: cannot lock: {e}", path.display())
+        }
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -116,9 +159,12 @@ pub fn init_logging(format: config::LogFormat, level: &str) -> Result<(), String
 pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.data_dir.display()))?;
-    let store = Store::open(&cfg.data_dir)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.data_dir.join("suanli.db").display()))?;
+    // SQLite serves one replica: a second server on the same file stops here.
+    let _lock = match cfg.store {
+        None => Some(one_server_per_sqlite_file(&cfg.data_dir)?),
+        Some(_) => None,
+    };
+    let store = open_store(&cfg.data_dir, cfg.store.as_deref()).await?;
     if let Some(p) = bootstrap(&store, &cfg.data_dir).await? {
         eprintln!("created the admin token: {}", p.display());
     }

@@ -1,7 +1,7 @@
 //! The scheduling loop's rules, driven through the sans-IO [`Core`] with
-//! virtual time: every step's writes are committed into a real SQLite store
-//! (in a temporary directory), so the tests also check what the store ends
-//! up saying. No process, no sleep: each test runs in milliseconds.
+//! virtual time: every step's writes are committed into a real store, on
+//! each backend (SQLite in a temporary directory, PostgreSQL in a fresh
+//! database), so the tests also check what the store ends up saying. No process, no sleep: each test runs in milliseconds.
 //!
 //! One file on purpose, past 600 lines: one scenario per rule of the loop,
 //! sharing the `Pool` harness at the top.
@@ -16,14 +16,40 @@ use suanli_server::store::{Class, NewJob, Store, Task, TaskState};
 
 const T0: i64 = 1_780_000_000_000;
 
+#[macro_use]
+mod common;
+
+use common::{Db, Place};
+
 struct Pool {
     core: Core,
     store: Store,
     cfg: LoopConfig,
     now: i64,
     tenant_id: i64,
-    _dir: tempfile::TempDir,
+    _place: Place,
 }
+
+on_both_backends!(
+    a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes,
+    a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere,
+    a_gang_lost_with_its_node_is_requeued_without_using_its_retries,
+    a_failed_task_is_retried_then_the_job_fails,
+    a_timeout_fails_without_retry,
+    a_drained_node_gets_no_new_work_and_keeps_its_running_task,
+    a_node_is_removed_only_when_empty_and_its_credential_goes_with_it,
+    a_gang_with_a_finished_task_survives_a_restart_and_holds_its_nodes,
+    a_restart_after_a_models_last_node_was_removed_keeps_its_jobs_pending,
+    a_down_node_gives_up_its_unconfirmed_stops_when_removed,
+    spot_work_is_preempted_and_its_devices_wait_for_the_kill,
+    cancel_stops_the_tasks_and_a_job_not_live_is_refused,
+    recovery_rebuilds_the_same_state_from_the_store,
+    recovery_refuses_a_device_held_twice,
+    a_task_back_from_a_lost_node_keeps_its_devices_until_it_stops,
+    a_gang_stopped_at_lease_expiry_keeps_its_devices_until_both_stop,
+    another_nodes_task_reported_by_an_agent_is_stopped_there_only,
+    nodes_given_orders_outside_their_own_report_are_woken
+);
 
 fn job(gpus: i64, tasks: i64) -> NewJob {
     NewJob {
@@ -57,9 +83,9 @@ fn kills(o: &NodeOrders) -> Vec<Key> {
 }
 
 impl Pool {
-    async fn new(cfg: LoopConfig) -> Pool {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+    async fn new(db: Db, cfg: LoopConfig) -> Pool {
+        let place = Place::new(db).await;
+        let store = place.open().await;
         let t = store.create_tenant("acme", 1.0, "test").await.unwrap();
         let mut p = Pool {
             core: Core::new(&cfg).unwrap(),
@@ -67,7 +93,7 @@ impl Pool {
             cfg,
             now: T0,
             tenant_id: t.id,
-            _dir: dir,
+            _place: place,
         };
         p.step(vec![Command::Tenant {
             tenant: t,
@@ -192,9 +218,8 @@ impl Pool {
     }
 }
 
-#[tokio::test]
-async fn a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     // Submission and heartbeat in one batch: the pass runs before the orders
     // are computed, so the start is in this very answer.
@@ -236,9 +261,8 @@ async fn a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes() {
     assert_eq!(p.events(id).await, ["SUBMITTED", "STARTED", "COMPLETED"]);
 }
 
-#[tokio::test]
-async fn a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let id = p.submit(job(8, 1)).await;
     let o = p.hb("n1", &[], &[]).await;
@@ -273,9 +297,8 @@ async fn a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere() {
     assert!(o.kill.is_empty());
 }
 
-#[tokio::test]
-async fn a_gang_lost_with_its_node_is_requeued_without_using_its_retries() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_gang_lost_with_its_node_is_requeued_without_using_its_retries(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let id = p
         .submit(NewJob {
@@ -324,9 +347,8 @@ async fn a_gang_lost_with_its_node_is_requeued_without_using_its_retries() {
     }
 }
 
-#[tokio::test]
-async fn a_failed_task_is_retried_then_the_job_fails() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_failed_task_is_retried_then_the_job_fails(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 4).await;
     let id = p.submit(job(1, 1)).await; // retries: 1
     assert_eq!(starts(&p.hb("n1", &[], &[]).await), vec![(id, 1, 0)]);
@@ -383,9 +405,8 @@ async fn a_failed_task_is_retried_then_the_job_fails() {
     assert_eq!(p.state(never).await, "FAILED");
 }
 
-#[tokio::test]
-async fn a_timeout_fails_without_retry() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_timeout_fails_without_retry(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 4).await;
     let id = p.submit(job(1, 1)).await;
     p.hb("n1", &[], &[]).await;
@@ -411,9 +432,8 @@ async fn a_timeout_fails_without_retry() {
     assert_eq!(p.state(id).await, "FAILED");
 }
 
-#[tokio::test]
-async fn a_drained_node_gets_no_new_work_and_keeps_its_running_task() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_drained_node_gets_no_new_work_and_keeps_its_running_task(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let a = p.submit(job(4, 1)).await;
     p.hb("n1", &[], &[]).await;
@@ -465,10 +485,9 @@ async fn a_drained_node_gets_no_new_work_and_keeps_its_running_task() {
     assert!(r.is_err(), "{r:?}");
 }
 
-#[tokio::test]
-async fn a_node_is_removed_only_when_empty_and_its_credential_goes_with_it() {
+async fn a_node_is_removed_only_when_empty_and_its_credential_goes_with_it(db: Db) {
     use suanli_server::store::Scope;
-    let mut p = Pool::new(LoopConfig::default()).await;
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     p.register("n2", 8).await;
     let n1 = Scope::Node {
@@ -571,9 +590,8 @@ async fn a_node_is_removed_only_when_empty_and_its_credential_goes_with_it() {
     assert_eq!(starts(&o), vec![(c, 1, 0)], "back in the pool");
 }
 
-#[tokio::test]
-async fn a_gang_with_a_finished_task_survives_a_restart_and_holds_its_nodes() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_gang_with_a_finished_task_survives_a_restart_and_holds_its_nodes(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     p.register("n2", 8).await;
     let g = p.submit(job(8, 2)).await;
@@ -612,9 +630,8 @@ async fn a_gang_with_a_finished_task_survives_a_restart_and_holds_its_nodes() {
     assert_eq!(p.core.scheduler().allocated_gpu_milli(), 0);
 }
 
-#[tokio::test]
-async fn a_restart_after_a_models_last_node_was_removed_keeps_its_jobs_pending() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_restart_after_a_models_last_node_was_removed_keeps_its_jobs_pending(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     // h1: the pool's only node of a second model.
     let reg = Registration {
@@ -658,9 +675,8 @@ async fn a_restart_after_a_models_last_node_was_removed_keeps_its_jobs_pending()
     assert_eq!(p.core.scheduler().capacity_gpu_milli(), 8_000);
 }
 
-#[tokio::test]
-async fn a_down_node_gives_up_its_unconfirmed_stops_when_removed() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_down_node_gives_up_its_unconfirmed_stops_when_removed(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let a = p
         .submit(NewJob {
@@ -692,9 +708,8 @@ async fn a_down_node_gives_up_its_unconfirmed_stops_when_removed() {
     Core::recover(snap, &p.cfg, p.now).unwrap();
 }
 
-#[tokio::test]
-async fn spot_work_is_preempted_and_its_devices_wait_for_the_kill() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn spot_work_is_preempted_and_its_devices_wait_for_the_kill(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let spot = p
         .submit(NewJob {
@@ -720,9 +735,8 @@ async fn spot_work_is_preempted_and_its_devices_wait_for_the_kill() {
     assert_eq!(t[0].3, "KILLED");
 }
 
-#[tokio::test]
-async fn cancel_stops_the_tasks_and_a_job_not_live_is_refused() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn cancel_stops_the_tasks_and_a_job_not_live_is_refused(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let id = p.submit(job(1, 1)).await;
     p.hb("n1", &[], &[]).await;
@@ -744,9 +758,8 @@ async fn cancel_stops_the_tasks_and_a_job_not_live_is_refused() {
     assert!(matches!(a, Answer::Cancelled(Err(_))), "{a:?}");
 }
 
-#[tokio::test]
-async fn recovery_rebuilds_the_same_state_from_the_store() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn recovery_rebuilds_the_same_state_from_the_store(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     p.register("n2", 8).await;
     let running = p.submit(job(8, 2)).await;
@@ -794,10 +807,9 @@ async fn recovery_rebuilds_the_same_state_from_the_store() {
     assert_eq!(starts(o), vec![(running, 1, 1)]);
 }
 
-#[tokio::test]
-async fn recovery_refuses_a_device_held_twice() {
+async fn recovery_refuses_a_device_held_twice(db: Db) {
     let cfg = LoopConfig::default();
-    let mut p = Pool::new(cfg.clone()).await;
+    let mut p = Pool::new(db, cfg.clone()).await;
     p.register("n1", 8).await;
     let a = p.submit(job(8, 1)).await;
     let mut snap = Snapshot::load(&p.store).await.unwrap();
@@ -834,9 +846,8 @@ fn orders_of(core: &mut Core, node: &str, running: &[Key], now: i64) -> NodeOrde
     }
 }
 
-#[tokio::test]
-async fn a_task_back_from_a_lost_node_keeps_its_devices_until_it_stops() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_task_back_from_a_lost_node_keeps_its_devices_until_it_stops(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let id = p.submit(job(8, 1)).await;
     p.hb("n1", &[], &[]).await;
@@ -864,9 +875,8 @@ async fn a_task_back_from_a_lost_node_keeps_its_devices_until_it_stops() {
     assert_eq!(starts(&o), vec![(id, 2, 0)]);
 }
 
-#[tokio::test]
-async fn a_gang_stopped_at_lease_expiry_keeps_its_devices_until_both_stop() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn a_gang_stopped_at_lease_expiry_keeps_its_devices_until_both_stop(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     let id = p.submit(job(4, 2)).await;
     p.hb("n1", &[], &[]).await;
@@ -893,9 +903,8 @@ async fn a_gang_stopped_at_lease_expiry_keeps_its_devices_until_both_stop() {
     assert_eq!(st, vec![(id, 2, 0), (id, 2, 1)]);
 }
 
-#[tokio::test]
-async fn another_nodes_task_reported_by_an_agent_is_stopped_there_only() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn another_nodes_task_reported_by_an_agent_is_stopped_there_only(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     p.register("n2", 8).await;
     let id = p.submit(job(8, 1)).await;
@@ -926,9 +935,8 @@ async fn another_nodes_task_reported_by_an_agent_is_stopped_there_only() {
     assert_eq!(p.state(id).await, "RUNNING");
 }
 
-#[tokio::test]
-async fn nodes_given_orders_outside_their_own_report_are_woken() {
-    let mut p = Pool::new(LoopConfig::default()).await;
+async fn nodes_given_orders_outside_their_own_report_are_woken(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
     p.register("n1", 8).await;
     p.register("n2", 8).await;
     let submit = |p: &Pool, gpus| Command::Submit {

@@ -1,13 +1,16 @@
 //! Migrations keep what a store already holds. A store is filled at the
 //! schema before `0005_cheap_checks` (which rebuilds the hot tables), then
 //! opened by the server: every row must be there, the foreign keys and
-//! checks must still hold, and the loop's writer must work on it.
+//! checks must still hold, and the loop's writer must work on it. On
+//! PostgreSQL, replicas starting together migrate once.
 
 use std::borrow::Cow;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::Row;
 use suanli_server::store::{JobState, NodeState, Store, TaskState, Write};
+
+mod common;
 
 async fn old_store(dir: &std::path::Path) {
     let opts = SqliteConnectOptions::new()
@@ -166,4 +169,30 @@ async fn rebuilding_the_hot_tables_keeps_every_row() {
     assert_eq!(store.job(8, None).await.unwrap().state, JobState::Running);
     assert_eq!(store.active_tasks().await.unwrap().len(), 3);
     assert_eq!(store.nodes().await.unwrap()[0].state, NodeState::Draining);
+}
+
+/// Replicas of the server starting together on one new PostgreSQL
+/// database: the migrations run once, under the database's lock, and every
+/// replica opens the same schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once() {
+    let Some(url) = common::postgres_url().await else {
+        return;
+    };
+    let opens = (0..6).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { suanli_server::store::Store::connect(&url).await })
+    });
+    for o in opens {
+        o.await.unwrap().expect("every replica opens the store");
+    }
+    let store = suanli_server::store::postgres::PgStore::connect(&url)
+        .await
+        .unwrap();
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(applied, [(1, true)]);
 }

@@ -6,7 +6,13 @@
 use std::collections::BTreeMap;
 
 use suanli_billing::NodeSpan;
-use suanli_server::store::{Node, Store, Write};
+use suanli_server::store::{Node, Write};
+
+#[macro_use]
+mod common;
+use common::{Db, Place};
+
+on_both_backends!(spans_follow_node_changes_and_never_overlap);
 
 fn node(gpus: i64, model: &str, state: &str, at: i64) -> Node {
     Node {
@@ -37,10 +43,9 @@ fn span(gpus: i64, model: &str, state: &str, start: i64, end: Option<i64>) -> No
     }
 }
 
-#[tokio::test]
-async fn spans_follow_node_changes_and_never_overlap() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+async fn spans_follow_node_changes_and_never_overlap(db: Db) {
+    let place = Place::new(db).await;
+    let store = place.open().await;
     let state = |state: &'static str, at| Write::NodeState {
         node: 1,
         state: state.parse().unwrap(),
@@ -85,6 +90,6 @@ async fn spans_follow_node_changes_and_never_overlap() {
     assert_eq!(mid, vec![span(8, "A100", "down", 1500, Some(5000))]);
     // Reopened, the store keeps the history.
     drop(store);
-    let store = Store::open(dir.path()).await.unwrap();
+    let store = place.open().await;
     assert_eq!(store.node_spans(0, i64::MAX).await.unwrap(), spans);
 }

@@ -1,62 +1,31 @@
 //! The store contract: what every [`Backend`] must do, written against the
 //! trait alone. Each check is a plain async function taking a fresh
-//! [`Store`]; `backends!` runs all of them on each backend (today SQLite;
-//! a second backend adds one line and passes the same checks).
+//! [`Store`]; `on_both_backends!` runs all of them on each backend: SQLite, and
+//! PostgreSQL on a fresh database of the test cluster (`common`).
 
 use std::collections::BTreeMap;
 
 use suanli_server::store::{
-    Class, EventKind, JobState, NewJob, Node, NodeState, Scope, Store, StoreError, TaskState,
-    TokenScope, Write,
+    Class, EventKind, JobState, NewJob, Node, NodeState, Scope, StoreError, TaskState, TokenScope,
+    Write,
 };
 
-/// A fresh, empty store of one backend, and what keeps it alive.
-struct Fixture {
-    store: Store,
-    _dir: tempfile::TempDir,
-}
+#[macro_use]
+mod common;
+use common::Place;
 
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    Fixture {
-        store: Store::open(dir.path()).await.unwrap(),
-        _dir: dir,
-    }
-}
-
-/// Every check, as tests of one backend's module.
-macro_rules! checks {
-    ($backend:ident; $($check:ident),+ $(,)?) => {
-        mod $backend {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let f = super::$backend().await;
-                    super::$check(&f.store).await;
-                }
-            )+
-        }
-    };
-}
-
-/// The contract, run on one backend.
-macro_rules! backend {
-    ($backend:ident) => {
-        checks!($backend;
-            tenants_and_quotas,
-            tokens,
-            jobs_are_scoped_paged_and_filtered,
-            a_batch_is_all_or_nothing,
-            an_empty_batch_is_fine,
-            starts_tasks_and_their_transitions,
-            node_states_in_one_batch_keep_the_last,
-            usage_follows_task_rows,
-            lost_tasks_of_a_down_node_may_still_hold_devices,
-        );
-    };
-}
-
-backend!(sqlite);
+// The contract, on each backend.
+on_both_backends!(
+    tenants_and_quotas,
+    tokens,
+    jobs_are_scoped_paged_and_filtered,
+    a_batch_is_all_or_nothing,
+    an_empty_batch_is_fine,
+    starts_tasks_and_their_transitions,
+    node_states_in_one_batch_keep_the_last,
+    usage_follows_task_rows,
+    lost_tasks_of_a_down_node_may_still_hold_devices,
+);
 
 fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
     NewJob {
@@ -112,7 +81,9 @@ fn insert(id: i64, tenant_id: i64, j: NewJob, at: i64) -> [Write; 2] {
     ]
 }
 
-async fn tenants_and_quotas(s: &Store) {
+async fn tenants_and_quotas(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     let a = s.create_tenant("acme", 2.0, "test").await.unwrap();
     let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
     assert_ne!(a.id, b.id);
@@ -170,7 +141,9 @@ async fn tenants_and_quotas(s: &Store) {
     );
 }
 
-async fn tokens(s: &Store) {
+async fn tokens(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     assert_eq!(s.token_count().await.unwrap(), 0);
     let t = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let scope = Scope::Tenant {
@@ -250,7 +223,9 @@ async fn tokens(s: &Store) {
     );
 }
 
-async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
+async fn jobs_are_scoped_paged_and_filtered(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
     assert_eq!(s.max_job_id().await.unwrap(), 0);
@@ -327,7 +302,9 @@ async fn jobs_are_scoped_paged_and_filtered(s: &Store) {
     assert_eq!((ev[0].kind, ev[0].at_ms), (EventKind::Submitted, 1001));
 }
 
-async fn a_batch_is_all_or_nothing(s: &Store) {
+async fn a_batch_is_all_or_nothing(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     s.commit(insert(1, a.id, job("a", 0, 1), 10).to_vec())
         .await
@@ -352,11 +329,15 @@ async fn a_batch_is_all_or_nothing(s: &Store) {
     assert!(matches!(s.job(3, None).await, Err(StoreError::NotFound)));
 }
 
-async fn an_empty_batch_is_fine(s: &Store) {
+async fn an_empty_batch_is_fine(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     s.commit(vec![]).await.unwrap();
 }
 
-async fn starts_tasks_and_their_transitions(s: &Store) {
+async fn starts_tasks_and_their_transitions(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let mut w = vec![
         Write::UpsertNode(node(1, "n1", 8, 100)),
@@ -464,7 +445,9 @@ async fn starts_tasks_and_their_transitions(s: &Store) {
     assert_eq!(s.killing_tasks().await.unwrap().len(), 1);
 }
 
-async fn node_states_in_one_batch_keep_the_last(s: &Store) {
+async fn node_states_in_one_batch_keep_the_last(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     s.commit(vec![
         Write::UpsertNode(node(1, "n1", 8, 100)),
         Write::UpsertNode(node(2, "n2", 4, 100)),
@@ -505,7 +488,9 @@ async fn node_states_in_one_batch_keep_the_last(s: &Store) {
     assert_eq!(n1, [("ready", 100), ("draining", 200), ("ready", 300)]);
 }
 
-async fn usage_follows_task_rows(s: &Store) {
+async fn usage_follows_task_rows(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
     let mut w = vec![Write::UpsertNode(node(1, "n1", 8, 0))];
@@ -557,7 +542,9 @@ async fn usage_follows_task_rows(s: &Store) {
     assert_eq!(s.usage(None, 0, 1000).await.unwrap().len(), 0);
 }
 
-async fn lost_tasks_of_a_down_node_may_still_hold_devices(s: &Store) {
+async fn lost_tasks_of_a_down_node_may_still_hold_devices(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
     let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
     let mut w = vec![
         Write::UpsertNode(node(1, "n1", 8, 100)),

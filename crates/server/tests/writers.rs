@@ -1,9 +1,16 @@
-//! Two writers on one database: the loop's writer thread (its own
-//! connection, IMMEDIATE transactions) and admin writes through the async
-//! pool. Neither may fail because the other holds the write lock.
+//! Two writers on one database: the loop's writer (its own connection;
+//! IMMEDIATE transactions on SQLite) and admin writes through the async
+//! pool. Neither may fail because the other holds the write lock. On each
+//! backend.
 
 use suanli_api::Class;
-use suanli_server::store::{NewJob, Store, Write};
+use suanli_server::store::{NewJob, Write};
+
+#[macro_use]
+mod common;
+use common::{Db, Place};
+
+on_both_backends!(loop_batches_and_admin_writes_interleave_without_errors);
 
 fn job(i: i64) -> NewJob {
     NewJob {
@@ -23,10 +30,9 @@ fn job(i: i64) -> NewJob {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loop_batches_and_admin_writes_interleave_without_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+async fn loop_batches_and_admin_writes_interleave_without_errors(db: Db) {
+    let place = Place::new(db).await;
+    let store = place.open().await;
     let t = store.create_tenant("acme", 1.0, "test").await.unwrap();
     let admin = {
         let store = store.clone();

@@ -167,6 +167,10 @@ pub struct UpArgs {
     /// Address of the server.
     #[arg(long, default_value = "127.0.0.1:8420")]
     listen: String,
+    /// Run the pool on this PostgreSQL database (env SUANLI_STORE), e.g.
+    /// postgres://USER:PASSWORD@HOST:5432/DB [default: SQLite in the data dir].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Price book for bills and the economics report [default: the example
     /// book, written to DATA_DIR/prices.toml].
     #[arg(long, value_name = "FILE")]
@@ -278,11 +282,17 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
         ),
     )
     .map_err(|e| failure(format!("{}: {e}", conf.display())))?;
-    let mut server = Command::new(&exe)
+    let mut server = Command::new(&exe);
+    server
         .args(["server", "--listen", &a.listen, "--config"])
         .arg(&conf)
         .arg("--data-dir")
-        .arg(&dir)
+        .arg(&dir);
+    // Through the environment: a password in the arguments shows in `ps`.
+    if let Some(url) = a.store.or_else(|| std::env::var("SUANLI_STORE").ok()) {
+        server.env("SUANLI_STORE", url);
+    }
+    let mut server = server
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| failure(format!("cannot start the server: {e}")))?;

@@ -71,6 +71,72 @@ pub struct BenchServerArgs {
     /// the plain SQLite insert of the same rows.
     #[arg(long, value_name = "RATIO")]
     max_commit_ratio: Option<f64>,
+    /// Also run every benchmark on PostgreSQL (env SUANLI_STORE): a cluster
+    /// whose user may create databases (each run gets a fresh one), e.g.
+    /// postgres://USER:PASSWORD@127.0.0.1:5432/postgres. SQLite's figures
+    /// come first, from the same run.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+}
+
+/// Where a benchmark's store lives.
+#[derive(Clone)]
+enum On {
+    Sqlite,
+    /// A cluster (its URL), on which each run makes its own database.
+    Postgres(String),
+}
+
+impl On {
+    fn label(&self) -> &'static str {
+        match self {
+            On::Sqlite => "sqlite",
+            On::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A fresh place for one run's store.
+    async fn place(&self, tag: &str) -> Result<Place, CliError> {
+        let dir = tmp_dir(tag);
+        std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
+        let url = match self {
+            On::Sqlite => None,
+            On::Postgres(cluster) => Some(
+                suanli_server::store::postgres::scratch_database(cluster, "suanli_bench")
+                    .await
+                    .map_err(|e| {
+                        failure(format!(
+                            "--store {}: {e}",
+                            suanli_server::store::redact_url(cluster)
+                        ))
+                    })?,
+            ),
+        };
+        Ok(Place { dir, url })
+    }
+}
+
+/// One run's store: SQLite in `dir`, or the database at `url`; the
+/// directory is removed when dropped (the database is left to the cluster).
+struct Place {
+    dir: std::path::PathBuf,
+    url: Option<String>,
+}
+
+impl Place {
+    async fn open(&self) -> Result<Store, CliError> {
+        let r = match &self.url {
+            None => Store::open(&self.dir).await,
+            Some(url) => Store::connect(url).await,
+        };
+        r.map_err(|e| failure(e.to_string()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `bench server --json`.
@@ -82,6 +148,9 @@ struct Figures {
     placement: Option<PlaceFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     listing: Option<ListFigures>,
+    /// The same benchmarks on PostgreSQL (`--store`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<Box<Figures>>,
 }
 
 /// The live loop placing while a tenant lists its pending jobs.
@@ -127,10 +196,13 @@ struct PlaceFigures {
     commit_rows: usize,
     /// Node grouping and the walk by job shape off, same workload.
     baseline_decisions_per_s: f64,
-    /// The same number of rows through plain multi-row inserts.
-    plain_insert_s: f64,
+    /// The same number of rows through plain multi-row SQLite inserts
+    /// (SQLite only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plain_insert_s: Option<f64>,
     /// commit_s / plain_insert_s.
-    commit_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_ratio: Option<f64>,
     /// Resident memory the loop grew by per pending job, bytes (includes
     /// SQLite's page cache).
     rss_bytes_per_pending_job: f64,
@@ -149,13 +221,54 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         return Err(crate::usage("--max-commit-ratio must be a positive number"));
     }
     let text = a.json.as_deref() != Some(std::path::Path::new("-"));
+    let mut fig = measure(&a, &On::Sqlite, text)?;
+    if let Some(url) = a
+        .store
+        .clone()
+        .or_else(|| std::env::var("SUANLI_STORE").ok())
+    {
+        if !suanli_server::store::is_postgres_url(&url) {
+            return Err(crate::usage(format!(
+                "--store {}: expected postgres://USER:PASSWORD@HOST:PORT/DB",
+                suanli_server::store::redact_url(&url)
+            )));
+        }
+        fig.postgres = Some(Box::new(measure(&a, &On::Postgres(url), text)?));
+    }
+    if let Some(path) = &a.json {
+        let j = serde_json::to_string_pretty(&fig).expect("figures serialise");
+        if path.as_os_str() == "-" {
+            println!("{j}");
+        } else {
+            std::fs::write(path, j + "\n")
+                .map_err(|e| failure(format!("{}: {e}", path.display())))?;
+        }
+    }
+    if let (Some(max), Some(ratio)) = (
+        a.max_commit_ratio,
+        fig.placement.as_ref().and_then(|p| p.commit_ratio),
+    ) {
+        if ratio > max {
+            return Err(failure(format!(
+                "the loop's commit took {:.1}x the plain insert of the same rows (limit {max}x): \
+                 a slower commit path?",
+                ratio
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every benchmark asked for, on one backend.
+fn measure(a: &BenchServerArgs, on: &On, text: bool) -> Result<Figures, CliError> {
     let mut fig = Figures::default();
     if !a.no_submit {
-        let base = submissions(1, a.seconds)?;
-        let many = submissions(a.clients, a.seconds)?;
+        let base = submissions(on, 1, a.seconds)?;
+        let many = submissions(on, a.clients, a.seconds)?;
         if text {
             println!(
-                "submissions: 1 client {:.0}/s, {} clients {:.0}/s ({:.1}x)",
+                "[{}] submissions: 1 client {:.0}/s, {} clients {:.0}/s ({:.1}x)",
+                on.label(),
                 base,
                 a.clients,
                 many,
@@ -173,14 +286,19 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
             .enable_all()
             .build()
             .map_err(|e| failure(e.to_string()))?;
-        let base = rt.block_on(placements(a.nodes, a.pending, false))?;
-        let fast = rt.block_on(placements(a.nodes, a.pending, true))?;
-        // The plain insert is short: the best of three.
-        let mut plain = f64::INFINITY;
-        for _ in 0..3 {
-            plain = plain.min(rt.block_on(plain_insert(fast.rows))?);
-        }
-        let ratio = fast.commit / plain;
+        let base = rt.block_on(placements(on, a.nodes, a.pending, false))?;
+        let fast = rt.block_on(placements(on, a.nodes, a.pending, true))?;
+        // The plain insert is short: the best of three (SQLite only).
+        let (plain, ratio) = match on {
+            On::Sqlite => {
+                let mut plain = f64::INFINITY;
+                for _ in 0..3 {
+                    plain = plain.min(rt.block_on(plain_insert(fast.rows))?);
+                }
+                (Some(plain), Some(fast.commit / plain))
+            }
+            On::Postgres(_) => (None, None),
+        };
         fig.placement = Some(PlaceFigures {
             nodes: a.nodes,
             pending: a.pending,
@@ -200,9 +318,10 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         });
         if text {
             println!(
-                "placement: {} nodes, {} pending: baseline {} decisions in {:.3} s ({:.0}/s); \
+                "[{}] placement: {} nodes, {} pending: baseline {} decisions in {:.3} s ({:.0}/s); \
              suanli {} decisions in {:.3} s ({:.0}/s, {:.1}x); {} pass(es) of {:.3} s overlapping \
              commits of {:.3} s",
+                on.label(),
                 a.nodes,
                 a.pending,
                 base.decisions,
@@ -220,10 +339,14 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
                 "placement policy: {} (the live default); target workload {}",
                 fast.policy, fast.target
             );
-            println!(
-                "commit: {} rows in {:.3} s; the same rows as plain SQLite inserts {:.3} s ({:.1}x)",
-                fast.rows, fast.commit, plain, ratio
-            );
+            match (plain, ratio) {
+                (Some(plain), Some(ratio)) => println!(
+                    "commit: {} rows in {:.3} s; the same rows as plain SQLite inserts {:.3} s \
+                     ({:.1}x)",
+                    fast.rows, fast.commit, plain, ratio
+                ),
+                _ => println!("commit: {} rows in {:.3} s", fast.rows, fast.commit),
+            }
             println!(
                 "memory: {:.0} bytes of resident memory per pending job",
                 base.rss_per_pending
@@ -240,8 +363,8 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         // `--list-runs` of each, interleaved.
         let (mut alone_runs, mut list_runs) = (Vec::new(), Vec::new());
         for _ in 0..a.list_runs.max(1) {
-            alone_runs.push(rt.block_on(place_while_listing(a.nodes, a.pending, false))?);
-            list_runs.push(rt.block_on(place_while_listing(a.nodes, a.pending, true))?);
+            alone_runs.push(rt.block_on(place_while_listing(on, a.nodes, a.pending, false))?);
+            list_runs.push(rt.block_on(place_while_listing(on, a.nodes, a.pending, true))?);
         }
         let median = |mut v: Vec<(f64, u64, u64)>| {
             v.sort_by(|x, y| (x.0 / x.1 as f64).total_cmp(&(y.0 / y.1 as f64)));
@@ -253,9 +376,10 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
         let slowdown = (rate(alone, alone_s) / rate(listing, list_s) - 1.0) * 100.0;
         if text {
             println!(
-                "listing: the live loop placed {alone} jobs in {alone_s:.3} s alone, {listing} in \
+                "[{}] listing: the live loop placed {alone} jobs in {alone_s:.3} s alone, {listing} in \
                  {list_s:.3} s while a tenant's {LISTERS} clients listed {pages} pages of 100 \
-                 pending jobs with reasons ({slowdown:+.1}% time per decision)"
+                 pending jobs with reasons ({slowdown:+.1}% time per decision)",
+                on.label()
             );
         }
         fig.listing = Some(ListFigures {
@@ -269,25 +393,7 @@ pub fn run(a: BenchServerArgs) -> Result<(), CliError> {
             slowdown_pct: slowdown,
         });
     }
-    if let Some(path) = &a.json {
-        let j = serde_json::to_string_pretty(&fig).expect("figures serialise");
-        if path.as_os_str() == "-" {
-            println!("{j}");
-        } else {
-            std::fs::write(path, j + "\n")
-                .map_err(|e| failure(format!("{}: {e}", path.display())))?;
-        }
-    }
-    if let (Some(max), Some(p)) = (a.max_commit_ratio, &fig.placement) {
-        if p.commit_ratio > max {
-            return Err(failure(format!(
-                "the loop's commit took {:.1}x the plain insert of the same rows (limit {max}x): \
-                 a slower commit path?",
-                p.commit_ratio
-            )));
-        }
-    }
-    Ok(())
+    Ok(fig)
 }
 
 /// The process's resident memory (Linux `/proc/self/statm`), 0 elsewhere.
@@ -373,21 +479,30 @@ fn tmp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 /// Acknowledged submissions per second with `clients` concurrent clients.
-fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
-    let dir = tmp_dir(&format!("submit{clients}"));
-    std::fs::create_dir_all(&dir).map_err(|e| failure(e.to_string()))?;
+fn submissions(on: &On, clients: usize, seconds: f64) -> Result<f64, CliError> {
+    let place = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failure(e.to_string()))?
+        .block_on(on.place(&format!("submit{clients}")))?;
+    let dir = place.dir.clone();
     let exe = std::env::current_exe().map_err(|e| failure(e.to_string()))?;
+    let mut server = Command::new(exe);
+    server
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(&dir);
+    if let Some(url) = &place.url {
+        server.env("SUANLI_STORE", url);
+    }
     let mut child = Child(
-        Command::new(exe)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(&dir)
+        server
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -509,7 +624,7 @@ fn submissions(clients: usize, seconds: f64) -> Result<f64, CliError> {
         let _ = t.join();
     }
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(place);
     let e = errors.load(Ordering::Relaxed);
     if e > 0 {
         return Err(failure(format!("{e} submissions failed")));
@@ -596,15 +711,14 @@ async fn queue_jobs(lp: &mut Driver, tenant: i64, pending: usize) -> Result<(), 
 }
 
 /// A loop with `nodes` registered, drained 8-GPU nodes (of three models)
-/// and a tenant `bench`, in a fresh store in `dir`.
+/// and a tenant `bench`, in a fresh store at `place`.
 async fn loaded_store(
-    dir: &std::path::Path,
+    place: &Place,
     nodes: usize,
     cfg: &LoopConfig,
 ) -> Result<(Driver, i64), CliError> {
     let f = |e: anyhow::Error| failure(format!("{e:#}"));
-    std::fs::create_dir_all(dir).map_err(|e| failure(e.to_string()))?;
-    let store = Store::open(dir).await.map_err(|e| failure(e.to_string()))?;
+    let store = place.open().await?;
     let t = store
         .create_tenant("bench", 1.0, "bench")
         .await
@@ -644,23 +758,22 @@ const LISTERS: usize = 4;
 /// undrain to the last decision, the decisions, and the pages listed in
 /// that time.
 async fn place_while_listing(
+    on: &On,
     nodes: usize,
     pending: usize,
     list: bool,
 ) -> Result<(f64, u64, u64), CliError> {
     let f = |e: anyhow::Error| failure(format!("{e:#}"));
-    let dir = tmp_dir(if list { "list" } else { "list-base" });
+    let place = on.place(if list { "list" } else { "list-base" }).await?;
     let cfg = LoopConfig {
         lease_ms: 24 * 3600 * 1000,
         ..LoopConfig::default()
     };
-    let (mut lp, tenant) = loaded_store(&dir, nodes, &cfg).await?;
+    let (mut lp, tenant) = loaded_store(&place, nodes, &cfg).await?;
     queue_jobs(&mut lp, tenant, pending).await?;
     drop(lp);
     // The server's way: recover from the store, run the driver as a task.
-    let store = Store::open(&dir)
-        .await
-        .map_err(|e| failure(e.to_string()))?;
+    let store = place.open().await?;
     let (control, task) = suanli_server::control::start(store.clone(), &cfg)
         .await
         .map_err(f)?;
@@ -737,22 +850,27 @@ async fn place_while_listing(
     }
     drop(control);
     let _ = task.await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(place);
     Ok((took, last - before, pages_by_last - pages_before))
 }
 
 /// Undrain `nodes` nodes under `pending` queued jobs, and run the loop's
 /// passes until the pool is full (timed).
-async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed, CliError> {
+async fn placements(
+    on: &On,
+    nodes: usize,
+    pending: usize,
+    group: bool,
+) -> Result<Placed, CliError> {
     let f = |e: anyhow::Error| failure(format!("{e:#}"));
-    let dir = tmp_dir(if group { "place" } else { "place-base" });
+    let place = on.place(if group { "place" } else { "place-base" }).await?;
     let cfg = LoopConfig {
         group_nodes: group,
         // No agent reports here: nodes must outlive queuing a million jobs.
         lease_ms: 24 * 3600 * 1000,
         ..LoopConfig::default()
     };
-    let (mut lp, tenant) = loaded_store(&dir, nodes, &cfg).await?;
+    let (mut lp, tenant) = loaded_store(&place, nodes, &cfg).await?;
     let rss_before = rss_bytes();
     queue_jobs(&mut lp, tenant, pending).await?;
     let rss_pending = rss_bytes().saturating_sub(rss_before);
@@ -777,7 +895,7 @@ async fn placements(nodes: usize, pending: usize, group: bool) -> Result<Placed,
     let total = t0.elapsed().as_secs_f64();
     let decisions = (lp.decisions_total() - before) as usize;
     drop(lp);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(place);
     Ok(Placed {
         decisions,
         total,

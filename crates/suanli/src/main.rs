@@ -79,6 +79,11 @@ struct ServerArgs {
     /// Directory of the store (suanli.db) and admin.token [default: suanli-data].
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// The store on PostgreSQL: postgres://USER:PASSWORD@HOST:PORT/DB (TLS:
+    /// ?sslmode=verify-full&sslrootcert=CA.pem) [default: SQLite in the data
+    /// dir]. A password here shows in `ps`: prefer SUANLI_STORE or the config file.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Address to listen on; port 0 picks a free port (the bound address is printed) [default: 127.0.0.1:8420].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -118,6 +123,7 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         file,
         config::Overrides {
             data_dir: a.data_dir,
+            store: a.store.or_else(|| std::env::var("SUANLI_STORE").ok()),
             listen: a.listen,
             log_format: a.log_format,
             queue_policy: a.queue_policy,
@@ -141,13 +147,14 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         .map_err(|e| failure(format!("cannot start the runtime: {e}")))?;
     if reset_admin {
         let path = rt
-            .block_on(suanli_server::reset_admin(&s.data_dir))
+            .block_on(suanli_server::reset_admin(&s.data_dir, s.store.as_deref()))
             .map_err(|e| failure(format!("{e:#}")))?;
         println!("a new admin token is in {}", path.display());
         return Ok(());
     }
     rt.block_on(suanli_server::serve(suanli_server::ServerConfig {
         data_dir: s.data_dir,
+        store: s.store,
         listen: s.listen,
         scheduler: s.scheduler,
         prices,

@@ -1240,3 +1240,28 @@ fn https_with_a_private_ca_and_no_plain_http_off_loopback() {
     let _ = open.kill();
     let _ = open.wait();
 }
+
+/// SQLite serves one server: a second one on the same store stops at once,
+/// saying why, and the lock goes with the first server however it ends.
+#[test]
+fn a_second_server_on_one_sqlite_store_is_refused() {
+    let dir = tmp("one-server");
+    let mut first = Server::start(&dir);
+    let second = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&*dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another suanli server runs on") && err.contains("--store postgres://"),
+        "{err}"
+    );
+    // SIGKILL: the kernel drops the lock with the process.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let again = Server::start(&dir);
+    let (code, _, _) = call("GET", &again.u("/healthz"), None, None);
+    assert_eq!(code, 200);
+}

@@ -9,7 +9,11 @@
 //! ([`Backend::commit`]). Tenants, tokens and quotas are written by the admin
 //! handlers directly.
 
+pub mod postgres;
+mod sql;
 pub mod sqlite;
+
+pub use sql::SqlStore;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +31,26 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 /// A store: any [`Backend`], shared.
 #[derive(Clone)]
 pub struct Store(Arc<dyn Backend>);
@@ -35,6 +59,17 @@ impl Store {
     /// The embedded default: SQLite in `DIR/suanli.db`.
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store(Arc::new(sqlite::SqliteStore::open(dir).await?)))
+    }
+    /// A PostgreSQL store: `postgres://USER:PASS@HOST:PORT/DB` (or
+    /// `postgresql://`), with libpq's URL parameters (`sslmode`, ...).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if !is_postgres_url(url) {
+            return Err(StoreError::Refused(format!(
+                "store {:?}: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+                redact_url(url)
+            )));
+        }
+        Ok(Store(Arc::new(postgres::PgStore::connect(url).await?)))
     }
     pub fn new(backend: Arc<dyn Backend>) -> Store {
         Store(backend)

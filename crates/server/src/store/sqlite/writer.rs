@@ -26,7 +26,7 @@ use crate::store::{Committing, StoreError, Write};
 type Reply = oneshot::Sender<Result<Duration, StoreError>>;
 
 /// Handle to the writer thread; dropping it stops the thread.
-pub(super) struct Writer {
+pub(crate) struct Writer {
     tx: mpsc::Sender<(Vec<Write>, Reply)>,
 }
 
