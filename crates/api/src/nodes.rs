@@ -86,3 +86,16 @@ pub struct PoolModel {
     /// task that could start now.
     pub most_free_on_one_node: u64,
 }
+
+/// `GET /readyz`: whether this server replica can serve, and its part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Readiness {
+    /// `leader`: this replica runs the scheduling loop; `follower`: it
+    /// serves reads, another replica runs the loop.
+    pub role: String,
+    /// The leader lease's epoch (bumped at every takeover).
+    pub epoch: i64,
+    /// The replica holding the lease (host:pid:listen:nonce).
+    pub leader: String,
+}

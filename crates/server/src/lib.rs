@@ -168,8 +168,37 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Some(p) = bootstrap(&store, &cfg.data_dir).await? {
         eprintln!("created the admin token: {}", p.display());
     }
-    // Recover and check the state before accepting any request.
-    let (control, mut sched) = control::start(store.clone(), &cfg.scheduler).await?;
+    // The loop runs on the replica holding the leader lease (on SQLite,
+    // this server, at once).
+    let control = control::Control::idle(&cfg.scheduler);
+    let me = control::replica_name(&cfg.listen.to_string());
+    let open: control::Opener = {
+        let (dir, url) = (cfg.data_dir.clone(), cfg.store.clone());
+        Box::new(move || {
+            let (dir, url) = (dir.clone(), url.clone());
+            Box::pin(async move { open_store(&dir, url.as_deref()).await })
+        })
+    };
+    let only_server = cfg.store.is_none();
+    let mut sched = tokio::spawn(control::keep_lease(
+        store.clone(),
+        open,
+        control.clone(),
+        cfg.scheduler.clone(),
+        me.clone(),
+        only_server,
+    ));
+    if only_server {
+        // Recover and check the state before accepting any request: a
+        // store that fails its checks stops the server here.
+        while !control.leading() {
+            if sched.is_finished() {
+                return Err(loop_stopped(sched.await));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    tracing::info!(replica = %me, "replica");
     let wakes = control.wakes.clone();
     // Held wait calls answer at once when the server stops.
     let stopping = move || {

@@ -25,6 +25,9 @@ on_both_backends!(
     node_states_in_one_batch_keep_the_last,
     usage_follows_task_rows,
     lost_tasks_of_a_down_node_may_still_hold_devices,
+    the_lease_has_one_holder_at_a_time,
+    a_deposed_leader_cannot_write,
+    servers_racing_for_the_lease_elect_one,
 );
 
 fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
@@ -580,4 +583,108 @@ async fn lost_tasks_of_a_down_node_may_still_hold_devices(db: common::Db) {
     let k = s.killing_tasks().await.unwrap();
     let held: Vec<(i64, i64, i64)> = k.iter().map(|t| (t.job, t.node, t.gpus)).collect();
     assert_eq!(held, [(1, 1, 0xFF)], "only the down node's lost task");
+}
+
+async fn the_lease_has_one_holder_at_a_time(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
+    let l = s.leader().await.unwrap();
+    assert_eq!((l.holder.as_str(), l.epoch), ("", 0), "nobody yet");
+    // a takes it until 6000; b cannot while it lasts.
+    assert_eq!(
+        s.lease("a", None, 1000, 5000, false).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(s.lease("b", None, 2000, 5000, false).await.unwrap(), None);
+    // a renews (same epoch) until 8000; b's renewal of an epoch it never
+    // held is refused.
+    assert_eq!(
+        s.lease("a", Some(1), 3000, 5000, false).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.lease("b", Some(1), 3000, 5000, false).await.unwrap(),
+        None
+    );
+    assert_eq!(s.lease("b", None, 7999, 5000, false).await.unwrap(), None);
+    // Expired: b takes it as epoch 2, and a's renewal is over.
+    assert_eq!(
+        s.lease("b", None, 8000, 5000, false).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.lease("a", Some(1), 8001, 5000, false).await.unwrap(),
+        None
+    );
+    let l = s.leader().await.unwrap();
+    assert_eq!((l.holder.as_str(), l.epoch, l.expires_ms), ("b", 2, 13000));
+    // `take_live` (a store only one server can open) takes a live lease.
+    assert_eq!(s.lease("c", None, 9000, 5000, true).await.unwrap(), Some(3));
+}
+
+async fn a_deposed_leader_cannot_write(db: common::Db) {
+    let place = Place::new(db).await;
+    let (old, new) = (place.open().await, place.open().await);
+    let t = old.create_tenant("acme", 1.0, "test").await.unwrap();
+    let e1 = old
+        .lease("old", None, 1000, 5000, false)
+        .await
+        .unwrap()
+        .unwrap();
+    old.fence(e1);
+    old.commit(insert(1, t.id, job("a", 0, 1), 1000).to_vec())
+        .await
+        .unwrap();
+    // The old leader stalls past its lease; the new one takes over.
+    let e2 = new
+        .lease("new", None, 7000, 5000, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e2, e1 + 1);
+    new.fence(e2);
+    new.commit(insert(2, t.id, job("b", 0, 1), 7000).to_vec())
+        .await
+        .unwrap();
+    // The old leader wakes up and writes: refused, nothing applied, and so
+    // is everything it hands over after.
+    let stale = old
+        .commit(insert(3, t.id, job("c", 0, 1), 7001).to_vec())
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Fenced(e)) if e == e1),
+        "{stale:?}"
+    );
+    let later = old
+        .commit(insert(4, t.id, job("d", 0, 1), 7002).to_vec())
+        .await;
+    assert!(later.is_err(), "{later:?}");
+    for id in [3, 4] {
+        assert!(matches!(new.job(id, None).await, Err(StoreError::NotFound)));
+    }
+    assert_eq!(new.max_job_id().await.unwrap(), 2);
+    // The new leader goes on.
+    new.commit(insert(5, t.id, job("e", 0, 1), 7003).to_vec())
+        .await
+        .unwrap();
+}
+
+async fn servers_racing_for_the_lease_elect_one(db: common::Db) {
+    let place = Place::new(db).await;
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        stores.push(place.open().await);
+    }
+    let races = stores.into_iter().enumerate().map(|(i, s)| {
+        tokio::spawn(async move { s.lease(&format!("s{i}"), None, 1000, 5000, false).await })
+    });
+    let mut won = 0;
+    for r in races {
+        if r.await.unwrap().unwrap().is_some() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one server leads");
+    let l = place.open().await.leader().await.unwrap();
+    assert_eq!(l.epoch, 1);
 }

@@ -111,6 +111,7 @@ fn every_response_matches_the_openapi_document() {
     let (a, t) = (Some(admin.as_str()), Some(acme.as_str()));
     // Meta.
     c.call("GET", "/healthz", "/healthz", None, None);
+    c.call("GET", "/readyz", "/readyz", None, None);
     c.call("GET", "/metrics", "/metrics", a, None);
     c.call("GET", "/metrics", "/metrics", t, None);
     c.call("GET", "/metrics", "/metrics", None, None);

@@ -25,14 +25,18 @@ enum Msg {
     TenantChanged(i64),
 }
 
-/// The loop stopped (the server is shutting down, or its store failed).
+/// The loop is not there: this replica does not lead (another server runs
+/// the loop, or none does yet), or the server is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gone;
 
-/// The handle handlers use to talk to the loop.
+/// The handle handlers use to talk to the loop. On a replica that does not
+/// hold the leader lease there is no loop: every call is [`Gone`] (a 503
+/// that sends clients to another replica) until it takes the lease
+/// ([`Control::lead`]).
 #[derive(Clone)]
 pub struct Control {
-    tx: mpsc::Sender<Msg>,
+    tx: std::sync::Arc<std::sync::RwLock<Option<mpsc::Sender<Msg>>>>,
     pub metrics: Metrics,
     /// The nodes' order sequences agents wait on.
     pub wakes: Wakes,
@@ -41,15 +45,61 @@ pub struct Control {
 }
 
 impl Control {
+    /// A handle with no loop behind it yet.
+    pub fn idle(cfg: &LoopConfig) -> Control {
+        Control {
+            tx: Default::default(),
+            metrics: Metrics::new(),
+            wakes: Wakes::default(),
+            heartbeat_interval_s: cfg.heartbeat_interval_s,
+        }
+    }
+
+    /// Whether a loop answers this handle now.
+    pub fn leading(&self) -> bool {
+        self.sender().is_some()
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, tx: Option<mpsc::Sender<Msg>>) {
+        *self.tx.write().unwrap_or_else(|e| e.into_inner()) = tx;
+    }
+
+    /// Recover a loop from `store` and run it behind this handle (the
+    /// replica took the lease). Its metrics and wakes are this handle's.
+    pub async fn lead(
+        &self,
+        store: Store,
+        cfg: &LoopConfig,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        let d = Driver::recover_with(store, cfg, self.metrics.clone(), self.wakes.clone()).await?;
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        self.set(Some(tx));
+        Ok(tokio::spawn(d.run(rx)))
+    }
+
+    /// Detach the loop (the replica lost the lease): new calls are [`Gone`];
+    /// the loop answers what it holds and stops once the last clone of its
+    /// sender is dropped.
+    pub fn follow(&self) {
+        self.set(None);
+    }
+
     /// Send a command and wait for its answer (after the batch's commit).
     pub async fn ask(&self, cmd: Command) -> Result<Answer, Gone> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Ask(cmd, tx)).await.map_err(|_| Gone)?;
+        let tx = self.sender().ok_or(Gone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Msg::Ask(cmd, reply)).await.map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
 
     pub async fn tenant_changed(&self, tenant_id: i64) {
-        let _ = self.tx.send(Msg::TenantChanged(tenant_id)).await;
+        if let Some(tx) = self.sender() {
+            let _ = tx.send(Msg::TenantChanged(tenant_id)).await;
+        }
     }
 
     pub async fn submit(
@@ -219,9 +269,18 @@ pub struct Driver {
 impl Driver {
     /// Read the store, rebuild and check the loop.
     pub async fn recover(store: Store, cfg: &LoopConfig) -> anyhow::Result<Driver> {
+        Driver::recover_with(store, cfg, Metrics::new(), Wakes::default()).await
+    }
+
+    /// [`recover`](Self::recover), publishing to `m` and poking `wakes`.
+    pub async fn recover_with(
+        store: Store,
+        cfg: &LoopConfig,
+        m: Metrics,
+        wakes: Wakes,
+    ) -> anyhow::Result<Driver> {
         let snap = Snapshot::load(&store).await?;
         let core = Core::recover(snap, cfg, now_ms())?;
-        let m = Metrics::new();
         m.publish(&core, None, 0, &Ended::default());
         let (pending, running) = core.queue_lengths();
         tracing::info!(
@@ -235,7 +294,7 @@ impl Driver {
             core,
             store,
             metrics: m,
-            wakes: Wakes::default(),
+            wakes,
         })
     }
 
@@ -472,14 +531,7 @@ pub async fn start(
     store: Store,
     cfg: &LoopConfig,
 ) -> anyhow::Result<(Control, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let d = Driver::recover(store, cfg).await?;
-    let (tx, rx) = mpsc::channel(16 * 1024);
-    let control = Control {
-        tx,
-        metrics: d.metrics.clone(),
-        wakes: d.wakes.clone(),
-        heartbeat_interval_s: cfg.heartbeat_interval_s,
-    };
-    let task = tokio::spawn(d.run(rx));
+    let control = Control::idle(cfg);
+    let task = control.lead(store, cfg).await?;
     Ok((control, task))
 }

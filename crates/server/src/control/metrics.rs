@@ -44,6 +44,9 @@ pub struct Metrics {
     nodes: Family<StateLabel, Gauge>,
     latency: Histogram,
     decisions: Counter,
+    leader: Gauge,
+    epoch: Gauge,
+    stale_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -63,7 +66,27 @@ impl Metrics {
             nodes: Family::default(),
             latency: Histogram::new(LATENCY_BOUNDS),
             decisions: Counter::default(),
+            leader: Gauge::default(),
+            epoch: Gauge::default(),
+            stale_writes: Counter::default(),
         }
+    }
+
+    /// This replica runs the scheduling loop (1) under `epoch`, or not (0,
+    /// and the last epoch it led, if any).
+    pub fn set_leader(&self, leading: bool, epoch: i64) {
+        self.leader.set(i64::from(leading));
+        self.epoch.set(epoch);
+    }
+
+    /// A batch of this replica's loop was refused: another server had taken
+    /// the lease.
+    pub fn stale_write_refused(&self) {
+        self.stale_writes.inc();
+    }
+
+    pub fn stale_writes(&self) -> u64 {
+        self.stale_writes.get()
     }
 
     /// Starts and preemptions decided since start.
@@ -105,6 +128,21 @@ impl Metrics {
             "suanli_scheduling_decisions",
             "Starts and preemptions decided",
             self.decisions.clone(),
+        );
+        reg.register(
+            "suanli_leader",
+            "1 while this replica holds the lease and runs the scheduling loop",
+            self.leader.clone(),
+        );
+        reg.register(
+            "suanli_leader_epoch",
+            "The lease epoch this replica leads (or last led)",
+            self.epoch.clone(),
+        );
+        reg.register(
+            "suanli_stale_writes_refused",
+            "Batches of this replica refused by the store: another server had taken the lease",
+            self.stale_writes.clone(),
         );
     }
 

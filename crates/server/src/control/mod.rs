@@ -24,6 +24,10 @@
 //!   at [`LoopConfig::max_decisions_per_pass`]; the next batch's pass runs
 //!   while the store commits the last one (two deep, never more).
 //! - `metrics.rs`: the figures `/metrics` shows, published after each batch.
+//! - `leader.rs`: [`keep_lease`]: a replica runs the loop only while it
+//!   holds the store's leader lease, and every batch it commits is fenced by
+//!   the lease's epoch; a replica that loses the lease detaches its loop
+//!   and waits to take it again.
 //! - `wakes.rs`: [`Wakes`], each node's order sequence, bumped once a batch
 //!   that gave the node orders is durable; agents hold a wait call on it and
 //!   heartbeat when it moves (work is pushed, not polled for).
@@ -38,6 +42,7 @@ mod core;
 mod driver;
 mod explain;
 mod jobs;
+mod leader;
 mod metrics;
 mod recover;
 mod wakes;
@@ -49,6 +54,7 @@ use suanli_sched::scheduler::QueuePolicy;
 pub use self::core::{Core, Step};
 pub use driver::{start, Control, Driver, Gone, Timing};
 pub use jobs::MAX_INTERRUPTIONS;
+pub use leader::{keep_lease, replica_name, Opener};
 pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
 pub use recover::Snapshot;
 pub use wakes::{Wakes, MAX_WAITS_PER_NODE};
@@ -212,6 +218,10 @@ pub struct LoopConfig {
     /// (with [`suanli_sched::LearnParams::default`], rebuilt from the last
     /// jobs after a restart); false: an empty target (benchmark baselines).
     pub learn_target: bool,
+    /// The leader lease's time to live: a replica that stops renewing it
+    /// (dead, stopped, cut off) is replaced this long after its last
+    /// renewal; the holder renews it every third of it.
+    pub leader_lease_ms: u64,
 }
 
 impl Default for LoopConfig {
@@ -225,6 +235,7 @@ impl Default for LoopConfig {
             heartbeat_interval_s: 5,
             max_decisions_per_pass: 4096,
             learn_target: true,
+            leader_lease_ms: 6_000,
         }
     }
 }

@@ -92,11 +92,19 @@ impl IntoResponse for Problem {
     }
 }
 
+impl Problem {
+    /// A 503 that says why.
+    pub fn unavailable(detail: &str) -> Problem {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+}
+
 fn loop_gone() -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "scheduler_unavailable",
-        "the scheduling loop stopped; the server is shutting down",
+        "no scheduling loop on this server now: another replica holds the leader lease (or \
+         none yet, or this server is stopping); try another replica",
     )
 }
 

@@ -61,6 +61,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .merge(tenants::routes())
         .merge(tokens::routes())
         .merge(jobs::routes())
@@ -78,6 +79,33 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The server is up")))]
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Ready: this replica runs the scheduling loop, or its store answers and
+/// another replica holds a live leader lease. Otherwise 503 (no replica
+/// can take work yet, or the store is unreachable).
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses(
+    (status = 200, description = "This replica serves", body = suanli_api::Readiness),
+    (status = 503, description = "Not ready: no live leader, or the store is unreachable")))]
+async fn readyz(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> Result<Json<suanli_api::Readiness>, error::Problem> {
+    let lease = st
+        .store
+        .leader()
+        .await
+        .map_err(|e| error::Problem::unavailable(&format!("not ready: the store: {e}")))?;
+    let leading = st.control.leading();
+    if !leading && lease.expires_ms <= crate::store::now_ms() {
+        return Err(error::Problem::unavailable(
+            "not ready: no replica holds a live leader lease yet",
+        ));
+    }
+    Ok(Json(suanli_api::Readiness {
+        role: if leading { "leader" } else { "follower" }.to_string(),
+        epoch: lease.epoch,
+        leader: lease.holder,
+    }))
 }
 
 struct BearerAuth;

@@ -208,12 +208,42 @@ pub trait Backend: Send + Sync {
         to: i64,
     ) -> Result<Vec<suanli_billing::Usage>, StoreError>;
 
+    /// Hold the leader lease as `holder` until `now + ttl_ms`. With the
+    /// `epoch` held, renew it (None once another took over); without, take
+    /// it when it has expired (or, with `take_live`, whoever holds it: for a
+    /// store only one server can open), as a new epoch.
+    async fn lease(
+        &self,
+        holder: &str,
+        epoch: Option<i64>,
+        now: i64,
+        ttl_ms: i64,
+        take_live: bool,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Who holds the lease, as stored (it may have expired).
+    async fn leader(&self) -> Result<Lease, StoreError>;
+
+    /// From now on, every batch handed to [`Backend::commit`] first checks,
+    /// in its transaction, that the lease's epoch is still `epoch`, and is
+    /// refused ([`StoreError::Fenced`], nothing applied) otherwise. Epoch 0:
+    /// no check (tools and tests that write without a lease).
+    fn fence(&self, epoch: i64);
+
     /// Capacity history: the node spans that overlap [from, to).
     async fn node_spans(
         &self,
         from: i64,
         to: i64,
     ) -> Result<Vec<suanli_billing::NodeSpan>, StoreError>;
+}
+
+/// The leader lease's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: i64,
+    pub expires_ms: i64,
 }
 
 /// What a token may do.
@@ -265,6 +295,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Writer(String),
+    /// A batch from a leader that was deposed: the lease's epoch is no
+    /// longer the one it carries.
+    #[error("refused: this server's leader epoch {0} is over (another server took the lease)")]
+    Fenced(i64),
     /// The request would break a rule of the store's content (e.g. revoke
     /// the last admin token); the text says which.
     #[error("{0}")]

@@ -15,7 +15,17 @@ use super::*;
 /// The loop's batch writer of one backend (see [`Backend::commit`]).
 pub(crate) trait Commit: Send + Sync {
     fn commit(&self, writes: Vec<Write>) -> Committing;
+    /// See [`Backend::fence`].
+    fn fence(&self, epoch: i64);
 }
+
+/// The fencing check every batch of a leader starts with (in its
+/// transaction): one row back while `$1` is still the lease's epoch. It
+/// writes the row, so on PostgreSQL it holds the row's lock until the batch
+/// commits: a takeover (which updates the row) waits for the batch, or the
+/// batch sees the new epoch; never both a takeover and a stale batch.
+pub(crate) const FENCE: &str =
+    "UPDATE leader SET epoch = epoch WHERE id = 1 AND epoch = $1 RETURNING epoch";
 
 /// A store on an SQL database: the shared reads and admin writes over
 /// `pool`, and the backend's own batch writer.
@@ -296,6 +306,7 @@ where
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TenantRow: FromRow<'r, DB::Row>,
     for<'r> QuotaRow: FromRow<'r, DB::Row>,
     for<'r> ScopeRow: FromRow<'r, DB::Row>,
@@ -670,6 +681,59 @@ where
 
     fn commit(&self, writes: Vec<Write>) -> Committing {
         self.writer.commit(writes)
+    }
+
+    fn fence(&self, epoch: i64) {
+        self.writer.fence(epoch)
+    }
+
+    async fn lease(
+        &self,
+        holder: &str,
+        epoch: Option<i64>,
+        now: i64,
+        ttl_ms: i64,
+        take_live: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let until = now.saturating_add(ttl_ms);
+        let held: Option<i64> = match epoch {
+            Some(e) => {
+                sqlx::query_scalar(
+                    "UPDATE leader SET expires_ms = $1 \
+                     WHERE id = 1 AND holder = $2 AND epoch = $3 RETURNING epoch",
+                )
+                .bind(until)
+                .bind(holder)
+                .bind(e)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar(
+                    "UPDATE leader SET holder = $1, epoch = epoch + 1, expires_ms = $2 \
+                     WHERE id = 1 AND (expires_ms <= $3 OR $4 = 1) RETURNING epoch",
+                )
+                .bind(holder)
+                .bind(until)
+                .bind(now)
+                .bind(i64::from(take_live))
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        Ok(held)
+    }
+
+    async fn leader(&self) -> Result<Lease, StoreError> {
+        let (holder, epoch, expires_ms): (String, i64, i64) =
+            sqlx::query_as("SELECT holder, epoch, expires_ms FROM leader WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Lease {
+            holder,
+            epoch,
+            expires_ms,
+        })
     }
 
     async fn max_job_id(&self) -> Result<i64, StoreError> {

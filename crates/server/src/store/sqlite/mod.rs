@@ -47,4 +47,7 @@ impl Commit for writer::Writer {
     fn commit(&self, writes: Vec<Write>) -> Committing {
         writer::Writer::commit(self, writes)
     }
+    fn fence(&self, epoch: i64) {
+        writer::Writer::fence(self, epoch)
+    }
 }

@@ -17,10 +17,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::commit;
+use crate::store::sql::FENCE;
 use crate::store::{Committing, StoreError, Write};
 
 type Reply = oneshot::Sender<Result<Duration, StoreError>>;
@@ -28,6 +32,8 @@ type Reply = oneshot::Sender<Result<Duration, StoreError>>;
 /// Handle to the writer thread; dropping it stops the thread.
 pub(crate) struct Writer {
     tx: mpsc::Sender<(Vec<Write>, Reply)>,
+    /// The leader epoch every batch checks (0: none); see `Backend::fence`.
+    epoch: Arc<AtomicI64>,
 }
 
 impl Writer {
@@ -45,11 +51,17 @@ impl Writer {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         let (tx, rx) = mpsc::channel::<(Vec<Write>, Reply)>();
+        let epoch = Arc::new(AtomicI64::new(0));
+        let fence = epoch.clone();
         thread::Builder::new()
             .name("suanli-writer".to_string())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, fence))
             .map_err(|e| StoreError::Writer(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, epoch })
+    }
+
+    pub(super) fn fence(&self, epoch: i64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
     }
 
     /// Hand `writes` to the thread, to commit in one transaction after the
@@ -66,14 +78,14 @@ impl Writer {
 /// Commit batches in order. After a failed batch, the later ones (computed
 /// on top of it) are refused unapplied, so that no batch is ever durable
 /// without every batch handed over before it.
-fn run(mut conn: Connection, rx: mpsc::Receiver<(Vec<Write>, Reply)>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<(Vec<Write>, Reply)>, epoch: Arc<AtomicI64>) {
     let mut failed: Option<String> = None;
     while let Ok((writes, reply)) = rx.recv() {
         let r = match &failed {
             Some(why) => Err(StoreError::Writer(format!(
                 "not applied: an earlier batch failed ({why})"
             ))),
-            None => apply(&mut conn, &writes),
+            None => apply(&mut conn, &writes, epoch.load(Ordering::SeqCst)),
         };
         if let (Err(e), None) = (&r, &failed) {
             failed = Some(e.to_string());
@@ -82,12 +94,18 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<(Vec<Write>, Reply)>) {
     }
 }
 
-fn apply(conn: &mut Connection, writes: &[Write]) -> Result<Duration, StoreError> {
+fn apply(conn: &mut Connection, writes: &[Write], epoch: i64) -> Result<Duration, StoreError> {
     let started = std::time::Instant::now();
     if writes.is_empty() {
         return Ok(started.elapsed());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if epoch > 0 {
+        let held: Option<i64> = tx.query_row(FENCE, [epoch], |r| r.get(0)).optional()?;
+        if held.is_none() {
+            return Err(StoreError::Fenced(epoch));
+        }
+    }
     commit::apply(&tx, writes)?;
     tx.commit()?;
     Ok(started.elapsed())
