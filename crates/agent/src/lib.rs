@@ -27,7 +27,7 @@ pub mod task;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -69,8 +69,57 @@ pub struct AgentConfig {
     pub push: bool,
 }
 
+/// The server's replicas (`--server URL1,URL2,...`): calls go to the one
+/// that answered last; a call that cannot reach it, or that it answers 503
+/// (a replica not running the scheduling loop, or stopping), moves the
+/// agent on to the next for the following call. Heartbeats and log pushes
+/// are safe to repeat, so the agent rides a leader takeover.
+#[derive(Debug)]
+pub struct Servers {
+    list: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Servers {
+    pub fn parse(s: &str) -> Result<Servers, String> {
+        let list: Vec<String> = s
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if list.is_empty() {
+            return Err(format!("--server {s:?}: no URL in it"));
+        }
+        Ok(Servers {
+            list,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The replica to call now, and its index (for [`Servers::failed`]).
+    fn base(&self) -> (usize, &str) {
+        let k = self.current.load(Ordering::Relaxed) % self.list.len();
+        (k, &self.list[k])
+    }
+
+    /// A call to replica `k` failed: the next call goes to the next one
+    /// (unless another call moved on already).
+    fn failed(&self, k: usize) {
+        let next = (k + 1) % self.list.len();
+        let _ = self
+            .current
+            .compare_exchange(k, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether a failed call should move the agent to another replica.
+    fn moves_on(e: &ureq::Error) -> bool {
+        matches!(e, ureq::Error::Transport(_) | ureq::Error::Status(503, _))
+    }
+}
+
 struct Agent {
     cfg: AgentConfig,
+    servers: Arc<Servers>,
     sandbox: sandbox::Sandbox,
     /// Where tasks' CPU and memory limits go (none: unlimited).
     cgroups: Option<cgroup::Cgroups>,
@@ -120,19 +169,19 @@ fn log(msg: &str) {
 }
 
 impl Agent {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.cfg.server.trim_end_matches('/'))
-    }
-
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
+    /// A request to the current replica, and its index.
+    fn request(&self, method: &str, path: &str) -> (usize, ureq::Request) {
         self.request_as(self.token(), method, path)
     }
 
-    fn request_as(&self, token: &str, method: &str, path: &str) -> ureq::Request {
-        self.http
-            .request(method, &self.url(path))
+    fn request_as(&self, token: &str, method: &str, path: &str) -> (usize, ureq::Request) {
+        let (k, base) = self.servers.base();
+        let r = self
+            .http
+            .request(method, &format!("{base}{path}"))
             .set("Authorization", &format!("Bearer {token}"))
-            .set(PROTOCOL_HEADER, &PROTOCOL.to_string())
+            .set(PROTOCOL_HEADER, &PROTOCOL.to_string());
+        (k, r)
     }
 
     fn post<B: Serialize, T: serde::de::DeserializeOwned>(
@@ -149,7 +198,14 @@ impl Agent {
         path: &str,
         body: &B,
     ) -> Result<T, CallError> {
-        match self.request_as(token, "POST", path).send_json(body) {
+        let (k, req) = self.request_as(token, "POST", path);
+        let r = req.send_json(body);
+        if let Err(e) = &r {
+            if Servers::moves_on(e) {
+                self.servers.failed(k);
+            }
+        }
+        match r {
             Ok(resp) => resp
                 .into_json()
                 .map_err(|e| (0, format!("an answer this agent cannot read: {e}"))),
@@ -316,10 +372,15 @@ impl Agent {
                     };
                     let query = serde_urlencoded::to_string(&chunk).expect("a query serialises");
                     let path = format!("/v1/agents/{}/logs?{query}", self.cfg.name);
-                    let r = self
-                        .request("POST", &path)
+                    let (server, req) = self.request("POST", &path);
+                    let r = req
                         .set("Content-Type", "application/octet-stream")
                         .send_bytes(&data);
+                    if let Err(e) = &r {
+                        if Servers::moves_on(e) {
+                            self.servers.failed(server);
+                        }
+                    }
                     let t = self.tasks.get_mut(&k).expect("task");
                     match r {
                         Ok(resp) => {
@@ -565,6 +626,7 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         stale_groups: Vec::new(),
         sandbox,
         credential,
+        servers: Arc::new(Servers::parse(&cfg.server)?),
         http: http_client(cfg.ca.as_deref(), Duration::from_secs(10))?,
         interval: Duration::from_secs(5),
         tasks: BTreeMap::new(),
@@ -598,7 +660,8 @@ pub fn run(cfg: AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     let quit_waiter = Arc::new(AtomicBool::new(false));
     if a.cfg.push {
         let w = Waiter {
-            url: a.url(&format!("/v1/agents/{}/wait", a.cfg.name)),
+            servers: a.servers.clone(),
+            path: format!("/v1/agents/{}/wait", a.cfg.name),
             http: http_client(
                 a.cfg.ca.as_deref(),
                 Duration::from_millis(DEFAULT_WAIT_MS + 10_000),
@@ -688,7 +751,8 @@ const TICK: Duration = Duration::from_millis(50);
 /// The thread that holds `GET /v1/agents/{name}/wait` and sends on `wake`
 /// each time the node's order sequence moves.
 struct Waiter {
-    url: String,
+    servers: Arc<Servers>,
+    path: String,
     http: ureq::Agent,
     credential: Arc<Mutex<String>>,
     wake: mpsc::Sender<()>,
@@ -704,9 +768,10 @@ impl Waiter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
+            let (k, base) = self.servers.base();
             let r = self
                 .http
-                .get(&self.url)
+                .get(&format!("{base}{}", self.path))
                 .query("seen", &seen.to_string())
                 .query("timeout_ms", &DEFAULT_WAIT_MS.to_string())
                 .set("Authorization", &format!("Bearer {token}"))
@@ -730,7 +795,13 @@ impl Waiter {
                 }
                 // The server restarting, a credential being renewed, a
                 // bad answer: the heartbeats go on meanwhile, and the next
-                // answer (`seen` 0) says to heartbeat at once.
+                // answer (`seen` 0) says to heartbeat at once. A replica
+                // that does not lead (503) or is gone: try the next.
+                Err(e) if Servers::moves_on(&e) => {
+                    self.servers.failed(k);
+                    seen = 0;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 Ok(Err(_)) | Err(_) => {
                     seen = 0;
                     std::thread::sleep(Duration::from_secs(1));

@@ -31,6 +31,7 @@ struct Pool {
 }
 
 on_both_backends!(
+    a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restart,
     a_start_reaches_the_agent_in_the_same_batch_and_the_gang_completes,
     a_silent_node_goes_down_at_its_lease_and_its_job_runs_elsewhere,
     a_gang_lost_with_its_node_is_requeued_without_using_its_retries,
@@ -66,6 +67,7 @@ fn job(gpus: i64, tasks: i64) -> NewJob {
         workdir: String::new(),
         max_runtime_s: None,
         retries: 1,
+        idem_key: None,
     }
 }
 
@@ -985,4 +987,62 @@ async fn nodes_given_orders_outside_their_own_report_are_woken(db: Db) {
     let (_, poked, w) = step(&mut p, vec![Command::Cancel { id, tenant: None }]);
     p.store.commit(w).await.unwrap();
     assert_eq!(poked, vec![node]);
+}
+
+async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restart(db: Db) {
+    use suanli_server::control::{Refusal, IDEMPOTENCY_WINDOW_MS};
+    let mut p = Pool::new(db, LoopConfig::default()).await;
+    let keyed = |k: &str| NewJob {
+        idem_key: Some(k.to_string()),
+        ..job(0, 1)
+    };
+    let first = p.submit(keyed("k1")).await;
+    let submit = |tenant_id: i64, k: &str| Command::Submit {
+        tenant_id,
+        tenant: "acme".to_string(),
+        job: NewJob {
+            idem_key: Some(k.to_string()),
+            ..job(0, 1)
+        },
+    };
+    // The same key again: the first job, no second one.
+    let again = p.one(submit(p.tenant_id, "k1")).await;
+    assert!(
+        matches!(again, Answer::Submitted(Err(Refusal::Replayed(id))) if id == first),
+        "{again:?}"
+    );
+    // Another key, or no key: new jobs.
+    let second = p.submit(keyed("k2")).await;
+    let third = p.submit(job(0, 1)).await;
+    assert!(first < second && second < third);
+    // Another tenant's same key is its own.
+    let beta = p.store.create_tenant("beta", 1.0, "test").await.unwrap();
+    p.one(Command::Tenant {
+        tenant: beta.clone(),
+        quotas: Vec::new(),
+    })
+    .await;
+    let theirs = p
+        .one(Command::Submit {
+            tenant_id: beta.id,
+            tenant: "beta".to_string(),
+            job: keyed("k1"),
+        })
+        .await;
+    assert!(
+        matches!(theirs, Answer::Submitted(Ok(ref j)) if j.id > third),
+        "{theirs:?}"
+    );
+    // A restarted server knows the keys from the store.
+    let snap = Snapshot::load(&p.store).await.unwrap();
+    p.core = Core::recover(snap, &p.cfg, p.now).unwrap();
+    let again = p.one(submit(p.tenant_id, "k2")).await;
+    assert!(
+        matches!(again, Answer::Submitted(Err(Refusal::Replayed(id))) if id == second),
+        "{again:?}"
+    );
+    // A day later the key is forgotten: a new job.
+    p.advance(IDEMPOTENCY_WINDOW_MS + 1);
+    let later = p.submit(keyed("k1")).await;
+    assert!(later > third);
 }

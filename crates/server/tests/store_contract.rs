@@ -45,6 +45,7 @@ fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
         workdir: "/w".to_string(),
         max_runtime_s: Some(60),
         retries: 2,
+        idem_key: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn job(i: i64) -> NewJob {
         workdir: String::new(),
         max_runtime_s: None,
         retries: 0,
+        idem_key: None,
     }
 }
 

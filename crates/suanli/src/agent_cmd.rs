@@ -28,7 +28,9 @@ fn stop_flag() -> Result<Arc<AtomicBool>, CliError> {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The server's URL, e.g. http://10.0.0.1:8420.
+    /// The server's URL, e.g. http://10.0.0.1:8420, or several replicas'
+    /// URLs separated by commas (the agent moves to the next when one
+    /// cannot be reached or does not run the scheduling loop).
     #[arg(long)]
     server: String,
     /// A file holding a join token (`suanli token create --agent`), used to

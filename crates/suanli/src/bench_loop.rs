@@ -293,6 +293,7 @@ async fn drive(a: &BenchLoopArgs, control: Control, tenant_id: i64) -> Result<Fi
                 workdir: String::new(),
                 max_runtime_s: None,
                 retries: 0,
+                idem_key: None,
             };
             subs.spawn(async move {
                 let t = Instant::now();
@@ -480,6 +481,7 @@ async fn backlog(n: usize, control: &Control, tenant_id: i64) -> Result<(), CliE
                 workdir: String::new(),
                 max_runtime_s: None,
                 retries: 0,
+                idem_key: None,
             };
             c.submit(tenant_id, "bench".to_string(), job).await
         });

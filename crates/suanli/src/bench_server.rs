@@ -688,6 +688,7 @@ fn bench_jobs(n: usize) -> impl Iterator<Item = NewJob> {
             workdir: String::new(),
             max_runtime_s: None,
             retries: 0,
+            idem_key: None,
         }
     })
 }

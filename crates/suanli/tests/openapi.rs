@@ -47,9 +47,22 @@ impl Checker {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, Value) {
+        self.call_with(method, template, path, token, &[], body)
+    }
+
+    fn call_with(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Value) {
         // As every test client calls (the agent protocol header on agent
         // paths); the body as JSON (Null when it is not).
-        let (status, body, ct) = call(method, &format!("{}{path}", self.url), token, body);
+        let (status, body, ct) =
+            call_with(method, &format!("{}{path}", self.url), token, headers, body);
         let what = format!("{method} {path} -> {status}");
         self.seen
             .entry((method.to_string(), template.to_string()))
@@ -406,6 +419,25 @@ fn every_response_matches_the_openapi_document() {
     );
     c.call("DELETE", "/v1/nodes/{name}", "/v1/nodes/n1", a, None);
     // Cancel, then bills and the economics report.
+    // A submission named by an idempotency key, and its repeat (200).
+    for _ in 0..2 {
+        c.call_with(
+            "POST",
+            "/v1/jobs",
+            "/v1/jobs",
+            t,
+            &[("Idempotency-Key", "openapi-1")],
+            Some(r#"{"command":["true"]}"#),
+        );
+    }
+    c.call_with(
+        "POST",
+        "/v1/jobs",
+        "/v1/jobs",
+        t,
+        &[("Idempotency-Key", "")],
+        Some(r#"{"command":["true"]}"#),
+    );
     let cancel = "/v1/jobs/{id}/cancel";
     c.call(
         "POST",

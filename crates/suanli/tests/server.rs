@@ -1265,3 +1265,64 @@ fn a_second_server_on_one_sqlite_store_is_refused() {
     let (code, _, _) = call("GET", &again.u("/healthz"), None, None);
     assert_eq!(code, 200);
 }
+
+/// A submission named by an idempotency key is made once: its repeat (a
+/// client retrying) gets the same job back, 200 and marked replayed, also
+/// after a restart; keys are per tenant; a malformed key is refused.
+#[test]
+fn an_idempotency_key_makes_a_job_once() {
+    let dir = tmp("idempotency");
+    let s = Server::start(&dir);
+    let admin = Server::admin(&dir);
+    for t in ["acme", "beta"] {
+        let (code, _, _) = call(
+            "POST",
+            &s.u("/v1/tenants"),
+            Some(&admin),
+            Some(&json!({ "name": t }).to_string()),
+        );
+        assert_eq!(code, 201);
+    }
+    let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
+    let beta = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let body = json!({"command": ["true"]}).to_string();
+    let post = |s: &Server, tok: &str, key: &str| {
+        let r = ureq::post(&s.u("/v1/jobs"))
+            .set("Authorization", &format!("Bearer {tok}"))
+            .set("Idempotency-Key", key)
+            .set("Content-Type", "application/json")
+            .send_string(&body);
+        let r = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        let replayed = r.header("idempotent-replayed").map(str::to_string);
+        let code = r.status();
+        let v: Value = r.into_json().unwrap();
+        (code, v, replayed)
+    };
+    let (code, first, replayed) = post(&s, &acme, "run-42");
+    assert_eq!((code, replayed), (201, None), "{first}");
+    let (code, again, replayed) = post(&s, &acme, "run-42");
+    assert_eq!((code, replayed.as_deref()), (200, Some("true")), "{again}");
+    assert_eq!(again["id"], first["id"]);
+    // Another tenant's same key makes its own job.
+    let (code, theirs, _) = post(&s, &beta, "run-42");
+    assert_eq!(code, 201);
+    assert_ne!(theirs["id"], first["id"]);
+    // Malformed keys are refused, naming the header.
+    for bad in ["", &"x".repeat(256), "a b"] {
+        let (code, v, _) = post(&s, &acme, bad);
+        assert_eq!(code, 400, "{bad:?}: {v}");
+        assert_eq!(v["field"], "Idempotency-Key", "{v}");
+    }
+    // After a restart the key still names the first job.
+    drop(s);
+    let s = Server::start(&dir);
+    let (code, again, _) = post(&s, &acme, "run-42");
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let (_, page, _) = call("GET", &s.u("/v1/jobs"), Some(&acme), None);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+}

@@ -298,6 +298,7 @@ fn live(cluster: &Cluster, wl: &Workload, outages: &[Outage]) -> Vec<Start> {
                         max_runtime_s: None,
                         // A job lost with its node runs again.
                         retries: 10,
+                        idem_key: None,
                     },
                 });
                 submitted.push(next);

@@ -67,6 +67,11 @@ pub struct Core {
     pub(super) tenant_names: HashMap<i64, String>,
     pub(super) next_job: i64,
     pub(super) next_node: i64,
+    /// Idempotency keys of the last [`super::IDEMPOTENCY_WINDOW_MS`]:
+    /// (tenant id, key) → job id, and the same in submission order (to
+    /// forget them).
+    pub(super) idem: HashMap<(i64, String), i64>,
+    pub(super) idem_order: std::collections::VecDeque<(i64, i64, String)>,
     pub(super) lease_ms: i64,
     pub(super) dirty: bool,
     /// Nodes given new orders (a start or a stop) in the current step.
@@ -108,6 +113,7 @@ impl Core {
             self.dirty = true;
         }
         self.expire_leases(now, &mut w);
+        self.forget_keys(now);
         for cmd in commands {
             let a = match cmd {
                 Command::Submit {

@@ -86,6 +86,7 @@ impl Control {
     /// sender is dropped.
     pub fn follow(&self) {
         self.set(None);
+        self.wakes.wake_all();
     }
 
     /// Send a command and wait for its answer (after the batch's commit).

@@ -9,6 +9,27 @@ use super::{Refusal, TaskExit};
 use crate::store::{EventKind, Job, JobState, NewJob, TaskState, Write};
 
 impl Core {
+    /// Remember a submission's idempotency key (see [`Refusal::Replayed`]).
+    pub(super) fn remember_key(&mut self, at: i64, tenant_id: i64, key: String, job: i64) {
+        self.idem.insert((tenant_id, key.clone()), job);
+        self.idem_order.push_back((at, tenant_id, key));
+    }
+
+    /// Forget the keys older than the window.
+    pub(super) fn forget_keys(&mut self, now: i64) {
+        while let Some((at, tenant, _)) = self.idem_order.front() {
+            if *at >= now - super::IDEMPOTENCY_WINDOW_MS {
+                break;
+            }
+            let (_, tenant, key) = (
+                *at,
+                *tenant,
+                self.idem_order.pop_front().expect("a front").2,
+            );
+            self.idem.remove(&(tenant, key));
+        }
+    }
+
     pub(super) fn submit(
         &mut self,
         tenant_id: i64,
@@ -18,6 +39,11 @@ impl Core {
         w: &mut Vec<Write>,
     ) -> Result<Job, Refusal> {
         self.tenant_names.entry(tenant_id).or_insert(tenant.clone());
+        if let Some(k) = &job.idem_key {
+            if let Some(&id) = self.idem.get(&(tenant_id, k.clone())) {
+                return Err(Refusal::Replayed(id));
+            }
+        }
         let id = self.next_job;
         let j = Job {
             id,
@@ -48,6 +74,9 @@ impl Core {
             .admissible(&spec)
             .map_err(Refusal::Unsatisfiable)?;
         self.next_job += 1;
+        if let Some(k) = &job.idem_key {
+            self.remember_key(now, tenant_id, k.clone(), id);
+        }
         w.push(Write::InsertJob {
             id,
             tenant_id,

@@ -101,8 +101,23 @@ pub async fn keep_lease(
         };
         control.follow();
         control.metrics.set_leader(false, epoch);
+        let ended = match ended {
+            Some(r) => Some(r),
+            // Deposed by a renewal: the loop, its sender gone, lands what
+            // it handed to the store (a batch of a stale term is refused
+            // there, and counted here) and stops.
+            None => {
+                match tokio::time::timeout(Duration::from_millis(ttl as u64), &mut task).await {
+                    Ok(r) => Some(r),
+                    Err(_) => {
+                        task.abort();
+                        None
+                    }
+                }
+            }
+        };
         match ended {
-            None => task.abort(),
+            None => {}
             Some(Ok(Err(e))) if fenced(&e) => {
                 control.metrics.stale_write_refused();
                 tracing::warn!(

@@ -83,7 +83,14 @@ pub enum Refusal {
     /// The job can never run on this pool as it is.
     Unsatisfiable(String),
     Conflict(String),
+    /// Not a refusal: the submission repeats an earlier one of the tenant
+    /// (same idempotency key, within [`IDEMPOTENCY_WINDOW_MS`]); this is
+    /// the job that one made.
+    Replayed(i64),
 }
+
+/// How long a submission's idempotency key is remembered: a day.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// A validated node registration.
 #[derive(Clone, Debug, PartialEq)]

@@ -33,6 +33,9 @@ pub struct Snapshot {
     /// The last jobs submitted, any state, oldest first: the learned target
     /// workload is rebuilt from them.
     pub recent: Vec<Job>,
+    /// Idempotency keys of the last day's submissions: (tenant, key, job,
+    /// submitted), oldest first.
+    pub keys: Vec<(i64, String, i64, i64)>,
 }
 
 /// Jobs the learned target is rebuilt from.
@@ -51,7 +54,18 @@ impl Snapshot {
         let max_job_id = store.max_job_id().await?;
         let n = recent_len() as i64;
         let recent = store.jobs(None, None, (max_job_id - n).max(0), n).await?;
+        // The window before the newest submission (no clock here); the
+        // first step forgets what is older than its own window.
+        let keys = match recent.last() {
+            Some(j) => {
+                store
+                    .idempotency_keys(j.submitted_ms - super::IDEMPOTENCY_WINDOW_MS)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         Ok(Snapshot {
+            keys,
             recent,
             max_job_id,
             max_node_id: store.max_node_id().await?,
@@ -111,6 +125,8 @@ impl Core {
         let mut c = Core {
             next_job: snap.max_job_id + 1,
             next_node: snap.max_node_id + 1,
+            idem: HashMap::new(),
+            idem_order: Default::default(),
             lease_ms: cfg.lease_ms as i64,
             sched,
             models: Models::new(),
@@ -128,6 +144,9 @@ impl Core {
             tenant_names: HashMap::new(),
             dirty: true,
         };
+        for (tenant, key, job, at) in &snap.keys {
+            c.remember_key(*at, *tenant, key.clone(), *job);
+        }
         for (t, q) in &snap.tenants {
             c.set_tenant(t, q);
         }

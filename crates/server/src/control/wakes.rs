@@ -99,6 +99,14 @@ impl Wakes {
         }
     }
 
+    /// Answer every wait held now: this replica stopped leading, and its
+    /// agents should heartbeat, hear that, and move to another replica.
+    pub fn wake_all(&self) {
+        for n in self.nodes().values() {
+            n.seq.send_modify(|s| *s = s.wrapping_add(1));
+        }
+    }
+
     /// Wait until node `name`'s sequence differs from `seen`, the timeout
     /// passes or the server shuts down; the sequence then. Refused when
     /// the node already holds [`MAX_WAITS_PER_NODE`] waits.

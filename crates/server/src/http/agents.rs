@@ -314,6 +314,10 @@ async fn wait_orders(
             ),
         ));
     }
+    if !st.control.leading() {
+        // Orders come from the leader: this replica would never wake it.
+        return Err(crate::control::Gone.into());
+    }
     let timeout = std::time::Duration::from_millis(q.timeout_ms);
     match st.control.wakes.wait(&name, q.seen, timeout).await {
         Ok(seq) => Ok(Json(OrdersChanged { seq })),

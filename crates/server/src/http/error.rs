@@ -125,6 +125,12 @@ impl From<Refusal> for Problem {
                 format!("this job can never run on this pool: {d}"),
             ),
             Refusal::Conflict(d) => Problem::new(StatusCode::CONFLICT, "conflict", d),
+            // Handled by the submission (an answer, not an error).
+            Refusal::Replayed(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("this idempotency key made job {id}"),
+            ),
         }
     }
 }

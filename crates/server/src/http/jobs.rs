@@ -173,23 +173,58 @@ fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
         workdir,
         max_runtime_s: b.max_runtime_s,
         retries,
+        idem_key: None,
     })
 }
 
+/// The `Idempotency-Key` header (IETF httpapi draft): 1 to 255 visible
+/// ASCII characters.
+fn idempotency_key(h: &axum::http::HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = h.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Problem::invalid(
+            IDEMPOTENCY_KEY,
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".to_string(),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// The header a client names a submission with, so that a retry (or a
+/// failover to another replica) makes the job once.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 /// Submit a job (tenant).
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSubmit, security(("bearer" = [])), responses((status = 201, description = "Accepted and durable", body = Job), (status = 400, description = "Invalid", body = ProblemDoc), (status = 422, description = "Can never run on this pool", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSubmit, security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Names this submission (1 to 255 visible ASCII characters): the same key from the same tenant within a day answers the job it made (200, header idempotent-replayed: true) instead of making another")), responses((status = 201, description = "Accepted and durable", body = Job), (status = 200, description = "A repeat of an earlier submission (same Idempotency-Key): the job it made", body = Job), (status = 400, description = "Invalid", body = ProblemDoc), (status = 422, description = "Can never run on this pool", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn submit(
     State(st): State<AppState>,
     c: Caller,
+    headers: axum::http::HeaderMap,
     body: Result<Json<JobSubmit>, JsonRejection>,
-) -> Result<(StatusCode, Json<Job>), Problem> {
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
     let Scope::Tenant { id, name } = c.0 else {
         return Err(Problem::forbidden());
     };
+    let key = idempotency_key(&headers)?;
     let Json(b) = body?;
-    let job = validate_job(b)?;
-    let j = st.control.submit(id, name, job).await??;
-    Ok((StatusCode::CREATED, Json(j)))
+    let mut job = validate_job(b)?;
+    job.idem_key = key;
+    match st.control.submit(id, name, job).await? {
+        Ok(j) => Ok((StatusCode::CREATED, Json(j)).into_response()),
+        Err(Refusal::Replayed(job)) => {
+            // Durable: the batch that made it committed before this one.
+            let j = st.store.job(job, Some(id)).await?;
+            Ok((StatusCode::OK, [("idempotent-replayed", "true")], Json(j)).into_response())
+        }
+        Err(r) => Err(r.into()),
+    }
 }
 
 /// List jobs: a tenant's own, or all (admin).

@@ -221,6 +221,13 @@ pub trait Backend: Send + Sync {
         take_live: bool,
     ) -> Result<Option<i64>, StoreError>;
 
+    /// Idempotency keys of jobs submitted at or after `since_ms`:
+    /// (tenant id, key, job id, submitted), oldest first.
+    async fn idempotency_keys(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String, i64, i64)>, StoreError>;
+
     /// Who holds the lease, as stored (it may have expired).
     async fn leader(&self) -> Result<Lease, StoreError>;
 
@@ -279,6 +286,8 @@ pub struct NewJob {
     pub workdir: String,
     pub max_runtime_s: Option<i64>,
     pub retries: i64,
+    /// The client's idempotency key, if it sent one.
+    pub idem_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -307,6 +307,7 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TenantRow: FromRow<'r, DB::Row>,
     for<'r> QuotaRow: FromRow<'r, DB::Row>,
     for<'r> ScopeRow: FromRow<'r, DB::Row>,
@@ -722,6 +723,20 @@ where
             }
         };
         Ok(held)
+    }
+
+    async fn idempotency_keys(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String, i64, i64)>, StoreError> {
+        // `idem_key IS NOT NULL` selects the partial index `jobs_idem`.
+        Ok(sqlx::query_as(
+            "SELECT tenant_id, idem_key, id, submitted_ms FROM jobs \
+             WHERE idem_key IS NOT NULL AND submitted_ms >= $1 ORDER BY submitted_ms, id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn leader(&self) -> Result<Lease, StoreError> {

@@ -15,6 +15,12 @@ use crate::{failure, usage, CliError};
 pub struct SubmitArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Name this submission: the same key (from the same tenant, within a
+    /// day) gives back the job it made instead of a new one, so a script
+    /// may run the command again safely [default: a new key per command,
+    /// which makes retries and failovers within it safe].
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     /// Whole GPUs per task.
     #[arg(long, conflicts_with = "gpu_share")]
     gpus: Option<u32>,
@@ -93,7 +99,13 @@ pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
             .map(|s| s as i64),
         retries: a.retries.map(i64::from),
     };
-    let j: Job = a.conn.post("/v1/jobs", &body)?;
+    // One key per command: a retry, here or on another replica, makes the
+    // job once.
+    let key = match &a.idempotency_key {
+        Some(k) => k.clone(),
+        None => suanli_api::token::new_token().1,
+    };
+    let j: Job = a.conn.post_once("/v1/jobs", &body, &key)?;
     if a.json {
         print_json(&j);
     } else {

@@ -7,7 +7,12 @@
 //!
 //! The server and token come from `--server` / `--token`, else
 //! `SUANLI_SERVER` / `SUANLI_TOKEN`, else `~/.config/suanli/config.toml`
-//! (`server = "..."`, `token = "..."`).
+//! (`server = "..."`, `token = "..."`). The server may be a comma-separated
+//! list of replicas: a request goes to the one that answered last and moves
+//! on when a replica cannot be reached or answers 503 (it does not run the
+//! scheduling loop), for up to [`FAILOVER`] (a leader takeover). A request
+//! the server may have received is sent again only if it is safe to repeat:
+//! GET, PUT, DELETE, or a submission, which carries an idempotency key.
 //!
 //! Exit codes: 0 success; 1 the server could not be reached or failed; 2 an
 //! invalid command line; 3 the server refused the request (4xx: unknown job,
@@ -34,7 +39,8 @@ use crate::{failure, usage, CliError};
 
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// Server URL (env SUANLI_SERVER; default from ~/.config/suanli/config.toml).
+    /// Server URL, or several replicas' URLs separated by commas (env
+    /// SUANLI_SERVER; default from ~/.config/suanli/config.toml).
     #[arg(long, global = true)]
     server: Option<String>,
     /// API token (env SUANLI_TOKEN; default from ~/.config/suanli/config.toml).
@@ -48,7 +54,14 @@ pub struct Conn {
     /// reads make many calls).
     #[arg(skip)]
     client: std::sync::OnceLock<ureq::Agent>,
+    /// The replica that answered last (an index into the server list).
+    #[arg(skip)]
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// How long a request keeps trying the replicas of a server list (a leader
+/// takeover takes the lease's TTL, 6 s by default, and a little more).
+pub const FAILOVER: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn config_value(key: &str) -> Option<String> {
     let home = std::env::var_os("HOME")?;
@@ -93,7 +106,79 @@ impl Conn {
             .or_else(|| std::env::var("SUANLI_TOKEN").ok())
             .or_else(|| config_value("token"))
             .ok_or_else(|| usage("no token: pass --token T or set SUANLI_TOKEN"))?;
-        Ok((server.trim_end_matches('/').to_string(), token))
+        Ok((server, token))
+    }
+
+    /// The replicas of the server list, and the token.
+    fn replicas(&self) -> Result<(Vec<String>, String), CliError> {
+        let (server, token) = self.resolve()?;
+        let list: Vec<String> = server
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if list.is_empty() {
+            return Err(usage(format!("--server {server:?}: no URL in it")));
+        }
+        Ok((list, token))
+    }
+
+    /// Send a request to the replicas, failing over as the module says.
+    /// `repeatable`: the request may be sent again after the server may
+    /// have received it.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&dyn ErasedBody>,
+        headers: &[(&str, &str)],
+        repeatable: bool,
+    ) -> Result<ureq::Response, CliError> {
+        use std::sync::atomic::Ordering;
+        let (servers, token) = self.replicas()?;
+        let http = self.http()?;
+        let body = body.map(|b| b.json());
+        let deadline = std::time::Instant::now() + FAILOVER;
+        let mut k = self.current.load(Ordering::Relaxed) % servers.len();
+        let mut tried = 0usize;
+        loop {
+            let server = &servers[k];
+            let mut req = http
+                .request(method, &format!("{server}{path}"))
+                .set("Authorization", &format!("Bearer {token}"));
+            for (h, v) in headers {
+                req = req.set(h, v);
+            }
+            let res = match &body {
+                Some(b) => req.set("Content-Type", "application/json").send_string(b),
+                None => req.call(),
+            };
+            let last = match res {
+                Ok(r) => {
+                    self.current.store(k, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Err(ureq::Error::Status(503, r)) if servers.len() > 1 => refused(503, r),
+                Err(ureq::Error::Status(code, r)) => return Err(refused(code, r)),
+                Err(ureq::Error::Transport(t)) => {
+                    let unsent = t.kind() == ureq::ErrorKind::ConnectionFailed;
+                    let e = failure(format!("cannot reach {server}: {t}"));
+                    if servers.len() == 1 || !(unsent || repeatable) {
+                        return Err(e);
+                    }
+                    e
+                }
+            };
+            tried += 1;
+            k = (k + 1) % servers.len();
+            if std::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            if tried.is_multiple_of(servers.len()) {
+                // Every replica refused: a takeover is under way.
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
     }
 
     fn http(&self) -> Result<ureq::Agent, CliError> {
@@ -113,14 +198,7 @@ impl Conn {
     /// GET raw bytes; returns them with the `x-next-offset`, `x-job-state`
     /// and `x-job-run` headers.
     fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, u64, String, i64), CliError> {
-        let (server, token) = self.resolve()?;
-        let url = format!("{server}{path}");
-        match self
-            .http()?
-            .get(&url)
-            .set("Authorization", &format!("Bearer {token}"))
-            .call()
-        {
+        match self.call("GET", path, None, &[], true) {
             Ok(r) => {
                 let next = r
                     .header(suanli_api::NEXT_OFFSET_HEADER)
@@ -136,11 +214,10 @@ impl Conn {
                     .unwrap_or(0);
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)
-                    .map_err(|e| failure(format!("{url}: {e}")))?;
+                    .map_err(|e| failure(format!("{path}: {e}")))?;
                 Ok((buf, next, state, run))
             }
-            Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
-            Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
+            Err(e) => Err(e),
         }
     }
 
@@ -150,23 +227,26 @@ impl Conn {
         path: &str,
         body: Option<&dyn ErasedBody>,
     ) -> Result<ureq::Response, CliError> {
-        let (server, token) = self.resolve()?;
-        let url = format!("{server}{path}");
-        let req = self
-            .http()?
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {token}"));
-        let res = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_string(&b.json()),
-            None => req.call(),
-        };
-        match res {
-            Ok(r) => Ok(r),
-            Err(ureq::Error::Status(code, r)) => Err(refused(code, r)),
-            Err(e) => Err(failure(format!("cannot reach {server}: {e}"))),
-        }
+        let repeatable = matches!(method, "GET" | "PUT" | "DELETE");
+        self.call(method, path, body, &[], repeatable)
+    }
+
+    /// POST a submission with an idempotency key: safe to send again, to
+    /// this replica or another, whatever happened to the first attempt.
+    pub fn post_once<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> Result<T, CliError> {
+        let r = self.call(
+            "POST",
+            path,
+            Some(&Body(body)),
+            &[("Idempotency-Key", key)],
+            true,
+        )?;
+        Conn::read(path, r)
     }
 
     fn read<T: DeserializeOwned>(path: &str, r: ureq::Response) -> Result<T, CliError> {

@@ -91,7 +91,21 @@ pub fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value, String) {
+    call_with(method, url, token, &[], body)
+}
+
+/// [`call`] with extra request headers.
+pub fn call_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value, String) {
     let mut r = ureq::request(method, url);
+    for (h, v) in headers {
+        r = r.set(h, v);
+    }
     if let Some(t) = token {
         r = r.set("Authorization", &format!("Bearer {t}"));
     }

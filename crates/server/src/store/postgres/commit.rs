@@ -109,13 +109,16 @@ async fn insert_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
         c.max_runtime.push(j.max_runtime_s);
         c.retries.push(j.retries);
         c.at.push(*at);
+        c.idem.push(j.idem_key.clone());
     }
     sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, \
-         gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, state) \
+         gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, idem_key, \
+         state) \
          SELECT *, '{}' FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], \
-         $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[], $16::bigint[])",
+         $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[], $16::bigint[], \
+         $17::text[])",
         JobState::Pending.as_str()
     ))
     .bind(c.id)
@@ -134,6 +137,7 @@ async fn insert_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
     .bind(c.max_runtime)
     .bind(c.retries)
     .bind(c.at)
+    .bind(c.idem)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -157,6 +161,7 @@ struct JobColumns {
     max_runtime: Vec<Option<i64>>,
     retries: Vec<i64>,
     at: Vec<i64>,
+    idem: Vec<Option<String>>,
 }
 
 impl JobColumns {
@@ -178,6 +183,7 @@ impl JobColumns {
             max_runtime: Vec::with_capacity(n),
             retries: Vec::with_capacity(n),
             at: Vec::with_capacity(n),
+            idem: Vec::with_capacity(n),
         }
     }
 }

@@ -155,7 +155,7 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
             _ => unreachable!("a run of job inserts"),
         })
         .collect();
-    let rows: Vec<[&dyn ToSql; 16]> = run
+    let rows: Vec<[&dyn ToSql; 17]> = run
         .iter()
         .zip(&json)
         .map(|(w, js)| match w {
@@ -181,6 +181,7 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
                 &j.max_runtime_s,
                 &j.retries,
                 at,
+                &j.idem_key,
             ],
             _ => unreachable!("a run of job inserts"),
         })
@@ -188,9 +189,10 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
     many(
         tx,
         "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, \
-         gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, state) VALUES ",
+         gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, idem_key, \
+         state) VALUES ",
         &format!(
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
             JobState::Pending.as_str()
         ),
         "",
