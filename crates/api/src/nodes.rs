@@ -96,6 +96,4 @@ pub struct Readiness {
     pub role: String,
     /// The leader lease's epoch (bumped at every takeover).
     pub epoch: i64,
-    /// The replica holding the lease (host:pid:listen:nonce).
-    pub leader: String,
 }

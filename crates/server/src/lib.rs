@@ -188,10 +188,15 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         me.clone(),
         only_server,
     ));
-    if only_server {
-        // Recover and check the state before accepting any request: a
-        // store that fails its checks stops the server here.
-        while !control.leading() {
+    // When this server leads at once (SQLite: always; PostgreSQL: when
+    // no replica holds a live lease), recover and check the state before
+    // accepting any request: a store that fails its checks stops the
+    // server here, and no request meets a 503 while it recovers.
+    let lead_first = only_server || store.leader().await?.expires_ms <= store::now_ms();
+    let give_up = std::time::Instant::now()
+        + std::time::Duration::from_millis(2 * cfg.scheduler.leader_lease_ms);
+    if lead_first {
+        while !control.leading() && (only_server || std::time::Instant::now() < give_up) {
             if sched.is_finished() {
                 return Err(loop_stopped(sched.await));
             }

@@ -492,6 +492,22 @@ fn a_stopped_leader_resumed_after_a_takeover_cannot_write() {
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["name"], format!("before-{i}"));
     }
+    // What needs the loop is refused there, saying nothing was done.
+    let f = c.replicas[follower].url();
+    for (path, token, body) in [
+        ("/v1/jobs", &c.tenant, json!({"command": ["true"]})),
+        ("/v1/tenants", &c.admin, json!({"name": "beta"})),
+    ] {
+        let (code, v, _) = call(
+            "POST",
+            &format!("{f}{path}"),
+            Some(token),
+            Some(&body.to_string()),
+        );
+        assert_eq!((code, v["code"].as_str()), (503, Some("not_leader")), "{v}");
+    }
+    let (code, v, _) = call("GET", &format!("{f}/readyz"), None, None);
+    assert_eq!((code, v["role"].as_str()), (200, Some("follower")), "{v}");
     c.replicas[old].signal(libc::SIGSTOP);
     let stopped = Instant::now();
     let took = c.takeover(old, stopped);

@@ -71,7 +71,7 @@ pub struct Core {
     /// (tenant id, key) → job id, and the same in submission order (to
     /// forget them).
     pub(super) idem: HashMap<(i64, String), i64>,
-    pub(super) idem_order: std::collections::VecDeque<(i64, i64, String)>,
+    pub(super) idem_order: std::collections::VecDeque<(i64, i64, String, i64)>,
     pub(super) lease_ms: i64,
     pub(super) dirty: bool,
     /// Nodes given new orders (a start or a stop) in the current step.

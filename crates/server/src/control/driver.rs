@@ -25,10 +25,18 @@ enum Msg {
     TenantChanged(i64),
 }
 
-/// The loop is not there: this replica does not lead (another server runs
-/// the loop, or none does yet), or the server is stopping.
+/// The loop did not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone;
+pub enum Gone {
+    /// No loop here: this replica does not lead (another server runs the
+    /// loop, or none does yet). The request was not processed: it is safe
+    /// to send it to another replica, whatever it is.
+    NotLeader,
+    /// The loop stopped before answering (the server is stopping, or its
+    /// store failed, or it was deposed): the request may or may not have
+    /// taken effect.
+    Unanswered,
+}
 
 /// The handle handlers use to talk to the loop. On a replica that does not
 /// hold the leader lease there is no loop: every call is [`Gone`] (a 503
@@ -75,10 +83,19 @@ impl Control {
         store: Store,
         cfg: &LoopConfig,
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-        let d = Driver::recover_with(store, cfg, self.metrics.clone(), self.wakes.clone()).await?;
+        let d = Driver::recover_with(store.clone(), cfg, self.metrics.clone(), self.wakes.clone())
+            .await?;
         let (tx, rx) = mpsc::channel(16 * 1024);
-        self.set(Some(tx));
-        Ok(tokio::spawn(d.run(rx)))
+        self.set(Some(tx.clone()));
+        let task = tokio::spawn(d.run(rx));
+        // A tenant or quota an admin changed while the loop recovered: read
+        // them all again (in order with what follows).
+        if let Ok(all) = store.tenants().await {
+            for t in all {
+                let _ = tx.send(Msg::TenantChanged(t.id)).await;
+            }
+        }
+        Ok(task)
     }
 
     /// Detach the loop (the replica lost the lease): new calls are [`Gone`];
@@ -91,10 +108,13 @@ impl Control {
 
     /// Send a command and wait for its answer (after the batch's commit).
     pub async fn ask(&self, cmd: Command) -> Result<Answer, Gone> {
-        let tx = self.sender().ok_or(Gone)?;
+        let tx = self.sender().ok_or(Gone::NotLeader)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Msg::Ask(cmd, reply)).await.map_err(|_| Gone)?;
-        rx.await.map_err(|_| Gone)
+        // Not delivered: the loop never saw it.
+        tx.send(Msg::Ask(cmd, reply))
+            .await
+            .map_err(|_| Gone::NotLeader)?;
+        rx.await.map_err(|_| Gone::Unanswered)
     }
 
     pub async fn tenant_changed(&self, tenant_id: i64) {
@@ -116,21 +136,21 @@ impl Control {
         };
         match self.ask(cmd).await? {
             Answer::Submitted(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
     pub async fn cancel(&self, id: i64, tenant: Option<i64>) -> Result<Result<(), Refusal>, Gone> {
         match self.ask(Command::Cancel { id, tenant }).await? {
             Answer::Cancelled(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
     pub async fn register(&self, reg: Registration) -> Result<Result<Node, Refusal>, Gone> {
         match self.ask(Command::Register(reg)).await? {
             Answer::Registered(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
@@ -142,7 +162,7 @@ impl Control {
     ) -> Result<Result<NodeOrders, Refusal>, Gone> {
         match self.ask(Command::Heartbeat { node, report, full }).await? {
             Answer::Orders(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
@@ -154,7 +174,7 @@ impl Control {
     ) -> Result<Result<NodeState, Refusal>, Gone> {
         match self.ask(Command::Drain { node, drain, actor }).await? {
             Answer::Drained(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
@@ -165,7 +185,7 @@ impl Control {
     ) -> Result<Result<(), Refusal>, Gone> {
         match self.ask(Command::RemoveNode { node, actor }).await? {
             Answer::Removed(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
@@ -176,21 +196,21 @@ impl Control {
     ) -> Result<HashMap<i64, String>, Gone> {
         match self.ask(Command::Explain { ids, viewer }).await? {
             Answer::Reasons(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
     pub async fn pool(&self, viewer: Option<i64>) -> Result<super::PoolView, Gone> {
         match self.ask(Command::Pool { viewer }).await? {
             Answer::Pool(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeView>, Gone> {
         match self.ask(Command::Nodes).await? {
             Answer::Nodes(r) => Ok(r),
-            _ => Err(Gone),
+            _ => Err(Gone::Unanswered),
         }
     }
 }

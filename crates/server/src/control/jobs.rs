@@ -12,21 +12,21 @@ impl Core {
     /// Remember a submission's idempotency key (see [`Refusal::Replayed`]).
     pub(super) fn remember_key(&mut self, at: i64, tenant_id: i64, key: String, job: i64) {
         self.idem.insert((tenant_id, key.clone()), job);
-        self.idem_order.push_back((at, tenant_id, key));
+        self.idem_order.push_back((at, tenant_id, key, job));
     }
 
     /// Forget the keys older than the window.
     pub(super) fn forget_keys(&mut self, now: i64) {
-        while let Some((at, tenant, _)) = self.idem_order.front() {
+        while let Some((at, ..)) = self.idem_order.front() {
             if *at >= now - super::IDEMPOTENCY_WINDOW_MS {
                 break;
             }
-            let (_, tenant, key) = (
-                *at,
-                *tenant,
-                self.idem_order.pop_front().expect("a front").2,
-            );
-            self.idem.remove(&(tenant, key));
+            let (_, tenant, key, job) = self.idem_order.pop_front().expect("a front");
+            // Unless the key names a later job now.
+            let k = (tenant, key);
+            if self.idem.get(&k) == Some(&job) {
+                self.idem.remove(&k);
+            }
         }
     }
 

@@ -42,7 +42,7 @@ pub fn replica_name(listen: &str) -> String {
 /// `store` answers the lease calls; `open` gives each term its own store.
 /// With `only_server` (SQLite, whose file one server holds) a live lease is
 /// taken at once: it can only be a previous run's. Returns only on a store
-/// failure the loop cannot go on from.
+/// failure the loop cannot go on from, or a state that fails recovery.
 pub async fn keep_lease(
     store: Store,
     open: Opener,
@@ -52,10 +52,9 @@ pub async fn keep_lease(
     only_server: bool,
 ) -> anyhow::Result<()> {
     let ttl = cfg.leader_lease_ms.max(1000) as i64;
-    let renew_every = Duration::from_millis(ttl as u64 / 3);
     let try_every = Duration::from_millis(ttl as u64 / 6);
     loop {
-        let epoch = match store.lease(&me, None, now_ms(), ttl, only_server).await {
+        let epoch = match bounded(ttl, store.lease(&me, None, now_ms(), ttl, only_server)).await {
             Ok(Some(e)) => e,
             Ok(None) => {
                 tokio::time::sleep(try_every).await;
@@ -68,9 +67,30 @@ pub async fn keep_lease(
             }
         };
         let taken = Instant::now();
-        let term = open().await?;
+        // Renewed from now on, recovery included (a big store takes a
+        // while to read): `lost` says when it is not.
+        let (lost_tx, mut lost) = tokio::sync::watch::channel(false);
+        let renewer = tokio::spawn(renew(store.clone(), me.clone(), epoch, ttl, lost_tx));
+        let term = match open().await {
+            Ok(t) => t,
+            Err(e) => {
+                // The database is unreachable: give the lease up to expiry.
+                renewer.abort();
+                tracing::warn!(error = %e, epoch, "cannot open the store to lead; waiting");
+                tokio::time::sleep(try_every).await;
+                continue;
+            }
+        };
         term.fence(epoch);
-        let mut task = control.lead(term, &cfg).await?;
+        let mut task = match control.lead(term, &cfg).await {
+            Ok(t) => t,
+            Err(e) => {
+                renewer.abort();
+                // A state that fails its checks (or a store that fails
+                // while it is read): crash-only, a restart tries again.
+                return Err(e);
+            }
+        };
         control.metrics.set_leader(true, epoch);
         tracing::info!(
             epoch,
@@ -78,34 +98,18 @@ pub async fn keep_lease(
             recovered_in_ms = taken.elapsed().as_millis() as u64,
             "took the leader lease: this replica runs the scheduling loop"
         );
-        let mut renewed = Instant::now();
-        let ended = loop {
-            tokio::select! {
-                r = &mut task => break Some(r),
-                _ = tokio::time::sleep(renew_every) => {}
-            }
-            match store.lease(&me, Some(epoch), now_ms(), ttl, false).await {
-                Ok(Some(_)) => renewed = Instant::now(),
-                Ok(None) => {
-                    tracing::warn!(epoch, "another replica holds the leader lease");
-                    break None;
-                }
-                Err(e) if renewed.elapsed() < Duration::from_millis(ttl as u64) => {
-                    tracing::warn!(error = %e, epoch, "cannot renew the leader lease; retrying");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, epoch, "no renewal for a whole lease; stepping down");
-                    break None;
-                }
-            }
+        let ended = tokio::select! {
+            r = &mut task => Some(r),
+            _ = lost.wait_for(|l| *l) => None,
         };
+        renewer.abort();
         control.follow();
         control.metrics.set_leader(false, epoch);
         let ended = match ended {
             Some(r) => Some(r),
-            // Deposed by a renewal: the loop, its sender gone, lands what
-            // it handed to the store (a batch of a stale term is refused
-            // there, and counted here) and stops.
+            // Deposed: the loop, its sender gone, lands what it handed to
+            // the store (a batch of a stale term is refused there, and
+            // counted here) and stops.
             None => {
                 match tokio::time::timeout(Duration::from_millis(ttl as u64), &mut task).await {
                     Ok(r) => Some(r),
@@ -130,6 +134,49 @@ pub async fn keep_lease(
             Some(Ok(Ok(()))) => {}
             Some(Err(e)) => return Err(anyhow::anyhow!("the scheduling loop panicked: {e}")),
         }
+    }
+}
+
+/// Renew the lease `epoch` every third of its TTL; set `lost` when another
+/// holds it, or when no renewal succeeded for a whole TTL.
+async fn renew(
+    store: Store,
+    me: String,
+    epoch: i64,
+    ttl: i64,
+    lost: tokio::sync::watch::Sender<bool>,
+) {
+    let every = Duration::from_millis(ttl as u64 / 3);
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match bounded(ttl, store.lease(&me, Some(epoch), now_ms(), ttl, false)).await {
+            Ok(Some(_)) => renewed = Instant::now(),
+            Ok(None) => {
+                tracing::warn!(epoch, "another replica holds the leader lease");
+                break;
+            }
+            Err(e) if renewed.elapsed() < Duration::from_millis(ttl as u64) => {
+                tracing::warn!(error = %e, epoch, "cannot renew the leader lease; retrying");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, epoch, "no renewal for a whole lease; stepping down");
+                break;
+            }
+        }
+    }
+    let _ = lost.send(true);
+}
+
+/// A lease call that gives up after a third of the TTL (a database that
+/// hangs must not keep a replica from noticing it lost the lease).
+async fn bounded<T>(
+    ttl: i64,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(Duration::from_millis(ttl as u64 / 3), f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Writer("the lease call timed out".to_string())),
     }
 }
 

@@ -316,7 +316,7 @@ async fn wait_orders(
     }
     if !st.control.leading() {
         // Orders come from the leader: this replica would never wake it.
-        return Err(crate::control::Gone.into());
+        return Err(crate::control::Gone::NotLeader.into());
     }
     let timeout = std::time::Duration::from_millis(q.timeout_ms);
     match st.control.wakes.wait(&name, q.seen, timeout).await {

@@ -103,15 +103,28 @@ fn loop_gone() -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "scheduler_unavailable",
-        "no scheduling loop on this server now: another replica holds the leader lease (or \
-         none yet, or this server is stopping); try another replica",
+        "the scheduling loop stopped before answering (the server is stopping, or it lost \
+         the leader lease): the request may or may not have taken effect",
     )
 }
 
 impl From<Gone> for Problem {
-    fn from(_: Gone) -> Problem {
-        loop_gone()
+    fn from(g: Gone) -> Problem {
+        match g {
+            Gone::NotLeader => not_leader(),
+            Gone::Unanswered => loop_gone(),
+        }
     }
+}
+
+/// 503 `not_leader`: nothing was done; another replica may take it.
+pub fn not_leader() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_leader",
+        "this replica does not run the scheduling loop (another replica holds the leader \
+         lease, or none yet): nothing was done; send the request to another replica",
+    )
 }
 
 impl From<Refusal> for Problem {

@@ -104,7 +104,6 @@ async fn readyz(
     Ok(Json(suanli_api::Readiness {
         role: if leading { "leader" } else { "follower" }.to_string(),
         epoch: lease.epoch,
-        leader: lease.holder,
     }))
 }
 

@@ -36,18 +36,36 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// `url` with its password replaced by `***`, for messages and logs.
+/// `url` with its passwords replaced by `***` (in the user part and in a
+/// `password=` parameter), for messages and logs; a text that is not a URL
+/// (it may be a `key=value` connection string) is not shown at all.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return "(not a URL; not shown)".to_string();
     };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(x) => x,
-        None => return url.to_string(),
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    let rest = match rest.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{auth}@{host}"),
+        },
+        None => rest.to_string(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{rest}?{q}"),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -515,6 +533,18 @@ pub enum Write {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_url_is_shown_without_its_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?sslmode=require&password=s2"),
+            "postgres://u:***@h:5432/db?sslmode=require&password=***"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        let kv = redact_url("host=h password=secret");
+        assert!(!kv.contains("secret"), "{kv}");
+    }
 
     fn ev(at_ms: i64, kind: EventKind, detail: &str) -> JobEvent {
         JobEvent {

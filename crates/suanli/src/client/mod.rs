@@ -11,8 +11,9 @@
 //! list of replicas: a request goes to the one that answered last and moves
 //! on when a replica cannot be reached or answers 503 (it does not run the
 //! scheduling loop), for up to [`FAILOVER`] (a leader takeover). A request
-//! the server may have received is sent again only if it is safe to repeat:
-//! GET, PUT, DELETE, or a submission, which carries an idempotency key.
+//! the server may have acted on is sent again only if it is safe to repeat:
+//! GET, PUT, DELETE, or a submission, which carries an idempotency key; a
+//! 503 `not_leader` says nothing was done, so any request moves on.
 //!
 //! Exit codes: 0 success; 1 the server could not be reached or failed; 2 an
 //! invalid command line; 3 the server refused the request (4xx: unknown job,
@@ -158,7 +159,21 @@ impl Conn {
                     self.current.store(k, Ordering::Relaxed);
                     return Ok(r);
                 }
-                Err(ureq::Error::Status(503, r)) if servers.len() > 1 => refused(503, r),
+                Err(ureq::Error::Status(503, r)) if servers.len() > 1 => {
+                    // `not_leader`: nothing was done, any request may go
+                    // on; another 503 may have acted.
+                    let text = r.into_string().unwrap_or_default();
+                    let p: Option<suanli_api::Problem> = serde_json::from_str(&text).ok();
+                    let untouched = p.as_ref().is_some_and(|p| p.code == "not_leader");
+                    let e = failure(format!(
+                        "server: 503 {}",
+                        p.map_or(text.clone(), |p| p.detail)
+                    ));
+                    if !(untouched || repeatable) {
+                        return Err(e);
+                    }
+                    e
+                }
                 Err(ureq::Error::Status(code, r)) => return Err(refused(code, r)),
                 Err(ureq::Error::Transport(t)) => {
                     let unsent = t.kind() == ureq::ErrorKind::ConnectionFailed;

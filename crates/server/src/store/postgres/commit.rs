@@ -6,6 +6,11 @@
 //! (append-only, read by no other write) are inserted last, in order. A
 //! batch of 4,096 starts is a handful of statements. Every node change also
 //! records the node's history (`node_spans`), as in SQLite.
+//!
+//! An `UPDATE t ... FROM UNNEST(...) v WHERE t.id = v.id` also says
+//! `t.id = ANY ($1)`: the planner cannot size an array parameter, and
+//! without it hash-joins the whole table (a scan of every job per batch);
+//! with it, it looks the rows up in the primary key.
 
 use std::collections::{HashMap, HashSet};
 
@@ -225,7 +230,7 @@ async fn start_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreEr
     sqlx::query(&format!(
         "UPDATE jobs SET state = '{}', run = v.run, started_ms = v.at \
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, run, at) \
-         WHERE jobs.id = v.id",
+         WHERE jobs.id = v.id AND jobs.id = ANY ($1)",
         JobState::Running.as_str()
     ))
     .bind(jid)
@@ -235,10 +240,10 @@ async fn start_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreEr
     .await?;
     sqlx::query(&format!(
         "INSERT INTO tasks (job_id, run, idx, node_id, gpus, started_ms, state, gpu_model) \
-         SELECT v.job, v.run, v.idx, v.node, v.gpus, v.at, '{}', \
-         (SELECT gpu_model FROM nodes WHERE id = v.node) \
+         SELECT v.job, v.run, v.idx, v.node, v.gpus, v.at, '{}', n.gpu_model \
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-         $6::bigint[]) AS v(job, run, idx, node, gpus, at)",
+         $6::bigint[]) AS v(job, run, idx, node, gpus, at) \
+         LEFT JOIN nodes n ON n.id = v.node",
         TaskState::Assigned.as_str()
     ))
     .bind(tjob)
@@ -270,7 +275,7 @@ async fn job_states(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreEr
     sqlx::query(
         "UPDATE jobs SET state = v.state, ended_ms = v.ended \
          FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS v(id, state, ended) \
-         WHERE jobs.id = v.id",
+         WHERE jobs.id = v.id AND jobs.id = ANY ($1)",
     )
     .bind(id)
     .bind(state)
@@ -326,7 +331,7 @@ async fn task_states(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
          $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
          AS v(job, run, idx, node, from_states, to_state, at, code, reason) \
-         WHERE tasks.job_id = v.job AND tasks.run = v.run \
+         WHERE tasks.job_id = v.job AND tasks.job_id = ANY ($1) AND tasks.run = v.run \
          AND (v.idx IS NULL OR tasks.idx = v.idx) AND (v.node IS NULL OR tasks.node_id = v.node) \
          AND tasks.state = ANY (string_to_array(v.from_states, ','))",
     )
@@ -355,7 +360,8 @@ async fn heartbeats(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreEr
     }
     sqlx::query(
         "UPDATE nodes SET last_heartbeat_ms = v.at \
-         FROM UNNEST($1::bigint[], $2::bigint[]) AS v(id, at) WHERE nodes.id = v.id",
+         FROM UNNEST($1::bigint[], $2::bigint[]) AS v(id, at) \
+         WHERE nodes.id = v.id AND nodes.id = ANY ($1)",
     )
     .bind(id)
     .bind(at)
@@ -532,7 +538,7 @@ async fn node_states(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
     let states: Vec<&str> = changes.iter().map(|c| c.1.as_str()).collect();
     sqlx::query(
         "UPDATE nodes SET state = v.state FROM UNNEST($1::bigint[], $2::text[]) AS v(id, state) \
-         WHERE nodes.id = v.id",
+         WHERE nodes.id = v.id AND nodes.id = ANY ($1)",
     )
     .bind(ids)
     .bind(states)
@@ -613,7 +619,8 @@ async fn node_spans(
         sqlx::query(
             "UPDATE node_spans SET end_ms = v.at \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS v(at, node, start) \
-             WHERE node_spans.node_id = v.node AND node_spans.start_ms = v.start",
+             WHERE node_spans.node_id = v.node AND node_spans.node_id = ANY ($2) \
+             AND node_spans.start_ms = v.start",
         )
         .bind(c_at)
         .bind(c_node)

@@ -27,13 +27,28 @@ impl SqlStore<Postgres> {
     /// Connect to the database at `url` and bring its schema up to date.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let opts = PgConnectOptions::from_str(url)?.application_name("suanli-server");
+        // A lock held by a stopped or cut-off server (the leader row, its
+        // batch's rows) must not stall everyone for the hours TCP takes to
+        // notice: reads and admin writes give up on a lock after 5 s, and
+        // the loop's writer, whose transactions never wait on their
+        // client, is ended by the server when idle in one for 5 s.
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone().options([("lock_timeout", "5s")]))
+            .await?;
+        // Migrations wait for each other (and for a replica's queries)
+        // without a lock timeout, on a connection of their own.
+        let m = PgPoolOptions::new()
+            .max_connections(1)
             .connect_with(opts.clone())
             .await?;
-        sqlx::migrate!("./migrations-postgres").run(&pool).await?;
-        let conn = opts.connect().await?;
+        sqlx::migrate!("./migrations-postgres").run(&m).await?;
+        m.close().await;
+        let conn = opts
+            .options([("idle_in_transaction_session_timeout", "5s")])
+            .connect()
+            .await?;
         Ok(SqlStore {
             pool,
             writer: Box::new(writer::Writer::start(conn)),
