@@ -68,6 +68,7 @@ fn job(gpus: i64, tasks: i64) -> NewJob {
         max_runtime_s: None,
         retries: 1,
         idem_key: None,
+        idem_hash: None,
     }
 }
 
@@ -994,6 +995,7 @@ async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restar
     let mut p = Pool::new(db, LoopConfig::default()).await;
     let keyed = |k: &str| NewJob {
         idem_key: Some(k.to_string()),
+        idem_hash: None,
         ..job(0, 1)
     };
     let first = p.submit(keyed("k1")).await;
@@ -1002,6 +1004,7 @@ async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restar
         tenant: "acme".to_string(),
         job: NewJob {
             idem_key: Some(k.to_string()),
+            idem_hash: None,
             ..job(0, 1)
         },
     };
@@ -1010,6 +1013,22 @@ async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restar
     assert!(
         matches!(again, Answer::Submitted(Err(Refusal::Replayed(id))) if id == first),
         "{again:?}"
+    );
+    // The same key for another request: refused, naming the first job.
+    let other = p
+        .one(Command::Submit {
+            tenant_id: p.tenant_id,
+            tenant: "acme".to_string(),
+            job: NewJob {
+                idem_key: Some("k1".to_string()),
+                idem_hash: Some("another request".to_string()),
+                ..job(0, 1)
+            },
+        })
+        .await;
+    assert!(
+        matches!(other, Answer::Submitted(Err(Refusal::KeyReused(id))) if id == first),
+        "{other:?}"
     );
     // Another key, or no key: new jobs.
     let second = p.submit(keyed("k2")).await;

@@ -46,6 +46,7 @@ fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
         max_runtime_s: Some(60),
         retries: 2,
         idem_key: None,
+        idem_hash: None,
     }
 }
 

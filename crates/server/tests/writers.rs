@@ -28,6 +28,7 @@ fn job(i: i64) -> NewJob {
         max_runtime_s: None,
         retries: 0,
         idem_key: None,
+        idem_hash: None,
     }
 }
 

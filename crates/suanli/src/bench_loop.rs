@@ -294,6 +294,7 @@ async fn drive(a: &BenchLoopArgs, control: Control, tenant_id: i64) -> Result<Fi
                 max_runtime_s: None,
                 retries: 0,
                 idem_key: None,
+                idem_hash: None,
             };
             subs.spawn(async move {
                 let t = Instant::now();
@@ -482,6 +483,7 @@ async fn backlog(n: usize, control: &Control, tenant_id: i64) -> Result<(), CliE
                 max_runtime_s: None,
                 retries: 0,
                 idem_key: None,
+                idem_hash: None,
             };
             c.submit(tenant_id, "bench".to_string(), job).await
         });

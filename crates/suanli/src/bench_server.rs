@@ -689,6 +689,7 @@ fn bench_jobs(n: usize) -> impl Iterator<Item = NewJob> {
             max_runtime_s: None,
             retries: 0,
             idem_key: None,
+            idem_hash: None,
         }
     })
 }

@@ -435,6 +435,14 @@ fn every_response_matches_the_openapi_document() {
         "/v1/jobs",
         "/v1/jobs",
         t,
+        &[("Idempotency-Key", "openapi-1")],
+        Some(r#"{"command":["false"]}"#),
+    );
+    c.call_with(
+        "POST",
+        "/v1/jobs",
+        "/v1/jobs",
+        t,
         &[("Idempotency-Key", "")],
         Some(r#"{"command":["true"]}"#),
     );

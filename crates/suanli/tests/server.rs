@@ -1307,6 +1307,19 @@ fn an_idempotency_key_makes_a_job_once() {
     let (code, again, replayed) = post(&s, &acme, "run-42");
     assert_eq!((code, replayed.as_deref()), (200, Some("true")), "{again}");
     assert_eq!(again["id"], first["id"]);
+    // The same key for another request: 422, nothing made.
+    let other = ureq::post(&s.u("/v1/jobs"))
+        .set("Authorization", &format!("Bearer {acme}"))
+        .set("Idempotency-Key", "run-42")
+        .set("Content-Type", "application/json")
+        .send_string(&json!({"command": ["false"]}).to_string());
+    match other {
+        Err(ureq::Error::Status(422, r)) => {
+            let v: Value = r.into_json().unwrap();
+            assert_eq!(v["code"], "idempotency_key_reused", "{v}");
+        }
+        r => panic!("expected 422: {r:?}"),
+    }
     // Another tenant's same key makes its own job.
     let (code, theirs, _) = post(&s, &beta, "run-42");
     assert_eq!(code, 201);

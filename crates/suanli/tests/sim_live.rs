@@ -299,6 +299,7 @@ fn live(cluster: &Cluster, wl: &Workload, outages: &[Outage]) -> Vec<Start> {
                         // A job lost with its node runs again.
                         retries: 10,
                         idem_key: None,
+                        idem_hash: None,
                     },
                 });
                 submitted.push(next);

@@ -214,6 +214,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                     max_runtime_s: None,
                     retries: 0,
                     idem_key: None,
+                    idem_hash: None,
                 },
                 at: t0 + j.submit as i64,
             });

@@ -70,7 +70,7 @@ pub struct Core {
     /// Idempotency keys of the last [`super::IDEMPOTENCY_WINDOW_MS`]:
     /// (tenant id, key) → job id, and the same in submission order (to
     /// forget them).
-    pub(super) idem: HashMap<(i64, String), i64>,
+    pub(super) idem: HashMap<(i64, String), (i64, Option<String>)>,
     pub(super) idem_order: std::collections::VecDeque<(i64, i64, String, i64)>,
     pub(super) lease_ms: i64,
     pub(super) dirty: bool,

@@ -10,8 +10,15 @@ use crate::store::{EventKind, Job, JobState, NewJob, TaskState, Write};
 
 impl Core {
     /// Remember a submission's idempotency key (see [`Refusal::Replayed`]).
-    pub(super) fn remember_key(&mut self, at: i64, tenant_id: i64, key: String, job: i64) {
-        self.idem.insert((tenant_id, key.clone()), job);
+    pub(super) fn remember_key(
+        &mut self,
+        at: i64,
+        tenant_id: i64,
+        key: String,
+        job: i64,
+        hash: Option<String>,
+    ) {
+        self.idem.insert((tenant_id, key.clone()), (job, hash));
         self.idem_order.push_back((at, tenant_id, key, job));
     }
 
@@ -24,7 +31,7 @@ impl Core {
             let (_, tenant, key, job) = self.idem_order.pop_front().expect("a front");
             // Unless the key names a later job now.
             let k = (tenant, key);
-            if self.idem.get(&k) == Some(&job) {
+            if self.idem.get(&k).map(|v| v.0) == Some(job) {
                 self.idem.remove(&k);
             }
         }
@@ -40,8 +47,12 @@ impl Core {
     ) -> Result<Job, Refusal> {
         self.tenant_names.entry(tenant_id).or_insert(tenant.clone());
         if let Some(k) = &job.idem_key {
-            if let Some(&id) = self.idem.get(&(tenant_id, k.clone())) {
-                return Err(Refusal::Replayed(id));
+            if let Some((id, hash)) = self.idem.get(&(tenant_id, k.clone())) {
+                return Err(if *hash == job.idem_hash {
+                    Refusal::Replayed(*id)
+                } else {
+                    Refusal::KeyReused(*id)
+                });
             }
         }
         let id = self.next_job;
@@ -75,7 +86,7 @@ impl Core {
             .map_err(Refusal::Unsatisfiable)?;
         self.next_job += 1;
         if let Some(k) = &job.idem_key {
-            self.remember_key(now, tenant_id, k.clone(), id);
+            self.remember_key(now, tenant_id, k.clone(), id, job.idem_hash.clone());
         }
         w.push(Write::InsertJob {
             id,

@@ -87,6 +87,8 @@ pub enum Refusal {
     /// (same idempotency key, within [`IDEMPOTENCY_WINDOW_MS`]); this is
     /// the job that one made.
     Replayed(i64),
+    /// The idempotency key made job N for another request.
+    KeyReused(i64),
 }
 
 /// How long a submission's idempotency key is remembered: a day.

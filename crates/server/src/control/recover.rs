@@ -35,7 +35,7 @@ pub struct Snapshot {
     pub recent: Vec<Job>,
     /// Idempotency keys of the last day's submissions: (tenant, key, job,
     /// submitted), oldest first.
-    pub keys: Vec<(i64, String, i64, i64)>,
+    pub keys: Vec<(i64, String, i64, i64, Option<String>)>,
 }
 
 /// Jobs the learned target is rebuilt from.
@@ -144,8 +144,8 @@ impl Core {
             tenant_names: HashMap::new(),
             dirty: true,
         };
-        for (tenant, key, job, at) in &snap.keys {
-            c.remember_key(*at, *tenant, key.clone(), *job);
+        for (tenant, key, job, at, hash) in &snap.keys {
+            c.remember_key(*at, *tenant, key.clone(), *job, hash.clone());
         }
         for (t, q) in &snap.tenants {
             c.set_tenant(t, q);

@@ -138,6 +138,14 @@ impl From<Refusal> for Problem {
                 format!("this job can never run on this pool: {d}"),
             ),
             Refusal::Conflict(d) => Problem::new(StatusCode::CONFLICT, "conflict", d),
+            Refusal::KeyReused(id) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!(
+                    "this Idempotency-Key made job {id} for another request: use a new key \
+                     for a new request"
+                ),
+            ),
             // Handled by the submission (an answer, not an error).
             Refusal::Replayed(id) => Problem::new(
                 StatusCode::CONFLICT,

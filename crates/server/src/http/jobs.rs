@@ -174,6 +174,7 @@ fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
         max_runtime_s: b.max_runtime_s,
         retries,
         idem_key: None,
+        idem_hash: None,
     })
 }
 
@@ -201,7 +202,7 @@ fn idempotency_key(h: &axum::http::HeaderMap) -> Result<Option<String>, Problem>
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// Submit a job (tenant).
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSubmit, security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Names this submission (1 to 255 visible ASCII characters): the same key from the same tenant within a day answers the job it made (200, header idempotent-replayed: true) instead of making another")), responses((status = 201, description = "Accepted and durable", body = Job), (status = 200, description = "A repeat of an earlier submission (same Idempotency-Key): the job it made", body = Job), (status = 400, description = "Invalid", body = ProblemDoc), (status = 422, description = "Can never run on this pool", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSubmit, security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Names this submission (1 to 255 visible ASCII characters): the same key from the same tenant within a day answers the job it made (200, header idempotent-replayed: true) instead of making another")), responses((status = 201, description = "Accepted and durable", body = Job), (status = 200, description = "A repeat of an earlier submission (same Idempotency-Key): the job it made", body = Job), (status = 422, description = "Can never run on this pool, or the Idempotency-Key made a job for another request", body = ProblemDoc), (status = 400, description = "Invalid", body = ProblemDoc), (status = 401, description = "Missing, unknown or revoked token", body = ProblemDoc), (status = 403, description = "Wrong scope", body = ProblemDoc)))]
 async fn submit(
     State(st): State<AppState>,
     c: Caller,
@@ -214,8 +215,14 @@ async fn submit(
     };
     let key = idempotency_key(&headers)?;
     let Json(b) = body?;
+    // What was asked, as read: the same key for another request is told
+    // apart (422). Hashed as this server re-serialises it.
+    let hash = key.as_ref().map(|_| {
+        suanli_api::token::hash_token(&serde_json::to_string(&b).expect("a request serialises"))
+    });
     let mut job = validate_job(b)?;
     job.idem_key = key;
+    job.idem_hash = hash;
     match st.control.submit(id, name, job).await? {
         Ok(j) => Ok((StatusCode::CREATED, Json(j)).into_response()),
         Err(Refusal::Replayed(job)) => {

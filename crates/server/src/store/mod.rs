@@ -240,11 +240,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<i64>, StoreError>;
 
     /// Idempotency keys of jobs submitted at or after `since_ms`:
-    /// (tenant id, key, job id, submitted), oldest first.
+    /// (tenant id, key, job id, submitted, request hash), oldest first.
     async fn idempotency_keys(
         &self,
         since_ms: i64,
-    ) -> Result<Vec<(i64, String, i64, i64)>, StoreError>;
+    ) -> Result<Vec<(i64, String, i64, i64, Option<String>)>, StoreError>;
 
     /// Who holds the lease, as stored (it may have expired).
     async fn leader(&self) -> Result<Lease, StoreError>;
@@ -306,6 +306,9 @@ pub struct NewJob {
     pub retries: i64,
     /// The client's idempotency key, if it sent one.
     pub idem_key: Option<String>,
+    /// With a key: SHA-256 (hex) of the request as read, so that the key
+    /// reused for another request is told apart.
+    pub idem_hash: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -307,7 +307,7 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
-    for<'r> (i64, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64, i64, Option<String>): FromRow<'r, DB::Row>,
     for<'r> TenantRow: FromRow<'r, DB::Row>,
     for<'r> QuotaRow: FromRow<'r, DB::Row>,
     for<'r> ScopeRow: FromRow<'r, DB::Row>,
@@ -728,10 +728,10 @@ where
     async fn idempotency_keys(
         &self,
         since_ms: i64,
-    ) -> Result<Vec<(i64, String, i64, i64)>, StoreError> {
+    ) -> Result<Vec<(i64, String, i64, i64, Option<String>)>, StoreError> {
         // `idem_key IS NOT NULL` selects the partial index `jobs_idem`.
         Ok(sqlx::query_as(
-            "SELECT tenant_id, idem_key, id, submitted_ms FROM jobs \
+            "SELECT tenant_id, idem_key, id, submitted_ms, idem_hash FROM jobs \
              WHERE idem_key IS NOT NULL AND submitted_ms >= $1 ORDER BY submitted_ms, id",
         )
         .bind(since_ms)

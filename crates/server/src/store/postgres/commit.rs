@@ -115,15 +115,16 @@ async fn insert_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
         c.retries.push(j.retries);
         c.at.push(*at);
         c.idem.push(j.idem_key.clone());
+        c.idem_hash.push(j.idem_hash.clone());
     }
     sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, \
          gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, idem_key, \
-         state) \
+         idem_hash, state) \
          SELECT *, '{}' FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], \
          $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[], $16::bigint[], \
-         $17::text[])",
+         $17::text[], $18::text[])",
         JobState::Pending.as_str()
     ))
     .bind(c.id)
@@ -143,6 +144,7 @@ async fn insert_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
     .bind(c.retries)
     .bind(c.at)
     .bind(c.idem)
+    .bind(c.idem_hash)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -167,6 +169,7 @@ struct JobColumns {
     retries: Vec<i64>,
     at: Vec<i64>,
     idem: Vec<Option<String>>,
+    idem_hash: Vec<Option<String>>,
 }
 
 impl JobColumns {
@@ -189,6 +192,7 @@ impl JobColumns {
             retries: Vec::with_capacity(n),
             at: Vec::with_capacity(n),
             idem: Vec::with_capacity(n),
+            idem_hash: Vec::with_capacity(n),
         }
     }
 }

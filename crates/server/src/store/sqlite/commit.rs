@@ -155,7 +155,7 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
             _ => unreachable!("a run of job inserts"),
         })
         .collect();
-    let rows: Vec<[&dyn ToSql; 17]> = run
+    let rows: Vec<[&dyn ToSql; 18]> = run
         .iter()
         .zip(&json)
         .map(|(w, js)| match w {
@@ -182,6 +182,7 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
                 &j.retries,
                 at,
                 &j.idem_key,
+                &j.idem_hash,
             ],
             _ => unreachable!("a run of job inserts"),
         })
@@ -190,9 +191,9 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
         tx,
         "INSERT INTO jobs (id, tenant_id, name, command, tasks, cpu_milli, memory_mib, num_gpu, \
          gpu_milli, gpu_models, class, env, workdir, max_runtime_s, retries, submitted_ms, idem_key, \
-         state) VALUES ",
+         idem_hash, state) VALUES ",
         &format!(
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
             JobState::Pending.as_str()
         ),
         "",
