@@ -180,6 +180,12 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         })
     };
     let only_server = cfg.store.is_none();
+    if !only_server {
+        // A follower serves every request through the store's inbox; an
+        // answer is waited for through a takeover (TTL + recovery).
+        let wait = std::time::Duration::from_millis(3 * cfg.scheduler.leader_lease_ms.max(1000));
+        control.forward_through(store.clone(), wait).await;
+    }
     let mut sched = tokio::spawn(control::keep_lease(
         store.clone(),
         open,
@@ -192,7 +198,7 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     // no replica holds a live lease), recover and check the state before
     // accepting any request: a store that fails its checks stops the
     // server here, and no request meets a 503 while it recovers.
-    let lead_first = only_server || store.leader().await?.expires_ms <= store::now_ms();
+    let lead_first = only_server || !store.leader().await?.live;
     let give_up = std::time::Instant::now()
         + std::time::Duration::from_millis(2 * cfg.scheduler.leader_lease_ms);
     if lead_first {

@@ -6,11 +6,11 @@
 //! One file on purpose, past 600 lines: one scenario per rule of the loop,
 //! sharing the `Pool` harness at the top.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use suanli_server::control::{
-    Answer, Command, Core, LoopConfig, NodeOrders, Registration, Report, Snapshot, TaskExit,
-    TaskKey,
+    Answer, Command, Core, IdBlock, LoopConfig, NodeOrders, Registration, Report, Snapshot,
+    TaskExit, TaskKey,
 };
 use suanli_server::store::{Class, NewJob, Store, Task, TaskState};
 
@@ -49,7 +49,8 @@ on_both_backends!(
     a_task_back_from_a_lost_node_keeps_its_devices_until_it_stops,
     a_gang_stopped_at_lease_expiry_keeps_its_devices_until_both_stop,
     another_nodes_task_reported_by_an_agent_is_stopped_there_only,
-    nodes_given_orders_outside_their_own_report_are_woken
+    nodes_given_orders_outside_their_own_report_are_woken,
+    a_batch_needing_more_ids_than_a_block_gets_them_all
 );
 
 fn job(gpus: i64, tasks: i64) -> NewJob {
@@ -91,7 +92,8 @@ impl Pool {
         let store = place.open().await;
         let t = store.create_tenant("acme", 1.0, "test").await.unwrap();
         let mut p = Pool {
-            core: Core::new(&cfg).unwrap(),
+            // From the store, as the driver does: its ids are reserved there.
+            core: Core::recover(Snapshot::load(&store).await.unwrap(), &cfg, T0).unwrap(),
             store,
             cfg,
             now: T0,
@@ -107,6 +109,11 @@ impl Pool {
     }
 
     async fn step(&mut self, cmds: Vec<Command>) -> Vec<Answer> {
+        // Ids from the store, as the driver reserves them.
+        for (kind, n) in self.core.ids_to_reserve(&cmds) {
+            let first = self.store.reserve_ids(kind, n).await.unwrap();
+            self.core.grant_ids(kind, IdBlock::new(first, n));
+        }
         let s = self.core.step(cmds, self.now);
         self.store.commit(s.writes.clone()).await.unwrap();
         self.core.scheduler().check_indexes().unwrap();
@@ -1064,4 +1071,41 @@ async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restar
     p.advance(IDEMPOTENCY_WINDOW_MS + 1);
     let later = p.submit(keyed("k1")).await;
     assert!(later > third);
+}
+
+/// A batch needing more ids than the blocks in hand hold (and more than a
+/// block) gets them all, each once, from the store.
+async fn a_batch_needing_more_ids_than_a_block_gets_them_all(db: Db) {
+    let mut p = Pool::new(db, LoopConfig::default()).await;
+    p.register("first", 8).await;
+    p.submit(job(0, 1)).await;
+    let mut cmds: Vec<Command> = (0..40)
+        .map(|i| {
+            Command::Register(Registration {
+                name: format!("n{i}"),
+                addr: String::new(),
+                gpu_model: Some("A100-80G".to_string()),
+                gpus: 8,
+                gpu_memory_mib: 81920,
+                cpu_milli: 64_000,
+                memory_mib: 1 << 18,
+                labels: BTreeMap::new(),
+            })
+        })
+        .collect();
+    cmds.extend((0..1500).map(|_| Command::Submit {
+        tenant_id: p.tenant_id,
+        tenant: "acme".to_string(),
+        job: job(0, 1),
+    }));
+    let (mut nodes, mut jobs) = (BTreeSet::new(), BTreeSet::new());
+    for a in p.step(cmds).await {
+        match a {
+            Answer::Registered(Ok(n)) => assert!(nodes.insert(n.id), "node id {} twice", n.id),
+            Answer::Submitted(Ok(j)) => assert!(jobs.insert(j.id), "job id {} twice", j.id),
+            a => panic!("{a:?}"),
+        }
+    }
+    assert_eq!((nodes.len(), jobs.len()), (40, 1500));
+    assert_eq!(p.core.node_count(), 41);
 }

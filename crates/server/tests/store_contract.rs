@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use suanli_server::store::{
-    Class, EventKind, JobState, NewJob, Node, NodeState, Scope, StoreError, TaskState, TokenScope,
-    Write,
+    channels, Class, EventKind, IdKind, JobState, LogAppend, LogKey, NewJob, Node, NodeState, Note,
+    Scope, StoreError, TaskState, TokenScope, Write,
 };
 
 #[macro_use]
@@ -28,6 +28,11 @@ on_both_backends!(
     the_lease_has_one_holder_at_a_time,
     a_deposed_leader_cannot_write,
     servers_racing_for_the_lease_elect_one,
+    ids_come_from_the_store_once,
+    the_inbox_holds_requests_until_answered,
+    recent_jobs_and_arrivals,
+    task_logs_are_stored_once_in_order,
+    task_logs_from_two_replicas_at_once,
 );
 
 fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
@@ -591,55 +596,53 @@ async fn the_lease_has_one_holder_at_a_time(db: common::Db) {
     let place = Place::new(db).await;
     let s = &place.open().await;
     let l = s.leader().await.unwrap();
-    assert_eq!((l.holder.as_str(), l.epoch), ("", 0), "nobody yet");
-    // a takes it until 6000; b cannot while it lasts.
     assert_eq!(
-        s.lease("a", None, 1000, 5000, false).await.unwrap(),
-        Some(1)
+        (l.holder.as_str(), l.epoch, l.live),
+        ("", 0, false),
+        "nobody yet"
     );
-    assert_eq!(s.lease("b", None, 2000, 5000, false).await.unwrap(), None);
-    // a renews (same epoch) until 8000; b's renewal of an epoch it never
-    // held is refused.
-    assert_eq!(
-        s.lease("a", Some(1), 3000, 5000, false).await.unwrap(),
-        Some(1)
-    );
-    assert_eq!(
-        s.lease("b", Some(1), 3000, 5000, false).await.unwrap(),
-        None
-    );
-    assert_eq!(s.lease("b", None, 7999, 5000, false).await.unwrap(), None);
+    // a takes it for 400 ms of the database's clock; b cannot while it lasts.
+    assert_eq!(s.lease("a", None, 400, false).await.unwrap(), Some(1));
+    assert_eq!(s.lease("b", None, 400, false).await.unwrap(), None);
+    assert!(s.leader().await.unwrap().live);
+    // a renews (same epoch); b's renewal of an epoch it never held is
+    // refused.
+    assert_eq!(s.lease("a", Some(1), 400, false).await.unwrap(), Some(1));
+    assert_eq!(s.lease("b", Some(1), 400, false).await.unwrap(), None);
     // Expired: b takes it as epoch 2, and a's renewal is over.
-    assert_eq!(
-        s.lease("b", None, 8000, 5000, false).await.unwrap(),
-        Some(2)
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    assert!(
+        !s.leader().await.unwrap().live,
+        "expired by the database's clock"
     );
-    assert_eq!(
-        s.lease("a", Some(1), 8001, 5000, false).await.unwrap(),
-        None
-    );
+    assert_eq!(s.lease("b", None, 60_000, false).await.unwrap(), Some(2));
+    assert_eq!(s.lease("a", Some(1), 400, false).await.unwrap(), None);
     let l = s.leader().await.unwrap();
-    assert_eq!((l.holder.as_str(), l.epoch, l.expires_ms), ("b", 2, 13000));
+    assert_eq!((l.holder.as_str(), l.epoch, l.live), ("b", 2, true));
+    // The expiry is the database's time plus the TTL.
+    let now = suanli_server::store::now_ms();
+    assert!(
+        (l.expires_ms - now - 60_000).abs() < 5_000,
+        "expires {} vs now {now}",
+        l.expires_ms
+    );
     // `take_live` (a store only one server can open) takes a live lease.
-    assert_eq!(s.lease("c", None, 9000, 5000, true).await.unwrap(), Some(3));
+    assert_eq!(s.lease("c", None, 5000, true).await.unwrap(), Some(3));
 }
 
 async fn a_deposed_leader_cannot_write(db: common::Db) {
     let place = Place::new(db).await;
     let (old, new) = (place.open().await, place.open().await);
     let t = old.create_tenant("acme", 1.0, "test").await.unwrap();
-    let e1 = old
-        .lease("old", None, 1000, 5000, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let e1 = old.lease("old", None, 300, false).await.unwrap().unwrap();
     old.fence(e1);
     old.commit(insert(1, t.id, job("a", 0, 1), 1000).to_vec())
         .await
         .unwrap();
     // The old leader stalls past its lease; the new one takes over.
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
     let e2 = new
-        .lease("new", None, 7000, 5000, false)
+        .lease("new", None, 60_000, false)
         .await
         .unwrap()
         .unwrap();
@@ -678,7 +681,7 @@ async fn servers_racing_for_the_lease_elect_one(db: common::Db) {
         stores.push(place.open().await);
     }
     let races = stores.into_iter().enumerate().map(|(i, s)| {
-        tokio::spawn(async move { s.lease(&format!("s{i}"), None, 1000, 5000, false).await })
+        tokio::spawn(async move { s.lease(&format!("s{i}"), None, 5000, false).await })
     });
     let mut won = 0;
     for r in races {
@@ -689,4 +692,300 @@ async fn servers_racing_for_the_lease_elect_one(db: common::Db) {
     assert_eq!(won, 1, "exactly one server leads");
     let l = place.open().await.leader().await.unwrap();
     assert_eq!(l.epoch, 1);
+}
+
+async fn ids_come_from_the_store_once(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = place.open().await;
+    // A fresh store: counters start at 1 (an upgraded one starts past
+    // MAX(id), see migration 0015).
+    let first = s.reserve_ids(IdKind::Job, 10).await.unwrap();
+    assert_eq!(first, 1);
+    assert_eq!(s.reserve_ids(IdKind::Job, 5).await.unwrap(), 11);
+    assert_eq!(s.reserve_ids(IdKind::Node, 3).await.unwrap(), 1);
+    assert!(matches!(
+        s.reserve_ids(IdKind::Job, 0).await,
+        Err(StoreError::Refused(_))
+    ));
+    // Many handles at once (replicas): blocks never overlap.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let h = place.open().await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..20 {
+                got.push(h.reserve_ids(IdKind::Job, 100).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut starts: Vec<i64> = Vec::new();
+    for t in tasks {
+        starts.extend(t.await.unwrap());
+    }
+    starts.sort();
+    assert_eq!(starts.len(), 120);
+    for w in starts.windows(2) {
+        assert!(w[1] - w[0] >= 100, "blocks overlap: {w:?}");
+    }
+    assert_eq!(starts[0], 16);
+}
+
+async fn the_inbox_holds_requests_until_answered(db: common::Db) {
+    let place = Place::new(db).await;
+    let (follower, leader) = (place.open().await, place.open().await);
+    let hints = follower.listen(&[channels::ANSWERS]).await.unwrap();
+    assert_eq!(hints.is_some(), matches!(db, common::Db::Postgres));
+    let a = follower.inbox_put(r#"{"ask":1}"#).await.unwrap();
+    let b = follower.inbox_put(r#"{"ask":2}"#).await.unwrap();
+    assert!(b > a);
+    assert_eq!(
+        leader.inbox_open(0, 10).await.unwrap(),
+        [
+            (a, r#"{"ask":1}"#.to_string()),
+            (b, r#"{"ask":2}"#.to_string())
+        ]
+    );
+    assert_eq!(leader.inbox_open(a, 10).await.unwrap().len(), 1, "after a");
+    assert_eq!(follower.inbox_answer(a).await.unwrap(), None);
+    // The answer is written in the leader's batch: with the batch's
+    // effects, or not at all.
+    let t = leader.create_tenant("acme", 1.0, "test").await.unwrap();
+    let mut batch = insert(1, t.id, job("j", 0, 1), 1000).to_vec();
+    batch.push(Write::Answer {
+        inbox: a,
+        body: "\"done\"".to_string(),
+        at: 1000,
+    });
+    leader.commit(batch).await.unwrap();
+    assert_eq!(
+        follower.inbox_answer(a).await.unwrap().as_deref(),
+        Some("\"done\"")
+    );
+    let mut failing = insert(1, t.id, job("again", 0, 1), 1500).to_vec(); // id 1 is taken
+    failing.push(Write::Answer {
+        inbox: b,
+        body: "\"lost\"".to_string(),
+        at: 1500,
+    });
+    assert!(leader.commit(failing).await.is_err());
+    assert_eq!(
+        follower.inbox_answer(b).await.unwrap(),
+        None,
+        "refused with its batch"
+    );
+    let leader = place.open().await; // a writer refuses all after a failed batch
+    leader
+        .commit(vec![Write::Answer {
+            inbox: b,
+            body: "\"ok\"".to_string(),
+            at: 2000,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        follower.inbox_answer(b).await.unwrap().as_deref(),
+        Some("\"ok\"")
+    );
+    assert!(leader.inbox_open(0, 10).await.unwrap().is_empty());
+    if let Some(mut rx) = hints {
+        // The leader's commit hinted the follower with the answered id.
+        let mut heard = Vec::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !heard
+            .iter()
+            .any(|p: &String| p.split(',').any(|x| x == b.to_string()))
+        {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some(Note::Hint { channel, payload })) => {
+                    assert_eq!(channel, channels::ANSWERS);
+                    heard.push(payload);
+                }
+                other => panic!("no hint for {b}: {other:?} (heard {heard:?})"),
+            }
+        }
+    }
+    // Old answers are forgotten; open requests never are.
+    let c = follower.inbox_put("{}").await.unwrap();
+    assert_eq!(leader.inbox_forget(1999).await.unwrap(), 1, "a only");
+    assert_eq!(leader.inbox_forget(2001).await.unwrap(), 1, "then b");
+    assert!(matches!(
+        follower.inbox_answer(b).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        leader.inbox_open(0, 10).await.unwrap().len(),
+        1,
+        "c stays: {c}"
+    );
+}
+
+async fn recent_jobs_and_arrivals(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = place.open().await;
+    let t = s.create_tenant("acme", 1.0, "test").await.unwrap();
+    // Ids with gaps, as blocks of several leaders leave them.
+    for (i, id) in [3, 4, 1030, 1031, 2100].into_iter().enumerate() {
+        s.commit(insert(id, t.id, job(&format!("j{i}"), 0, 1), 1000 + i as i64).to_vec())
+            .await
+            .unwrap();
+    }
+    let recent: Vec<i64> = s
+        .recent_jobs(3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(recent, [1030, 1031, 2100], "the last three, oldest first");
+    assert_eq!(s.jobs_before(1030).await.unwrap(), 2);
+    assert_eq!(s.jobs_before(1).await.unwrap(), 0);
+}
+
+fn stream(job: i64, task: i64, stream: &'static str) -> LogKey {
+    LogKey {
+        job,
+        run: 0,
+        task,
+        stream,
+    }
+}
+
+async fn task_logs_are_stored_once_in_order(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = place.open().await;
+    let (out, err) = (stream(7, 0, "out"), stream(7, 0, "err"));
+    const CAP: u64 = 1 << 30;
+    assert_eq!(s.log_read(out, 0, 100).await.unwrap(), b"");
+    assert_eq!(
+        s.log_append(out, 5, b"x", CAP).await.unwrap(),
+        LogAppend::Gap(0)
+    );
+    assert_eq!(
+        s.log_append(out, 0, b"hello ", CAP).await.unwrap(),
+        LogAppend::To(6)
+    );
+    // The same push again (a retry) stores nothing; one that overlaps
+    // stores only what is new.
+    assert_eq!(
+        s.log_append(out, 0, b"hello ", CAP).await.unwrap(),
+        LogAppend::To(6)
+    );
+    assert_eq!(
+        s.log_append(out, 3, b"lo world", CAP).await.unwrap(),
+        LogAppend::To(11)
+    );
+    assert_eq!(
+        s.log_append(out, 12, b"!", CAP).await.unwrap(),
+        LogAppend::Gap(11)
+    );
+    assert_eq!(
+        s.log_append(out, 11, b"", CAP).await.unwrap(),
+        LogAppend::To(11)
+    );
+    assert_eq!(s.log_read(out, 0, 100).await.unwrap(), b"hello world");
+    assert_eq!(s.log_read(out, 4, 3).await.unwrap(), b"o w");
+    assert_eq!(s.log_read(out, 11, 10).await.unwrap(), b"");
+    assert_eq!(s.log_read(out, 1 << 40, 10).await.unwrap(), b"");
+    // Streams, tasks, runs and jobs are apart.
+    assert_eq!(s.log_read(err, 0, 100).await.unwrap(), b"");
+    s.log_append(err, 0, b"oops", CAP).await.unwrap();
+    assert_eq!(s.log_read(err, 0, 100).await.unwrap(), b"oops");
+    assert_eq!(s.log_read(stream(7, 1, "out"), 0, 100).await.unwrap(), b"");
+    let run1 = LogKey { run: 1, ..out };
+    assert_eq!(s.log_read(run1, 0, 100).await.unwrap(), b"");
+    // A big push is kept in rows; reads from any offset see the bytes
+    // in order, at most `max` of them.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(
+        s.log_append(out, 11, &big, CAP).await.unwrap(),
+        LogAppend::To(11 + big.len() as u64)
+    );
+    let all = s.log_read(out, 0, 1 << 20).await.unwrap();
+    assert_eq!(&all[..11], b"hello world");
+    assert_eq!(all.len(), 11 + big.len());
+    assert!(all[11..] == big[..], "the big push reads back other bytes");
+    for (from, max) in [
+        (0u64, 70_000u64),
+        (65_000, 1),
+        (65_547, 200_000),
+        (299_000, 5_000),
+    ] {
+        let got = s.log_read(out, from, max).await.unwrap();
+        let want: Vec<u8> = all
+            .iter()
+            .skip(from as usize)
+            .take(max as usize)
+            .copied()
+            .collect();
+        assert_eq!(got.len(), want.len(), "from {from}, at most {max}");
+        assert!(got == want, "other bytes from {from}, at most {max}");
+    }
+    // Past the cap, pushes succeed (the agent moves on) and keep nothing.
+    let capped = stream(8, 0, "out");
+    assert_eq!(
+        s.log_append(capped, 0, b"0123456789", 4).await.unwrap(),
+        LogAppend::To(10)
+    );
+    assert_eq!(
+        s.log_append(capped, 10, b"abc", 4).await.unwrap(),
+        LogAppend::To(13)
+    );
+    assert_eq!(s.log_read(capped, 0, 100).await.unwrap(), b"0123");
+}
+
+/// Two replicas take the same pushes at once (an agent that retried on
+/// another one while the first was still storing): every byte is stored
+/// once, in order.
+async fn task_logs_from_two_replicas_at_once(db: common::Db) {
+    let place = Place::new(db).await;
+    let (a, b) = (place.open().await, place.open().await);
+    let k = stream(9, 0, "out");
+    let text: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let chunks: Vec<(u64, Vec<u8>)> = {
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (i, c) in text.chunks(97).enumerate() {
+            out.push((at, c.to_vec()));
+            // Some pushes overlap the one before, as retries do.
+            if i % 5 == 0 && at > 10 {
+                out.push((
+                    at - 10,
+                    text[(at - 10) as usize..at as usize + c.len()].to_vec(),
+                ));
+            }
+            at += c.len() as u64;
+        }
+        out
+    };
+    let push = |s: suanli_server::store::Store, chunks: Vec<(u64, Vec<u8>)>| async move {
+        for (at, c) in chunks {
+            loop {
+                match s.log_append(k, at, &c, 1 << 30).await.unwrap() {
+                    LogAppend::To(_) => break,
+                    // The other replica has not stored what comes before yet.
+                    LogAppend::Gap(_) => tokio::task::yield_now().await,
+                }
+            }
+        }
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(push(a.clone(), chunks.clone())),
+        tokio::spawn(push(b.clone(), chunks))
+    );
+    x.unwrap();
+    y.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let more = a.log_read(k, got.len() as u64, 1 << 20).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        got.extend(more);
+    }
+    assert_eq!(got.len(), text.len());
+    assert!(got == text, "the stream differs from what was pushed");
 }

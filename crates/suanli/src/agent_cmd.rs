@@ -321,10 +321,21 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     let mut children = Children(vec![server]);
     let url = format!("http://{addr}");
     let admin_path = dir.join("admin.token");
-    let admin = std::fs::read_to_string(&admin_path)
-        .map_err(|e| failure(format!("{}: {e}", admin_path.display())))?
-        .trim()
-        .to_string();
+    let admin = match std::fs::read_to_string(&admin_path) {
+        Ok(t) => t.trim().to_string(),
+        // The store had an admin before this data dir (another `up`'s
+        // database): its token is elsewhere.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(failure(format!(
+                "{}: none here, and the store already has an admin (it was set up from another \
+                 data dir): use that --data-dir, or make one here with `suanli server \
+                 --reset-admin --data-dir {} --store URL`",
+                admin_path.display(),
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(failure(format!("{}: {e}", admin_path.display()))),
+    };
     // Tokens for the agents and the demo tenant are created once and kept.
     let tokens = dir.join("up-tokens.json");
     let saved: Option<UpTokens> = std::fs::read_to_string(&tokens)

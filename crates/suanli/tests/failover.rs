@@ -147,12 +147,23 @@ struct Cluster {
 }
 
 fn cluster(name: &str, replicas: usize, agents: usize, node_lease_s: u64) -> Option<Cluster> {
+    cluster_with(name, replicas, agents, 1, node_lease_s)
+}
+
+/// A cluster whose agents are asked to report every `heartbeat_s`.
+fn cluster_with(
+    name: &str,
+    replicas: usize,
+    agents: usize,
+    heartbeat_s: u64,
+    node_lease_s: u64,
+) -> Option<Cluster> {
     let db = database()?;
     let dir = tmp(name);
     let conf = dir.join("server.toml");
     std::fs::write(
         &conf,
-        format!("[agents]\nheartbeat_interval_s = 1\nlease_s = {node_lease_s}\n"),
+        format!("[agents]\nheartbeat_interval_s = {heartbeat_s}\nlease_s = {node_lease_s}\n"),
     )
     .unwrap();
     let mut rs: Vec<Replica> = (0..replicas)
@@ -492,25 +503,30 @@ fn a_stopped_leader_resumed_after_a_takeover_cannot_write() {
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["name"], format!("before-{i}"));
     }
-    // What needs the loop is refused there, saying nothing was done.
     let f = c.replicas[follower].url();
-    for (path, token, body) in [
-        ("/v1/jobs", &c.tenant, json!({"command": ["true"]})),
-        ("/v1/tenants", &c.admin, json!({"name": "beta"})),
-    ] {
-        let (code, v, _) = call(
-            "POST",
-            &format!("{f}{path}"),
-            Some(token),
-            Some(&body.to_string()),
-        );
-        assert_eq!((code, v["code"].as_str()), (503, Some("not_leader")), "{v}");
-    }
     let (code, v, _) = call("GET", &format!("{f}/readyz"), None, None);
     assert_eq!((code, v["role"].as_str()), (200, Some("follower")), "{v}");
     c.replicas[old].signal(libc::SIGSTOP);
     let stopped = Instant::now();
+    // A submission to the follower while no replica leads: stored at once,
+    // applied (and answered) when a leader takes over.
+    let during = {
+        let (f, tenant) = (f.clone(), c.tenant.clone());
+        std::thread::spawn(move || {
+            let body = json!({"name": "during", "command": ["true"], "gpus": 1});
+            let r = call(
+                "POST",
+                &format!("{f}/v1/jobs"),
+                Some(&tenant),
+                Some(&body.to_string()),
+            );
+            (r, stopped.elapsed())
+        })
+    };
     let took = c.takeover(old, stopped);
+    let ((code, v, _), answered) = during.join().unwrap();
+    assert_eq!(code, 201, "{v}");
+    eprintln!("a submission stored while no replica led was answered after {answered:?}");
     // Past the nodes' lease as the stale leader sees it.
     std::thread::sleep(Duration::from_secs(6).saturating_sub(stopped.elapsed()));
     c.replicas[old].signal(libc::SIGCONT);
@@ -527,8 +543,354 @@ fn a_stopped_leader_resumed_after_a_takeover_cannot_write() {
         assert!(submit(&servers, &c.tenant, &format!("after-{i}")).is_some());
     }
     let r = all_complete(&c, Duration::from_secs(60));
-    assert_eq!(r.jobs.len(), 20);
+    assert_eq!(r.jobs.len(), 21);
     check_intervals(&r);
     eprintln!("takeover after SIGSTOP: {took:?}");
     c.replicas[old].kill();
+}
+
+/// Everything through a follower: the admin's writes, submissions (and
+/// refusals), cancels, listings with why-pending, and an agent that knows
+/// only the follower, whose reports reach the leader through the inbox and
+/// whose held wait call is woken by the leader's hints.
+#[test]
+fn a_follower_serves_every_request() {
+    // Agents report every 30 s: a job that starts within a second was
+    // pushed (through the follower's mirror of the leader's wakes).
+    let Some(c) = cluster_with("followers", 2, 0, 30, 90) else {
+        return;
+    };
+    let leader = c.leader().expect("a leader");
+    let (l, f) = (c.replicas[leader].url(), c.replicas[1 - leader].url());
+    let (code, v, _) = call("GET", &format!("{f}/readyz"), None, None);
+    assert_eq!((code, v["role"].as_str()), (200, Some("follower")), "{v}");
+    // The admin, through the follower: a tenant with a quota, its token.
+    let (code, v, _) = call(
+        "POST",
+        &format!("{f}/v1/tenants"),
+        Some(&c.admin),
+        Some(&json!({"name": "beta"}).to_string()),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (code, v, _) = call(
+        "PUT",
+        &format!("{f}/v1/tenants/beta/quotas/A100-80G"),
+        Some(&c.admin),
+        Some(&json!({"guaranteed": 0, "max": 2}).to_string()),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v, _) = call(
+        "POST",
+        &format!("{f}/v1/tokens"),
+        Some(&c.admin),
+        Some(&json!({"scope": "tenant", "tenant": "beta"}).to_string()),
+    );
+    assert_eq!(code, 201, "{v}");
+    let beta = v["token"].as_str().unwrap().to_string();
+    let (code, v, _) = call(
+        "POST",
+        &format!("{f}/v1/tokens"),
+        Some(&c.admin),
+        Some(&json!({"scope": "agent"}).to_string()),
+    );
+    assert_eq!(code, 201, "{v}");
+    let join = c._dir.join("join-follower.token");
+    std::fs::write(&join, v["token"].as_str().unwrap()).unwrap();
+    // An agent that knows only the follower.
+    let log = std::fs::File::create(c._dir.join("nf.log")).unwrap();
+    let _agent = Agents(vec![Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["agent", "--server", &f, "--join-token-file"])
+        .arg(&join)
+        .args(["--name", "nf", "--gpus", "fake:8xA100-80G"])
+        .args(["--cpus", "64", "--memory-gib", "256", "--grace-s", "1"])
+        .args(["--sandbox", "off"])
+        .arg("--work-dir")
+        .arg(c._dir.join("agents").join("nf"))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()]);
+    let t0 = Instant::now();
+    loop {
+        let (code, v, _) = call("GET", &format!("{f}/v1/nodes"), Some(&c.admin), None);
+        if code == 200 && v["nodes"].as_array().is_some_and(|n| n.len() == 1) {
+            assert_eq!(v["nodes"][0]["state"], "ready", "{v}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "agent: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the agent settle into its held wait call.
+    std::thread::sleep(Duration::from_secs(2));
+    // A submission through the follower: acknowledged with its id, seen by
+    // the leader at once, started within a second, completed.
+    let submit_to = |server: &str, body: serde_json::Value| {
+        call(
+            "POST",
+            &format!("{server}/v1/jobs"),
+            Some(&beta),
+            Some(&body.to_string()),
+        )
+    };
+    let sent = Instant::now();
+    let (code, v, _) = submit_to(
+        &f,
+        json!({"name": "first", "command": ["sh", "-c", "echo out-of-first; sleep 0.3"], "gpus": 1}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let (code, v, _) = call("GET", &format!("{l}/v1/jobs/{id}"), Some(&beta), None);
+    assert_eq!((code, v["name"].as_str()), (200, Some("first")), "{v}");
+    let state = |id: i64| {
+        let (_, v, _) = call("GET", &format!("{f}/v1/jobs/{id}"), Some(&beta), None);
+        v["state"].as_str().unwrap_or_default().to_string()
+    };
+    let mut started = None;
+    while state(id) != "COMPLETED" {
+        if started.is_none() && state(id) != "PENDING" {
+            started = Some(sent.elapsed());
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "job {id}: {}",
+            state(id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = started.unwrap_or(sent.elapsed());
+    eprintln!("submitted through the follower to started: {started:?}");
+    assert!(
+        started < Duration::from_secs(3),
+        "the agent was not woken through the follower: {started:?}"
+    );
+    // Its output, pushed by the agent to the follower, is read through the
+    // leader: logs live in the database, not on a replica.
+    let t0 = Instant::now();
+    loop {
+        let (code, out, err) = cli(&l, &beta, &["logs", &id.to_string()]);
+        if out == "out-of-first\n" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "logs through the leader: {code} {out:?} {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Refusals come back as they are: over the quota's max is pending with
+    // a reason; never satisfiable is 422.
+    let (code, v, _) = submit_to(&f, json!({"name": "huge", "command": ["true"], "gpus": 16}));
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (422, Some("unsatisfiable")),
+        "{v}"
+    );
+    let (code, v, _) = submit_to(
+        &f,
+        json!({"name": "long", "command": ["sleep", "300"], "gpus": 2}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let long = v["id"].as_i64().unwrap();
+    let (code, v, _) = submit_to(&f, json!({"name": "over", "command": ["true"], "gpus": 1}));
+    assert_eq!(code, 201, "{v}");
+    let over = v["id"].as_i64().unwrap();
+    let t0 = Instant::now();
+    while state(long) != "RUNNING" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "long: {}",
+            state(long)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, v, _) = call(
+        "GET",
+        &format!("{f}/v1/jobs?state=PENDING"),
+        Some(&beta),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    let reason = v["jobs"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(v["jobs"][0]["id"], over, "{v}");
+    assert!(
+        reason.contains("quota"),
+        "why pending, via the follower: {reason}"
+    );
+    // A cancel through the follower stops the running job.
+    let (code, v, _) = call(
+        "POST",
+        &format!("{f}/v1/jobs/{long}/cancel"),
+        Some(&beta),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    let t0 = Instant::now();
+    while state(over) != "COMPLETED" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "over: {}",
+            state(over)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state(long), "CANCELLED");
+    check_intervals(&rows(&c.db));
+}
+
+/// `suanli up --store postgres://...`, as a user runs it: started, its
+/// printed `submit` line pasted into a shell, the job completed with its
+/// output; stopped (SIGTERM) and started again on the same database and
+/// data dir, the job is still there; a data dir that never held this
+/// database's admin token is refused with what to do.
+#[test]
+fn up_runs_the_demo_pool_on_postgres() {
+    let Some(db) = database() else {
+        return;
+    };
+    let dir = tmp("up-pg");
+    /// `suanli up` until dropped (SIGTERM, as Ctrl-C).
+    struct Up(Child);
+    impl Drop for Up {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let up = |dir: &Path| -> (Up, Vec<String>) {
+        use std::io::BufRead;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_suanli"))
+            .args([
+                "up",
+                "--agents",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .arg("--store")
+            .arg(&db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = c.stdout.take().unwrap();
+        let up = Up(c);
+        let mut printed = Vec::new();
+        for l in std::io::BufReader::new(out).lines() {
+            let l = l.unwrap();
+            let end = l.contains("Ctrl-C");
+            printed.push(l);
+            if end {
+                break;
+            }
+        }
+        (up, printed)
+    };
+    let sh = |dir: &Path, cmd: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(". {}/env && {cmd}", dir.display()))
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let suanli = env!("CARGO_BIN_EXE_suanli");
+    let completed = |dir: &Path, id: i64| {
+        let t = Instant::now();
+        loop {
+            let (_, out) = sh(dir, &format!("{suanli} job show {id} --json"));
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v["state"] == "COMPLETED" {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "job {id}: {out}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (first, printed) = up(&dir);
+    let example = printed
+        .iter()
+        .find(|l| l.contains(" submit "))
+        .unwrap_or_else(|| panic!("no example in {printed:?}"))
+        .trim()
+        .to_string();
+    assert!(
+        !dir.join("suanli.db").exists(),
+        "the store is the database, not a file"
+    );
+    // Agents may still be registering.
+    let t = Instant::now();
+    let id = loop {
+        let (ok, out) = sh(&dir, &example);
+        if ok {
+            break out
+                .trim()
+                .strip_prefix("submitted job ")
+                .and_then(|x| x.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("{out}"));
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{out}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    completed(&dir, id);
+    let t = Instant::now();
+    while !sh(&dir, &format!("{suanli} logs {id}"))
+        .1
+        .starts_with("hello from GPU ")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no output of job {id}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(first);
+    // Again, on the same database and data dir: the job and its output are
+    // there, and the pool runs the next one.
+    let (_second, _) = up(&dir);
+    let (ok, out) = sh(&dir, &format!("{suanli} logs {id}"));
+    assert!(ok && out.starts_with("hello from GPU "), "{out}");
+    let t = Instant::now();
+    let next = loop {
+        let (ok, out) = sh(&dir, &example);
+        if ok {
+            break out
+                .trim()
+                .strip_prefix("submitted job ")
+                .and_then(|x| x.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("{out}"));
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{out}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(next > id, "{next} after {id}");
+    completed(&dir, next);
+    drop(_second);
+    // A fresh data dir on a database that has an admin already.
+    let other = tmp("up-pg-other");
+    let o = Command::new(suanli)
+        .args([
+            "up",
+            "--agents",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&other)
+        .arg("--store")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--reset-admin"), "{err}");
 }

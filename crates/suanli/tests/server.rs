@@ -1339,3 +1339,41 @@ fn an_idempotency_key_makes_a_job_once() {
     let (_, page, _) = call("GET", &s.u("/v1/jobs"), Some(&acme), None);
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
 }
+
+/// Logs a server kept in files before they moved into the store are still
+/// served; once the store has bytes of a stream, they are what is read.
+#[test]
+fn logs_kept_in_files_by_an_older_server_are_still_read() {
+    let dir = tmp("legacy-logs");
+    let s = Server::start(&dir);
+    let admin = Server::admin(&dir);
+    let (code, _, err) = cli(&s.url, &admin, &["tenant", "create", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
+    let v = submit(&s, &acme, json!({"name": "old", "command": ["true"]}));
+    let id = v["id"].as_i64().unwrap();
+    let old = dir.join("logs").join(id.to_string()).join("0");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("0.out"), b"from before the upgrade\n").unwrap();
+    let read = |q: &str| {
+        let r = ureq::get(&format!("{}/v1/jobs/{id}/logs?{q}", s.url))
+            .set("Authorization", &format!("Bearer {acme}"))
+            .call()
+            .unwrap();
+        r.into_string().unwrap()
+    };
+    assert_eq!(read("run=0"), "from before the upgrade\n");
+    assert_eq!(read("run=0&offset=5"), "before the upgrade\n");
+    assert_eq!(read("run=0&stream=err"), "");
+    // Another tenant sees none of it.
+    let (code, _, err) = cli(&s.url, &admin, &["tenant", "create", "beta"]);
+    assert_eq!(code, 0, "{err}");
+    let beta = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let (code, _, _) = call(
+        "GET",
+        &format!("{}/v1/jobs/{id}/logs?run=0", s.url),
+        Some(&beta),
+        None,
+    );
+    assert_eq!(code, 404);
+}

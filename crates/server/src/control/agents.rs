@@ -70,7 +70,7 @@ impl Core {
                 self.nodes.remove(&id);
                 self.add_node(node.clone())
                     .map_err(|detail| Refusal::Invalid {
-                        field: "gpus",
+                        field: "gpus".into(),
                         detail,
                     })?;
                 if node.state != NodeState::Ready {
@@ -84,7 +84,11 @@ impl Core {
         // A removed node registering again gets its id (and row) back.
         let id = match self.removed.get(&reg.name) {
             Some(&id) => id,
-            None => self.next_node,
+            None => self.node_ids_free.peek().ok_or_else(|| {
+                Refusal::Conflict(
+                    "no node id reserved (the loop reserves them before each step)".into(),
+                )
+            })?,
         };
         let node = Node {
             id,
@@ -105,12 +109,12 @@ impl Core {
             return Err(r);
         }
         if self.removed.remove(&node.name).is_none() {
-            self.next_node += 1;
+            self.node_ids_free.take();
         }
         tracing::info!(node = %node.name, gpus = node.gpus, model = ?node.gpu_model, "node registered");
         self.add_node(node.clone())
             .map_err(|detail| Refusal::Invalid {
-                field: "gpus",
+                field: "gpus".into(),
                 detail,
             })?;
         w.push(Write::UpsertNode(node.clone()));

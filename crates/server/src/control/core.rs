@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use suanli_core::{ModelId, ModelSet, Models, NodeId, NodeSpec, Request};
 use suanli_sched::scheduler::{Class, JobId, JobSpec, Scheduler, TenantId, TenantQuota};
 
-use super::{Answer, Command, Refusal, DEFAULT_WORK_MS};
-use crate::store::{Job, Node, Quota, Tenant, Write};
+use super::{Answer, Command, IdBlock, Refusal, DEFAULT_WORK_MS, JOB_ID_BLOCK, NODE_ID_BLOCK};
+use crate::store::{IdKind, Job, Node, Quota, Tenant, Write};
 
 /// A job the loop tracks (PENDING or RUNNING).
 pub(super) struct Live {
@@ -65,8 +65,11 @@ pub struct Core {
     pub(super) on_node: HashMap<i64, BTreeSet<(i64, i64)>>,
     pub(super) tenants: HashMap<i64, TenantId>,
     pub(super) tenant_names: HashMap<i64, String>,
-    pub(super) next_job: i64,
-    pub(super) next_node: i64,
+    /// Ids the loop may hand out, reserved in the store
+    /// ([`crate::store::Backend::reserve_ids`]; the driver tops them up
+    /// before each step, [`Core::ids_short`]).
+    pub(super) job_ids: IdBlock,
+    pub(super) node_ids_free: IdBlock,
     /// Idempotency keys of the last [`super::IDEMPOTENCY_WINDOW_MS`]:
     /// (tenant id, key) → job id, and the same in submission order (to
     /// forget them).
@@ -93,6 +96,40 @@ pub struct Step {
 }
 
 impl Core {
+    /// The id blocks to reserve in the store before `commands` can be
+    /// stepped: for each kind the blocks in hand hold too few of, a new
+    /// block of at least [`JOB_ID_BLOCK`] (or [`NODE_ID_BLOCK`]) and at
+    /// least what `commands` may need. The driver reserves them and hands
+    /// them over with [`Core::grant_ids`] (which replaces the old block)
+    /// before [`Core::step`].
+    pub fn ids_to_reserve(&self, commands: &[Command]) -> Vec<(IdKind, i64)> {
+        let (mut jobs, mut nodes) = (0i64, 0i64);
+        for c in commands {
+            match c {
+                Command::Submit { .. } => jobs += 1,
+                Command::Register(_) => nodes += 1,
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        if jobs > self.job_ids.left() {
+            out.push((IdKind::Job, jobs.max(JOB_ID_BLOCK)));
+        }
+        if nodes > self.node_ids_free.left() {
+            out.push((IdKind::Node, nodes.max(NODE_ID_BLOCK)));
+        }
+        out
+    }
+
+    /// Hand out these ids from now on (what is left of the last block is
+    /// not used).
+    pub fn grant_ids(&mut self, kind: IdKind, block: IdBlock) {
+        match kind {
+            IdKind::Job => self.job_ids = block,
+            IdKind::Node => self.node_ids_free = block,
+        }
+    }
+
     /// Apply a batch of commands at time `now` (ms since the epoch), run a
     /// scheduling pass if anything changed or a wake-up is due, and return
     /// the writes and the answers. Orders for agents that reported in this
@@ -285,7 +322,7 @@ impl Core {
     pub(super) fn model_room(&self, n: &Node) -> Option<Refusal> {
         let full = n.gpu_model.as_deref().is_some_and(|m| !self.can_intern(m));
         full.then(|| Refusal::Invalid {
-            field: "gpus",
+            field: "gpus".into(),
             detail: "the pool already has 64 GPU models".to_string(),
         })
     }
@@ -309,7 +346,7 @@ impl Core {
                     .collect();
                 known.sort_unstable();
                 return Err(Refusal::Invalid {
-                    field: "gpu_models",
+                    field: "gpu_models".into(),
                     detail: format!(
                         "unknown GPU model {name:?}; the pool has: {}",
                         if known.is_empty() {
@@ -332,7 +369,7 @@ impl Core {
             models,
         )
         .map_err(|e| Refusal::Invalid {
-            field: "gpus",
+            field: "gpus".into(),
             detail: e.to_string(),
         })?;
         let tenant_id = self

@@ -9,20 +9,36 @@ use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::Core;
+use super::forward::{Forwarded, Forwarder, Reply as InboxReply};
 use super::metrics::{ended_jobs, Ended, Metrics};
 use super::recover::Snapshot;
 use super::wakes::Wakes;
 use super::{
-    Answer, Command, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report, MAX_BATCH,
+    Answer, Command, IdBlock, LoopConfig, NodeOrders, NodeView, Refusal, Registration, Report,
+    MAX_BATCH,
 };
 use crate::store::{now_ms, Committing, Job, NewJob, Node, NodeState, Store, StoreError, Write};
 
 #[allow(clippy::large_enum_variant)] // nearly every message is an Ask
-enum Msg {
+pub(super) enum Msg {
     Ask(Command, oneshot::Sender<Answer>),
     /// A tenant's weight or quotas changed in the store: the driver reads
     /// them (in order with the other commands) and hands them to the core.
     TenantChanged(i64),
+    /// A request a follower stored in the inbox: answered in the store,
+    /// in the transaction of its batch.
+    Inbox(i64, Forwarded),
+    /// An inbox request that could not be read: answered with why.
+    InboxUnreadable(i64, String),
+}
+
+/// Where a command's answer goes.
+enum Reply {
+    Here(oneshot::Sender<Answer>),
+    /// Into the inbox row, in the batch's transaction.
+    Inbox(i64),
+    /// Nowhere (a tenant change).
+    Nobody,
 }
 
 /// The loop did not answer.
@@ -45,6 +61,11 @@ pub enum Gone {
 #[derive(Clone)]
 pub struct Control {
     tx: std::sync::Arc<std::sync::RwLock<Option<mpsc::Sender<Msg>>>>,
+    /// While not leading: requests go through the store's inbox to the
+    /// leader (none: 503 `not_leader`, e.g. before the store is known).
+    forwarder: std::sync::Arc<std::sync::OnceLock<Forwarder>>,
+    /// The leader's inbox reader, stopped when the term ends.
+    intake: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     pub metrics: Metrics,
     /// The nodes' order sequences agents wait on.
     pub wakes: Wakes,
@@ -57,6 +78,8 @@ impl Control {
     pub fn idle(cfg: &LoopConfig) -> Control {
         Control {
             tx: Default::default(),
+            forwarder: Default::default(),
+            intake: Default::default(),
             metrics: Metrics::new(),
             wakes: Wakes::default(),
             heartbeat_interval_s: cfg.heartbeat_interval_s,
@@ -66,6 +89,22 @@ impl Control {
     /// Whether a loop answers this handle now.
     pub fn leading(&self) -> bool {
         self.sender().is_some()
+    }
+
+    /// Whether requests are served: by the loop here, or through the
+    /// inbox to the leader.
+    pub fn serves(&self) -> bool {
+        self.leading() || self.forwarder.get().is_some()
+    }
+
+    /// While this replica does not lead, send requests through `store`'s
+    /// inbox, waiting at most `wait` for each answer, and mirror the
+    /// leader's wake hints.
+    pub async fn forward_through(&self, store: Store, wait: Duration) {
+        let tx = self.tx.clone();
+        let following = move || tx.read().unwrap_or_else(|e| e.into_inner()).is_none();
+        let f = Forwarder::start(store, self.wakes.clone(), wait, following).await;
+        let _ = self.forwarder.set(f);
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Msg>> {
@@ -88,6 +127,10 @@ impl Control {
         let (tx, rx) = mpsc::channel(16 * 1024);
         self.set(Some(tx.clone()));
         let task = tokio::spawn(d.run(rx));
+        let intake = tokio::spawn(super::forward::intake(store.clone(), tx.downgrade()));
+        if let Some(old) = self.intakes().replace(intake) {
+            old.abort();
+        }
         // A tenant or quota an admin changed while the loop recovered: read
         // them all again (in order with what follows).
         if let Ok(all) = store.tenants().await {
@@ -103,12 +146,25 @@ impl Control {
     /// sender is dropped.
     pub fn follow(&self) {
         self.set(None);
+        if let Some(i) = self.intakes().take() {
+            i.abort();
+        }
         self.wakes.wake_all();
     }
 
-    /// Send a command and wait for its answer (after the batch's commit).
+    fn intakes(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+        self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send a command and wait for its answer (after the batch's commit);
+    /// on a follower, through the inbox.
     pub async fn ask(&self, cmd: Command) -> Result<Answer, Gone> {
-        let tx = self.sender().ok_or(Gone::NotLeader)?;
+        let Some(tx) = self.sender() else {
+            return match self.forwarder.get() {
+                Some(f) => f.ask(Forwarded::Ask(cmd)).await,
+                None => Err(Gone::NotLeader),
+            };
+        };
         let (reply, rx) = oneshot::channel();
         // Not delivered: the loop never saw it.
         tx.send(Msg::Ask(cmd, reply))
@@ -118,8 +174,14 @@ impl Control {
     }
 
     pub async fn tenant_changed(&self, tenant_id: i64) {
-        if let Some(tx) = self.sender() {
-            let _ = tx.send(Msg::TenantChanged(tenant_id)).await;
+        match (self.sender(), self.forwarder.get()) {
+            (Some(tx), _) => {
+                let _ = tx.send(Msg::TenantChanged(tenant_id)).await;
+            }
+            (None, Some(f)) => {
+                let _ = f.ask(Forwarded::TenantChanged(tenant_id)).await;
+            }
+            (None, None) => {}
         }
     }
 
@@ -363,39 +425,62 @@ impl Driver {
     async fn prepare(&mut self, msgs: Vec<Msg>) -> anyhow::Result<Prepared> {
         let mut cmds = Vec::with_capacity(msgs.len());
         let mut replies = Vec::with_capacity(msgs.len());
+        // Answers to inbox requests that are not commands for the core.
+        let mut extra: Vec<(i64, InboxReply)> = Vec::new();
         for m in msgs {
             match m {
                 Msg::Ask(c, r) => {
                     cmds.push(c);
-                    replies.push(r);
+                    replies.push(Reply::Here(r));
                 }
-                Msg::TenantChanged(id) => {
+                Msg::Inbox(id, Forwarded::Ask(c)) => {
+                    cmds.push(c);
+                    replies.push(Reply::Inbox(id));
+                }
+                Msg::InboxUnreadable(id, why) => extra.push((id, Err(why))),
+                Msg::TenantChanged(id) | Msg::Inbox(_, Forwarded::TenantChanged(id)) => {
+                    if let Msg::Inbox(inbox, _) = m {
+                        extra.push((inbox, Ok(Answer::Done)));
+                    }
                     let t = self.store.tenants().await?.into_iter().find(|t| t.id == id);
                     if let Some(tenant) = t {
                         let quotas = self.store.quotas(id).await?;
                         cmds.push(Command::Tenant { tenant, quotas });
-                        replies.push(oneshot::channel().0);
+                        replies.push(Reply::Nobody);
                     }
                 }
             }
         }
+        self.reserve_ids(&cmds).await?;
         let started = Instant::now();
-        let step = self.core.step(cmds, now_ms());
+        let now = now_ms();
+        let mut step = self.core.step(cmds, now);
         // Reads (why-pending reasons, node views) wrote nothing: they are
         // answered now, not after the batch's commit (a tenant listing its
-        // jobs does not wait behind a long commit).
+        // jobs does not wait behind a long commit). Inbox requests are
+        // answered in the batch itself.
         let (mut answers, mut waiting) = (Vec::new(), Vec::new());
         for (a, r) in step.answers.into_iter().zip(replies) {
-            match a {
-                Answer::Reasons(_) | Answer::Nodes(_) | Answer::Pool(_) => {
+            match (a, r) {
+                (a, Reply::Inbox(id)) => extra.push((id, Ok(a))),
+                (_, Reply::Nobody) => {}
+                (a @ (Answer::Reasons(_) | Answer::Nodes(_) | Answer::Pool(_)), Reply::Here(r)) => {
                     let _ = r.send(a);
                 }
-                a => {
+                (a, Reply::Here(r)) => {
                     answers.push(a);
                     waiting.push(r);
                 }
             }
         }
+        for (inbox, reply) in extra {
+            step.writes.push(Write::Answer {
+                inbox,
+                body: serde_json::to_string(&reply).context("writing an inbox answer")?,
+                at: now,
+            });
+        }
+        wake_hints(&mut step.writes, &step.poked);
         Ok(Prepared {
             writes: step.writes,
             answers,
@@ -405,6 +490,19 @@ impl Driver {
             decisions: step.decisions,
             poked: step.poked,
         })
+    }
+
+    /// Reserve in the store the ids `cmds` may need beyond the core's.
+    async fn reserve_ids(&mut self, cmds: &[Command]) -> anyhow::Result<()> {
+        for (kind, n) in self.core.ids_to_reserve(cmds) {
+            let first = self
+                .store
+                .reserve_ids(kind, n)
+                .await
+                .context("reserving ids in the store")?;
+            self.core.grant_ids(kind, IdBlock::new(first, n));
+        }
+        Ok(())
     }
 
     /// Hand a batch's writes to the store.
@@ -525,6 +623,33 @@ impl Driver {
                 self.land(f).await?;
             }
         }
+    }
+}
+
+/// Tell followers which nodes were given orders (when the batch commits),
+/// so the agents that wait on them there are woken too; payloads stay
+/// under NOTIFY's 8,000 bytes.
+fn wake_hints(writes: &mut Vec<Write>, poked: &[String]) {
+    let mut chunk: Vec<&String> = Vec::new();
+    let mut len = 0;
+    for name in poked {
+        if len + name.len() > 7_000 {
+            writes.push(hint(&chunk));
+            chunk.clear();
+            len = 0;
+        }
+        len += name.len() + 3;
+        chunk.push(name);
+    }
+    if !chunk.is_empty() {
+        writes.push(hint(&chunk));
+    }
+}
+
+fn hint(names: &[&String]) -> Write {
+    Write::Notify {
+        channel: crate::store::channels::WAKES,
+        payload: serde_json::to_string(names).unwrap_or_default(),
     }
 }
 

@@ -55,7 +55,9 @@ impl Core {
                 });
             }
         }
-        let id = self.next_job;
+        let id = self.job_ids.peek().ok_or_else(|| {
+            Refusal::Conflict("no job id reserved (the loop reserves them before each step)".into())
+        })?;
         let j = Job {
             id,
             tenant,
@@ -84,7 +86,7 @@ impl Core {
         self.sched
             .admissible(&spec)
             .map_err(Refusal::Unsatisfiable)?;
-        self.next_job += 1;
+        self.job_ids.take();
         if let Some(k) = &job.idem_key {
             self.remember_key(now, tenant_id, k.clone(), id, job.idem_hash.clone());
         }

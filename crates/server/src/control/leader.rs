@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use super::{Control, LoopConfig};
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Opens a new handle on the store (a new writer) for each term.
 pub type Opener =
@@ -54,7 +54,7 @@ pub async fn keep_lease(
     let ttl = cfg.leader_lease_ms.max(1000) as i64;
     let try_every = Duration::from_millis(ttl as u64 / 6);
     loop {
-        let epoch = match bounded(ttl, store.lease(&me, None, now_ms(), ttl, only_server)).await {
+        let epoch = match bounded(ttl, store.lease(&me, None, ttl, only_server)).await {
             Ok(Some(e)) => e,
             Ok(None) => {
                 tokio::time::sleep(try_every).await;
@@ -150,7 +150,7 @@ async fn renew(
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        match bounded(ttl, store.lease(&me, Some(epoch), now_ms(), ttl, false)).await {
+        match bounded(ttl, store.lease(&me, Some(epoch), ttl, false)).await {
             Ok(Some(_)) => renewed = Instant::now(),
             Ok(None) => {
                 tracing::warn!(epoch, "another replica holds the leader lease");

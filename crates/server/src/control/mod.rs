@@ -41,6 +41,7 @@ mod agents;
 mod core;
 mod driver;
 mod explain;
+mod forward;
 mod jobs;
 mod leader;
 mod metrics;
@@ -49,10 +50,12 @@ mod wakes;
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
 use suanli_sched::scheduler::QueuePolicy;
 
 pub use self::core::{Core, Step};
 pub use driver::{start, Control, Driver, Gone, Timing};
+pub use forward::{Forwarded, Forwarder};
 pub use jobs::MAX_INTERRUPTIONS;
 pub use leader::{keep_lease, replica_name, Opener};
 pub use metrics::{Metrics, ModelLabel, StateLabel, LATENCY_BOUNDS};
@@ -70,14 +73,14 @@ pub const MAX_BATCH: usize = 4096;
 pub const DEFAULT_WORK_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// A request refused for a reason the caller can fix (a 4xx).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Refusal {
     NotFound,
     /// The job is not pending or running in the loop: it does not exist (or
     /// is another tenant's), or it is over. The store says which.
     NotLive,
     Invalid {
-        field: &'static str,
+        field: std::borrow::Cow<'static, str>,
         detail: String,
     },
     /// The job can never run on this pool as it is.
@@ -94,8 +97,51 @@ pub enum Refusal {
 /// How long a submission's idempotency key is remembered: a day.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
+/// A block of ids reserved in the store, `[next, end)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdBlock {
+    pub next: i64,
+    pub end: i64,
+}
+
+impl IdBlock {
+    /// `n` ids from `first`.
+    pub fn new(first: i64, n: i64) -> IdBlock {
+        IdBlock {
+            next: first,
+            end: first.saturating_add(n),
+        }
+    }
+
+    /// Every id from 1 (a core without a store: tests).
+    pub fn unlimited() -> IdBlock {
+        IdBlock::new(1, i64::MAX - 1)
+    }
+
+    pub fn left(&self) -> i64 {
+        self.end - self.next
+    }
+
+    /// The next id, not taken yet.
+    pub fn peek(&self) -> Option<i64> {
+        (self.next < self.end).then_some(self.next)
+    }
+
+    pub fn take(&mut self) -> Option<i64> {
+        let id = self.peek()?;
+        self.next += 1;
+        Some(id)
+    }
+}
+
+/// Job ids the loop reserves at a time (a block left unused by a replica
+/// that stops leading is a gap in the ids, nothing more).
+pub const JOB_ID_BLOCK: i64 = 1024;
+/// Node ids reserved at a time.
+pub const NODE_ID_BLOCK: i64 = 16;
+
 /// A validated node registration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     pub name: String,
     pub addr: String,
@@ -108,7 +154,7 @@ pub struct Registration {
 }
 
 /// One task of one attempt on a node, with its devices.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskOrder {
     pub job: i64,
     pub run: i64,
@@ -118,7 +164,7 @@ pub struct TaskOrder {
 }
 
 /// A task an agent must start, with what only the loop knows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartOrder {
     pub task: TaskOrder,
     /// Address of the node running task 0 (`MASTER_ADDR`).
@@ -129,15 +175,16 @@ pub struct StartOrder {
 /// those. A device still held by a task being stopped is never handed to a
 /// new task in the same answer (it waits until the agent stops reporting
 /// the old one).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeOrders {
     pub node: i64,
     pub start: Vec<StartOrder>,
     pub kill: Vec<TaskOrder>,
 }
 
-/// One input of [`Core::step`].
-#[derive(Clone, Debug)]
+/// One input of [`Core::step`]. Serialisable: a follower replica stores
+/// the commands it takes in the inbox for the leader (`forward.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
     Submit {
         tenant_id: i64,
@@ -190,7 +237,7 @@ pub enum Command {
 }
 
 /// One output of [`Core::step`], for the command at the same position.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Answer {
     Submitted(Result<Job, Refusal>),
     Cancelled(Result<(), Refusal>),

@@ -11,14 +11,18 @@ use suanli_sched::scheduler::{SchedOptions, Scheduler};
 use suanli_sched::{make_policy, LearnParams, Placement, Target, Workload};
 
 use super::core::{Core, LiveTask, TaskSt};
-use super::LoopConfig;
-use crate::store::{Job, JobState, Node, NodeState, Quota, Store, Task, TaskState, Tenant};
+use super::{IdBlock, LoopConfig, JOB_ID_BLOCK, NODE_ID_BLOCK};
+use crate::store::{IdKind, Job, JobState, Node, NodeState, Quota, Store, Task, TaskState, Tenant};
 
 /// Everything the loop is rebuilt from, as read from the store.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub max_job_id: i64,
-    pub max_node_id: i64,
+    /// The first blocks of job and node ids (reserved by `load`).
+    pub job_ids: IdBlock,
+    pub node_ids: IdBlock,
+    /// Jobs submitted before the first of `recent` (the learned target's
+    /// arrival count).
+    pub arrivals_before: i64,
     pub tenants: Vec<(Tenant, Vec<Quota>)>,
     pub nodes: Vec<Node>,
     /// Removed nodes: (name, id).
@@ -51,9 +55,11 @@ impl Snapshot {
             let q = store.quotas(t.id).await?;
             tenants.push((t, q));
         }
-        let max_job_id = store.max_job_id().await?;
-        let n = recent_len() as i64;
-        let recent = store.jobs(None, None, (max_job_id - n).max(0), n).await?;
+        let recent = store.recent_jobs(recent_len() as i64).await?;
+        let arrivals_before = match recent.first() {
+            Some(j) => store.jobs_before(j.id).await?,
+            None => 0,
+        };
         // The window before the newest submission (no clock here); the
         // first step forgets what is older than its own window.
         let keys = match recent.last() {
@@ -67,8 +73,15 @@ impl Snapshot {
         Ok(Snapshot {
             keys,
             recent,
-            max_job_id,
-            max_node_id: store.max_node_id().await?,
+            arrivals_before,
+            job_ids: IdBlock::new(
+                store.reserve_ids(IdKind::Job, JOB_ID_BLOCK).await?,
+                JOB_ID_BLOCK,
+            ),
+            node_ids: IdBlock::new(
+                store.reserve_ids(IdKind::Node, NODE_ID_BLOCK).await?,
+                NODE_ID_BLOCK,
+            ),
             tenants,
             nodes: store.nodes().await?,
             removed: store.removed_nodes().await?,
@@ -95,7 +108,15 @@ async fn all_jobs(store: &Store, state: JobState) -> anyhow::Result<Vec<Job>> {
 impl Core {
     /// An empty pool with these settings.
     pub fn new(cfg: &LoopConfig) -> anyhow::Result<Core> {
-        Core::recover(Snapshot::default(), cfg, 0)
+        Core::recover(
+            Snapshot {
+                job_ids: IdBlock::unlimited(),
+                node_ids: IdBlock::unlimited(),
+                ..Snapshot::default()
+            },
+            cfg,
+            0,
+        )
     }
 
     /// Rebuild the loop from a snapshot at time `now`, and check it.
@@ -123,8 +144,8 @@ impl Core {
             },
         );
         let mut c = Core {
-            next_job: snap.max_job_id + 1,
-            next_node: snap.max_node_id + 1,
+            job_ids: snap.job_ids,
+            node_ids_free: snap.node_ids,
             idem: HashMap::new(),
             idem_order: Default::default(),
             lease_ms: cfg.lease_ms as i64,
@@ -196,7 +217,7 @@ impl Core {
         }
         // The learned target, as it was: from the last jobs submitted (a
         // job whose GPU model no node has now is left out).
-        let first = snap.recent.first().map_or(snap.max_job_id, |j| j.id - 1);
+        let first = snap.arrivals_before;
         let recent: Vec<(suanli_core::Request, u32)> = snap
             .recent
             .iter()

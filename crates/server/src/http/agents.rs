@@ -314,8 +314,9 @@ async fn wait_orders(
             ),
         ));
     }
-    if !st.control.leading() {
-        // Orders come from the leader: this replica would never wake it.
+    if !st.control.serves() {
+        // Orders come from the leader: this replica would never wake it
+        // (a follower mirrors the leader's wake hints).
         return Err(crate::control::Gone::NotLeader.into());
     }
     let timeout = std::time::Duration::from_millis(q.timeout_ms);

@@ -19,7 +19,7 @@ pub struct Problem {
     status: StatusCode,
     code: &'static str,
     detail: String,
-    field: Option<&'static str>,
+    field: Option<std::borrow::Cow<'static, str>>,
     next_offset: Option<u64>,
 }
 
@@ -33,9 +33,12 @@ impl Problem {
             next_offset: None,
         }
     }
-    pub fn invalid(field: &'static str, detail: impl Into<String>) -> Problem {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
-            field: Some(field),
+            field: Some(field.into()),
             ..Problem::new(StatusCode::BAD_REQUEST, "invalid_field", detail)
         }
     }
@@ -74,7 +77,7 @@ impl Problem {
             status: self.status.as_u16(),
             code: self.code.to_string(),
             detail: self.detail.clone(),
-            field: self.field.map(str::to_string),
+            field: self.field.as_deref().map(str::to_string),
             next_offset: self.next_offset,
         }
     }

@@ -1,11 +1,14 @@
 //! Task logs. Agents push each task's stdout and stderr to the server in
 //! chunks (`POST /v1/agents/{node}/logs`, raw bytes at an offset), so a
 //! tenant reads them through the API (`GET /v1/jobs/{id}/logs`) without any
-//! connection to the nodes. Files live in `DATA_DIR/logs/JOB/RUN/TASK.STREAM`.
-//! A push is idempotent: bytes the server already has are skipped, and a
-//! push past the end is refused with the offset expected.
+//! connection to the nodes. They are kept in the store (`task_logs`), so
+//! every replica serves the same bytes whichever one an agent pushed to.
+//! A push is idempotent: bytes the store already has are skipped, and a
+//! push past the end is refused with the offset expected. Logs written by
+//! servers before they moved into the store (`DATA_DIR/logs/JOB/RUN/
+//! TASK.STREAM`) are still read from there.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use axum::body::Bytes;
@@ -21,6 +24,7 @@ use utoipa_axum::routes;
 use super::auth::{job_scope, AgentCaller, Caller};
 use super::error::Problem;
 use super::state::AppState;
+use crate::store::{LogAppend, LogKey};
 use suanli_api::Problem as ProblemDoc;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -32,12 +36,27 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Most bytes one read returns.
 pub const MAX_READ: u64 = 1 << 20;
 
-fn path(st: &AppState, job: i64, run: i64, task: i64, stream: LogStream) -> PathBuf {
+/// Most bytes kept of one stream (a task's stdout or stderr in one run):
+/// output past it is accepted and dropped, so a task printing without end
+/// cannot fill the database every tenant shares.
+pub const MAX_STREAM_BYTES: u64 = 256 << 20;
+
+fn key(job: i64, run: i64, task: i64, stream: LogStream) -> LogKey {
+    LogKey {
+        job,
+        run,
+        task,
+        stream: stream.as_str(),
+    }
+}
+
+/// Where a server before 0.2 kept a stream (read only).
+fn legacy_path(st: &AppState, k: LogKey) -> PathBuf {
     st.data_dir
         .join("logs")
-        .join(job.to_string())
-        .join(run.to_string())
-        .join(format!("{task}.{}", stream.as_str()))
+        .join(k.job.to_string())
+        .join(k.run.to_string())
+        .join(format!("{}.{}", k.task, k.stream))
 }
 
 fn io(e: std::io::Error) -> Problem {
@@ -71,29 +90,14 @@ async fn push(
     if node.is_none() || on != node {
         return Err(Problem::not_found());
     }
-    let p = path(&st, q.job, q.run, q.task, q.stream);
-    let next = tokio::task::spawn_blocking(move || -> Result<Result<u64, u64>, std::io::Error> {
-        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)?;
-        let len = f.metadata()?.len();
-        if q.offset > len {
-            return Ok(Err(len));
-        }
-        let skip = (len - q.offset) as usize;
-        if skip < body.len() {
-            f.write_all(&body[skip..])?;
-        }
-        Ok(Ok(len.max(q.offset + body.len() as u64)))
-    })
-    .await
-    .map_err(|e| io(std::io::Error::other(e)))?
-    .map_err(io)?;
-    match next {
-        Ok(n) => Ok(Json(LogPushed { next_offset: n })),
-        Err(len) => Err(Problem::offset_gap(len)),
+    let k = key(q.job, q.run, q.task, q.stream);
+    match st
+        .store
+        .log_append(k, q.offset, &body, MAX_STREAM_BYTES)
+        .await?
+    {
+        LogAppend::To(n) => Ok(Json(LogPushed { next_offset: n })),
+        LogAppend::Gap(end) => Err(Problem::offset_gap(end)),
     }
 }
 
@@ -132,21 +136,12 @@ async fn read(
             "offset must be at most 2^63 - 1",
         ));
     }
-    let p = path(&st, id, run, task, stream);
-    let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, std::io::Error> {
-        let mut f = match std::fs::File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        f.seek(SeekFrom::Start(offset))?;
-        let mut buf = Vec::new();
-        f.take(MAX_READ).read_to_end(&mut buf)?;
-        Ok(buf)
-    })
-    .await
-    .map_err(|e| io(std::io::Error::other(e)))?
-    .map_err(io)?;
+    let k = key(id, run, task, stream);
+    let mut data = st.store.log_read(k, offset, MAX_READ).await?;
+    // A stream the store has nothing of may predate it.
+    if data.is_empty() && st.store.log_read(k, 0, 1).await?.is_empty() {
+        data = legacy(legacy_path(&st, k), offset).await?;
+    }
     let next = offset + data.len() as u64;
     Ok((
         [
@@ -166,4 +161,23 @@ async fn read(
         ],
         data,
     ))
+}
+
+/// A stream from a server before logs moved into the store; empty when
+/// there is none.
+async fn legacy(p: PathBuf, offset: u64) -> Result<Vec<u8>, Problem> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<u8>, std::io::Error> {
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.take(MAX_READ).read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| io(std::io::Error::other(e)))?
+    .map_err(io)
 }

@@ -96,7 +96,7 @@ async fn readyz(
         .await
         .map_err(|e| error::Problem::unavailable(&format!("not ready: the store: {e}")))?;
     let leading = st.control.leading();
-    if !leading && lease.expires_ms <= crate::store::now_ms() {
+    if !leading && !lease.live {
         return Err(error::Problem::unavailable(
             "not ready: no replica holds a live leader lease yet",
         ));

@@ -35,9 +35,9 @@ async fn create_tenant(
     if !(w.is_finite() && w > 0.0 && w <= 1e6) {
         return Err(Problem::invalid("weight", "weight must be in (0, 1e6]"));
     }
-    // Tenants and quotas feed the loop: written where it runs, so that it
-    // hears of them.
-    if !st.control.leading() {
+    // Tenants and quotas feed the loop: written where it runs or where it
+    // is told of them (a follower, through the inbox).
+    if !st.control.serves() {
         return Err(super::error::not_leader());
     }
     let t = st.store.create_tenant(&b.name, w, &c.actor()).await?;
@@ -110,7 +110,7 @@ async fn set_quota(
         return Err(Problem::invalid("max", "max must be at least guaranteed"));
     }
     let t = st.store.tenant_by_name(&name).await?;
-    if !st.control.leading() {
+    if !st.control.serves() {
         return Err(super::error::not_leader());
     }
     st.store.set_quota(t.id, &model, g, m, &c.actor()).await?;

@@ -191,6 +191,61 @@ pub trait Backend: Send + Sync {
 
     async fn max_node_id(&self) -> Result<i64, StoreError>;
 
+    /// Reserve `n` ids of `kind` (committed before it returns): the first
+    /// of `n` consecutive ids no other call ever gets, whichever replica
+    /// asks. The loop takes its job and node ids from such blocks.
+    async fn reserve_ids(&self, kind: IdKind, n: i64) -> Result<i64, StoreError>;
+
+    /// Jobs with an id below `id` (recovery: the learned target's arrival
+    /// count, which ids with gaps between blocks do not give).
+    async fn jobs_before(&self, id: i64) -> Result<i64, StoreError>;
+
+    /// The last `n` jobs submitted, oldest first.
+    async fn recent_jobs(&self, n: i64) -> Result<Vec<Job>, StoreError>;
+
+    /// Store a request a follower took for the loop (durable when this
+    /// returns) and hint the leader (see [`Backend::notify`]); its id.
+    async fn inbox_put(&self, body: &str) -> Result<i64, StoreError>;
+
+    /// Requests not answered yet with an id above `after`, oldest first.
+    async fn inbox_open(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// The answer to request `id`, once the leader wrote it
+    /// ([`Write::Answer`]); `Err(NotFound)` for a request forgotten.
+    async fn inbox_answer(&self, id: i64) -> Result<Option<String>, StoreError>;
+
+    /// Forget requests answered before `before_ms`; how many.
+    async fn inbox_forget(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Hint every listener of `channel` (PostgreSQL's NOTIFY); nothing on
+    /// a store only one server opens.
+    async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError>;
+
+    /// Hear the hints of these channels ([`Note`]s) for as long as the
+    /// receiver is kept; `None` on a store without hints (one server),
+    /// where the callers' polling is all there is.
+    async fn listen(
+        &self,
+        channels: &[&str],
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<Note>>, StoreError>;
+
+    /// Append `data` to a task's log stream, whose byte `offset` it
+    /// starts at: bytes already stored are skipped, so a push repeated
+    /// (a retry, an agent moving replicas) stores nothing twice; a push
+    /// past the end is a [`LogAppend::Gap`]. Past `cap` bytes a stream
+    /// keeps nothing more (the push still succeeds).
+    async fn log_append(
+        &self,
+        key: LogKey,
+        offset: u64,
+        data: &[u8],
+        cap: u64,
+    ) -> Result<LogAppend, StoreError>;
+
+    /// At most `max` bytes of a task's log stream from `offset` (fewer at
+    /// its end, none past it).
+    async fn log_read(&self, key: LogKey, offset: u64, max: u64) -> Result<Vec<u8>, StoreError>;
+
     /// The pool's nodes (not those removed).
     async fn nodes(&self) -> Result<Vec<Node>, StoreError>;
 
@@ -226,15 +281,16 @@ pub trait Backend: Send + Sync {
         to: i64,
     ) -> Result<Vec<suanli_billing::Usage>, StoreError>;
 
-    /// Hold the leader lease as `holder` until `now + ttl_ms`. With the
-    /// `epoch` held, renew it (None once another took over); without, take
-    /// it when it has expired (or, with `take_live`, whoever holds it: for a
-    /// store only one server can open), as a new epoch.
+    /// Hold the leader lease as `holder` for `ttl_ms` from now, by the
+    /// **database's** clock (replicas' clocks may disagree; the one they
+    /// share decides). With the `epoch` held, renew it (None once another
+    /// took over); without, take it when it has expired (or, with
+    /// `take_live`, whoever holds it: for a store only one server can
+    /// open), as a new epoch.
     async fn lease(
         &self,
         holder: &str,
         epoch: Option<i64>,
-        now: i64,
         ttl_ms: i64,
         take_live: bool,
     ) -> Result<Option<i64>, StoreError>;
@@ -263,12 +319,76 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<suanli_billing::NodeSpan>, StoreError>;
 }
 
+/// One log stream: a task's stdout or stderr in one run of its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogKey {
+    pub job: i64,
+    pub run: i64,
+    pub task: i64,
+    /// `"out"` or `"err"` ([`suanli_api::LogStream::as_str`]).
+    pub stream: &'static str,
+}
+
+/// What [`Backend::log_append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Stored (or already there): the stream now ends at this offset (or
+    /// the push's end, past the cap).
+    To(u64),
+    /// The push starts past the stream's end, which is here: push from it.
+    Gap(u64),
+}
+
+/// Largest chunk stored in one row, so a read of 1 MiB touches a few rows.
+pub const LOG_ROW_BYTES: usize = 64 * 1024;
+
 /// The leader lease's row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub holder: String,
     pub epoch: i64,
+    /// In the database's clock.
     pub expires_ms: i64,
+    /// Not expired yet, by the database's clock.
+    pub live: bool,
+}
+
+/// What a block of ids is for ([`Backend::reserve_ids`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    Job,
+    Node,
+}
+
+impl IdKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdKind::Job => "job",
+            IdKind::Node => "node",
+        }
+    }
+}
+
+/// A hint heard on a channel ([`Backend::listen`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    Hint {
+        channel: String,
+        payload: String,
+    },
+    /// The connection that listens was lost and made again: hints may
+    /// have been missed in between.
+    Missed,
+}
+
+/// Channels of the hints replicas give each other.
+pub mod channels {
+    /// A follower stored a request in the inbox.
+    pub const INBOX: &str = "suanli_inbox";
+    /// The leader answered inbox requests: their ids, comma-separated.
+    pub const ANSWERS: &str = "suanli_answers";
+    /// The leader gave these nodes orders: a JSON array of names.
+    pub const WAKES: &str = "suanli_wakes";
 }
 
 /// What a token may do.
@@ -289,7 +409,7 @@ pub enum Scope {
 }
 
 /// A validated submission.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewJob {
     pub name: String,
     pub command: Vec<String>,
@@ -521,6 +641,19 @@ pub enum Write {
         node: i64,
         name: String,
         at: i64,
+    },
+    /// The answer to inbox request `inbox` (JSON), written in the same
+    /// transaction as the request's effects.
+    Answer {
+        inbox: i64,
+        body: String,
+        at: i64,
+    },
+    /// A hint sent when the batch commits ([`Backend::notify`]; nothing on
+    /// SQLite).
+    Notify {
+        channel: &'static str,
+        payload: String,
     },
     /// An admin action done through the loop (drains, removals), recorded
     /// in the same transaction as the action.

@@ -27,11 +27,26 @@ pub(crate) trait Commit: Send + Sync {
 pub(crate) const FENCE: &str =
     "UPDATE leader SET epoch = epoch WHERE id = 1 AND epoch = $1 RETURNING epoch";
 
+/// What replicas hint each other with (PostgreSQL's LISTEN/NOTIFY); a
+/// store only one server opens has none.
+#[async_trait::async_trait]
+pub(crate) trait Signals: Send + Sync {
+    async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError>;
+    async fn listen(
+        &self,
+        channels: &[&str],
+    ) -> Result<tokio::sync::mpsc::Receiver<Note>, StoreError>;
+}
+
 /// A store on an SQL database: the shared reads and admin writes over
 /// `pool`, and the backend's own batch writer.
 pub struct SqlStore<DB: Database> {
     pub(crate) pool: Pool<DB>,
     pub(crate) writer: Box<dyn Commit>,
+    /// The database's clock, in ms since the Unix epoch, as an SQL
+    /// expression of type BIGINT (the lease's time).
+    pub(crate) now_sql: &'static str,
+    pub(crate) signals: Option<Box<dyn Signals>>,
 }
 
 impl<DB: Database> SqlStore<DB> {
@@ -307,6 +322,11 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, Vec<u8>): FromRow<'r, DB::Row>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'r> (Option<String>,): FromRow<'r, DB::Row>,
     for<'r> (i64, String, i64, i64, Option<String>): FromRow<'r, DB::Row>,
     for<'r> TenantRow: FromRow<'r, DB::Row>,
     for<'r> QuotaRow: FromRow<'r, DB::Row>,
@@ -692,37 +712,233 @@ where
         &self,
         holder: &str,
         epoch: Option<i64>,
-        now: i64,
         ttl_ms: i64,
         take_live: bool,
     ) -> Result<Option<i64>, StoreError> {
-        let until = now.saturating_add(ttl_ms);
+        let now = self.now_sql;
         let held: Option<i64> = match epoch {
             Some(e) => {
-                sqlx::query_scalar(
-                    "UPDATE leader SET expires_ms = $1 \
-                     WHERE id = 1 AND holder = $2 AND epoch = $3 RETURNING epoch",
-                )
-                .bind(until)
-                .bind(holder)
-                .bind(e)
-                .fetch_optional(&self.pool)
-                .await?
+                let q = format!(
+                    "UPDATE leader SET expires_ms = {now} + $1 \
+                     WHERE id = 1 AND holder = $2 AND epoch = $3 RETURNING epoch"
+                );
+                sqlx::query_scalar(&q)
+                    .bind(ttl_ms)
+                    .bind(holder)
+                    .bind(e)
+                    .fetch_optional(&self.pool)
+                    .await?
             }
             None => {
-                sqlx::query_scalar(
-                    "UPDATE leader SET holder = $1, epoch = epoch + 1, expires_ms = $2 \
-                     WHERE id = 1 AND (expires_ms <= $3 OR $4 = 1) RETURNING epoch",
-                )
-                .bind(holder)
-                .bind(until)
-                .bind(now)
-                .bind(i64::from(take_live))
-                .fetch_optional(&self.pool)
-                .await?
+                let q = format!(
+                    "UPDATE leader SET holder = $1, epoch = epoch + 1, expires_ms = {now} + $2 \
+                     WHERE id = 1 AND (expires_ms <= {now} OR $3 = 1) RETURNING epoch"
+                );
+                sqlx::query_scalar(&q)
+                    .bind(holder)
+                    .bind(ttl_ms)
+                    .bind(i64::from(take_live))
+                    .fetch_optional(&self.pool)
+                    .await?
             }
         };
         Ok(held)
+    }
+
+    async fn reserve_ids(&self, kind: IdKind, n: i64) -> Result<i64, StoreError> {
+        if n < 1 {
+            return Err(StoreError::Refused(format!("reserve {n} ids: at least 1")));
+        }
+        let first: Option<i64> = sqlx::query_scalar(
+            "UPDATE ids SET next = next + $1 WHERE name = $2 RETURNING next - $1",
+        )
+        .bind(n)
+        .bind(kind.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        first.ok_or_else(|| StoreError::Refused(format!("no id counter {:?}", kind.as_str())))
+    }
+
+    async fn jobs_before(&self, id: i64) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE id < $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn recent_jobs(&self, n: i64) -> Result<Vec<Job>, StoreError> {
+        let q = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN tenants t ON t.id = j.tenant_id \
+             ORDER BY j.id DESC LIMIT $1"
+        );
+        let rows: Vec<JobRow> = sqlx::query_as(&q).bind(n).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().rev().map(Job::from).collect())
+    }
+
+    async fn inbox_put(&self, body: &str) -> Result<i64, StoreError> {
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO inbox (at_ms, body) VALUES ($1, $2) RETURNING id")
+                .bind(now_ms())
+                .bind(body)
+                .fetch_one(&self.pool)
+                .await?;
+        // Only a hint: the leader also polls.
+        if let Err(e) = self.notify(channels::INBOX, "").await {
+            tracing::debug!(error = %e, "could not hint the leader of an inbox request");
+        }
+        Ok(id)
+    }
+
+    async fn inbox_open(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        // `answered_ms IS NULL` selects the partial index `inbox_open`.
+        Ok(sqlx::query_as(
+            "SELECT id, body FROM inbox WHERE answered_ms IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn inbox_answer(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT answer FROM inbox WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(a,)| a).ok_or(StoreError::NotFound)
+    }
+
+    async fn inbox_forget(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let gone: Vec<(i64,)> = sqlx::query_as(
+            "DELETE FROM inbox WHERE answered_ms IS NOT NULL AND answered_ms < $1 RETURNING id",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(gone.len() as u64)
+    }
+
+    async fn log_append(
+        &self,
+        key: LogKey,
+        offset: u64,
+        data: &[u8],
+        cap: u64,
+    ) -> Result<LogAppend, StoreError> {
+        let wanted = offset.saturating_add(data.len() as u64);
+        loop {
+            // The stream's end: where its last chunk stops (the key's
+            // index, newest first).
+            let end: Option<i64> = sqlx::query_scalar(
+                "SELECT stop FROM task_logs WHERE job_id = $1 AND run = $2 AND task = $3 \
+                 AND stream = $4 ORDER BY start DESC LIMIT 1",
+            )
+            .bind(key.job)
+            .bind(key.run)
+            .bind(key.task)
+            .bind(key.stream)
+            .fetch_optional(&self.pool)
+            .await?;
+            let end = end.unwrap_or(0) as u64;
+            if end >= cap {
+                return Ok(LogAppend::To(end.max(wanted)));
+            }
+            if offset > end {
+                return Ok(LogAppend::Gap(end));
+            }
+            if wanted <= end {
+                return Ok(LogAppend::To(end));
+            }
+            let from = (end - offset) as usize;
+            let take = (data.len() - from)
+                .min(LOG_ROW_BYTES)
+                .min((cap - end) as usize);
+            let chunk = &data[from..from + take];
+            // Two appends that read the same end collide on the key: one
+            // stores, the other reads the new end and goes on from there.
+            sqlx::query(
+                "INSERT INTO task_logs (job_id, run, task, stream, start, stop, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(key.job)
+            .bind(key.run)
+            .bind(key.task)
+            .bind(key.stream)
+            .bind(end as i64)
+            .bind((end + take as u64) as i64)
+            .bind(chunk)
+            .execute(&self.pool)
+            .await?;
+        }
+    }
+
+    async fn log_read(&self, key: LogKey, offset: u64, max: u64) -> Result<Vec<u8>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        // The chunk holding `offset`, then those after it, a few at a time
+        // (rows hold at most LOG_ROW_BYTES, often much less).
+        let mut at = offset.min(i64::MAX as u64);
+        let mut first = true;
+        while (out.len() as u64) < max {
+            let q = if first {
+                "SELECT start, data FROM task_logs WHERE job_id = $1 AND run = $2 AND task = $3 \
+                 AND stream = $4 AND start >= (SELECT COALESCE(MAX(start), 0) FROM task_logs \
+                 WHERE job_id = $1 AND run = $2 AND task = $3 AND stream = $4 AND start <= $5) \
+                 ORDER BY start LIMIT $6"
+            } else {
+                "SELECT start, data FROM task_logs WHERE job_id = $1 AND run = $2 AND task = $3 \
+                 AND stream = $4 AND start >= $5 ORDER BY start LIMIT $6"
+            };
+            first = false;
+            let chunks: Vec<(i64, Vec<u8>)> = sqlx::query_as(q)
+                .bind(key.job)
+                .bind(key.run)
+                .bind(key.task)
+                .bind(key.stream)
+                .bind(at as i64)
+                .bind(32i64)
+                .fetch_all(&self.pool)
+                .await?;
+            if chunks.is_empty() {
+                break;
+            }
+            for (start, data) in chunks {
+                let (start, stop) = (start as u64, start as u64 + data.len() as u64);
+                at = stop;
+                if stop <= offset {
+                    continue;
+                }
+                let from = offset.saturating_sub(start) as usize;
+                out.extend_from_slice(&data[from..]);
+                if out.len() as u64 >= max {
+                    break;
+                }
+            }
+        }
+        out.truncate(max.min(usize::MAX as u64) as usize);
+        Ok(out)
+    }
+
+    async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        match &self.signals {
+            Some(s) => s.notify(channel, payload).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn listen(
+        &self,
+        channels: &[&str],
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<Note>>, StoreError> {
+        match &self.signals {
+            Some(s) => Ok(Some(s.listen(channels).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn idempotency_keys(
@@ -740,14 +956,18 @@ where
     }
 
     async fn leader(&self) -> Result<Lease, StoreError> {
-        let (holder, epoch, expires_ms): (String, i64, i64) =
-            sqlx::query_as("SELECT holder, epoch, expires_ms FROM leader WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?;
+        let q = format!(
+            "SELECT holder, epoch, expires_ms, \
+             CAST(CASE WHEN expires_ms > {} THEN 1 ELSE 0 END AS BIGINT) FROM leader WHERE id = 1",
+            self.now_sql
+        );
+        let (holder, epoch, expires_ms, live): (String, i64, i64, i64) =
+            sqlx::query_as(&q).fetch_one(&self.pool).await?;
         Ok(Lease {
             holder,
             epoch,
             expires_ms,
+            live: live == 1,
         })
     }
 

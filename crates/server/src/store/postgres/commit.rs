@@ -22,12 +22,18 @@ use crate::store::{JobState, NodeState, StoreError, TaskState, Write};
 pub(super) async fn apply(tx: &mut PgConnection, writes: &[Write]) -> Result<(), StoreError> {
     let mut events: Vec<&Write> = Vec::new();
     let mut audits: Vec<&Write> = Vec::new();
+    let mut hints: Vec<&Write> = Vec::new();
     let mut i = 0;
     while i < writes.len() {
         let w = &writes[i];
         match w {
             Write::Audit { .. } => {
                 audits.push(w);
+                i += 1;
+                continue;
+            }
+            Write::Answer { .. } | Write::Notify { .. } => {
+                hints.push(w);
                 i += 1;
                 continue;
             }
@@ -51,6 +57,7 @@ pub(super) async fn apply(tx: &mut PgConnection, writes: &[Write]) -> Result<(),
             match &writes[i] {
                 e @ Write::Event { .. } => events.push(e),
                 a @ Write::Audit { .. } => audits.push(a),
+                h @ (Write::Answer { .. } | Write::Notify { .. }) => hints.push(h),
                 x if std::mem::discriminant(x) == kind && keys.insert(key_of(x)) => run.push(x),
                 _ => break,
             }
@@ -67,7 +74,62 @@ pub(super) async fn apply(tx: &mut PgConnection, writes: &[Write]) -> Result<(),
         }
     }
     insert_events(tx, &events).await?;
-    insert_audits(tx, &audits).await
+    insert_audits(tx, &audits).await?;
+    answers_and_hints(tx, &hints).await
+}
+
+/// Inbox answers (one statement), then the hints, sent by PostgreSQL when
+/// the transaction commits: which requests are answered, and the batch's
+/// own hints. A payload stays under NOTIFY's 8,000 bytes.
+async fn answers_and_hints(tx: &mut PgConnection, hints: &[&Write]) -> Result<(), StoreError> {
+    let (mut ids, mut bodies, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+    let mut notes: Vec<(&str, String)> = Vec::new();
+    for w in hints {
+        match w {
+            Write::Answer { inbox, body, at } => {
+                ids.push(*inbox);
+                bodies.push(body.as_str());
+                ats.push(*at);
+            }
+            Write::Notify { channel, payload } => notes.push((channel, payload.clone())),
+            _ => unreachable!("answers and hints"),
+        }
+    }
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE inbox SET answer = v.answer, answered_ms = v.at \
+             FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS v(id, answer, at) \
+             WHERE inbox.id = v.id AND inbox.id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(&bodies)
+        .bind(&ats)
+        .execute(&mut *tx)
+        .await?;
+        let mut payload = String::new();
+        for id in &ids {
+            if payload.len() > 7_900 {
+                notes.push((
+                    crate::store::channels::ANSWERS,
+                    std::mem::take(&mut payload),
+                ));
+            }
+            if !payload.is_empty() {
+                payload.push(',');
+            }
+            payload.push_str(&id.to_string());
+        }
+        notes.push((crate::store::channels::ANSWERS, payload));
+    }
+    if !notes.is_empty() {
+        let (chans, payloads): (Vec<&str>, Vec<String>) = notes.into_iter().unzip();
+        sqlx::query("SELECT pg_notify(c, p) FROM UNNEST($1::TEXT[], $2::TEXT[]) AS v(c, p)")
+            .bind(&chans)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The row a write of a run changes: a job, or a node.

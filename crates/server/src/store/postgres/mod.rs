@@ -15,6 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Postgres};
 
 mod commit;
+mod signals;
 mod writer;
 
 use super::sql::SqlStore;
@@ -22,6 +23,10 @@ use super::StoreError;
 
 /// The PostgreSQL store.
 pub type PgStore = SqlStore<Postgres>;
+
+/// The database server's clock in ms since the Unix epoch (the time of the
+/// statement, not of its transaction).
+const NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 impl SqlStore<Postgres> {
     /// Connect to the database at `url` and bring its schema up to date.
@@ -50,8 +55,10 @@ impl SqlStore<Postgres> {
             .connect()
             .await?;
         Ok(SqlStore {
-            pool,
+            pool: pool.clone(),
             writer: Box::new(writer::Writer::start(conn)),
+            now_sql: NOW_MS,
+            signals: Some(Box::new(signals::PgSignals { pool })),
         })
     }
 }

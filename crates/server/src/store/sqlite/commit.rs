@@ -351,6 +351,12 @@ fn apply_one(tx: &Transaction<'_>, w: &Write) -> Result<(), StoreError> {
                 .execute(params![node])?;
             }
             Write::Audit { .. } => unreachable!("batched by apply"),
+            Write::Answer { inbox, body, at } => {
+                tx.prepare_cached("UPDATE inbox SET answer = ?, answered_ms = ? WHERE id = ?")?
+                    .execute(params![body, at, inbox])?;
+            }
+            // One server: nobody to hint.
+            Write::Notify { .. } => {}
             Write::Interrupted { job } => {
                 tx.prepare_cached("UPDATE jobs SET interrupted = interrupted + 1 WHERE id = ?")?
                     .execute(params![job])?;

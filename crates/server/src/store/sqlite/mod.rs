@@ -20,6 +20,10 @@ use super::*;
 /// The SQLite store.
 pub type SqliteStore = SqlStore<Sqlite>;
 
+/// SQLite's clock in ms since the Unix epoch (its Julian day numbers have
+/// sub-millisecond precision).
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
 impl SqlStore<Sqlite> {
     /// Open (creating if needed) `DIR/suanli.db` and bring its schema up to date.
     pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
@@ -39,6 +43,8 @@ impl SqlStore<Sqlite> {
         Ok(SqlStore {
             pool,
             writer: Box::new(writer),
+            now_sql: NOW_MS,
+            signals: None,
         })
     }
 }
