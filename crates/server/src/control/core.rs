@@ -67,7 +67,7 @@ pub struct Core {
     pub(super) tenant_names: HashMap<i64, String>,
     /// Ids the loop may hand out, reserved in the store
     /// ([`crate::store::Backend::reserve_ids`]; the driver tops them up
-    /// before each step, [`Core::ids_short`]).
+    /// before each step, [`Core::ids_to_reserve`]).
     pub(super) job_ids: IdBlock,
     pub(super) node_ids_free: IdBlock,
     /// Idempotency keys of the last [`super::IDEMPOTENCY_WINDOW_MS`]:
