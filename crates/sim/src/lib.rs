@@ -9,6 +9,8 @@
 //! * [`report`]: summaries over seeds, tables, JSON, curve CSV and SVG charts.
 //! * [`jobs`]: the job-level discrete-event simulator (time, tenants, quotas,
 //!   queue policies, gangs, preemption) and its readers, generator and reports.
+//! * [`serve`]: the serving simulator — an LLM request trace against an
+//!   autoscaled or static model service, replicas priced by a roofline model.
 //! * [`synthetic`]: a seeded generator of a heterogeneous cluster and workload,
 //!   for demos and machines without the traces.
 //!
@@ -19,6 +21,7 @@ pub mod jobs;
 pub mod openb;
 pub mod replay;
 pub mod report;
+pub mod serve;
 pub mod synthetic;
 
 pub use openb::{OpenbPod, OpenbTrace, TraceError};

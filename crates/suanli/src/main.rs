@@ -9,6 +9,7 @@ mod bench_start;
 mod client;
 mod jobs_cmd;
 mod openb_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -169,6 +170,8 @@ enum SimCmd {
     Openb(openb_cmd::OpenbArgs),
     /// Job-level simulation over time: queue policies, quotas, gangs, preemption.
     Jobs(jobs_cmd::SimJobsArgs),
+    /// A model service over a request trace: autoscaled against static provisioning.
+    Serve(serve_cmd::SimServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -207,6 +210,7 @@ fn main() -> ExitCode {
         Cmd::Sim(SimCmd::Openb(a)) => openb_cmd::run(a),
         Cmd::Bench(BenchCmd::Openb(a)) => openb_cmd::bench(a),
         Cmd::Sim(SimCmd::Jobs(a)) => jobs_cmd::sim(a),
+        Cmd::Sim(SimCmd::Serve(a)) => serve_cmd::sim(a),
         Cmd::Bench(BenchCmd::Jobs(a)) => jobs_cmd::bench(a),
         Cmd::Bench(BenchCmd::Server(a)) => bench_server::run(a),
         Cmd::Bench(BenchCmd::Loop(a)) => bench_loop::run(a),

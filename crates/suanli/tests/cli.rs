@@ -719,3 +719,109 @@ fn a_closed_pipe_is_a_quiet_end_and_states_are_a_closed_set() {
     ]);
     assert_eq!(code, 1, "parsed, then the server is unreachable: {err}");
 }
+
+#[test]
+fn sim_serve_compares_policies_and_names_bad_input() {
+    let tmp = tmpdir();
+    let d = tmp.path();
+    let trace = d.join("t.csv");
+    let mut text = String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n");
+    for i in 0..600 {
+        // A quiet stretch, then a burst.
+        let s = if i < 300 { i * 2 } else { 600 + (i - 300) / 10 };
+        text.push_str(&format!(
+            "2023-11-16 10:{:02}:{:02}.5000000,{},{}\n",
+            s / 60,
+            s % 60,
+            500 + i % 3000,
+            1 + i % 200
+        ));
+    }
+    std::fs::write(&trace, text).unwrap();
+    let spec = format!("azure-llm:{}", trace.display());
+    let (j, rep) = (d.join("r.json"), d.join("report"));
+    let (code, out, err) = suanli(&[
+        "sim",
+        "serve",
+        "--trace",
+        &spec,
+        "--model",
+        "llama-2-7b",
+        "--gpus",
+        "1",
+        "--policy",
+        "static-peak,static:4,autoscale",
+        "--json",
+        j.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("600 requests")
+            && out.contains("static-peak (")
+            && out.contains("autoscale (min 1"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let rs = v["results"].as_array().unwrap();
+    assert_eq!(rs.len(), 3);
+    assert_eq!(rs[1]["policy"], "static-4");
+    for r in rs {
+        assert_eq!(r["requests"], 600);
+        assert!(r["gpu_hours"].as_f64().unwrap() > 0.0);
+        assert!(r["ttft_ms"]["p99"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(v["setup"]["perf"]["model"]["name"], "llama-2-7b");
+    for f in [
+        "index.html",
+        "summary.csv",
+        "series.csv",
+        "results.json",
+        "replicas.svg",
+        "ttft_cdf.svg",
+    ] {
+        assert!(rep.join(f).is_file(), "{f} missing");
+    }
+    let bad = |args: &[&str], want_code: i32, want: &str| {
+        let mut all = vec!["sim", "serve", "--trace", &spec];
+        all.extend_from_slice(args);
+        let (code, _, err) = suanli(&all);
+        assert_eq!(code, want_code, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    bad(&["--policy", "static:0"], 2, "--policy \"static:0\"");
+    bad(&["--policy", "magic"], 2, "expected static-peak");
+    bad(&["--min", "9", "--max", "2"], 2, "--min:");
+    bad(
+        &["--stable-window-s", "1", "--panic-window-s", "5"],
+        2,
+        "--panic-window-s:",
+    );
+    bad(&["--target-inflight", "0"], 2, "--target-inflight:");
+    bad(&["--gpu-model", "V100"], 2, "--gpu-model");
+    bad(
+        &[
+            "--model",
+            "llama-2-70b",
+            "--gpu-model",
+            "A100-80G",
+            "--gpus",
+            "1",
+        ],
+        2,
+        "does not fit",
+    );
+    bad(&["--mfu", "2"], 2, "--mfu");
+    bad(&["--route", "fastest"], 2, "fastest");
+    bad(&["--slo-ttft-ms=0"], 2, "--slo-ttft-ms");
+    std::fs::write(
+        &trace,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 10:00:00,12x,3\n",
+    )
+    .unwrap();
+    bad(&[], 1, "t.csv:2: column ContextTokens");
+    let (code, _, err) = suanli(&["sim", "serve", "--trace", "pollux:x.csv"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown kind"), "{err}");
+}

@@ -171,7 +171,7 @@ pub fn to_json(cluster: &str, trace: &str, results: &[SimResult]) -> String {
     .expect("results serialise")
 }
 
-fn chart(
+pub(crate) fn chart(
     path: &Path,
     title: &str,
     x_desc: &str,
@@ -239,7 +239,7 @@ fn chart(
 }
 
 /// Up to `k` (x, cumulative fraction) points of an empirical CDF.
-fn cdf_points(sorted: &[f64], k: usize) -> Vec<(f64, f64)> {
+pub(crate) fn cdf_points(sorted: &[f64], k: usize) -> Vec<(f64, f64)> {
     if sorted.is_empty() {
         return Vec::new();
     }
@@ -430,7 +430,7 @@ pub fn write_report(
     Ok(())
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -1,0 +1,23 @@
+//! # suanli-serve: model services without IO
+//!
+//! What decides how a model service behaves, written once and driven by
+//! two clocks: the serving simulator (`suanli sim serve`, virtual time) and
+//! the live router (wall clock).
+//!
+//! * [`autoscale`]: how many replicas a service wants, from the requests in
+//!   flight: a stable and a panic window, a tolerance band, up and down
+//!   delays, scale to zero after an idle period.
+//! * [`route`]: which ready replica takes a request (least outstanding
+//!   requests, or round robin as the baseline).
+//!
+//! Time is integer milliseconds passed in by the caller; nothing here reads
+//! a clock, draws a random number or does IO.
+
+pub mod autoscale;
+pub mod route;
+
+pub use autoscale::{Autoscaler, ScaleConfig, ScaleError, Scaling};
+pub use route::{Picker, Route, RouteError};
+
+/// Milliseconds on the caller's clock.
+pub type Ms = u64;
