@@ -39,7 +39,8 @@ use crate::Ms;
 pub struct ScaleConfig {
     /// Replicas kept however idle the service is (0: scale to zero).
     pub min: u32,
-    /// Replicas never exceeded.
+    /// Replicas started or ready never exceeded (replicas draining after a
+    /// scale-down finish their requests beyond it).
     pub max: u32,
     /// Requests in flight one replica should carry.
     pub target_inflight: f64,
@@ -90,6 +91,9 @@ fn bad(field: &'static str, why: impl Into<String>) -> ScaleError {
 /// The most replicas a service may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
 
+/// The longest window, delay or idle period: one year.
+pub const MAX_DURATION_MS: Ms = 365 * 86_400_000;
+
 impl ScaleConfig {
     pub fn validate(&self) -> Result<(), ScaleError> {
         if self.max == 0 || self.max > MAX_REPLICAS {
@@ -110,16 +114,24 @@ impl ScaleConfig {
                 format!("must be a positive number, got {}", self.target_inflight),
             ));
         }
+        for (field, v) in [
+            ("stable_window_ms", self.stable_window_ms),
+            ("panic_window_ms", self.panic_window_ms),
+            ("up_delay_ms", self.up_delay_ms),
+            ("down_delay_ms", self.down_delay_ms),
+            ("idle_ms", self.idle_ms),
+        ] {
+            if v > MAX_DURATION_MS {
+                return Err(bad(field, "must be at most one year"));
+            }
+        }
         if self.stable_window_ms == 0 {
             return Err(bad("stable_window_ms", "must be positive"));
         }
         if self.panic_window_ms == 0 || self.panic_window_ms > self.stable_window_ms {
             return Err(bad(
                 "panic_window_ms",
-                format!(
-                    "must be positive and at most the stable window ({} ms), got {}",
-                    self.stable_window_ms, self.panic_window_ms
-                ),
+                "must be positive and at most the stable window",
             ));
         }
         if !(self.panic_threshold.is_finite() && self.panic_threshold >= 1.0) {
@@ -158,7 +170,7 @@ pub struct Scaling {
 #[derive(Clone, Debug)]
 pub struct Autoscaler {
     cfg: ScaleConfig,
-    samples: VecDeque<(Ms, u32)>,
+    samples: VecDeque<(Ms, f64)>,
     wishes: VecDeque<(Ms, u32)>,
     panic_until: Option<Ms>,
     last_busy: Option<Ms>,
@@ -180,11 +192,11 @@ impl Autoscaler {
         &self.cfg
     }
 
-    /// New settings (a `service update`); the samples are kept.
+    /// New settings (a `service update`); the samples, the recent wishes
+    /// (so the delays still hold) and a panic under way are kept.
     pub fn reconfigure(&mut self, cfg: ScaleConfig) -> Result<(), ScaleError> {
         cfg.validate()?;
         self.cfg = cfg;
-        self.wishes.clear();
         Ok(())
     }
 
@@ -206,11 +218,22 @@ impl Autoscaler {
     /// not those already draining). Called every tick, and also at once
     /// when a request reaches a service with no replica.
     pub fn tick(&mut self, now: Ms, inflight: u32, current: u32) -> Scaling {
-        if inflight > 0 {
+        self.tick_load(now, inflight as f64, inflight > 0, current)
+    }
+
+    /// [`Autoscaler::tick`] on another measure of outstanding work, in the
+    /// unit of `target_inflight` (the simulator's `work` signal: seconds of
+    /// replica time the outstanding requests still need). `busy`: whether
+    /// any request is in flight (a service with one is never idle, and at
+    /// zero it wakes).
+    pub fn tick_load(&mut self, now: Ms, load: f64, busy: bool, current: u32) -> Scaling {
+        let load = if load.is_finite() { load.max(0.0) } else { 0.0 };
+        let inflight = u32::from(busy);
+        if busy {
             self.note_request(now);
         }
         let cfg = &self.cfg;
-        self.samples.push_back((now, inflight));
+        self.samples.push_back((now, load));
         let stable_from = now.saturating_sub(cfg.stable_window_ms);
         while self
             .samples
@@ -220,17 +243,17 @@ impl Autoscaler {
             self.samples.pop_front();
         }
         let panic_from = now.saturating_sub(cfg.panic_window_ms);
-        let (mut sum, mut n, mut psum, mut pn) = (0u64, 0u64, 0u64, 0u64);
+        let (mut sum, mut n, mut psum, mut pn) = (0.0f64, 0u64, 0.0f64, 0u64);
         for &(t, v) in &self.samples {
-            sum += v as u64;
+            sum += v;
             n += 1;
             if t > panic_from || t == now {
-                psum += v as u64;
+                psum += v;
                 pn += 1;
             }
         }
-        let stable_avg = sum as f64 / n.max(1) as f64;
-        let panic_avg = psum as f64 / pn.max(1) as f64;
+        let stable_avg = sum / n.max(1) as f64;
+        let panic_avg = psum / pn.max(1) as f64;
         let want = |avg: f64| -> u32 {
             let w = (avg / cfg.target_inflight).ceil();
             if w >= MAX_REPLICAS as f64 {
@@ -260,7 +283,12 @@ impl Autoscaler {
         } else {
             1
         };
-        let raw = raw.clamp(floor, cfg.max);
+        // Idle for the idle period: zero, whatever the windows remember.
+        let raw = if idle && cfg.min == 0 {
+            0
+        } else {
+            raw.clamp(floor, cfg.max)
+        };
         let keep = cfg.up_delay_ms.max(cfg.down_delay_ms);
         self.wishes.push_back((now, raw));
         while self.wishes.front().is_some_and(|&(t, _)| t + keep < now) {

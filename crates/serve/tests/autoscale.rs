@@ -219,3 +219,37 @@ fn least_outstanding_takes_the_emptiest_and_shares_ties() {
     assert_eq!("round-robin".parse::<Route>().unwrap(), Route::RoundRobin);
     assert!("fastest".parse::<Route>().is_err());
 }
+
+#[test]
+fn zero_comes_after_the_idle_period_even_when_it_is_shorter_than_the_window() {
+    let mut a = Autoscaler::new(ScaleConfig {
+        idle_ms: 10_000,
+        ..cfg()
+    })
+    .unwrap();
+    let mut n = 3;
+    run(&mut a, &mut n, 0, 30_000, 12);
+    // Busy until 29 s; the stable window still remembers the load at 39 s.
+    assert_eq!(a.tick(38_000, 0, 3).desired, 3);
+    assert_eq!(a.tick(39_000, 0, 3).desired, 0);
+}
+
+#[test]
+fn reconfiguring_keeps_the_down_delay() {
+    let mut a = Autoscaler::new(ScaleConfig { min: 1, ..cfg() }).unwrap();
+    let mut n = 8;
+    run(&mut a, &mut n, 0, 120_000, 32);
+    run(&mut a, &mut n, 120_000, 125_000, 0);
+    a.reconfigure(ScaleConfig { min: 1, ..cfg() }).unwrap();
+    // The wishes of the last 30 s still say 8.
+    assert_eq!(a.tick(125_000, 0, 8).desired, 8);
+    assert_eq!(
+        Autoscaler::new(ScaleConfig {
+            down_delay_ms: u64::MAX,
+            ..cfg()
+        })
+        .unwrap_err()
+        .field,
+        "down_delay_ms"
+    );
+}

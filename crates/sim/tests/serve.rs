@@ -5,7 +5,9 @@
 mod common;
 
 use suanli_serve::{Route, ScaleConfig};
-use suanli_sim::serve::{simulate, static_peak, Perf, Policy, Request, RequestTrace, ServeParams};
+use suanli_sim::serve::{
+    simulate, static_peak, Perf, Policy, Request, RequestTrace, ServeParams, Signal,
+};
 
 fn params() -> ServeParams {
     ServeParams {
@@ -13,6 +15,7 @@ fn params() -> ServeParams {
         route: Route::LeastOutstanding,
         slo_ttft_ms: 2000.0,
         tick_ms: 1000,
+        signal: Signal::Requests,
         replica_max_inflight: 32,
         price_gpu_hour: 2.0,
     }
@@ -274,4 +277,52 @@ fn the_azure_traces_replay_end_to_end() {
         assert_eq!(auto.requests, n);
         assert!(auto.gpu_hours > 0.0);
     }
+}
+
+#[test]
+fn the_work_signal_scales_on_long_prompts_not_on_request_counts() {
+    let mut p = params();
+    p.signal = Signal::Work;
+    let cfg = ScaleConfig {
+        min: 1,
+        max: 8,
+        // Half a second of replica time per replica.
+        target_inflight: 0.5,
+        ..ScaleConfig::default()
+    };
+    // The same arrivals, once with 8,000-token prompts, once with 10.
+    let at = |prompt| {
+        let reqs: Vec<(u64, u32, u32)> = (0..400).map(|i| (i * 50, prompt, 2)).collect();
+        simulate(&trace(&reqs), &p, &Policy::Autoscale(cfg.clone())).unwrap()
+    };
+    let long = at(8000);
+    let short = at(10);
+    assert!(
+        long.replicas_peak >= 3,
+        "long prompts: {}",
+        long.replicas_peak
+    );
+    assert_eq!(short.replicas_peak, 1, "short prompts scaled up");
+}
+
+#[test]
+fn no_replica_starts_after_the_last_answer() {
+    // 100 requests arrive just before the tick at 1 s and are answered by
+    // 1.3 s. The tick at 1 s sees them (a panic: 25 replicas wished) but the
+    // up delay holds; at the tick at 2 s, with everything answered, the
+    // wish has held for the delay: no replica may start then.
+    let mut p = params();
+    p.replica_max_inflight = 256;
+    let reqs: Vec<(u64, u32, u32)> = (0..100).map(|_| (900, 100, 2)).collect();
+    let cfg = ScaleConfig {
+        min: 1,
+        max: 32,
+        target_inflight: 4.0,
+        up_delay_ms: 1_000,
+        ..ScaleConfig::default()
+    };
+    let r = simulate(&trace(&reqs), &p, &Policy::Autoscale(cfg)).unwrap();
+    assert!(r.span_s < 2.0, "{}", r.span_s);
+    assert_eq!(r.launches, 1, "replicas started after the last answer");
+    assert!(r.gpu_hours <= r.span_s / 3600.0 + 1e-12, "{}", r.gpu_hours);
 }

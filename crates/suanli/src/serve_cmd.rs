@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use suanli_serve::{Route, ScaleConfig};
-use suanli_sim::serve::{report, simulate, static_peak, Perf, Policy, RequestTrace, ServeParams};
+use suanli_sim::serve::{
+    report, simulate, static_peak, Perf, Policy, RequestTrace, ServeParams, Signal,
+};
 
 use crate::{failure, usage, CliError};
 
@@ -49,6 +51,10 @@ pub struct SimServeArgs {
     /// How the router picks a replica: least-outstanding or round-robin.
     #[arg(long, default_value = "least-outstanding")]
     route: Route,
+    /// What the autoscaler measures: requests (in flight) or work (seconds of
+    /// replica time still needed; --target-inflight is then seconds).
+    #[arg(long, default_value = "requests")]
+    signal: Signal,
     /// Requests one replica holds at most; the router holds the rest.
     #[arg(long, default_value_t = 8)]
     replica_max_inflight: u32,
@@ -163,6 +169,7 @@ pub fn sim(a: SimServeArgs) -> Result<(), CliError> {
         route: a.route,
         slo_ttft_ms: a.slo_ttft_ms,
         tick_ms: 1000,
+        signal: a.signal,
         replica_max_inflight: a.replica_max_inflight,
         price_gpu_hour: a.price_gpu_hour,
     };
@@ -220,6 +227,7 @@ pub fn sim(a: SimServeArgs) -> Result<(), CliError> {
         "kv_capacity_tokens": perf.kv_capacity_tokens(),
         "autoscale": scale,
         "route": a.route.as_str(),
+        "signal": a.signal,
         "replica_max_inflight": a.replica_max_inflight,
         "slo_ttft_ms": a.slo_ttft_ms,
         "price_gpu_hour": a.price_gpu_hour,

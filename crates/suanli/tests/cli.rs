@@ -751,6 +751,10 @@ fn sim_serve_compares_policies_and_names_bad_input() {
         "1",
         "--policy",
         "static-peak,static:4,autoscale",
+        "--signal",
+        "work",
+        "--target-inflight",
+        "0.5",
         "--json",
         j.to_str().unwrap(),
         "--report",
@@ -814,6 +818,9 @@ fn sim_serve_compares_policies_and_names_bad_input() {
     );
     bad(&["--mfu", "2"], 2, "--mfu");
     bad(&["--route", "fastest"], 2, "fastest");
+    bad(&["--signal", "vibes"], 2, "unknown signal");
+    bad(&["--start-s", "1e300"], 2, "--start-s");
+    bad(&["--mfu", "0.000001"], 2, "--mfu");
     bad(&["--slo-ttft-ms=0"], 2, "--slo-ttft-ms");
     std::fs::write(
         &trace,

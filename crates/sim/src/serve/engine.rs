@@ -44,6 +44,32 @@ impl Policy {
     }
 }
 
+/// What the autoscaler is fed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Signal {
+    /// Requests in flight (held, queued at a replica, or served): what the
+    /// live router measures.
+    #[default]
+    Requests,
+    /// Seconds of replica time the requests in flight still need: the
+    /// prefill of every prompt not yet prefilled, plus each running
+    /// request's remaining tokens times its share of its replica's decode
+    /// step. `target_inflight` is then in seconds per replica.
+    Work,
+}
+
+impl std::str::FromStr for Signal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "requests" => Ok(Signal::Requests),
+            "work" => Ok(Signal::Work),
+            _ => Err(format!("unknown signal {s:?}: expected requests or work")),
+        }
+    }
+}
+
 /// What every policy of one comparison shares.
 #[derive(Clone, Debug)]
 pub struct ServeParams {
@@ -52,6 +78,8 @@ pub struct ServeParams {
     /// The time-to-first-token objective, ms.
     pub slo_ttft_ms: f64,
     pub tick_ms: u64,
+    /// What the autoscaler measures.
+    pub signal: Signal,
     /// Requests one replica holds at most (queued and served); the router
     /// holds the rest until a replica has room, as Knative's container
     /// concurrency and Ray Serve's `max_ongoing_requests` do, so a burst
@@ -266,7 +294,7 @@ pub fn simulate(
     let end = s.done.iter().copied().max().unwrap_or(0);
     for r in &mut s.reps {
         if r.holds_gpus() {
-            r.stopped = end;
+            r.stopped = end.max(r.launched);
             r.state = State::Stopped;
         }
     }
@@ -323,6 +351,23 @@ pub fn static_peak(
         }
     }
     Ok(None)
+}
+
+/// Seconds of replica time the requests in flight still need.
+fn work_s(perf: &Perf, reqs: &[Request], held: &VecDeque<u32>, reps: &[Replica]) -> f64 {
+    let prefill = |i: &u32| perf.prefill_us(reqs[*i as usize].prompt.max(1) as u64) as f64;
+    let mut us: f64 = held.iter().map(prefill).sum();
+    for r in reps.iter().filter(|r| r.holds_gpus()) {
+        us += r.waiting.iter().map(prefill).sum::<f64>();
+        us += r.prefill.iter().map(prefill).sum::<f64>();
+        if !r.running.is_empty() {
+            let b = r.running.len() as u64;
+            let ctx: u64 = r.running.iter().map(|x| x.ctx).sum();
+            let share = perf.decode_us(b, ctx) as f64 / b as f64;
+            us += r.running.iter().map(|x| x.left as f64 * share).sum::<f64>();
+        }
+    }
+    us / 1e6
 }
 
 impl Sim<'_> {
@@ -429,9 +474,17 @@ impl Sim<'_> {
     }
 
     fn tick(&mut self, now: u64) {
-        if let Some(s) = &mut self.scaler {
+        let over = self.arrived == self.reqs.len() && self.inflight == 0;
+        if let (Some(s), false) = (&mut self.scaler, over) {
             let current = self.reps.iter().filter(|r| r.active()).count() as u32;
-            let want = s.tick(now / 1000, self.inflight, current);
+            let want = match self.p.signal {
+                Signal::Requests => s.tick(now / 1000, self.inflight, current),
+                Signal::Work => {
+                    let work = work_s(&self.p.perf, self.reqs, &self.held, &self.reps);
+                    let s = self.scaler.as_mut().expect("autoscaled");
+                    s.tick_load(now / 1000, work, self.inflight > 0, current)
+                }
+            };
             self.apply(now, want.desired);
         }
         let replicas = self.reps.iter().filter(|r| r.holds_gpus()).count() as u32;
@@ -446,11 +499,20 @@ impl Sim<'_> {
     }
 
     fn apply(&mut self, now: u64, desired: u32) {
-        let current = self.active();
+        let mut current = self.active();
         if desired > current {
+            // A draining replica is still warm: it takes traffic again
+            // before any replica starts cold.
+            for r in 0..self.reps.len() {
+                if current < desired && self.reps[r].state == State::Draining {
+                    self.reps[r].state = State::Ready;
+                    current += 1;
+                }
+            }
             for _ in current..desired {
                 self.launch(now, false);
             }
+            self.dispatch_held(now);
             return;
         }
         let mut surplus = current - desired;

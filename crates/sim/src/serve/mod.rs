@@ -9,6 +9,6 @@ pub mod perf;
 pub mod report;
 pub mod trace;
 
-pub use engine::{simulate, static_peak, Percentiles, Policy, ServeParams, ServeResult};
+pub use engine::{simulate, static_peak, Percentiles, Policy, ServeParams, ServeResult, Signal};
 pub use perf::Perf;
 pub use trace::{Request, RequestTrace};

@@ -18,7 +18,8 @@
 //! A request is admitted when the KV cache can hold its prompt and its
 //! output (the simulator knows the output length; a real server pages and
 //! preempts instead), at most `max_batch` at once and `max_prefill_tokens`
-//! per prefill iteration (a longer prompt goes alone).
+//! per prefill iteration (a longer prompt goes alone; so does a request
+//! larger than the whole cache, which a real server would refuse).
 //!
 //! Where the numbers come from:
 //! * GPU peaks: NVIDIA's datasheets — A100 SXM 80 GB: 312 TFLOPS dense
@@ -172,24 +173,36 @@ impl Perf {
         };
         frac("mfu", self.mfu)?;
         frac("mbu", self.mbu)?;
+        if self.mfu < 0.01 || self.mbu < 0.01 {
+            return Err(format!(
+                "--mfu and --mbu: at least 0.01, got {} and {}",
+                self.mfu, self.mbu
+            ));
+        }
         frac("memory-fraction", self.memory_fraction)?;
         if !(1..=64).contains(&self.gpus) {
             return Err(format!("--gpus: must be 1..=64, got {}", self.gpus));
         }
-        if !(self.overhead_ms.is_finite() && self.overhead_ms >= 0.0) {
+        if !(self.overhead_ms.is_finite() && (0.0..=10_000.0).contains(&self.overhead_ms)) {
             return Err(format!(
-                "--overhead-ms: must be ≥ 0, got {}",
+                "--overhead-ms: must be 0..=10000, got {}",
                 self.overhead_ms
             ));
         }
-        if !(self.start_ms.is_finite() && self.start_ms >= 0.0) {
+        if !(self.start_ms.is_finite() && (0.0..=3_600_000.0).contains(&self.start_ms)) {
             return Err(format!(
-                "--start-s: must be ≥ 0, got {}",
+                "--start-s: must be 0..=3600, got {}",
                 self.start_ms / 1e3
             ));
         }
-        if !(self.load_bandwidth.is_finite() && self.load_bandwidth > 0.0) {
-            return Err("--load-gbps: must be positive".into());
+        if !(self.load_bandwidth.is_finite() && self.load_bandwidth >= 0.01e9) {
+            return Err(format!(
+                "--load-gbps: must be at least 0.01, got {}",
+                self.load_bandwidth / 1e9
+            ));
+        }
+        if self.max_batch > 100_000 || self.max_prefill_tokens > 100_000_000 {
+            return Err("--max-batch or the prefill budget: implausibly large".into());
         }
         if self.max_batch == 0 || self.max_prefill_tokens == 0 {
             return Err("--max-batch and the prefill budget must be positive".into());

@@ -3,7 +3,9 @@
 //! `azure-llm:FILE`: the Azure LLM inference trace 2023 (Patel et al.,
 //! "Splitwise", ISCA 2024; CC BY 4.0): `TIMESTAMP,ContextTokens,GeneratedTokens`
 //! with `TIMESTAMP` as `YYYY-MM-DD HH:MM:SS.fffffff`. Arrival times become
-//! milliseconds (rounded down to the microsecond) after the first request.
+//! microseconds (the fraction truncated) after the first request. A trace
+//! may span at most [`MAX_SPAN_DAYS`] days (the simulator ticks every
+//! second, so a mistyped year is an error, not a run of years).
 //! Every error names the file, the line and the column.
 
 use std::path::Path;
@@ -28,6 +30,9 @@ pub struct RequestTrace {
 
 /// The trace kinds `--trace KIND:FILE` accepts.
 pub const SERVE_TRACE_KINDS: &[&str] = &["azure-llm"];
+
+/// The longest span a trace may cover.
+pub const MAX_SPAN_DAYS: u64 = 31;
 
 /// The largest prompt or output a request may name (tokens).
 pub const MAX_TOKENS: u32 = 10_000_000;
@@ -76,7 +81,7 @@ impl RequestTrace {
             find("ContextTokens")?,
             find("GeneratedTokens")?,
         );
-        let mut raw: Vec<(u64, u32, u32)> = Vec::new();
+        let mut raw: Vec<(u64, u32, u32, usize)> = Vec::new();
         for (i, line) in lines {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
@@ -103,7 +108,7 @@ impl RequestTrace {
                 }
                 Ok(v)
             };
-            raw.push((t, tokens(ctx, 0)?, tokens(gen, 0)?));
+            raw.push((t, tokens(ctx, 0)?, tokens(gen, 0)?, i + 1));
         }
         if raw.is_empty() {
             return Err(format!("{name}: no requests"));
@@ -111,9 +116,18 @@ impl RequestTrace {
         // Sorted in the published files; sorted here whatever the input.
         raw.sort_by_key(|r| r.0);
         let t0 = raw[0].0;
+        let last = raw[raw.len() - 1];
+        if last.0 - t0 > MAX_SPAN_DAYS * 86_400_000_000 {
+            return Err(format!(
+                "{name}:{}: column TIMESTAMP: {:.1} days after the first request (line {}); a trace may span at most {MAX_SPAN_DAYS} days",
+                last.3,
+                (last.0 - t0) as f64 / 86_400e6,
+                raw[0].3
+            ));
+        }
         let requests = raw
             .into_iter()
-            .map(|(t, prompt, output)| Request {
+            .map(|(t, prompt, output, _)| Request {
                 at_us: t - t0,
                 prompt,
                 // A request answered with no token still costs its prefill
@@ -214,6 +228,8 @@ mod tests {
         assert!(err("2023-11-16 18:17:03,1\n").starts_with("t.csv:2: 2 fields"));
         assert!(err("2023-11-16 18:17:03,1,99999999999\n").contains("column GeneratedTokens"));
         assert!(err("").contains("no requests"));
+        assert!(err("2023-11-16 18:17:03,1,1\n2033-11-16 18:17:03,1,1\n")
+            .starts_with("t.csv:3: column TIMESTAMP: 3653.0 days"));
         assert!(RequestTrace::parse_azure("t.csv", "a,b\n")
             .unwrap_err()
             .contains("no column TIMESTAMP"));
