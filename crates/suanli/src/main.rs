@@ -8,6 +8,7 @@ mod bench_server;
 mod bench_start;
 mod client;
 mod jobs_cmd;
+mod mock_llm;
 mod openb_cmd;
 mod serve_cmd;
 
@@ -65,6 +66,8 @@ enum Cmd {
     Agent(agent_cmd::AgentArgs),
     /// A whole pool on this machine: a server, N agents, a demo tenant.
     Up(agent_cmd::UpArgs),
+    /// A small OpenAI-compatible model server for tests and demos (port from --port or $PORT).
+    MockLlm(mock_llm::MockLlmArgs),
     /// Invoices for a month: suanli bill --period 2026-11 [--tenant T] [--format table|csv|json].
     Bill(client::BillArgs),
     /// Operator reports: suanli report economics --period 2026-11 [--format table|csv|json].
@@ -200,7 +203,7 @@ fn main() -> ExitCode {
     // expects, instead of panicking in `println!`.
     if !matches!(
         cli.cmd,
-        Cmd::Server(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Bench(_)
+        Cmd::Server(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Bench(_) | Cmd::MockLlm(_)
     ) {
         // SAFETY: restoring the default disposition of one signal, before
         // any thread is started.
@@ -230,6 +233,7 @@ fn main() -> ExitCode {
         Cmd::Logs(a) => client::logs(a),
         Cmd::Agent(a) => agent_cmd::agent(a),
         Cmd::Up(a) => agent_cmd::up(a),
+        Cmd::MockLlm(a) => mock_llm::run(a),
         Cmd::Bill(a) => client::bill(a),
         Cmd::Report(c) => client::report(c),
     };
