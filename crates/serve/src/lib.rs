@@ -7,6 +7,9 @@
 //! * [`autoscale`]: how many replicas a service wants, from the requests in
 //!   flight: a stable and a panic window, a tolerance band, up and down
 //!   delays, scale to zero after an idle period.
+//! * [`meter`]: the tokens a response delivered, from the OpenAI `usage`
+//!   field of a whole answer or of a server-sent event stream (a stream cut
+//!   off midway included).
 //! * [`route`]: which ready replica takes a request (least outstanding
 //!   requests, or round robin as the baseline).
 //!
@@ -14,9 +17,11 @@
 //! a clock, draws a random number or does IO.
 
 pub mod autoscale;
+pub mod meter;
 pub mod route;
 
 pub use autoscale::{Autoscaler, ScaleConfig, ScaleError, Scaling};
+pub use meter::{usage_of_body, Metered, StreamMeter, Usage};
 pub use route::{Picker, Route, RouteError};
 
 /// Milliseconds on the caller's clock.

@@ -204,6 +204,9 @@ async fn models(State(m): State<Arc<Mock>>, headers: HeaderMap) -> Response {
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
+    /// vLLM's extension: usage so far in every chunk.
+    #[serde(default)]
+    continuous_usage_stats: bool,
 }
 
 #[derive(Deserialize)]
@@ -348,7 +351,11 @@ async fn answer(m: Arc<Mock>, headers: HeaderMap, body: Bytes, kind: Kind) -> Re
         }))
         .into_response();
     }
-    let include_usage = c.stream_options.is_some_and(|o| o.include_usage);
+    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let continuous = include_usage
+        && c.stream_options
+            .as_ref()
+            .is_some_and(|o| o.continuous_usage_stats);
     let chunk_object = if kind == Kind::Chat {
         "chat.completion.chunk"
     } else {
@@ -381,8 +388,15 @@ async fn answer(m: Arc<Mock>, headers: HeaderMap, body: Bytes, kind: Kind) -> Re
                     }
                     Kind::Completion => json!({"index": 0, "text": text, "finish_reason": finish}),
                 };
-                json!({"id": id, "object": chunk_object, "created": 0, "model": model, "choices": [choice]})
-                    .to_string()
+                let mut chunk = json!({"id": id, "object": chunk_object, "created": 0, "model": model, "choices": [choice]});
+                if continuous {
+                    chunk["usage"] = json!({
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": i + 1,
+                        "total_tokens": prompt_tokens + i + 1,
+                    });
+                }
+                chunk.to_string()
             } else if include_usage && i == n {
                 json!({"id": id, "object": chunk_object, "created": 0, "model": model, "choices": [], "usage": usage})
                     .to_string()

@@ -290,3 +290,34 @@ fn bad_flags_are_named() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--port"));
 }
+
+#[test]
+fn a_cut_stream_is_metered_from_its_continuous_usage() {
+    use std::io::Read;
+    let m = start(&["--ttft-ms", "0", "--tokens-per-s", "50"], &[]);
+    let resp = agent()
+        .post(&format!("{}/v1/chat/completions", m.url))
+        .send_json(json!({
+            "model": "mock",
+            "messages": [{"role": "user", "content": "a b c"}],
+            "max_tokens": 200,
+            "stream": true,
+            "stream_options": {"include_usage": true, "continuous_usage_stats": true},
+        }))
+        .unwrap();
+    // Read about half a second of it (25 tokens at 50/s), then hang up.
+    let mut reader = resp.into_reader();
+    let mut meter = suanli_serve::StreamMeter::new();
+    let mut buf = [0u8; 512];
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(500) {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early");
+        meter.feed(&buf[..n]);
+    }
+    drop(reader);
+    let r = meter.metered();
+    assert!(!r.complete && !r.estimated, "{r:?}");
+    assert_eq!(r.usage.prompt_tokens, 3);
+    assert!((5..=60).contains(&r.usage.completion_tokens), "{r:?}");
+}
