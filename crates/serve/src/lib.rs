@@ -7,6 +7,8 @@
 //! * [`autoscale`]: how many replicas a service wants, from the requests in
 //!   flight: a stable and a panic window, a tolerance band, up and down
 //!   delays, scale to zero after an idle period.
+//! * [`limits`]: per-tenant requests- and tokens-per-minute limits as
+//!   token buckets, with the wait a refusal names (`Retry-After`).
 //! * [`meter`]: the tokens a response delivered, from the OpenAI `usage`
 //!   field of a whole answer or of a server-sent event stream (a stream cut
 //!   off midway included).
@@ -17,10 +19,12 @@
 //! a clock, draws a random number or does IO.
 
 pub mod autoscale;
+pub mod limits;
 pub mod meter;
 pub mod route;
 
 pub use autoscale::{Autoscaler, ScaleConfig, ScaleError, Scaling};
+pub use limits::{Limiter, Limits, Refused};
 pub use meter::{usage_of_body, Metered, StreamMeter, Usage};
 pub use route::{Picker, Route, RouteError};
 
