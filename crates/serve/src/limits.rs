@@ -77,6 +77,20 @@ pub struct Limiter {
     tokens: HashMap<String, Bucket>,
 }
 
+/// The tenant's bucket (full when first seen), refilled up to `now`.
+fn refilled<'a>(
+    buckets: &'a mut HashMap<String, Bucket>,
+    tenant: &str,
+    per_minute: u64,
+    now: Ms,
+) -> &'a mut Bucket {
+    let b = buckets
+        .entry(tenant.to_string())
+        .or_insert_with(|| Bucket::full(per_minute, now));
+    b.refill(per_minute, now);
+    b
+}
+
 fn retry_s(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
 }
@@ -90,11 +104,7 @@ impl Limiter {
     /// let in takes one request from its bucket.
     pub fn admit(&mut self, tenant: &str, limits: Limits, now: Ms) -> Result<(), Refused> {
         if let Some(tpm) = limits.tokens_per_minute {
-            let b = self
-                .tokens
-                .entry(tenant.to_string())
-                .or_insert_with(|| Bucket::full(tpm, now));
-            b.refill(tpm, now);
+            let b = refilled(&mut self.tokens, tenant, tpm, now);
             if b.level <= 0 || tpm == 0 {
                 return Err(Refused {
                     limit: "tokens_per_minute",
@@ -107,11 +117,7 @@ impl Limiter {
             }
         }
         if let Some(rpm) = limits.requests_per_minute {
-            let b = self
-                .requests
-                .entry(tenant.to_string())
-                .or_insert_with(|| Bucket::full(rpm, now));
-            b.refill(rpm, now);
+            let b = refilled(&mut self.requests, tenant, rpm, now);
             if b.level < 1000 || rpm == 0 {
                 return Err(Refused {
                     limit: "requests_per_minute",
@@ -130,11 +136,7 @@ impl Limiter {
     /// Charge the tokens a request of `tenant` used (prompt and completion).
     pub fn charge(&mut self, tenant: &str, limits: Limits, tokens: u64, now: Ms) {
         if let Some(tpm) = limits.tokens_per_minute {
-            let b = self
-                .tokens
-                .entry(tenant.to_string())
-                .or_insert_with(|| Bucket::full(tpm, now));
-            b.refill(tpm, now);
+            let b = refilled(&mut self.tokens, tenant, tpm, now);
             b.level -= tokens as i128 * 1000;
         }
     }
