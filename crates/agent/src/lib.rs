@@ -918,6 +918,7 @@ mod tests {
             gpus: vec![2, 3],
             gpu_share: None,
             master_addr: "10.0.0.5".into(),
+            replica: None,
         };
         std::env::set_var("SUANLI_AGENT_TEST_SECRET", "x");
         let e = task::environment(&a, std::path::Path::new("/w/task-1"), false);
@@ -942,6 +943,20 @@ mod tests {
         assert_eq!(e["SUANLI_JOB_ID"], "7");
         assert!(!e.contains_key("SUANLI_GPU_SHARE"));
         assert_ne!(task::master_port(7, 2), task::master_port(8, 2));
+        assert!(!e.contains_key("PORT") && !e.contains_key("SUANLI_REPLICA_KEY"));
+        // A model service's replica learns its port and its secret, which
+        // win over variables of the same name in the spec.
+        let mut r = a.clone();
+        r.env.insert("PORT".into(), "1".into());
+        r.replica = Some(suanli_api::ReplicaOrder {
+            service: "chat".into(),
+            port: suanli_api::replica_port(7, 2),
+            key: "sl_secret".into(),
+        });
+        let e = task::environment(&r, std::path::Path::new("/w/task-1"), false);
+        assert_eq!(e["PORT"], suanli_api::replica_port(7, 2).to_string());
+        assert_eq!(e["SUANLI_REPLICA_KEY"], "sl_secret");
+        assert_eq!(e["SUANLI_SERVICE"], "chat");
     }
 
     #[test]

@@ -96,7 +96,21 @@ pub fn environment(a: &Assignment, home: &Path, filtered: bool) -> BTreeMap<Stri
     set("MASTER_PORT", master_port(a.job, a.run).to_string());
     set("WORLD_SIZE", a.tasks.to_string());
     set("RANK", a.task.to_string());
+    if let Some(r) = &a.replica {
+        // A model service's replica: where to listen, and the secret every
+        // request must carry (only the router has it).
+        set("PORT", r.port.to_string());
+        set("SUANLI_REPLICA_KEY", r.key.clone());
+        set("SUANLI_SERVICE", r.service.clone());
+    }
     env
+}
+
+/// Whether a replica's port is free on this node (it listens on every
+/// address): a replica whose port is taken is not started, and its service
+/// starts another on another port.
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
 impl Task {
@@ -145,6 +159,15 @@ impl Task {
                 not_started: true,
             });
         };
+        if let Some(r) = &a.replica {
+            if !port_free(r.port) {
+                failed(
+                    &mut t,
+                    format!("replica port {} is already in use on this node", r.port),
+                );
+                return t;
+            }
+        }
         let cwd = if a.workdir.is_empty() {
             base.join(format!("task-{}", a.task))
         } else {

@@ -141,6 +141,9 @@ pub struct Assignment {
     pub gpu_share: Option<f64>,
     /// Address of the node running task 0 (`MASTER_ADDR`).
     pub master_addr: String,
+    /// For a model service's replica: its port and secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<crate::services::ReplicaOrder>,
 }
 
 impl Assignment {

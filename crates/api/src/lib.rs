@@ -16,6 +16,7 @@
 //!   orders, log chunks), versioned by [`PROTOCOL`].
 //! - [`problem`]: the RFC 9457 problem document every error is.
 //! - [`bills`]: invoices and the operator's economics report.
+//! - [`services`]: model services (replicas, scaling, rate limits).
 //!
 //! **Invariant:** no IO here, and no dependency beyond serde (utoipa and
 //! sqlx only behind features), so the agent links it cheaply.
@@ -25,6 +26,7 @@ pub mod bills;
 pub mod jobs;
 pub mod nodes;
 pub mod problem;
+pub mod services;
 pub mod states;
 pub mod tenants;
 pub mod token;
@@ -34,6 +36,7 @@ pub use bills::*;
 pub use jobs::*;
 pub use nodes::*;
 pub use problem::*;
+pub use services::*;
 pub use states::*;
 pub use tenants::*;
 

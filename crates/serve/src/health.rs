@@ -74,6 +74,9 @@ pub enum Health {
     Ready,
     /// Stopped answering: no traffic, still probed.
     Evicted,
+    /// Being stopped (scale-down): no new traffic; it finishes what it
+    /// holds.
+    Draining,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +122,21 @@ impl Replicas {
         self.replicas.remove(&id);
     }
 
+    /// Send no more requests to `id`: it is being stopped once its
+    /// outstanding requests end.
+    pub fn drain(&mut self, id: u64) {
+        if let Some(r) = self.replicas.get_mut(&id) {
+            r.health = Health::Draining;
+        }
+    }
+
+    /// Every replica and where it stands, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Health, u32)> + '_ {
+        self.replicas
+            .iter()
+            .map(|(&id, r)| (id, r.health, r.outstanding))
+    }
+
     pub fn health(&self, id: u64) -> Option<Health> {
         self.replicas.get(&id).map(|r| r.health)
     }
@@ -146,6 +164,9 @@ impl Replicas {
         let Some(r) = self.replicas.get_mut(&id) else {
             return;
         };
+        if r.health == Health::Draining {
+            return;
+        }
         if ok {
             r.fails = 0;
             r.oks = r.oks.saturating_add(1);

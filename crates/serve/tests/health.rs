@@ -120,3 +120,27 @@ fn bad_probe_settings_are_named() {
     })
     .starts_with("initial_delay_ms"));
 }
+
+#[test]
+fn a_draining_replica_takes_no_new_request_and_stays_draining() {
+    let mut r = Replicas::new(cfg(), Route::LeastOutstanding).unwrap();
+    r.add(1, 0);
+    r.add(2, 0);
+    for id in r.probes_due(60_000) {
+        r.probed(id, true);
+    }
+    assert_eq!(r.pick(), Some(1));
+    r.drain(1);
+    // Replica 1 holds a request but is never picked again, and a probe
+    // answering does not make it ready again.
+    for _ in 0..5 {
+        assert_eq!(r.pick(), Some(2));
+    }
+    r.probed(1, true);
+    assert_eq!(r.health(1), Some(Health::Draining));
+    assert_eq!(r.outstanding(1), Some(1));
+    r.finished(1, true);
+    assert_eq!(r.outstanding(1), Some(0));
+    let states: Vec<_> = r.iter().map(|(id, h, _)| (id, h)).collect();
+    assert_eq!(states, vec![(1, Health::Draining), (2, Health::Ready)]);
+}

@@ -26,6 +26,12 @@
 //! # resumes from its last checkpoint (0: it resumes where it stopped).
 //! checkpoint_s = 0
 //!
+//! [models]
+//! # The largest request body of the model API (/v1/chat/completions, ...).
+//! max_body_mib = 8
+//! # How long a request waits for a ready replica (a service scaling from zero).
+//! hold_s = 300
+//!
 //! [agents]
 //! # How often agents report (told to them when they register).
 //! heartbeat_interval_s = 5
@@ -59,6 +65,15 @@ pub struct FileConfig {
     pub scheduler: SchedulerSection,
     #[serde(default)]
     pub agents: AgentsSection,
+    #[serde(default)]
+    pub models: ModelsSection,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSection {
+    pub max_body_mib: Option<u64>,
+    pub hold_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -96,6 +111,7 @@ pub struct Settings {
     pub prices: Option<PathBuf>,
     /// (certificate chain, private key), PEM: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub router: crate::services::RouterConfig,
 }
 
 /// Command-line overrides.
@@ -198,6 +214,19 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
              --insecure-http)"
         ));
     }
+    let mut router = crate::services::RouterConfig::default();
+    if let Some(m) = file.models.max_body_mib {
+        if !(1..=1024).contains(&m) {
+            return Err(format!("models.max_body_mib must be 1..=1024 (found {m})"));
+        }
+        router.max_body_bytes = (m as usize) << 20;
+    }
+    if let Some(h) = file.models.hold_s {
+        if !(1..=3600).contains(&h) {
+            return Err(format!("models.hold_s must be 1..=3600 (found {h})"));
+        }
+        router.hold = std::time::Duration::from_secs(h);
+    }
     let store = o.store.or(file.store);
     if let Some(url) = &store {
         if !crate::store::is_postgres_url(url) {
@@ -220,6 +249,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
         log_level: file.log_level.unwrap_or_else(|| "info".to_string()),
         scheduler,
         prices: o.prices.or(file.prices),
+        router,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod services;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct ServerConfig {
     pub prices: Option<std::sync::Arc<suanli_billing::PriceBook>>,
     /// (certificate chain, private key), PEM: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The model API's router.
+    pub router: services::RouterConfig,
 }
 
 /// On an empty store: create an admin token and write it to
@@ -219,11 +222,14 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
             wakes.close();
         }
     };
+    let services = services::Services::new(store.clone(), control.clone(), cfg.router.clone());
+    services.start();
     let app = http::router(http::AppState {
         store,
         control,
         data_dir: cfg.data_dir.clone(),
         prices: cfg.prices.clone(),
+        services: services.clone(),
     });
     let std_listener = std::net::TcpListener::bind(cfg.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
@@ -269,6 +275,8 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         }
     }
+    // Tokens of the last answers are written before the process ends.
+    services.flush().await;
     Ok(())
 }
 

@@ -70,6 +70,7 @@ fn job(gpus: i64, tasks: i64) -> NewJob {
         retries: 1,
         idem_key: None,
         idem_hash: None,
+        service: None,
     }
 }
 
@@ -1003,6 +1004,7 @@ async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restar
     let keyed = |k: &str| NewJob {
         idem_key: Some(k.to_string()),
         idem_hash: None,
+        service: None,
         ..job(0, 1)
     };
     let first = p.submit(keyed("k1")).await;
@@ -1012,6 +1014,7 @@ async fn a_repeated_idempotency_key_gives_back_the_first_job_even_after_a_restar
         job: NewJob {
             idem_key: Some(k.to_string()),
             idem_hash: None,
+            service: None,
             ..job(0, 1)
         },
     };

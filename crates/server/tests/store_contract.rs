@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use suanli_server::store::{
-    channels, Class, EventKind, IdKind, JobState, LogAppend, LogKey, NewJob, Node, NodeState, Note,
-    Scope, StoreError, TaskState, TokenScope, Write,
+    channels, Class, EventKind, IdKind, JobState, LogAppend, LogKey, NewJob, NewService, Node,
+    NodeState, Note, Scope, StoreError, TaskState, TokenRow, TokenScope, Write,
 };
 
 #[macro_use]
@@ -33,6 +33,7 @@ on_both_backends!(
     recent_jobs_and_arrivals,
     task_logs_are_stored_once_in_order,
     task_logs_from_two_replicas_at_once,
+    services_replicas_tokens_and_limits,
 );
 
 fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
@@ -52,6 +53,7 @@ fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
         retries: 2,
         idem_key: None,
         idem_hash: None,
+        service: None,
     }
 }
 
@@ -988,4 +990,185 @@ async fn task_logs_from_two_replicas_at_once(db: common::Db) {
     }
     assert_eq!(got.len(), text.len());
     assert!(got == text, "the stream differs from what was pushed");
+}
+
+fn spec(min: u32) -> suanli_api::ServiceSpec {
+    suanli_api::ServiceSpec {
+        command: vec!["serve".into(), "--port".into()],
+        env: BTreeMap::new(),
+        workdir: String::new(),
+        cpu_milli: 1000,
+        memory_mib: 1024,
+        num_gpu: 1,
+        gpu_milli: 1000,
+        gpu_models: vec![],
+        class: Class::OnDemand,
+        min,
+        max: 4,
+        target_inflight: 2.5,
+        up_delay_s: 0,
+        down_delay_s: 30,
+        idle_s: 60,
+        ready_path: "/health".into(),
+        ready_delay_s: 0,
+        start_timeout_s: 600,
+    }
+}
+
+async fn services_replicas_tokens_and_limits(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
+    let sv = s.services();
+    let a = s.create_tenant("acme", 1.0, "test").await.unwrap();
+    let b = s.create_tenant("beta", 1.0, "test").await.unwrap();
+    let new = |tenant: i64, name: &str, model: &str, public: bool| NewService {
+        tenant_id: tenant,
+        name: name.into(),
+        model: model.into(),
+        public,
+        spec: spec(0),
+        key: format!("key-{name}"),
+    };
+    let chat = sv
+        .create_service(&new(a.id, "chat", "m1", false), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        (chat.tenant.as_str(), chat.spec.target_inflight),
+        ("acme", 2.5)
+    );
+    // Taken: the name, the tenant's model, a public model.
+    let conflict = |r: Result<_, StoreError>| match r {
+        Err(StoreError::Conflict(w)) => w,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    assert!(conflict(
+        sv.create_service(&new(a.id, "chat", "m9", false), "t")
+            .await
+    )
+    .contains("service \"chat\""));
+    assert!(conflict(
+        sv.create_service(&new(a.id, "other", "m1", false), "t")
+            .await
+    )
+    .contains("model \"m1\""));
+    // Another tenant may serve its own private "m1"; a public "m2" is one.
+    sv.create_service(&new(b.id, "mine", "m1", false), "t")
+        .await
+        .unwrap();
+    sv.create_service(&new(b.id, "pub", "m2", true), "t")
+        .await
+        .unwrap();
+    assert!(
+        conflict(sv.create_service(&new(a.id, "pub2", "m2", true), "t").await).contains("public")
+    );
+    assert_eq!(sv.services(None).await.unwrap().len(), 3);
+    assert_eq!(sv.services(Some(a.id)).await.unwrap().len(), 1);
+    assert!(matches!(
+        sv.service(b.id, "chat").await,
+        Err(StoreError::NotFound)
+    ));
+    // Update, delete; a deleted service's name and model are free again.
+    sv.update_service(chat.id, &spec(2), "t").await.unwrap();
+    assert_eq!(sv.service(a.id, "chat").await.unwrap().spec.min, 2);
+    // Replicas are recorded with their job, in the loop's batch.
+    let mut replica = job("chat-replica", 1, 1);
+    replica.service = Some(chat.id);
+    let mut w = vec![Write::UpsertNode(node(1, "n1", 8, 100))];
+    w.extend(insert(1, a.id, replica, 100));
+    w.extend(insert(2, a.id, job("batch", 1, 1), 100));
+    s.commit(w).await.unwrap();
+    let live = sv.live_replicas(chat.id).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        (live[0].job, live[0].state, live[0].node.clone()),
+        (1, JobState::Pending, None)
+    );
+    assert_eq!(
+        sv.replica_of(1).await.unwrap(),
+        Some(("chat".to_string(), "key-chat".to_string()))
+    );
+    assert_eq!(sv.replica_of(2).await.unwrap(), None);
+    s.commit(vec![Write::StartJob {
+        job: 1,
+        run: 1,
+        at: 200,
+        tasks: vec![(1, 0b1)],
+    }])
+    .await
+    .unwrap();
+    let live = sv.live_replicas(chat.id).await.unwrap();
+    assert_eq!(
+        (
+            live[0].run,
+            live[0].state,
+            live[0].node.as_deref(),
+            live[0].addr.as_deref()
+        ),
+        (1, JobState::Running, Some("n1"), Some("n1.local"))
+    );
+    s.commit(vec![Write::JobState {
+        job: 1,
+        state: JobState::Cancelled,
+        ended: Some(300),
+    }])
+    .await
+    .unwrap();
+    assert!(sv.live_replicas(chat.id).await.unwrap().is_empty());
+    sv.delete_service(chat.id, "t").await.unwrap();
+    assert!(matches!(
+        sv.delete_service(chat.id, "t").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        sv.service(a.id, "chat").await,
+        Err(StoreError::NotFound)
+    ));
+    sv.create_service(&new(a.id, "chat", "m1", false), "t")
+        .await
+        .unwrap();
+    // Tokens: each request id once, summed per tenant and model.
+    let row = |id: &str, tenant: i64, model: &str, i: i64, o: i64, at: i64| TokenRow {
+        request_id: id.into(),
+        tenant_id: tenant,
+        service_id: chat.id,
+        model: model.into(),
+        at_ms: at,
+        input_tokens: i,
+        output_tokens: o,
+        estimated: false,
+    };
+    let rows = vec![
+        row("r1", a.id, "m1", 10, 5, 1000),
+        row("r2", a.id, "m1", 7, 3, 2000),
+        row("r3", b.id, "m2", 1, 1, 2000),
+    ];
+    assert_eq!(sv.record_tokens(&rows).await.unwrap(), 3);
+    // The same requests again (a retried batch): nothing more.
+    assert_eq!(sv.record_tokens(&rows[..2]).await.unwrap(), 0);
+    let all = sv.token_sums(None, 0, 10_000).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (
+            all[0].tenant.as_str(),
+            all[0].requests,
+            all[0].input_tokens,
+            all[0].output_tokens
+        ),
+        ("acme", 2, 17, 8)
+    );
+    let mine = sv.token_sums(Some(b.id), 0, 10_000).await.unwrap();
+    assert_eq!((mine.len(), mine[0].model.as_str()), (1, "m2"));
+    assert_eq!(
+        sv.token_sums(None, 1500, 10_000).await.unwrap()[0].requests,
+        1
+    );
+    // Rate limits.
+    assert!(sv.limits().await.unwrap().is_empty());
+    let l = suanli_api::RateLimits {
+        requests_per_minute: Some(60),
+        tokens_per_minute: None,
+    };
+    sv.set_limits(a.id, l, "t").await.unwrap();
+    assert_eq!(sv.limits().await.unwrap(), vec![(a.id, l)]);
 }

@@ -29,6 +29,7 @@ fn job(i: i64) -> NewJob {
         retries: 0,
         idem_key: None,
         idem_hash: None,
+        service: None,
     }
 }
 

@@ -295,6 +295,7 @@ async fn drive(a: &BenchLoopArgs, control: Control, tenant_id: i64) -> Result<Fi
                 retries: 0,
                 idem_key: None,
                 idem_hash: None,
+                service: None,
             };
             subs.spawn(async move {
                 let t = Instant::now();
@@ -484,6 +485,7 @@ async fn backlog(n: usize, control: &Control, tenant_id: i64) -> Result<(), CliE
                 retries: 0,
                 idem_key: None,
                 idem_hash: None,
+                service: None,
             };
             c.submit(tenant_id, "bench".to_string(), job).await
         });

@@ -690,6 +690,7 @@ fn bench_jobs(n: usize) -> impl Iterator<Item = NewJob> {
             retries: 0,
             idem_key: None,
             idem_hash: None,
+            service: None,
         }
     })
 }

@@ -51,6 +51,9 @@ enum Cmd {
     /// Manage tenants (admin).
     #[command(subcommand)]
     Tenant(client::TenantCmd),
+    /// Model services: deploy a model server, called OpenAI-style at /v1/chat/completions.
+    #[command(subcommand)]
+    Service(client::ServiceCmd),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(client::TokenCmd),
@@ -163,6 +166,7 @@ fn server(a: ServerArgs) -> Result<(), CliError> {
         scheduler: s.scheduler,
         prices,
         tls: s.tls,
+        router: s.router,
     }))
     .map_err(|e| failure(format!("{e:#}")))
 }
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
         Cmd::Job(c) => client::job(c),
         Cmd::Cancel(a) => client::cancel(a),
         Cmd::Tenant(c) => client::tenant(c),
+        Cmd::Service(c) => client::service(c),
         Cmd::Token(c) => client::token(c),
         Cmd::Pool(a) => client::pool(a),
         Cmd::Nodes(a) => client::nodes(a),

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agent::{spawn_agent, wait_for};
 use common::*;
 use serde_json::{json, Value};
 
@@ -30,35 +31,6 @@ impl Drop for Pool {
 }
 
 const FAKE_GPUS: &str = "fake:4xA100-80G";
-
-fn spawn_agent(dir: &Path, url: &str, token: &str, name: &str, gpus: &str) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    // The join token from a file (the agent saves its node's credential in
-    // its work dir and uses that from then on).
-    let join = dir.join(format!("{name}.join"));
-    std::fs::write(&join, token).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_suanli"))
-        // A secret of the agent's own environment: no task may see it.
-        .env("AWS_SECRET_ACCESS_KEY", "agent-secret-key")
-        .args(["agent", "--server", url, "--join-token-file"])
-        .arg(&join)
-        .args(["--name", name])
-        .args([
-            "--gpus",
-            gpus,
-            "--cpus",
-            "16",
-            "--memory-gib",
-            "64",
-            "--grace-s",
-            "1",
-        ])
-        .arg("--work-dir")
-        .arg(dir.join("agents").join(name))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
-}
 
 fn pool(name: &str, agents: usize) -> Pool {
     pool_with(name, agents, FAKE_GPUS)
@@ -111,14 +83,6 @@ fn pool_beating(name: &str, agents: usize, gpus: &str, heartbeat_s: u64) -> Pool
             .is_some_and(|n| n.len() == agents && n.iter().all(|x| x["state"] == "ready"))
     });
     p
-}
-
-fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn wait_state(p: &Pool, id: i64, want: &str, limit_s: u64) -> Value {

@@ -506,6 +506,40 @@ fn every_response_matches_the_openapi_document() {
         t,
         None,
     );
+    // Model services.
+    let svc = r#"{"name":"chat","model":"m1","command":["true"],"gpus":1}"#;
+    c.call("POST", "/v1/services", "/v1/services", t, Some(svc));
+    c.call("POST", "/v1/services", "/v1/services", t, Some(svc));
+    let bad = r#"{"name":"x","model":"m2","command":["true"],"scaling":{"min":9,"max":2}}"#;
+    c.call("POST", "/v1/services", "/v1/services", t, Some(bad));
+    c.call("POST", "/v1/services", "/v1/services", a, Some(svc));
+    c.call("GET", "/v1/services", "/v1/services", t, None);
+    c.call("GET", "/v1/services", "/v1/services", a, None);
+    let one = "/v1/services/{name}";
+    c.call("GET", one, "/v1/services/chat", t, None);
+    c.call("GET", one, "/v1/services/chat?tenant=acme", a, None);
+    c.call("GET", one, "/v1/services/nope", t, None);
+    c.call("PATCH", one, "/v1/services/chat", t, Some(r#"{"max":4}"#));
+    c.call("PATCH", one, "/v1/services/chat", t, Some(r#"{"max":0}"#));
+    c.call("DELETE", one, "/v1/services/chat", t, None);
+    c.call("DELETE", one, "/v1/services/chat", t, None);
+    let lim = "/v1/tenants/{name}/limits";
+    c.call(
+        "PUT",
+        lim,
+        "/v1/tenants/acme/limits",
+        a,
+        Some(r#"{"tokens_per_minute":1000}"#),
+    );
+    c.call("PUT", lim, "/v1/tenants/acme/limits", t, Some(r#"{}"#));
+    c.call("GET", "/v1/token-usage", "/v1/token-usage", t, None);
+    c.call(
+        "GET",
+        "/v1/token-usage",
+        "/v1/token-usage?from_ms=5&to_ms=1",
+        a,
+        None,
+    );
     // Every documented operation was called at least once.
     let mut missing = Vec::new();
     for (path, item) in c.doc["paths"].as_object().unwrap() {

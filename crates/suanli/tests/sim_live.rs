@@ -300,6 +300,7 @@ fn live(cluster: &Cluster, wl: &Workload, outages: &[Outage]) -> Vec<Start> {
                         retries: 10,
                         idem_key: None,
                         idem_hash: None,
+                        service: None,
                     },
                 });
                 submitted.push(next);

@@ -215,6 +215,7 @@ fn simulated_money_equals_the_live_ledger_for_the_same_schedule() {
                     retries: 0,
                     idem_key: None,
                     idem_hash: None,
+                    service: None,
                 },
                 at: t0 + j.submit as i64,
             });

@@ -9,8 +9,8 @@ use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::Json;
 use suanli_api::{
-    Assignment, Job, NodeRegistration, Orders, OrdersChanged, OrdersWait, Registered, Report,
-    TaskRef, MAX_WAIT_MS,
+    replica_port, Assignment, Job, NodeRegistration, Orders, OrdersChanged, OrdersWait, Registered,
+    ReplicaOrder, Report, TaskRef, MAX_WAIT_MS,
 };
 use suanli_core::MAX_GPUS_PER_NODE;
 use utoipa_axum::router::OpenApiRouter;
@@ -223,13 +223,16 @@ async fn report(
     let orders = st.control.report(name, report, full).await??;
     // The loop decided what to start and stop; the store adds what each
     // started task runs (committed before the loop answered).
-    let mut jobs: HashMap<i64, Job> = HashMap::new();
+    let mut jobs: HashMap<i64, (Job, Option<(String, String)>)> = HashMap::new();
     let mut start = Vec::with_capacity(orders.start.len());
     for o in orders.start {
         let t = o.task;
-        let j = match jobs.entry(t.job) {
+        let (j, replica) = match jobs.entry(t.job) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(st.store.job(t.job, None).await?),
+            Entry::Vacant(e) => e.insert((
+                st.store.job(t.job, None).await?,
+                st.store.services().replica_of(t.job).await?,
+            )),
         };
         start.push(Assignment {
             job: t.job,
@@ -245,6 +248,11 @@ async fn report(
             gpus: mask_devices(t.mask),
             gpu_share: (j.gpu_milli > 0 && j.gpu_milli < 1000).then(|| j.gpu_milli as f64 / 1000.0),
             master_addr: o.master_addr,
+            replica: replica.as_ref().map(|(service, key)| ReplicaOrder {
+                service: service.clone(),
+                port: replica_port(t.job, t.run),
+                key: key.clone(),
+            }),
         });
     }
     let kill = orders

@@ -30,7 +30,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(job_events))
 }
 
-fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
+pub(super) fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
     if b.command.is_empty() || b.command[0].is_empty() {
         return Err(Problem::invalid("command", "command must name a program"));
     }
@@ -175,6 +175,7 @@ fn validate_job(b: JobSubmit) -> Result<NewJob, Problem> {
         retries,
         idem_key: None,
         idem_hash: None,
+        service: None,
     })
 }
 

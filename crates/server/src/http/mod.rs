@@ -8,7 +8,9 @@
 //! - `openapi.rs`: what every operation's documentation gains (the errors
 //!   any call can meet, as `application/problem+json`).
 //! - `tenants.rs`, `tokens.rs`, `jobs.rs`, `nodes.rs`, `agents.rs`,
-//!   `logs.rs`, `bills.rs` (with `wire.rs`), `metrics.rs`: the resources.
+//!   `logs.rs`, `bills.rs` (with `wire.rs`), `services.rs`, `metrics.rs`:
+//!   the resources. The model API itself (`/v1/chat/completions`, ...) is
+//!   `crate::services`' proxy, merged with its own body limit.
 //!
 //! Handlers read from the store and send every change to jobs, tasks and
 //! nodes to the scheduling loop ([`crate::control::Control`]); tenants,
@@ -24,6 +26,7 @@ mod logs;
 mod metrics;
 mod nodes;
 mod openapi;
+mod services;
 mod state;
 mod tenants;
 mod tokens;
@@ -45,11 +48,14 @@ pub use state::AppState;
 /// The server's routes.
 pub fn router(state: AppState) -> Router {
     let (router, doc) = api();
+    let model_api = crate::services::routes(state.services.max_body_bytes());
     router
         .route("/openapi.json", get(move || async move { Json(doc) }))
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(reject_declared_oversize))
+        // The model API has its own body limit (long prompts).
+        .merge(model_api)
         .with_state(state)
 }
 
@@ -69,6 +75,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(agents::routes())
         .merge(logs::routes())
         .merge(bills::routes())
+        .merge(services::routes())
         .merge(metrics::routes())
         .split_for_parts();
     // Errors every operation can meet, and their media type.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use suanli_billing::PriceBook;
 
 use crate::control::Control;
+use crate::services::Services;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -18,4 +19,6 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// The price book invoices use, if configured.
     pub prices: Option<Arc<PriceBook>>,
+    /// Model services: the router's view and the controller.
+    pub services: Services,
 }

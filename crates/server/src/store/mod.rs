@@ -10,9 +10,11 @@
 //! handlers directly.
 
 pub mod postgres;
+mod services;
 mod sql;
 pub mod sqlite;
 
+pub use services::{NewService, ReplicaRow, ServiceBackend, ServiceRow, TokenRow, TokenSum};
 pub use sql::SqlStore;
 
 use std::collections::BTreeMap;
@@ -105,6 +107,9 @@ impl std::ops::Deref for Store {
 /// transaction; `commit` applies a batch atomically, in order.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
+    /// Model services, their replicas, tokens sold and rate limits.
+    fn services(&self) -> &dyn ServiceBackend;
+
     async fn token_count(&self) -> Result<i64, StoreError>;
 
     // Admin writes: each records itself in the audit log, in its own
@@ -429,6 +434,10 @@ pub struct NewJob {
     /// With a key: SHA-256 (hex) of the request as read, so that the key
     /// reused for another request is told apart.
     pub idem_hash: Option<String>,
+    /// The model service this job is a replica of (set by the service
+    /// controller only; recorded in `replicas` with the job).
+    #[serde(default)]
+    pub service: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -340,7 +340,12 @@ where
     for<'r> TaskViewRow: FromRow<'r, DB::Row>,
     for<'r> UsageRow: FromRow<'r, DB::Row>,
     for<'r> SpanRow: FromRow<'r, DB::Row>,
+    Self: ServiceBackend,
 {
+    fn services(&self) -> &dyn ServiceBackend {
+        self
+    }
+
     async fn token_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
             .fetch_one(&self.pool)
@@ -1123,7 +1128,7 @@ where
 
 /// Append an audit row inside the transaction of the action it records:
 /// the action and its record commit together or not at all.
-async fn audit<DB>(
+pub(super) async fn audit<DB>(
     tx: &mut DB::Connection,
     actor: &str,
     action: &str,
@@ -1171,6 +1176,6 @@ where
     Ok(rows.into_iter().map(TaskView::from).collect())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }

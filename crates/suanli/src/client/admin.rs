@@ -38,6 +38,18 @@ pub enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set a tenant's model API rate limits (admin); a limit left out is none.
+    SetLimits {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens (input + output) per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+    },
     /// List tenants (admin).
     List {
         #[command(flatten)]
@@ -82,6 +94,25 @@ pub fn tenant(c: TenantCmd) -> Result<(), CliError> {
                 let max = max.map_or("unlimited".to_string(), |m| m.to_string());
                 println!("tenant {name}: {model} guaranteed {guaranteed}, max {max}");
             }
+        }
+        TenantCmd::SetLimits {
+            conn,
+            name,
+            rpm,
+            tpm,
+        } => {
+            let body = suanli_api::RateLimits {
+                requests_per_minute: rpm,
+                tokens_per_minute: tpm,
+            };
+            let _: suanli_api::RateLimits =
+                conn.put(&format!("/v1/tenants/{name}/limits"), &body)?;
+            let show = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+            println!(
+                "tenant {name}: {} requests/min, {} tokens/min",
+                show(rpm),
+                show(tpm)
+            );
         }
         TenantCmd::List { conn, json } => {
             let v: TenantList = conn.get("/v1/tenants")?;

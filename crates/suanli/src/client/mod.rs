@@ -1,7 +1,8 @@
 //! The CLI client of the control plane, one module per command group:
 //! `jobs.rs` (`submit`, `queue`, `job show`, `cancel`, `logs`), `admin.rs`
 //! (`tenant`, `token`, `nodes`), `bills.rs` (`bill`, `report economics`),
-//! `pool.rs` (`pool`: the pool by GPU model, for tenants);
+//! `pool.rs` (`pool`: the pool by GPU model, for tenants), `services.rs`
+//! (`service`: model services);
 //! `output.rs` renders tables, CSV and JSON. Requests and answers are the
 //! protocol's own types ([`suanli_api`]); nothing indexes JSON by string.
 //!
@@ -24,6 +25,7 @@ mod bills;
 mod jobs;
 mod output;
 mod pool;
+mod services;
 
 pub use admin::{audit, nodes, tenant, token, AuditArgs, NodesArgs, TenantCmd, TokenCmd};
 pub use bills::{bill, report, BillArgs, ReportCmd};
@@ -31,6 +33,7 @@ pub use jobs::{
     cancel, job, logs, queue, submit, JobCmd, JobIdArgs, LogsArgs, QueueArgs, SubmitArgs,
 };
 pub use pool::{pool, PoolArgs};
+pub use services::{service, ServiceCmd};
 
 use clap::Args;
 use serde::de::DeserializeOwned;
@@ -289,6 +292,16 @@ impl Conn {
         body: &B,
     ) -> Result<T, CliError> {
         let r = self.send("PUT", path, Some(&Body(body)))?;
+        Conn::read(path, r)
+    }
+
+    /// A PATCH (of absolute values: safe to send again).
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let r = self.call("PATCH", path, Some(&Body(body)), &[], true)?;
         Conn::read(path, r)
     }
 

@@ -2,6 +2,7 @@
 //! on 127.0.0.1 with a temporary data dir, HTTP calls, tokens, fake nodes.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod pool;
 
 use std::io::{BufRead, BufReader};

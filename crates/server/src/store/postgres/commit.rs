@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 
-use crate::store::{JobState, NodeState, StoreError, TaskState, Write};
+use crate::store::{JobState, NewJob, NodeState, StoreError, TaskState, Write};
 
 /// Apply `writes` in order on `tx` (inside a transaction).
 pub(super) async fn apply(tx: &mut PgConnection, writes: &[Write]) -> Result<(), StoreError> {
@@ -209,6 +209,23 @@ async fn insert_jobs(tx: &mut PgConnection, run: &[&Write]) -> Result<(), StoreE
     .bind(c.idem_hash)
     .execute(&mut *tx)
     .await?;
+    // A model service's replicas: recorded with the job, in its transaction.
+    for w in run {
+        if let Write::InsertJob {
+            id,
+            job: NewJob {
+                service: Some(s), ..
+            },
+            ..
+        } = w
+        {
+            sqlx::query("INSERT INTO replicas (job_id, service_id) VALUES ($1, $2)")
+                .bind(id)
+                .bind(s)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
     Ok(())
 }
 

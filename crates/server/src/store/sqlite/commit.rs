@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, ToSql, Transaction};
 
-use crate::store::{JobState, Node, NodeState, StoreError, TaskState, Write};
+use crate::store::{JobState, NewJob, Node, NodeState, StoreError, TaskState, Write};
 
 /// Apply `writes` in order within `tx`, except that runs of job inserts
 /// and of job starts become multi-row statements, and events and audit
@@ -198,7 +198,22 @@ fn insert_jobs(tx: &Transaction<'_>, run: &[&Write]) -> Result<(), StoreError> {
         ),
         "",
         &rows,
-    )
+    )?;
+    // A model service's replicas: recorded with the job, in its transaction.
+    for w in run {
+        if let Write::InsertJob {
+            id,
+            job: NewJob {
+                service: Some(s), ..
+            },
+            ..
+        } = w
+        {
+            tx.prepare_cached("INSERT INTO replicas (job_id, service_id) VALUES (?, ?)")?
+                .execute(params![id, s])?;
+        }
+    }
+    Ok(())
 }
 
 /// Job starts: each job's row, and a row per task (with the GPU model it

@@ -1,0 +1,398 @@
+//! Model services end to end with real processes: a server, a real agent
+//! (fake GPU inventory) and `suanli mock-llm` replicas started by the
+//! agent as the service's tasks; callers speak OpenAI-style to the server.
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::agent::{spawn_agent, wait_for};
+use common::*;
+use serde_json::{json, Value};
+
+struct Fixture {
+    s: Server,
+    admin: String,
+    acme: String,
+    beta: String,
+    agent: Child,
+    /// Last: removed after the server and the agent stop.
+    dir: TmpDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = tmp(name);
+    let conf = dir.join("server.toml");
+    std::fs::write(
+        &conf,
+        "[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n[models]\nhold_s = 60\n",
+    )
+    .unwrap();
+    let s = Server::start_with(&dir, &["--config", conf.to_str().unwrap()]);
+    let admin = Server::admin(&dir);
+    for t in ["acme", "beta"] {
+        let (code, v, _) = call(
+            "POST",
+            &s.u("/v1/tenants"),
+            Some(&admin),
+            Some(&json!({"name": t}).to_string()),
+        );
+        assert_eq!(code, 201, "{v}");
+    }
+    let agent_token = token_for(&s, &admin, json!({"scope": "agent"}));
+    let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
+    let beta = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let agent = spawn_agent(&dir, &s.url, &agent_token, "n0", "fake:2xA100-80G");
+    wait_for(Duration::from_secs(20), || {
+        let (_, v, _) = call("GET", &s.u("/v1/nodes"), Some(&admin), None);
+        v["nodes"].as_array().is_some_and(|n| n.len() == 1)
+    });
+    Fixture {
+        s,
+        admin,
+        acme,
+        beta,
+        agent,
+        dir,
+    }
+}
+
+/// A chat request; returns (status, body text, headers of interest).
+fn chat(
+    f: &Fixture,
+    token: &str,
+    model: &str,
+    stream: bool,
+    words: usize,
+) -> (u16, String, Option<String>) {
+    let body = json!({
+        "model": model,
+        "stream": stream,
+        "max_tokens": words,
+        "messages": [{"role": "user", "content": "one two three four five"}],
+    });
+    let r = ureq::post(&f.s.u("/v1/chat/completions"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json")
+        .timeout(Duration::from_secs(90))
+        .send_string(&body.to_string());
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("chat: {e}"),
+    };
+    let status = resp.status();
+    let retry = resp.header("retry-after").map(str::to_string);
+    (status, resp.into_string().unwrap(), retry)
+}
+
+/// The tokens an answer reports: a whole body's usage, or a stream's last
+/// usage chunk.
+fn reported(text: &str, stream: bool) -> (i64, i64) {
+    let usage = if stream {
+        text.lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find_map(|v| v.get("usage").cloned().filter(|u| !u.is_null()))
+            .expect("a usage chunk")
+    } else {
+        serde_json::from_str::<Value>(text).unwrap()["usage"].clone()
+    };
+    (
+        usage["prompt_tokens"].as_i64().unwrap(),
+        usage["completion_tokens"].as_i64().unwrap(),
+    )
+}
+
+fn service(f: &Fixture, token: &str, name: &str) -> Value {
+    let (code, v, _) = call(
+        "GET",
+        &f.s.u(&format!("/v1/services/{name}")),
+        Some(token),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn ready_replicas(v: &Value) -> usize {
+    v["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "ready")
+        .count()
+}
+
+fn token_usage(f: &Fixture, token: &str) -> (i64, i64, i64) {
+    let (code, v, _) = call("GET", &f.s.u("/v1/token-usage"), Some(token), None);
+    assert_eq!(code, 200, "{v}");
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold((0, 0, 0), |a, r| {
+            (
+                a.0 + r["requests"].as_i64().unwrap(),
+                a.1 + r["input_tokens"].as_i64().unwrap(),
+                a.2 + r["output_tokens"].as_i64().unwrap(),
+            )
+        })
+}
+
+#[test]
+fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
+    let f = fixture("services");
+    let bin = env!("CARGO_BIN_EXE_suanli");
+    let (code, out, err) = cli(
+        &f.s.url,
+        &f.acme,
+        &[
+            "service",
+            "create",
+            "chat",
+            "--model",
+            "m1",
+            "--gpus",
+            "1",
+            "--max",
+            "2",
+            "--target-inflight",
+            "1",
+            "--idle",
+            "4s",
+            "--down-delay",
+            "1s",
+            "--",
+            bin,
+            "mock-llm",
+            "--model",
+            "m1",
+            "--ttft-ms",
+            "30",
+            "--tokens-per-s",
+            "100",
+            "--seed",
+            "7",
+            "--ready-delay-ms",
+            "300",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Nothing runs before a request: min is 0.
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = service(&f, &f.acme, "chat");
+    assert_eq!(v["replicas"].as_array().unwrap().len(), 0, "{v}");
+
+    // The first request is held through the cold start, then answered.
+    let t = Instant::now();
+    let (code, text, _) = chat(&f, &f.acme, "m1", false, 8);
+    assert_eq!(code, 200, "{text}");
+    let mut sent = reported(&text, false);
+    let mut requests = 1;
+    eprintln!("first request at zero answered in {:?}", t.elapsed());
+
+    // A stream passes through, ends with [DONE], and reports its usage.
+    let (code, text, _) = chat(&f, &f.acme, "m1", true, 6);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let u = reported(&text, true);
+    sent = (sent.0 + u.0, sent.1 + u.1);
+    requests += 1;
+
+    // Another tenant can neither call nor see the private service.
+    let (code, text, _) = chat(&f, &f.beta, "m1", false, 4);
+    assert_eq!(code, 404, "{text}");
+    let (_, models, _) = call("GET", &f.s.u("/v1/models"), Some(&f.beta), None);
+    assert_eq!(models["data"].as_array().unwrap().len(), 0, "{models}");
+    let (_, models, _) = call("GET", &f.s.u("/v1/models"), Some(&f.acme), None);
+    assert_eq!(models["data"][0]["id"], "m1", "{models}");
+    let (code, _, _) = call("GET", &f.s.u("/v1/services/chat"), Some(&f.beta), None);
+    assert_eq!(code, 404);
+
+    // The replica itself refuses a caller without the service's key (a
+    // task of another tenant on the network).
+    let v = service(&f, &f.acme, "chat");
+    let job = v["replicas"][0]["job"].as_i64().unwrap();
+    let run = job_of(&f, job)["run"].as_i64().unwrap();
+    let port = suanli_api::replica_port(job, run);
+    let direct = ureq::post(&format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .send_string(&json!({"model": "m1", "messages": []}).to_string());
+    match direct {
+        Err(ureq::Error::Status(code, _)) => assert_eq!(code, 401),
+        other => panic!("the replica answered a caller without its key: {other:?}"),
+    }
+
+    // A load step: 6 concurrent streams; the service grows to its max (2)
+    // and never past it.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (url, token, peak, stop) = (
+            f.s.u("/v1/services/chat"),
+            f.acme.clone(),
+            peak.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (_, v, _) = call("GET", &url, Some(&token), None);
+                let n = v["replicas"]
+                    .as_array()
+                    .map_or(0, |r| r.iter().filter(|r| r["state"] != "draining").count());
+                peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let answers: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| {
+                sc.spawn(|| {
+                    let (c, t, _) = chat(&f, &f.acme, "m1", true, 200);
+                    (c, t)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, t) in &answers {
+        assert_eq!(*c, 200, "{t}");
+        let u = reported(t, true);
+        sent = (sent.0 + u.0, sent.1 + u.1);
+        requests += 1;
+    }
+    wait_for(Duration::from_secs(20), || {
+        ready_replicas(&service(&f, &f.acme, "chat")) == 2
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        peak.load(std::sync::atomic::Ordering::Relaxed) <= 2,
+        "more replicas than max"
+    );
+
+    // A replica killed: evicted within two probe periods (1 s each), and
+    // requests sent meanwhile succeed on the other replica (one that met
+    // the dead replica's closed port never reached it, so it is retried).
+    let v = service(&f, &f.acme, "chat");
+    let victim = v["replicas"][0]["job"].as_i64().unwrap();
+    kill_replica(victim);
+    let t = Instant::now();
+    let answers: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| {
+                    let (c, t, _) = chat(&f, &f.acme, "m1", false, 5);
+                    (c, t)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, t) in &answers {
+        assert_eq!(*c, 200, "{t}");
+        let u = reported(t, false);
+        sent = (sent.0 + u.0, sent.1 + u.1);
+        requests += 1;
+    }
+    wait_for(Duration::from_secs(3), || {
+        let v = service(&f, &f.acme, "chat");
+        !v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["job"] == victim && r["state"] == "ready")
+    });
+    assert!(
+        t.elapsed() < Duration::from_millis(2_900),
+        "evicted after {:?}",
+        t.elapsed()
+    );
+
+    // Billed tokens equal the usage the answers reported, each once.
+    wait_for(Duration::from_secs(5), || {
+        token_usage(&f, &f.acme) == (requests, sent.0, sent.1)
+    });
+    assert_eq!(token_usage(&f, &f.beta), (0, 0, 0));
+
+    // A tokens-per-minute limit: once spent, 429 with Retry-After.
+    let (code, v, _) = call(
+        "PUT",
+        &f.s.u("/v1/tenants/acme/limits"),
+        Some(&f.admin),
+        Some(&json!({"tokens_per_minute": 30}).to_string()),
+    );
+    assert_eq!(code, 200, "{v}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut limited = None;
+    for _ in 0..10 {
+        let (code, text, retry) = chat(&f, &f.acme, "m1", false, 20);
+        if code == 429 {
+            limited = Some((text, retry));
+            break;
+        }
+        assert_eq!(code, 200, "{text}");
+    }
+    let (text, retry) = limited.expect("no 429 past the tokens-per-minute limit");
+    assert!(text.contains("tokens_per_minute"), "{text}");
+    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+    call(
+        "PUT",
+        &f.s.u("/v1/tenants/acme/limits"),
+        Some(&f.admin),
+        Some(&json!({}).to_string()),
+    );
+
+    // Idle: the service goes to zero and a batch job needing both GPUs runs.
+    let batch = submit(
+        &f.s,
+        &f.acme,
+        json!({"command": ["sleep", "30"], "gpus": 2}),
+    );
+    let id = batch["id"].as_i64().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        job_of(&f, id)["state"] == "RUNNING"
+    });
+    wait_for(Duration::from_secs(5), || {
+        service(&f, &f.acme, "chat")["replicas"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let _ = &f.dir;
+}
+
+/// SIGKILL the process of replica job `job` (found by its environment).
+fn kill_replica(job: i64) {
+    let want = format!("SUANLI_JOB_ID={job}");
+    let mut killed = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let has = |hay: &[u8], needle: &[u8]| hay.split(|&b| b == 0).any(|w| w == needle);
+        if has(&env, want.as_bytes()) && has(&cmd, b"mock-llm") {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed += 1;
+        }
+    }
+    assert_eq!(killed, 1, "replica job {job}'s process");
+}
+
+fn job_of(f: &Fixture, id: i64) -> Value {
+    job(&f.s, &f.admin, id)
+}
