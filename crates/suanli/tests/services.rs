@@ -12,13 +12,17 @@ use common::*;
 use serde_json::{json, Value};
 
 struct Fixture {
-    s: Server,
-    admin: String,
-    acme: String,
     beta: String,
     agent: Child,
-    /// Last: removed after the server and the agent stop.
-    dir: TmpDir,
+    /// Last: the server stops, then its directory goes.
+    p: pool::Pool,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = pool::Pool;
+    fn deref(&self) -> &pool::Pool {
+        &self.p
+    }
 }
 
 impl Drop for Fixture {
@@ -28,41 +32,17 @@ impl Drop for Fixture {
     }
 }
 
+/// Tenants acme and beta, and one agent with two (fake) GPUs.
 fn fixture(name: &str) -> Fixture {
-    let dir = tmp(name);
-    let conf = dir.join("server.toml");
-    std::fs::write(
-        &conf,
-        "[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n[models]\nhold_s = 60\n",
-    )
-    .unwrap();
-    let s = Server::start_with(&dir, &["--config", conf.to_str().unwrap()]);
-    let admin = Server::admin(&dir);
-    for t in ["acme", "beta"] {
-        let (code, v, _) = call(
-            "POST",
-            &s.u("/v1/tenants"),
-            Some(&admin),
-            Some(&json!({"name": t}).to_string()),
-        );
-        assert_eq!(code, 201, "{v}");
-    }
-    let agent_token = token_for(&s, &admin, json!({"scope": "agent"}));
-    let acme = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "acme"}));
-    let beta = token_for(&s, &admin, json!({"scope": "tenant", "tenant": "beta"}));
-    let agent = spawn_agent(&dir, &s.url, &agent_token, "n0", "fake:2xA100-80G");
+    let conf = "[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n[models]\nhold_s = 60\n";
+    let p = pool::pool_configured(name, Some(conf), &[]);
+    let beta = token_for(&p.s, &p.admin, json!({"scope": "tenant", "tenant": "beta"}));
+    let agent = spawn_agent(&p.dir, &p.s.url, &p.agent, "n0", "fake:2xA100-80G");
     wait_for(Duration::from_secs(20), || {
-        let (_, v, _) = call("GET", &s.u("/v1/nodes"), Some(&admin), None);
+        let (_, v, _) = call("GET", &p.s.u("/v1/nodes"), Some(&p.admin), None);
         v["nodes"].as_array().is_some_and(|n| n.len() == 1)
     });
-    Fixture {
-        s,
-        admin,
-        acme,
-        beta,
-        agent,
-        dir,
-    }
+    Fixture { beta, agent, p }
 }
 
 /// A chat request; returns (status, body text, headers of interest).
@@ -370,7 +350,6 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
             .unwrap()
             .is_empty()
     });
-    let _ = &f.dir;
 }
 
 /// SIGKILL the process of replica job `job` (found by its environment).

@@ -8,7 +8,7 @@ use suanli_api::{
 };
 
 use super::output::{gpus_of, print_json, total_gpus};
-use super::{parse_duration, parse_mem, query, Conn};
+use super::{parse_duration, parse_env, parse_mem, query, Conn};
 use crate::{failure, usage, CliError};
 
 #[derive(Args)]
@@ -68,15 +68,7 @@ pub fn submit(a: SubmitArgs) -> Result<(), CliError> {
     if !(a.cpu.is_finite() && a.cpu >= 0.0) {
         return Err(usage(format!("--cpu must be >= 0, found {}", a.cpu)));
     }
-    let env = a
-        .env
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| usage(format!("--env {kv:?}: expected NAME=VALUE")))
-        })
-        .collect::<Result<_, _>>()?;
+    let env = parse_env(&a.env)?;
     let body = JobSubmit {
         name: a.name,
         command: a.command,

@@ -334,6 +334,18 @@ fn query<Q: Serialize>(q: &Q) -> String {
     serde_urlencoded::to_string(q).expect("query types serialise")
 }
 
+/// `--env NAME=VALUE` flags as a map.
+pub fn parse_env(flags: &[String]) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    flags
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| usage(format!("--env {kv:?}: expected NAME=VALUE")))
+        })
+        .collect()
+}
+
 /// `90m` → 5400 s; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<u64, CliError> {
     let bad = || {

@@ -21,12 +21,17 @@ pub fn print_json<T: Serialize>(v: &T) {
 
 /// A job's GPUs per task: `-`, a count, or a share such as `0.25`.
 pub fn gpus_of(j: &Job) -> String {
-    if j.num_gpu == 0 {
+    gpus_text(j.num_gpu, j.gpu_milli)
+}
+
+/// GPUs per task (or replica) from whole devices and milli per device.
+pub fn gpus_text(num_gpu: i64, gpu_milli: i64) -> String {
+    if num_gpu == 0 {
         "-".into()
-    } else if j.gpu_milli < 1000 {
-        format!("{:.2}", j.gpu_milli as f64 / 1000.0)
+    } else if gpu_milli < 1000 {
+        format!("{:.2}", gpu_milli as f64 / 1000.0)
     } else {
-        j.num_gpu.to_string()
+        num_gpu.to_string()
     }
 }
 

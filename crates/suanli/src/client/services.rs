@@ -4,8 +4,8 @@
 use clap::{Args, Subcommand};
 use suanli_api::{Class, ScalingUpdate, Service, ServiceCreate, ServiceList};
 
-use super::output::print_json;
-use super::{parse_duration, parse_mem, Conn};
+use super::output::{gpus_text, print_json};
+use super::{parse_duration, parse_env, parse_mem, Conn};
 use crate::{usage, CliError};
 
 #[derive(Subcommand)]
@@ -220,15 +220,7 @@ fn create(a: CreateArgs) -> Result<(), CliError> {
     if !(a.cpu.is_finite() && a.cpu >= 0.0) {
         return Err(usage(format!("--cpu must be >= 0, found {}", a.cpu)));
     }
-    let env = a
-        .env
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| usage(format!("--env {kv:?}: expected NAME=VALUE")))
-        })
-        .collect::<Result<_, _>>()?;
+    let env = parse_env(&a.env)?;
     let body = ServiceCreate {
         name: a.name,
         model: a.model,
@@ -259,14 +251,7 @@ fn create(a: CreateArgs) -> Result<(), CliError> {
 }
 
 fn gpus(s: &Service) -> String {
-    let sp = &s.spec;
-    if sp.num_gpu == 0 {
-        "-".into()
-    } else if sp.gpu_milli < 1000 {
-        format!("{:.2}", sp.gpu_milli as f64 / 1000.0)
-    } else {
-        sp.num_gpu.to_string()
-    }
+    gpus_text(s.spec.num_gpu, s.spec.gpu_milli)
 }
 
 fn table(l: &[Service]) {

@@ -15,8 +15,19 @@ pub struct Pool {
 }
 
 pub fn pool(name: &str, flags: &[&str]) -> Pool {
+    pool_configured(name, None, flags)
+}
+
+/// [`pool`] with a server config file of this text.
+pub fn pool_configured(name: &str, config: Option<&str>, flags: &[&str]) -> Pool {
     let dir = tmp(name);
-    let s = Server::start_with(&dir, flags);
+    let conf = dir.join("server.toml");
+    let mut flags: Vec<&str> = flags.to_vec();
+    if let Some(text) = config {
+        std::fs::write(&conf, text).unwrap();
+        flags.extend(["--config", conf.to_str().unwrap()]);
+    }
+    let s = Server::start_with(&dir, &flags);
     let admin = Server::admin(&dir);
     for t in ["acme", "beta"] {
         let (code, v, _) = call(
