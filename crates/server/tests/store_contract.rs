@@ -1107,6 +1107,7 @@ async fn services_replicas_tokens_and_limits(db: common::Db) {
         ),
         (1, JobState::Running, Some("n1"), Some("n1.local"))
     );
+    assert!(sv.orphan_replicas().await.unwrap().is_empty());
     s.commit(vec![Write::JobState {
         job: 1,
         state: JobState::Cancelled,
@@ -1115,7 +1116,15 @@ async fn services_replicas_tokens_and_limits(db: common::Db) {
     .await
     .unwrap();
     assert!(sv.live_replicas(chat.id).await.unwrap().is_empty());
+    // A replica still waiting when its service is deleted is an orphan
+    // (the controller stops it); an ended one is not.
+    let mut waiting = job("chat-replica", 1, 1);
+    waiting.service = Some(chat.id);
+    s.commit(insert(3, a.id, waiting, 400).to_vec())
+        .await
+        .unwrap();
     sv.delete_service(chat.id, "t").await.unwrap();
+    assert_eq!(sv.orphan_replicas().await.unwrap(), vec![3]);
     assert!(matches!(
         sv.delete_service(chat.id, "t").await,
         Err(StoreError::NotFound)

@@ -350,6 +350,29 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
             .unwrap()
             .is_empty()
     });
+
+    // min 1 keeps a replica up without traffic; deleting the service stops it.
+    let (code, _, err) = cli(&f.s.url, &f.acme, &["cancel", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(
+        &f.s.url,
+        &f.acme,
+        &["service", "update", "chat", "--min", "1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_for(Duration::from_secs(20), || {
+        ready_replicas(&service(&f, &f.acme, "chat")) == 1
+    });
+    let kept = service(&f, &f.acme, "chat")["replicas"][0]["job"]
+        .as_i64()
+        .unwrap();
+    let (code, out, err) = cli(&f.s.url, &f.acme, &["service", "delete", "chat"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for(Duration::from_secs(10), || {
+        job_of(&f, kept)["state"] == "CANCELLED"
+    });
+    let (code, text, _) = chat(&f, &f.acme, "m1", false, 3);
+    assert_eq!(code, 404, "{text}");
 }
 
 /// SIGKILL the process of replica job `job` (found by its environment).

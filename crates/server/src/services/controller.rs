@@ -55,7 +55,6 @@ async fn load(s: &Services) -> Result<(), crate::store::StoreError> {
     let rows = s.0.store.services().services(None).await?;
     let limits = s.0.store.services().limits().await?;
     let leading = s.0.control.leading();
-    let mut gone_jobs = Vec::new();
     {
         let mut reg = s.reg();
         reg.loaded = true;
@@ -72,14 +71,7 @@ async fn load(s: &Services) -> Result<(), crate::store::StoreError> {
             })
             .collect();
         let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
-        reg.by_id.retain(|id, svc| {
-            let keep = ids.contains(id);
-            if !keep {
-                gone_jobs.extend(svc.endpoints.keys().copied());
-                gone_jobs.extend(svc.pending.iter().copied());
-            }
-            keep
-        });
+        reg.by_id.retain(|id, _| ids.contains(id));
         for row in rows {
             match reg.by_id.get_mut(&row.id) {
                 Some(svc) if svc.row.updated_ms != row.updated_ms => update(svc, row),
@@ -95,9 +87,11 @@ async fn load(s: &Services) -> Result<(), crate::store::StoreError> {
             }
         }
     }
-    // A deleted service's replicas stop (their GPUs go back to the queue).
+    // A deleted service's replicas stop (their GPUs go back to the queue),
+    // read from the store: also those of a service deleted through another
+    // replica, or just before a crash.
     if leading {
-        for job in gone_jobs {
+        for job in s.0.store.services().orphan_replicas().await? {
             let _ = s.0.control.cancel(job, None).await;
         }
     }

@@ -138,6 +138,8 @@ pub trait ServiceBackend: Send + Sync {
     async fn delete_service(&self, id: i64, actor: &str) -> Result<(), StoreError>;
     /// Replicas of `service` that are not over (pending or running).
     async fn live_replicas(&self, service: i64) -> Result<Vec<ReplicaRow>, StoreError>;
+    /// Live replica jobs of deleted services (to be stopped).
+    async fn orphan_replicas(&self) -> Result<Vec<i64>, StoreError>;
     /// The service a job is a replica of, with its name and key.
     async fn replica_of(&self, job: i64) -> Result<Option<(String, String)>, StoreError>;
     /// Record answered requests, one transaction; a request id already
@@ -341,6 +343,17 @@ where
         .bind(service)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn orphan_replicas(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT r.job_id FROM replicas r JOIN services s ON s.id = r.service_id \
+             JOIN jobs j ON j.id = r.job_id \
+             WHERE s.deleted_ms IS NOT NULL AND j.ended_ms IS NULL ORDER BY r.job_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(j,)| j).collect())
     }
 
     async fn replica_of(&self, job: i64) -> Result<Option<(String, String)>, StoreError> {
