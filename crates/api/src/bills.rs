@@ -30,15 +30,22 @@ pub struct Invoice {
     /// that nothing is silently free.
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub unpriced_gpu_raw: u128,
+    /// Tokens of served models with no token price in the book.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub unpriced_tokens: u128,
 }
 
 /// One priced line: a resource (and GPU model and class) at one price.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LineItem {
-    /// `gpu`, `cpu` or `memory`.
+    /// `gpu`, `cpu`, `memory`, `input_tokens` or `output_tokens`.
     pub resource: String,
     pub gpu_model: Option<String>,
+    /// The served model, for token lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub class: Option<String>,
     /// GPU-hours, core-hours or GiB-hours (decimal text).
     pub quantity: String,
@@ -95,8 +102,28 @@ pub struct EconomicsReport {
     pub idle_gpu_hours: String,
     pub idle_value: String,
     pub revenue_per_capacity_gpu_hour: Option<String>,
+    /// Token lines of every invoice (model services).
+    #[serde(default)]
+    pub token_revenue: String,
+    /// Per served model: tokens sold against its replicas' GPU time.
+    #[serde(default)]
+    pub served: Vec<ServedModel>,
     /// Every tenant's invoice.
     pub invoices: Vec<Invoice>,
+}
+
+/// A served model's month: tokens and what callers paid for them, against
+/// the GPU-hours its replicas held and what they cost their owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServedModel {
+    pub model: String,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub token_revenue: String,
+    pub replica_gpu_hours: String,
+    pub replica_gpu_cost: String,
 }
 
 /// `GET /v1/bills?...`.

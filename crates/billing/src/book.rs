@@ -20,6 +20,8 @@ pub struct PricePeriod {
     pub gpu_hour: BTreeMap<(String, String), Decimal>,
     pub cpu_core_hour: Decimal,
     pub mem_gib_hour: Decimal,
+    /// Served model → prices per million input and output tokens.
+    pub tokens: BTreeMap<String, crate::tokens::TokenPrice>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +49,16 @@ struct FilePeriod {
     mem_gib_hour: Option<String>,
     #[serde(default)]
     gpu_hour: BTreeMap<String, BTreeMap<String, String>>,
+    /// Served model → `{ input = "..", output = ".." }` per million tokens.
+    #[serde(default)]
+    tokens: BTreeMap<String, FileTokens>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTokens {
+    input: String,
+    output: String,
 }
 
 fn price(what: &str, s: &str) -> Result<Decimal, String> {
@@ -102,9 +114,22 @@ impl PriceBook {
             let opt = |v: &Option<String>, f: &str| -> Result<Decimal, String> {
                 v.as_deref().map_or(Ok(Decimal::ZERO), |s| price(&at(f), s))
             };
+            let mut tokens = BTreeMap::new();
+            for (model, t) in &p.tokens {
+                let price_of =
+                    |side: &str, v: &str| price(&at(&format!("tokens.{model}.{side}")), v);
+                tokens.insert(
+                    model.clone(),
+                    crate::tokens::TokenPrice {
+                        input: price_of("input", &t.input)?,
+                        output: price_of("output", &t.output)?,
+                    },
+                );
+            }
             periods.push(PricePeriod {
                 from,
                 gpu_hour,
+                tokens,
                 cpu_core_hour: opt(&p.cpu_core_hour, "cpu_core_hour")?,
                 mem_gib_hour: opt(&p.mem_gib_hour, "mem_gib_hour")?,
             });
@@ -124,13 +149,13 @@ impl PriceBook {
     }
 
     /// Index of the period in force at `t` (None before the first).
-    fn period_at(&self, t: Ms) -> Option<usize> {
+    pub fn period_at(&self, t: Ms) -> Option<usize> {
         self.periods.iter().rposition(|p| p.from <= t)
     }
 
     /// [start, end) cut at every price change inside it: (from, to, period
     /// in force) for each piece.
-    pub(crate) fn segments(&self, start: Ms, end: Ms) -> Vec<(Ms, Ms, Option<usize>)> {
+    pub fn segments(&self, start: Ms, end: Ms) -> Vec<(Ms, Ms, Option<usize>)> {
         let mut cuts = vec![start];
         cuts.extend(
             self.periods

@@ -7,7 +7,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::book::PriceBook;
-use crate::invoice::{invoices, Invoice, Resource, Usage};
+use crate::invoice::{invoice_of, invoices, Invoice, Resource, Usage};
+use crate::tokens::{add_tokens, TokenUse};
 use crate::{Ms, MS_PER_HOUR};
 
 /// A stretch of time during which a node had `gpus` GPUs of `gpu_model` in
@@ -87,8 +88,26 @@ pub struct Economics {
     pub idle_value: Decimal,
     /// revenue (all resources) / capacity GPU-hours (2 decimals).
     pub revenue_per_capacity_gpu_hour: Option<Decimal>,
+    /// Token line items of all invoices (model services).
+    pub token_revenue: Decimal,
+    /// Per served model: tokens sold against the GPU time its replicas held.
+    pub served: Vec<ServedModel>,
     /// Every tenant's invoice, by tenant name.
     pub invoices: Vec<Invoice>,
+}
+
+/// One served model over the period: what callers paid for its tokens, and
+/// the GPU time its replicas held at the price their owner pays.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServedModel {
+    pub model: String,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub token_revenue: Decimal,
+    pub replica_gpu_hours: Decimal,
+    /// The GPU lines of the replicas' usage, as their owner's invoice prices them.
+    pub replica_gpu_cost: Decimal,
 }
 
 #[derive(Default)]
@@ -107,6 +126,23 @@ pub fn economics(
     book: &PriceBook,
     spans: &[NodeSpan],
     usage: &[Usage],
+    from: Ms,
+    to: Ms,
+    now: Ms,
+) -> Economics {
+    economics_with_services(book, spans, usage, &[], &BTreeMap::new(), from, to, now)
+}
+
+/// [`economics`] with model services: `tokens` (each tenant's, priced onto
+/// its invoice) and `replicas` (job id → served model: the jobs that ran a
+/// service's replicas, whose GPU time is the model's cost).
+#[allow(clippy::too_many_arguments)]
+pub fn economics_with_services(
+    book: &PriceBook,
+    spans: &[NodeSpan],
+    usage: &[Usage],
+    tokens: &[TokenUse],
+    replicas: &BTreeMap<i64, String>,
     from: Ms,
     to: Ms,
     now: Ms,
@@ -152,26 +188,48 @@ pub fn economics(
     for u in usage {
         add(&u.gpu_model, u.gpu_milli, u.start, u.end, Kind::Sold);
     }
-    let tenants: std::collections::BTreeSet<&str> =
-        usage.iter().map(|u| u.tenant.as_str()).collect();
+    let tenants: std::collections::BTreeSet<&str> = usage
+        .iter()
+        .map(|u| u.tenant.as_str())
+        .chain(tokens.iter().map(|t| t.tenant.as_str()))
+        .collect();
     let tenants: Vec<&str> = tenants.into_iter().collect();
-    let invoices = invoices(book, &tenants, usage, from, to.min(now), now);
+    let mut invoices = invoices(book, &tenants, usage, from, to.min(now), now);
+    for inv in &mut invoices {
+        add_tokens(book, inv, tokens);
+    }
     let mut gpu_revenue_by_model: BTreeMap<String, Decimal> = BTreeMap::new();
-    let (mut gpu_revenue, mut other_revenue, mut revenue) =
-        (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+    let mut token_revenue_by_model: BTreeMap<String, Decimal> = BTreeMap::new();
+    let (mut gpu_revenue, mut other_revenue, mut token_revenue, mut revenue) =
+        (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
     for inv in &invoices {
         revenue += inv.total;
         for l in &inv.lines {
-            if l.resource == Resource::Gpu {
-                gpu_revenue += l.amount;
-                *gpu_revenue_by_model
-                    .entry(l.gpu_model.clone().unwrap_or_default())
-                    .or_default() += l.amount;
-            } else {
-                other_revenue += l.amount;
+            match l.resource {
+                Resource::Gpu => {
+                    gpu_revenue += l.amount;
+                    *gpu_revenue_by_model
+                        .entry(l.gpu_model.clone().unwrap_or_default())
+                        .or_default() += l.amount;
+                }
+                Resource::InputTokens | Resource::OutputTokens => {
+                    token_revenue += l.amount;
+                    *token_revenue_by_model
+                        .entry(l.model.clone().unwrap_or_default())
+                        .or_default() += l.amount;
+                }
+                Resource::Cpu | Resource::Memory => other_revenue += l.amount,
             }
         }
     }
+    let served = served(
+        book,
+        usage,
+        tokens,
+        replicas,
+        &token_revenue_by_model,
+        (from, to.min(now), now),
+    );
     let mut models = Vec::new();
     let (mut cap, mut down, mut sold, mut idle) = (0u128, 0u128, 0u128, 0u128);
     let mut idle_value = Decimal::ZERO;
@@ -225,8 +283,47 @@ pub fn economics(
         idle_gpu_hours: gpu_hours(idle),
         idle_value,
         revenue_per_capacity_gpu_hour: per_hour(revenue, cap),
+        token_revenue,
+        served,
         invoices,
     }
+}
+
+/// Each served model's tokens and revenue, and its replicas' GPU time and
+/// cost (`(from, to, now)` as the invoices clip usage).
+fn served(
+    book: &PriceBook,
+    usage: &[Usage],
+    tokens: &[TokenUse],
+    replicas: &BTreeMap<i64, String>,
+    revenue: &BTreeMap<String, Decimal>,
+    (from, to, now): (Ms, Ms, Ms),
+) -> Vec<ServedModel> {
+    let mut by: BTreeMap<String, ServedModel> = BTreeMap::new();
+    for t in tokens {
+        let m = by.entry(t.model.clone()).or_default();
+        m.requests += t.requests;
+        m.input_tokens += t.input;
+        m.output_tokens += t.output;
+    }
+    for model in replicas.values() {
+        by.entry(model.clone()).or_default();
+    }
+    for (model, m) in &mut by {
+        m.model = model.clone();
+        m.token_revenue = revenue.get(model).copied().unwrap_or_default();
+        let held = usage
+            .iter()
+            .filter(|u| replicas.get(&u.job).is_some_and(|r| r == model));
+        let inv = invoice_of(book, "", held, from, to, now);
+        let mut raw = inv.unpriced_gpu_raw;
+        for l in inv.lines.iter().filter(|l| l.resource == Resource::Gpu) {
+            raw += l.quantity_raw;
+            m.replica_gpu_cost += l.amount;
+        }
+        m.replica_gpu_hours = gpu_hours(raw);
+    }
+    by.into_values().collect()
 }
 
 fn per_hour(amount: Decimal, capacity_raw: u128) -> Option<Decimal> {

@@ -34,12 +34,18 @@ pub enum Resource {
     Gpu,
     Cpu,
     Memory,
+    /// Prompt tokens of a served model.
+    InputTokens,
+    /// Completion tokens of a served model.
+    OutputTokens,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LineItem {
     pub resource: Resource,
     pub gpu_model: Option<String>,
+    /// The served model, for token lines.
+    pub model: Option<String>,
     pub class: Option<String>,
     /// GPU-hours, core-hours or GiB-hours, as a decimal (exact quotient to
     /// 28 significant digits; shown rounded).
@@ -63,6 +69,8 @@ pub struct Invoice {
     /// GPU usage with no price in the book (model/class missing), in GPU milli × ms;
     /// shown so that nothing is silently free.
     pub unpriced_gpu_raw: u128,
+    /// Tokens of models with no token price in the book.
+    pub unpriced_tokens: u128,
 }
 
 type LineKey = (Resource, Option<String>, Option<String>, Decimal);
@@ -110,7 +118,7 @@ pub fn invoices(
         .collect()
 }
 
-fn invoice_of<'a>(
+pub(crate) fn invoice_of<'a>(
     book: &PriceBook,
     tenant: &str,
     usage: impl Iterator<Item = &'a Usage>,
@@ -163,6 +171,9 @@ fn invoice_of<'a>(
             Resource::Gpu => (1000u128 * MS_PER_HOUR as u128, "GPU-hour"),
             Resource::Cpu => (1000u128 * MS_PER_HOUR as u128, "core-hour"),
             Resource::Memory => (1024u128 * MS_PER_HOUR as u128, "GiB-hour"),
+            Resource::InputTokens | Resource::OutputTokens => {
+                unreachable!("token lines are added by tokens::add_tokens")
+            }
         };
         let raw_d = Decimal::from_i128_with_scale(raw as i128, 0);
         let per = Decimal::from_i128_with_scale(per_unit as i128, 0);
@@ -174,6 +185,7 @@ fn invoice_of<'a>(
         lines.push(LineItem {
             resource,
             gpu_model,
+            model: None,
             class,
             quantity,
             quantity_raw: raw,
@@ -190,5 +202,6 @@ fn invoice_of<'a>(
         lines,
         total,
         unpriced_gpu_raw: unpriced,
+        unpriced_tokens: 0,
     }
 }

@@ -5,7 +5,9 @@
 //! - a price per GPU-hour by GPU model and class (guaranteed, on-demand,
 //!   spot); a GPU share pays its fraction;
 //! - a price per CPU core-hour;
-//! - a price per memory GiB-hour.
+//! - a price per memory GiB-hour;
+//! - per served model, a price per million input and output tokens
+//!   (model services, `tokens.rs`).
 //!
 //! [`invoice`] turns usage intervals (one per task per attempt, from the
 //! store or the simulator) into line items by (resource, GPU model, class,
@@ -21,18 +23,21 @@
 //! invoice shows.
 //!
 //! Layout: `time.rs` (civil dates in UTC), `book.rs` ([`PriceBook`]),
-//! `invoice.rs` ([`Usage`] → [`Invoice`]), `economics.rs` ([`NodeSpan`]s and
+//! `invoice.rs` ([`Usage`] → [`Invoice`]), `tokens.rs` ([`TokenUse`] →
+//! token lines on an invoice), `economics.rs` ([`NodeSpan`]s and
 //! usage → [`Economics`]).
 
 mod book;
 mod economics;
 mod invoice;
 mod time;
+mod tokens;
 
 pub use book::*;
 pub use economics::*;
 pub use invoice::*;
 pub use time::{format_time, month_of, parse_month, parse_time};
+pub use tokens::*;
 
 /// Milliseconds since the Unix epoch (UTC).
 pub type Ms = i64;

@@ -34,8 +34,11 @@ impl Drop for Fixture {
 
 /// Tenants acme and beta, and one agent with two (fake) GPUs.
 fn fixture(name: &str) -> Fixture {
-    let conf = "[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n[models]\nhold_s = 60\n";
-    let p = pool::pool_configured(name, Some(conf), &[]);
+    let prices = format!("{}/../../examples/prices.toml", env!("CARGO_MANIFEST_DIR"));
+    let conf = format!(
+        "prices = {prices:?}\n[agents]\nheartbeat_interval_s = 1\nlease_s = 3\n[models]\nhold_s = 60\n"
+    );
+    let p = pool::pool_configured(name, Some(&conf), &[]);
     let beta = token_for(&p.s, &p.admin, json!({"scope": "tenant", "tenant": "beta"}));
     let agent = spawn_agent(&p.dir, &p.s.url, &p.agent, "n0", "fake:2xA100-80G");
     wait_for(Duration::from_secs(20), || {
@@ -133,7 +136,8 @@ fn token_usage(f: &Fixture, token: &str) -> (i64, i64, i64) {
 #[test]
 fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
     let f = fixture("services");
-    let bin = env!("CARGO_BIN_EXE_suanli");
+    let bin = TaskVisible::binary();
+    let bin = bin.path.to_str().unwrap();
     let (code, out, err) = cli(
         &f.s.url,
         &f.acme,
@@ -142,7 +146,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
             "create",
             "chat",
             "--model",
-            "m1",
+            "demo",
             "--gpus",
             "1",
             "--max",
@@ -157,7 +161,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
             bin,
             "mock-llm",
             "--model",
-            "m1",
+            "demo",
             "--ttft-ms",
             "30",
             "--tokens-per-s",
@@ -176,14 +180,14 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
 
     // The first request is held through the cold start, then answered.
     let t = Instant::now();
-    let (code, text, _) = chat(&f, &f.acme, "m1", false, 8);
+    let (code, text, _) = chat(&f, &f.acme, "demo", false, 8);
     assert_eq!(code, 200, "{text}");
     let mut sent = reported(&text, false);
     let mut requests = 1;
     eprintln!("first request at zero answered in {:?}", t.elapsed());
 
     // A stream passes through, ends with [DONE], and reports its usage.
-    let (code, text, _) = chat(&f, &f.acme, "m1", true, 6);
+    let (code, text, _) = chat(&f, &f.acme, "demo", true, 6);
     assert_eq!(code, 200, "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     let u = reported(&text, true);
@@ -191,12 +195,12 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
     requests += 1;
 
     // Another tenant can neither call nor see the private service.
-    let (code, text, _) = chat(&f, &f.beta, "m1", false, 4);
+    let (code, text, _) = chat(&f, &f.beta, "demo", false, 4);
     assert_eq!(code, 404, "{text}");
     let (_, models, _) = call("GET", &f.s.u("/v1/models"), Some(&f.beta), None);
     assert_eq!(models["data"].as_array().unwrap().len(), 0, "{models}");
     let (_, models, _) = call("GET", &f.s.u("/v1/models"), Some(&f.acme), None);
-    assert_eq!(models["data"][0]["id"], "m1", "{models}");
+    assert_eq!(models["data"][0]["id"], "demo", "{models}");
     let (code, _, _) = call("GET", &f.s.u("/v1/services/chat"), Some(&f.beta), None);
     assert_eq!(code, 404);
 
@@ -207,7 +211,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
     let run = job_of(&f, job)["run"].as_i64().unwrap();
     let port = suanli_api::replica_port(job, run);
     let direct = ureq::post(&format!("http://127.0.0.1:{port}/v1/chat/completions"))
-        .send_string(&json!({"model": "m1", "messages": []}).to_string());
+        .send_string(&json!({"model": "demo", "messages": []}).to_string());
     match direct {
         Err(ureq::Error::Status(code, _)) => assert_eq!(code, 401),
         other => panic!("the replica answered a caller without its key: {other:?}"),
@@ -239,7 +243,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
         let hs: Vec<_> = (0..6)
             .map(|_| {
                 sc.spawn(|| {
-                    let (c, t, _) = chat(&f, &f.acme, "m1", true, 200);
+                    let (c, t, _) = chat(&f, &f.acme, "demo", true, 200);
                     (c, t)
                 })
             })
@@ -273,7 +277,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
         let hs: Vec<_> = (0..4)
             .map(|_| {
                 sc.spawn(|| {
-                    let (c, t, _) = chat(&f, &f.acme, "m1", false, 5);
+                    let (c, t, _) = chat(&f, &f.acme, "demo", false, 5);
                     (c, t)
                 })
             })
@@ -305,6 +309,52 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
         token_usage(&f, &f.acme) == (requests, sent.0, sent.1)
     });
     assert_eq!(token_usage(&f, &f.beta), (0, 0, 0));
+    // The caller's invoice prices them (examples/prices.toml: demo at 1.00
+    // and 2.00 per million), beside the GPU time its replicas held.
+    let period = month_now();
+    let (code, bills, _) = call(
+        "GET",
+        &f.s.u(&format!("/v1/bills?period={period}")),
+        Some(&f.acme),
+        None,
+    );
+    assert_eq!(code, 200, "{bills}");
+    let lines = bills["invoices"][0]["lines"].as_array().unwrap().clone();
+    let tokens = |r: &str| {
+        lines
+            .iter()
+            .find(|l| l["resource"] == r && l["model"] == "demo")
+            .unwrap_or_else(|| panic!("no {r} line: {bills}"))["quantity_raw"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!((tokens("input_tokens"), tokens("output_tokens")), sent);
+    assert!(lines.iter().any(|l| l["resource"] == "gpu"), "{bills}");
+    // The operator sees the model's token revenue against its replicas' GPU time.
+    let (code, eco, _) = call(
+        "GET",
+        &f.s.u(&format!("/v1/reports/economics?period={period}")),
+        Some(&f.admin),
+        None,
+    );
+    assert_eq!(code, 200, "{eco}");
+    let served = &eco["served"][0];
+    assert_eq!(served["model"], "demo", "{eco}");
+    assert_eq!(
+        (
+            served["input_tokens"].as_i64(),
+            served["output_tokens"].as_i64()
+        ),
+        (Some(sent.0), Some(sent.1))
+    );
+    assert!(
+        served["replica_gpu_hours"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
 
     // A tokens-per-minute limit: once spent, 429 with Retry-After.
     let (code, v, _) = call(
@@ -317,7 +367,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
     std::thread::sleep(Duration::from_millis(2500));
     let mut limited = None;
     for _ in 0..10 {
-        let (code, text, retry) = chat(&f, &f.acme, "m1", false, 20);
+        let (code, text, retry) = chat(&f, &f.acme, "demo", false, 20);
         if code == 429 {
             limited = Some((text, retry));
             break;
@@ -371,7 +421,7 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
     wait_for(Duration::from_secs(10), || {
         job_of(&f, kept)["state"] == "CANCELLED"
     });
-    let (code, text, _) = chat(&f, &f.acme, "m1", false, 3);
+    let (code, text, _) = chat(&f, &f.acme, "demo", false, 3);
     assert_eq!(code, 404, "{text}");
 }
 
@@ -397,4 +447,44 @@ fn kill_replica(job: i64) {
 
 fn job_of(f: &Fixture, id: i64) -> Value {
     job(&f.s, &f.admin, id)
+}
+
+/// The `suanli` binary at a path a sandboxed task can run: tasks get a
+/// private `/tmp` (and `/var/tmp`), so a build under /tmp (a fresh clone
+/// there) is copied out, world-readable, and removed afterwards.
+struct TaskVisible {
+    path: std::path::PathBuf,
+    copy: Option<std::path::PathBuf>,
+}
+
+impl TaskVisible {
+    fn binary() -> TaskVisible {
+        let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_suanli"));
+        if !(bin.starts_with("/tmp") || bin.starts_with("/var/tmp")) {
+            return TaskVisible {
+                path: bin,
+                copy: None,
+            };
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::path::PathBuf::from(format!("/var/lib/suanli-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("suanli");
+        std::fs::copy(&bin, &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TaskVisible {
+            path,
+            copy: Some(dir),
+        }
+    }
+}
+
+impl Drop for TaskVisible {
+    fn drop(&mut self) {
+        if let Some(d) = &self.copy {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }

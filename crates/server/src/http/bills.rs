@@ -11,7 +11,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use suanli_api::{BillQuery, Bills, EconomicsQuery, EconomicsReport};
-use suanli_billing::{economics, invoices, parse_month, PriceBook};
+use suanli_billing::{
+    add_tokens, economics_with_services, invoices, parse_month, PriceBook, TokenUse,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -67,7 +69,11 @@ async fn bills(
     let usage = st.store.usage(scope, from, to).await?;
     let now = now_ms();
     let names: Vec<&str> = tenants.iter().map(|(_, n)| n.as_str()).collect();
-    let invoices = invoices(&book, &names, &usage, from, to, now);
+    let mut invoices = invoices(&book, &names, &usage, from, to, now);
+    let tokens = token_uses(&st, &book, scope, from, to.min(now + 1)).await?;
+    for inv in &mut invoices {
+        add_tokens(&book, inv, &tokens);
+    }
     Ok(Json(Bills {
         currency: book.currency.clone(),
         period: q.period,
@@ -99,8 +105,45 @@ async fn economics_report(
     let usage = st.store.usage(None, from, to).await?;
     let spans = st.store.node_spans(from, to).await?;
     let now = now_ms();
-    let e = economics(&book, &spans, &usage, from, to, now);
+    let tokens = token_uses(&st, &book, None, from, to.min(now + 1)).await?;
+    let replicas = st
+        .store
+        .services()
+        .replica_models(from, to)
+        .await?
+        .into_iter()
+        .collect();
+    let e = economics_with_services(&book, &spans, &usage, &tokens, &replicas, from, to, now);
     Ok(Json(super::wire::economics(q.period, now, &e)))
+}
+
+/// Tokens bought in [from, to) per tenant and model, one row per price
+/// period (so each is priced by the period it fell in).
+async fn token_uses(
+    st: &AppState,
+    book: &PriceBook,
+    scope: Option<i64>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<TokenUse>, Problem> {
+    let mut out = Vec::new();
+    if to <= from {
+        return Ok(out);
+    }
+    for (a, b, _) in book.segments(from, to) {
+        for r in st.store.services().token_sums(scope, a, b).await? {
+            let n = |v: i64| v.max(0) as u64;
+            out.push(TokenUse {
+                tenant: r.tenant,
+                model: r.model,
+                at: a,
+                requests: n(r.requests),
+                input: n(r.input_tokens),
+                output: n(r.output_tokens),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn price_book(st: &AppState) -> Result<Arc<PriceBook>, Problem> {

@@ -12,6 +12,7 @@ pub fn invoice(i: &Invoice) -> suanli_api::Invoice {
         lines: i.lines.iter().map(line).collect(),
         total: i.total.to_string(),
         unpriced_gpu_raw: i.unpriced_gpu_raw,
+        unpriced_tokens: i.unpriced_tokens,
     }
 }
 
@@ -21,9 +22,12 @@ fn line(l: &LineItem) -> suanli_api::LineItem {
             Resource::Gpu => "gpu",
             Resource::Cpu => "cpu",
             Resource::Memory => "memory",
+            Resource::InputTokens => "input_tokens",
+            Resource::OutputTokens => "output_tokens",
         }
         .to_string(),
         gpu_model: l.gpu_model.clone(),
+        model: l.model.clone(),
         class: l.class.clone(),
         quantity: l.quantity.to_string(),
         quantity_raw: l.quantity_raw,
@@ -66,6 +70,20 @@ pub fn economics(period: String, now_ms: i64, e: &Economics) -> suanli_api::Econ
         idle_gpu_hours: e.idle_gpu_hours.to_string(),
         idle_value: e.idle_value.to_string(),
         revenue_per_capacity_gpu_hour: e.revenue_per_capacity_gpu_hour.map(|d| d.to_string()),
+        token_revenue: e.token_revenue.to_string(),
+        served: e
+            .served
+            .iter()
+            .map(|m| suanli_api::ServedModel {
+                model: m.model.clone(),
+                requests: m.requests,
+                input_tokens: m.input_tokens,
+                output_tokens: m.output_tokens,
+                token_revenue: m.token_revenue.to_string(),
+                replica_gpu_hours: m.replica_gpu_hours.to_string(),
+                replica_gpu_cost: m.replica_gpu_cost.to_string(),
+            })
+            .collect(),
         invoices: e.invoices.iter().map(invoice).collect(),
     }
 }

@@ -9,9 +9,10 @@
 //! service's secret. While no replica is ready (a service at zero, or all
 //! starting) the request is held, up to `RouterConfig::hold`, and the
 //! controller is woken to scale up: requests arriving meanwhile wait for
-//! the same replicas. A request that could not reach its replica
-//! (connection refused) evicts the replica and goes to another, at most
-//! `max_attempts` sends; one that reached a replica is never sent twice.
+//! the same replicas. A request that got no answer at all from its replica
+//! (connection refused, or reset before any response) evicts the replica
+//! and goes to another, at most `max_attempts` sends; once an answer has
+//! begun it is never sent again.
 //! The answer (status, headers, body; server-sent events as they come) is
 //! passed through untouched while its bytes are metered; the tokens are
 //! recorded when the body ends, or is cut off (`tokens.rs`). For a
@@ -278,14 +279,17 @@ async fn forward(st: AppState, headers: HeaderMap, path: &str, body: Bytes) -> R
                 return answer(resp, flight, tenant_id, model, request_id, stream);
             }
             Err(e) => {
-                let reached = !e.is_connect();
-                // This replica is done with the request (evicted at once if
-                // it could not be reached).
+                // No answer began: the connection was refused, or reset
+                // before a response (a replica that died with the request
+                // on a kept-alive connection). Nothing was delivered or
+                // billed, and an inference has no other effect, so the
+                // request goes to another replica; this one is evicted
+                // until its probe answers again.
                 let r = flight.replica.take().expect("set above");
                 if let Some(svc) = s.reg().by_id.get_mut(&service) {
-                    svc.replicas.finished(r, reached);
+                    svc.replicas.finished(r, false);
                 }
-                if retryable(reached, attempts, s.0.cfg.max_attempts) {
+                if retryable(false, attempts, s.0.cfg.max_attempts) {
                     tracing::info!(service, replica = r, error = %e, "replica unreachable; sending elsewhere");
                     continue;
                 }

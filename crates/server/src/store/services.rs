@@ -138,6 +138,8 @@ pub trait ServiceBackend: Send + Sync {
     async fn delete_service(&self, id: i64, actor: &str) -> Result<(), StoreError>;
     /// Replicas of `service` that are not over (pending or running).
     async fn live_replicas(&self, service: i64) -> Result<Vec<ReplicaRow>, StoreError>;
+    /// Replica jobs alive at some time in [from, to), with their model.
+    async fn replica_models(&self, from: i64, to: i64) -> Result<Vec<(i64, String)>, StoreError>;
     /// Live replica jobs of deleted services (to be stopped).
     async fn orphan_replicas(&self) -> Result<Vec<i64>, StoreError>;
     /// The service a job is a replica of, with its name and key.
@@ -197,6 +199,7 @@ where
     Option<i64>: for<'q> Encode<'q, DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
     for<'r> ServiceDbRow: FromRow<'r, DB::Row>,
     for<'r> ReplicaRow: FromRow<'r, DB::Row>,
     for<'r> TokenSum: FromRow<'r, DB::Row>,
@@ -341,6 +344,18 @@ where
              WHERE r.service_id = $1 AND j.ended_ms IS NULL ORDER BY j.id",
         )
         .bind(service)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn replica_models(&self, from: i64, to: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT r.job_id, s.model FROM replicas r JOIN services s ON s.id = r.service_id \
+             JOIN jobs j ON j.id = r.job_id \
+             WHERE j.submitted_ms < $2 AND (j.ended_ms IS NULL OR j.ended_ms > $1) ORDER BY r.job_id",
+        )
+        .bind(from)
+        .bind(to)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -32,14 +32,16 @@ pub fn bill(a: BillArgs) -> Result<(), CliError> {
     match a.format {
         Format::Json => print_json(&v),
         Format::Csv => {
-            println!("tenant,resource,gpu_model,class,quantity,unit,unit_price,amount,currency");
+            // `model`: the GPU model of a GPU line, the served model of a
+            // token line.
+            println!("tenant,resource,model,class,quantity,unit,unit_price,amount,currency");
             for inv in &v.invoices {
                 for l in &inv.lines {
                     println!(
                         "{},{},{},{},{},{},{},{},{cur}",
                         inv.tenant,
                         l.resource,
-                        or_dash(l.gpu_model.as_deref()),
+                        or_dash(l.gpu_model.as_deref().or(l.model.as_deref())),
                         or_dash(l.class.as_deref()),
                         l.quantity,
                         l.unit,
@@ -56,15 +58,15 @@ pub fn bill(a: BillArgs) -> Result<(), CliError> {
                     inv.tenant, v.period
                 );
                 println!(
-                    "  {:<8} {:<14} {:<11} {:>16} {:<10} {:>10} {:>12}",
-                    "RESOURCE", "GPU MODEL", "CLASS", "QUANTITY", "UNIT", "PRICE", "AMOUNT"
+                    "  {:<13} {:<14} {:<11} {:>16} {:<10} {:>10} {:>12}",
+                    "RESOURCE", "MODEL", "CLASS", "QUANTITY", "UNIT", "PRICE", "AMOUNT"
                 );
                 for l in &inv.lines {
                     let q: f64 = l.quantity.parse().unwrap_or(0.0);
                     println!(
-                        "  {:<8} {:<14} {:<11} {:>16.6} {:<10} {:>10} {:>12}",
+                        "  {:<13} {:<14} {:<11} {:>16.6} {:<10} {:>10} {:>12}",
                         l.resource,
-                        or_dash(l.gpu_model.as_deref()),
+                        or_dash(l.gpu_model.as_deref().or(l.model.as_deref())),
                         or_dash(l.class.as_deref()),
                         q,
                         l.unit,
@@ -72,7 +74,13 @@ pub fn bill(a: BillArgs) -> Result<(), CliError> {
                         l.amount
                     );
                 }
-                println!("  {:>89}", format!("total {} {cur}", inv.total));
+                println!("  {:>94}", format!("total {} {cur}", inv.total));
+                if inv.unpriced_tokens > 0 {
+                    println!(
+                        "  note: {} tokens of served models have no token price in the book",
+                        inv.unpriced_tokens
+                    );
+                }
                 if inv.unpriced_gpu_raw > 0 {
                     println!(
                         "  note: some GPU usage has no price in the book (model or class missing)"
@@ -220,9 +228,33 @@ fn economics(a: EconomicsArgs) -> Result<(), CliError> {
         println!("{}", r.table());
     }
     println!(
-        "revenue {cur}: GPU {} + CPU and memory {} = {}; idle GPUs at list price: {}",
-        v.gpu_revenue, v.other_revenue, v.revenue, v.idle_value
+        "revenue {cur}: GPU {} + CPU and memory {} + tokens {} = {}; idle GPUs at list price: {}",
+        v.gpu_revenue, v.other_revenue, v.token_revenue, v.revenue, v.idle_value
     );
+    if !v.served.is_empty() {
+        println!(
+            "{:<24} {:>9} {:>12} {:>12} {:>13} {:>13} {:>13}",
+            "SERVED MODEL",
+            "REQUESTS",
+            "INPUT TOK",
+            "OUTPUT TOK",
+            "TOKEN REV",
+            "REPLICA GPU-H",
+            "REPLICA COST"
+        );
+        for m in &v.served {
+            println!(
+                "{:<24} {:>9} {:>12} {:>12} {:>13} {:>13} {:>13}",
+                m.model,
+                m.requests,
+                m.input_tokens,
+                m.output_tokens,
+                m.token_revenue,
+                two_decimals(&m.replica_gpu_hours),
+                m.replica_gpu_cost
+            );
+        }
+    }
     for m in &v.models {
         let h = two_decimals(&m.idle_unpriced_gpu_hours);
         if h != "0.00" {
