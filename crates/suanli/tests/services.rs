@@ -356,6 +356,20 @@ fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
             > 0.0
     );
 
+    // A stream the caller cuts off midway is billed for what went out: at
+    // least what the caller saw, less than the whole answer (200 tokens at
+    // 100 tokens/s).
+    let (before_requests, _, before_out) = token_usage(&f, &f.acme);
+    let seen = read_part_of_a_stream(&f, 5);
+    wait_for(Duration::from_secs(10), || {
+        token_usage(&f, &f.acme).0 == before_requests + 1
+    });
+    let billed = token_usage(&f, &f.acme).2 - before_out;
+    assert!(
+        billed >= seen && billed < 200,
+        "billed {billed} output tokens of a stream cut after {seen}"
+    );
+
     // A tokens-per-minute limit: once spent, 429 with Retry-After.
     let (code, v, _) = call(
         "PUT",
@@ -487,4 +501,37 @@ impl Drop for TaskVisible {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// Start a 200-token stream, read `chunks` content chunks, then close the
+/// connection; returns the completion tokens the last usage read reported.
+fn read_part_of_a_stream(f: &Fixture, chunks: usize) -> i64 {
+    use std::io::BufRead;
+    let body = json!({
+        "model": "demo",
+        "stream": true,
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": "one two three"}],
+    });
+    let resp = ureq::post(&f.s.u("/v1/chat/completions"))
+        .set("Authorization", &format!("Bearer {}", f.acme))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .unwrap();
+    let mut lines = std::io::BufReader::new(resp.into_reader()).lines();
+    let (mut read, mut seen) = (0, 0);
+    while read < chunks {
+        let line = lines.next().expect("the stream ended early").unwrap();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(n) = v["usage"]["completion_tokens"].as_i64() {
+            seen = n;
+        }
+        read += 1;
+    }
+    // Dropping the reader closes the connection mid-stream.
+    drop(lines);
+    seen
 }
