@@ -31,6 +31,8 @@
 //! max_body_mib = 8
 //! # How long a request waits for a ready replica (a service scaling from zero).
 //! hold_s = 300
+//! # Which ready replica takes a request: least-outstanding or round-robin.
+//! route = "least-outstanding"
 //!
 //! [agents]
 //! # How often agents report (told to them when they register).
@@ -74,6 +76,7 @@ pub struct FileConfig {
 pub struct ModelsSection {
     pub max_body_mib: Option<u64>,
     pub hold_s: Option<u64>,
+    pub route: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -226,6 +229,9 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, String> {
             return Err(format!("models.hold_s must be 1..=3600 (found {h})"));
         }
         router.hold = std::time::Duration::from_secs(h);
+    }
+    if let Some(r) = &file.models.route {
+        router.route = r.parse().map_err(|e| format!("models.route: {e}"))?;
     }
     let store = o.store.or(file.store);
     if let Some(url) = &store {

@@ -15,17 +15,14 @@
 //! at a random phase (in step with the heartbeat it would wait a whole
 //! interval every time).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use serde::Serialize;
-use suanli_api::{
-    Job, JobDetail, JobSubmit, NewTenant, NewToken, NodeState, TaskState, TokenRequest,
-};
+use suanli_api::{Job, JobDetail, JobSubmit, TaskState};
 
+use crate::bench_pool::{stats, LocalPool, Stats};
 use crate::{failure, usage, CliError};
 
 #[derive(Args)]
@@ -63,46 +60,6 @@ struct Figures {
     cancel_to_sigterm_ms: Stats,
 }
 
-#[derive(Serialize, Clone, Copy)]
-struct Stats {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
-fn stats(mut xs: Vec<f64>) -> Stats {
-    xs.sort_by(f64::total_cmp);
-    // Nearest rank.
-    let q = |p: f64| xs[(((p * xs.len() as f64).ceil() as usize).max(1) - 1).min(xs.len() - 1)];
-    Stats {
-        p50: q(0.50),
-        p90: q(0.90),
-        p99: q(0.99),
-        max: *xs.last().expect("at least one job"),
-    }
-}
-
-/// Processes killed however the benchmark ends, last started first.
-struct Procs(Vec<std::process::Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in self.0.iter_mut().rev() {
-            // SAFETY: sending a signal touches no memory of ours.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for c in self.0.iter_mut().rev() {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -128,38 +85,6 @@ fn marker(path: &Path, timeout: Duration) -> Result<i128, CliError> {
     }
 }
 
-struct Api {
-    url: String,
-    http: ureq::Agent,
-}
-
-impl Api {
-    fn post<B: Serialize, T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        tok: &str,
-        body: &B,
-    ) -> Result<T, CliError> {
-        self.http
-            .post(&format!("{}{path}", self.url))
-            .set("Authorization", &format!("Bearer {tok}"))
-            .send_json(body)
-            .map_err(|e| failure(format!("POST {path}: {e}")))?
-            .into_json()
-            .map_err(|e| failure(format!("POST {path}: {e}")))
-    }
-
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str, tok: &str) -> Result<T, CliError> {
-        self.http
-            .get(&format!("{}{path}", self.url))
-            .set("Authorization", &format!("Bearer {tok}"))
-            .call()
-            .map_err(|e| failure(format!("GET {path}: {e}")))?
-            .into_json()
-            .map_err(|e| failure(format!("GET {path}: {e}")))
-    }
-}
-
 /// One mode: a fresh server and two agents, `jobs` sequential jobs.
 fn measure(a: &BenchStartArgs, dir: &Path, push: bool) -> Result<Figures, CliError> {
     let mode = if push { "push" } else { "poll" };
@@ -172,111 +97,17 @@ fn measure(a: &BenchStartArgs, dir: &Path, push: bool) -> Result<Figures, CliErr
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| failure(format!("{}: {e}", d.display())))?;
     }
-    let exe = std::env::current_exe().map_err(|e| failure(e.to_string()))?;
-    let conf = dir.join("server.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[agents]\nheartbeat_interval_s = {}\nlease_s = {}\n",
-            a.heartbeat_s,
-            (a.heartbeat_s * 4).max(10)
-        ),
-    )
-    .map_err(|e| failure(e.to_string()))?;
-    let mut procs = Procs(Vec::new());
-    let mut server = Command::new(&exe)
-        .args(["server", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&conf)
-        .arg("--data-dir")
-        .arg(dir.join("server"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failure(format!("cannot start the server: {e}")))?;
-    let mut lines = BufReader::new(server.stderr.take().expect("piped")).lines();
-    procs.0.push(server);
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(l)) => {
-                if let Some(x) = l.strip_prefix("listening on ") {
-                    break x.to_string();
-                }
-            }
-            _ => return Err(failure("the server exited before listening")),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let api = Api {
-        url: format!("http://{addr}"),
-        http: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build(),
-    };
-    let admin = std::fs::read_to_string(dir.join("server").join("admin.token"))
-        .map_err(|e| failure(e.to_string()))?
-        .trim()
-        .to_string();
-    let _: serde::de::IgnoredAny = api.post(
-        "/v1/tenants",
-        &admin,
-        &NewTenant {
-            name: "bench".to_string(),
-            weight: None,
-        },
-    )?;
-    let token = |scope: &str, tenant: Option<&str>| -> Result<String, CliError> {
-        let req = TokenRequest {
-            scope: scope.to_string(),
-            tenant: tenant.map(str::to_string),
-            node: None,
-            name: None,
-        };
-        Ok(api.post::<_, NewToken>("/v1/tokens", &admin, &req)?.token)
-    };
-    let agent_tok = token("agent", None)?;
-    let tok = token("tenant", Some("bench"))?;
-    for i in 0..2 {
-        let name = format!("a{i}");
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))
-            .map_err(|e| failure(e.to_string()))?;
-        let mut c = Command::new(&exe);
-        c.env("SUANLI_JOIN_TOKEN", &agent_tok)
-            .args(["agent", "--server", &api.url, "--name", &name])
-            .args([
-                "--gpus",
-                "fake:8xA100-80G",
-                "--cpus",
-                "16",
-                "--memory-gib",
-                "64",
-            ])
-            .args(["--grace-s", "5", "--sandbox", &a.sandbox, "--work-dir"])
-            .arg(dir.join(&name))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        if !push {
-            c.arg("--poll-only");
-        }
-        procs.0.push(
-            c.spawn()
-                .map_err(|e| failure(format!("agent {name}: {e}")))?,
-        );
+    let config = format!(
+        "[agents]\nheartbeat_interval_s = {}\nlease_s = {}\n",
+        a.heartbeat_s,
+        (a.heartbeat_s * 4).max(10)
+    );
+    let mut agent_args = vec!["--grace-s", "5", "--sandbox", &a.sandbox];
+    if !push {
+        agent_args.push("--poll-only");
     }
-    // Both nodes up.
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l: suanli_api::NodeList = api.get("/v1/nodes", &admin)?;
-        if l.nodes.len() == 2 && l.nodes.iter().all(|n| n.node.state == NodeState::Ready) {
-            break;
-        }
-        if Instant::now() > end {
-            return Err(failure(format!(
-                "the agents did not register within 30 s (logs: {})",
-                dir.display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pool = LocalPool::start(&dir, &config, 2, "fake:8xA100-80G", &agent_args)?;
+    let (api, tok) = (&pool.api, &pool.tenant);
     let mut start = Vec::with_capacity(a.jobs);
     let mut stop = Vec::with_capacity(a.jobs);
     // Requests at a random phase of the heartbeat (sequential requests
@@ -309,13 +140,13 @@ fn measure(a: &BenchStartArgs, dir: &Path, push: bool) -> Result<Figures, CliErr
         };
         jitter();
         let t0 = now_ns();
-        let job: Job = api.post("/v1/jobs", &tok, &body)?;
+        let job: Job = api.post("/v1/jobs", tok, &body)?;
         let running = marker(&s, Duration::from_secs(60))?;
         jitter();
         let t1 = now_ns();
         api.post::<_, serde::de::IgnoredAny>(
             &format!("/v1/jobs/{}/cancel", job.id),
-            &tok,
+            tok,
             &serde_json::json!({}),
         )?;
         let termed = marker(&t, Duration::from_secs(60))?;
@@ -326,7 +157,7 @@ fn measure(a: &BenchStartArgs, dir: &Path, push: bool) -> Result<Figures, CliErr
         // Idle again: the job over and its process gone.
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            let d: JobDetail = api.get(&format!("/v1/jobs/{}", job.id), &tok)?;
+            let d: JobDetail = api.get(&format!("/v1/jobs/{}", job.id), tok)?;
             let over = d.job.state.is_final()
                 && d.task_history.iter().all(|t| {
                     !matches!(
@@ -343,7 +174,7 @@ fn measure(a: &BenchStartArgs, dir: &Path, push: bool) -> Result<Figures, CliErr
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    drop(procs);
+    drop(pool);
     Ok(Figures {
         mode,
         jobs: a.jobs,

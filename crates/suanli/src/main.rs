@@ -4,6 +4,8 @@
 mod agent_cmd;
 mod bench_billing;
 mod bench_loop;
+mod bench_pool;
+mod bench_router;
 mod bench_server;
 mod bench_start;
 mod client;
@@ -195,6 +197,8 @@ enum BenchCmd {
     Billing(bench_billing::BenchBillingArgs),
     /// Submit -> process running and cancel -> SIGTERM on a real server and agents: pushed work vs polling.
     StartLatency(bench_start::BenchStartArgs),
+    /// The model router's added latency against calling a replica directly, and least-outstanding vs round-robin with uneven replicas.
+    Router(bench_router::BenchRouterArgs),
 }
 
 /// Exit codes: 0 success, 1 runtime failure (e.g. unreadable trace, server
@@ -223,6 +227,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Loop(a)) => bench_loop::run(a),
         Cmd::Bench(BenchCmd::Billing(a)) => bench_billing::run(a),
         Cmd::Bench(BenchCmd::StartLatency(a)) => bench_start::run(a),
+        Cmd::Bench(BenchCmd::Router(a)) => bench_router::run(a),
         Cmd::Gen(a) => jobs_cmd::gen(a),
         Cmd::Server(a) => server(a),
         Cmd::Submit(a) => client::submit(a),
