@@ -8,6 +8,9 @@
 //! the response), so they are charged then and may take the token bucket
 //! below zero (as Envoy AI Gateway charges token limits after the
 //! response): the tenant's next requests wait until the debt is refilled.
+//! A debt is at most one minute's allowance (a bucket never waits longer
+//! than the window its limit speaks of). Several routers share limits by
+//! charging each other's traffic ([`Limiter::charge_requests`], `charge`).
 //! A refusal says how long to wait (`Retry-After`, whole seconds, at least 1).
 
 use std::collections::HashMap;
@@ -133,11 +136,20 @@ impl Limiter {
         Ok(())
     }
 
+    /// Charge requests let in elsewhere (by another router sharing the
+    /// limits): they take from the request bucket, which may go into debt.
+    pub fn charge_requests(&mut self, tenant: &str, limits: Limits, requests: u64, now: Ms) {
+        if let Some(rpm) = limits.requests_per_minute {
+            let b = refilled(&mut self.requests, tenant, rpm, now);
+            b.level = (b.level - requests as i128 * 1000).max(-(rpm as i128) * 1000);
+        }
+    }
+
     /// Charge the tokens a request of `tenant` used (prompt and completion).
     pub fn charge(&mut self, tenant: &str, limits: Limits, tokens: u64, now: Ms) {
         if let Some(tpm) = limits.tokens_per_minute {
             let b = refilled(&mut self.tokens, tenant, tpm, now);
-            b.level -= tokens as i128 * 1000;
+            b.level = (b.level - tokens as i128 * 1000).max(-(tpm as i128) * 1000);
         }
     }
 }

@@ -54,6 +54,27 @@ fn tokens_are_charged_after_the_answer_and_debt_makes_the_tenant_wait() {
     l.admit("free", Limits::default(), 0).unwrap();
 }
 
+#[test]
+fn other_routers_traffic_is_charged_and_debt_is_at_most_a_minute() {
+    let both = Limits {
+        requests_per_minute: Some(60),
+        tokens_per_minute: Some(600),
+    };
+    let mut l = Limiter::new();
+    // Another router let in 60 requests: this one's bucket is empty too.
+    l.charge_requests("a", both, 60, 0);
+    let r = l.admit("a", both, 0).unwrap_err();
+    assert_eq!(r.limit, "requests_per_minute");
+    // A huge charge (a router long unseen) waits a minute at most.
+    l.charge("b", both, 1_000_000, 0);
+    let r = l.admit("b", both, 0).unwrap_err();
+    assert_eq!((r.limit, r.retry_after_s), ("tokens_per_minute", 61));
+    l.admit("b", both, 60_100).unwrap();
+    // No limit, no charge.
+    l.charge_requests("c", Limits::default(), 1_000, 0);
+    l.admit("c", both, 0).unwrap();
+}
+
 proptest! {
     #[test]
     fn no_window_of_a_minute_admits_more_than_twice_the_limit(

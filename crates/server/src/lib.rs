@@ -222,7 +222,12 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
             wakes.close();
         }
     };
-    let services = services::Services::new(store.clone(), control.clone(), cfg.router.clone());
+    let services = services::Services::new(
+        store.clone(),
+        control.clone(),
+        format!("server {me}"),
+        cfg.router.clone(),
+    );
     services.start();
     let app = http::router(http::AppState {
         store,

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use suanli_server::store::{
     channels, Class, EventKind, IdKind, JobState, LogAppend, LogKey, NewJob, NewService, Node,
-    NodeState, Note, Scope, StoreError, TaskState, TokenRow, TokenScope, Write,
+    NodeState, Note, RouterCount, Scope, StoreError, TaskState, TokenRow, TokenScope, Write,
+    ROUTER_FORGET_MS,
 };
 
 #[macro_use]
@@ -34,6 +35,7 @@ on_both_backends!(
     task_logs_are_stored_once_in_order,
     task_logs_from_two_replicas_at_once,
     services_replicas_tokens_and_limits,
+    routers_exchange_counters,
 );
 
 fn job(name: &str, gpus: i64, tasks: i64) -> NewJob {
@@ -1180,4 +1182,54 @@ async fn services_replicas_tokens_and_limits(db: common::Db) {
     };
     sv.set_limits(a.id, l, "t").await.unwrap();
     assert_eq!(sv.limits().await.unwrap(), vec![(a.id, l)]);
+}
+
+async fn routers_exchange_counters(db: common::Db) {
+    let place = Place::new(db).await;
+    let s = &place.open().await;
+    let sv = s.services();
+    let row = |kind: &str, id: i64, inflight: i64, requests: i64, tokens: i64| RouterCount {
+        router: String::new(),
+        kind: kind.into(),
+        id,
+        inflight,
+        requests,
+        tokens,
+        at_ms: 0,
+    };
+    // The first router sees nobody; the second sees the first's rows,
+    // stamped with the writer's time.
+    let none = sv
+        .exchange_counts("gw1", &[row("service", 1, 3, 10, 0)], 1_000, 0)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let seen = sv
+        .exchange_counts("gw2", &[row("tenant", 7, 0, 4, 90)], 1_100, 0)
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].router.as_str(), seen[0].kind.as_str(), seen[0].id),
+        ("gw1", "service", 1)
+    );
+    assert_eq!(
+        (seen[0].inflight, seen[0].requests, seen[0].at_ms),
+        (3, 10, 1_000)
+    );
+    // A new report replaces the router's row; stale rows are not answered.
+    sv.exchange_counts("gw1", &[row("service", 1, 0, 12, 0)], 2_000, 0)
+        .await
+        .unwrap();
+    let seen = sv.exchange_counts("gw2", &[], 2_100, 1_500).await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].inflight, seen[0].requests), (0, 12));
+    let seen = sv.exchange_counts("gw1", &[], 2_200, 1_500).await.unwrap();
+    assert!(seen.is_empty(), "gw2 last wrote at 1,100: {seen:?}");
+    let seen = sv.exchange_counts("gw1", &[], 2_200, 0).await.unwrap();
+    assert_eq!((seen[0].router.as_str(), seen[0].tokens), ("gw2", 90));
+    // Routers silent for the forget period are deleted.
+    let late = 2_000 + ROUTER_FORGET_MS + 1;
+    let seen = sv.exchange_counts("gw3", &[], late, 0).await.unwrap();
+    assert!(seen.is_empty(), "{seen:?}");
 }

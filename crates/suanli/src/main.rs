@@ -9,6 +9,7 @@ mod bench_router;
 mod bench_server;
 mod bench_start;
 mod client;
+mod gateway_cmd;
 mod jobs_cmd;
 mod mock_llm;
 mod openb_cmd;
@@ -71,6 +72,8 @@ enum Cmd {
     Agent(agent_cmd::AgentArgs),
     /// A whole pool on this machine: a server, N agents, a demo tenant.
     Up(agent_cmd::UpArgs),
+    /// The model API's router outside the server (scale-out): suanli gateway --server URL --listen ADDR (admin token).
+    Gateway(gateway_cmd::GatewayArgs),
     /// A small OpenAI-compatible model server for tests and demos (port from --port or $PORT).
     MockLlm(mock_llm::MockLlmArgs),
     /// Invoices for a month: suanli bill --period 2026-11 [--tenant T] [--format table|csv|json].
@@ -211,7 +214,12 @@ fn main() -> ExitCode {
     // expects, instead of panicking in `println!`.
     if !matches!(
         cli.cmd,
-        Cmd::Server(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Bench(_) | Cmd::MockLlm(_)
+        Cmd::Server(_)
+            | Cmd::Agent(_)
+            | Cmd::Up(_)
+            | Cmd::Bench(_)
+            | Cmd::MockLlm(_)
+            | Cmd::Gateway(_)
     ) {
         // SAFETY: restoring the default disposition of one signal, before
         // any thread is started.
@@ -244,6 +252,7 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => agent_cmd::agent(a),
         Cmd::Up(a) => agent_cmd::up(a),
         Cmd::MockLlm(a) => mock_llm::run(a),
+        Cmd::Gateway(a) => gateway_cmd::run(a),
         Cmd::Bill(a) => client::bill(a),
         Cmd::Report(c) => client::report(c),
     };

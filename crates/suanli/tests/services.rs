@@ -56,13 +56,24 @@ fn chat(
     stream: bool,
     words: usize,
 ) -> (u16, String, Option<String>) {
+    chat_at(&f.s.url, token, model, stream, words)
+}
+
+/// [`chat`] to the router at `base` (the server's, or a gateway's).
+fn chat_at(
+    base: &str,
+    token: &str,
+    model: &str,
+    stream: bool,
+    words: usize,
+) -> (u16, String, Option<String>) {
     let body = json!({
         "model": model,
         "stream": stream,
         "max_tokens": words,
         "messages": [{"role": "user", "content": "one two three four five"}],
     });
-    let r = ureq::post(&f.s.u("/v1/chat/completions"))
+    let r = ureq::post(&format!("{base}/v1/chat/completions"))
         .set("Authorization", &format!("Bearer {token}"))
         .set("Content-Type", "application/json")
         .timeout(Duration::from_secs(90))
@@ -534,4 +545,168 @@ fn read_part_of_a_stream(f: &Fixture, chunks: usize) -> i64 {
     // Dropping the reader closes the connection mid-stream.
     drop(lines);
     seen
+}
+
+/// `suanli gateway` against the fixture's server; returns it and its URL.
+fn spawn_gateway(f: &Fixture, token: &str) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--server", &f.s.url])
+        .env("SUANLI_TOKEN", token)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    // Keep reading (and echoing) what it says, so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            eprintln!("gateway: {l}");
+        }
+    });
+    let addr = line
+        .strip_prefix("gateway listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the gateway did not start: {line}"))
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
+    let f = fixture("gateway");
+    let bin = TaskVisible::binary();
+    let bin = bin.path.to_str().unwrap();
+
+    // A gateway needs an admin token: a tenant's is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--server", &f.s.url])
+        .env("SUANLI_TOKEN", &f.acme)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin token"), "{err}");
+    // So are the router API's calls, and a gateway may not write a
+    // server's counters.
+    let (code, _, _) = call("GET", &f.s.u("/v1/routers/services"), Some(&f.acme), None);
+    assert_eq!(code, 403);
+    let (code, v, _) = call(
+        "POST",
+        &f.s.u("/v1/routers/exchange"),
+        Some(&f.admin),
+        Some(&json!({"router": "server x", "rows": []}).to_string()),
+    );
+    assert_eq!(code, 400, "{v}");
+
+    let (code, out, err) = cli(
+        &f.s.url,
+        &f.acme,
+        &[
+            "service",
+            "create",
+            "chat",
+            "--model",
+            "demo",
+            "--gpus",
+            "1",
+            "--max",
+            "1",
+            "--idle",
+            "60s",
+            "--",
+            bin,
+            "mock-llm",
+            "--model",
+            "demo",
+            "--ttft-ms",
+            "10",
+            "--tokens-per-s",
+            "500",
+            "--seed",
+            "3",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (gw, gurl) = spawn_gateway(&f, &f.admin);
+    let _gw = Killed(gw);
+    let (code, _, _) = call("GET", &format!("{gurl}/healthz"), None, None);
+    assert_eq!(code, 200);
+
+    // The service is at zero; the first request reaches the gateway, which
+    // holds it: the server's leader sees it among the gateway's counters,
+    // starts a replica, and the gateway (probing it itself) sends it there.
+    let t = Instant::now();
+    let (code, text, _) = chat_at(&gurl, &f.acme, "demo", false, 5);
+    assert_eq!(code, 200, "{text}");
+    eprintln!(
+        "first request at zero, through the gateway: {:?}",
+        t.elapsed()
+    );
+    let mut sent = reported(&text, false);
+    let (code, text, _) = chat_at(&gurl, &f.acme, "demo", true, 7);
+    assert_eq!(code, 200, "{text}");
+    let u = reported(&text, true);
+    sent = (sent.0 + u.0, sent.1 + u.1);
+
+    // The same isolation as the server's router.
+    let (code, text, _) = chat_at(&gurl, &f.beta, "demo", false, 3);
+    assert_eq!(code, 404, "{text}");
+    let (code, text, _) = chat_at(&gurl, "sl_not_a_token", "demo", false, 3);
+    assert_eq!(code, 401, "{text}");
+    let (code, text, _) = chat_at(&gurl, &f.admin, "demo", false, 3);
+    assert_eq!(code, 403, "{text}");
+    let (_, models, _) = call("GET", &format!("{gurl}/v1/models"), Some(&f.beta), None);
+    assert_eq!(models["data"].as_array().unwrap().len(), 0, "{models}");
+
+    // The gateway's tokens reach the server's usage rows, each once.
+    wait_for(Duration::from_secs(10), || {
+        token_usage(&f, &f.acme) == (2, sent.0, sent.1)
+    });
+
+    // Limits are shared: acme's tokens-per-minute limit, used up through
+    // the server's router, is also full at the gateway. (Counters travel
+    // at each router's tick, up to two ticks after the usage rows: let
+    // the traffic above reach every router before the limit exists.)
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, v, _) = call(
+        "PUT",
+        &f.s.u("/v1/tenants/acme/limits"),
+        Some(&f.admin),
+        Some(&json!({"tokens_per_minute": 40}).to_string()),
+    );
+    assert_eq!(code, 200, "{v}");
+    // Both routers read the new limit (every 2 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut at_server = 0;
+    loop {
+        let (code, text, _) = chat(&f, &f.acme, "demo", false, 30);
+        if code == 429 {
+            break;
+        }
+        assert_eq!(code, 200, "{text}");
+        at_server += 1;
+        assert!(at_server < 5, "the server never refused");
+    }
+    // 35 tokens each against 40 a minute: the second one goes into debt.
+    assert_eq!(at_server, 2);
+    // One exchange later (a tick), the gateway's first request for acme
+    // since the limit is refused: its own bucket is full, but it was
+    // charged with what the server's router let in.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, text, retry) = chat_at(&gurl, &f.acme, "demo", false, 3);
+    assert_eq!(code, 429, "{text}");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+    // Another tenant is not limited by acme's use.
+    let (code, _, _) = chat_at(&gurl, &f.beta, "demo", false, 3);
+    assert_eq!(code, 404);
 }

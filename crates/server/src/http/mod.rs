@@ -10,7 +10,8 @@
 //! - `tenants.rs`, `tokens.rs`, `jobs.rs`, `nodes.rs`, `agents.rs`,
 //!   `logs.rs`, `bills.rs` (with `wire.rs`), `services.rs`, `metrics.rs`:
 //!   the resources. The model API itself (`/v1/chat/completions`, ...) is
-//!   `crate::services`' proxy, merged with its own body limit.
+//!   `crate::services`' proxy, merged with its own body limit;
+//!   `routers.rs` is what `suanli gateway` asks of the server to run it.
 //!
 //! Handlers read from the store and send every change to jobs, tasks and
 //! nodes to the scheduling loop ([`crate::control::Control`]); tenants,
@@ -26,6 +27,7 @@ mod logs;
 mod metrics;
 mod nodes;
 mod openapi;
+mod routers;
 mod services;
 mod state;
 mod tenants;
@@ -56,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(reject_declared_oversize))
         // The model API has its own body limit (long prompts).
         .merge(model_api)
+        .merge(routers::routes())
         .with_state(state)
 }
 

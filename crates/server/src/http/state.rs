@@ -22,3 +22,9 @@ pub struct AppState {
     /// Model services: the router's view and the controller.
     pub services: Services,
 }
+
+impl axum::extract::FromRef<AppState> for Services {
+    fn from_ref(st: &AppState) -> Services {
+        st.services.clone()
+    }
+}

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use suanli_api::{JobState, ServiceSpec};
 
 use super::{scale_config, Endpoint, Services, Svc};
-use crate::store::{NewJob, ReplicaRow, ServiceRow};
+use crate::store::{NewJob, ReplicaRow, RouterCount, ServiceRow};
 
 /// How long a draining replica may take to finish its requests.
 const DRAIN_GRACE_MS: u64 = 120_000;
@@ -51,10 +51,12 @@ pub(super) async fn run(s: Services) {
 }
 
 /// Read the services and the tenants' limits; follow changes.
-async fn load(s: &Services) -> Result<(), crate::store::StoreError> {
-    let rows = s.0.store.services().services(None).await?;
-    let limits = s.0.store.services().limits().await?;
-    let leading = s.0.control.leading();
+async fn load(s: &Services) -> Result<(), String> {
+    let super::RouterServices {
+        services: rows,
+        limits,
+    } = s.0.source.services().await?;
+    let leading = s.leading();
     {
         let mut reg = s.reg();
         reg.loaded = true;
@@ -90,9 +92,9 @@ async fn load(s: &Services) -> Result<(), crate::store::StoreError> {
     // A deleted service's replicas stop (their GPUs go back to the queue),
     // read from the store: also those of a service deleted through another
     // replica, or just before a crash.
-    if leading {
-        for job in s.0.store.services().orphan_replicas().await? {
-            let _ = s.0.control.cancel(job, None).await;
+    if let (true, Some(control)) = (leading, &s.0.control) {
+        for job in s.0.source.orphan_replicas().await? {
+            let _ = control.cancel(job, None).await;
         }
     }
     Ok(())
@@ -114,11 +116,16 @@ struct Actions {
     cancel: Vec<i64>,
 }
 
-async fn tick(s: &Services) -> Result<(), crate::store::StoreError> {
+async fn tick(s: &Services) -> Result<(), String> {
+    // Every router's counters first: the scaling below counts them.
+    if let Err(e) = exchange(s).await {
+        tracing::warn!(error = %e, "services: cannot share the router's counters");
+    }
     let ids: Vec<i64> = s.reg().by_id.keys().copied().collect();
-    let leading = s.0.control.leading();
+    let leading = s.leading();
+    let mut all = s.0.source.replicas(&ids).await?;
     for id in ids {
-        let rows = s.0.store.services().live_replicas(id).await?;
+        let rows = all.remove(&id).unwrap_or_default();
         let now = s.now();
         let (acts, row) = {
             let mut reg = s.reg();
@@ -135,20 +142,18 @@ async fn tick(s: &Services) -> Result<(), crate::store::StoreError> {
                 s2.probed(id, job, ok);
             });
         }
+        let Some(control) = &s.0.control else {
+            continue;
+        };
         for job in acts.cancel {
-            match s.0.control.cancel(job, None).await {
+            match control.cancel(job, None).await {
                 Ok(Ok(())) | Ok(Err(_)) => {}
                 Err(e) => tracing::warn!(job, error = ?e, "cannot stop a replica"),
             }
         }
         for _ in 0..acts.submit {
             let job = replica_job(&row);
-            match s
-                .0
-                .control
-                .submit(row.tenant_id, row.tenant.clone(), job)
-                .await
-            {
+            match control.submit(row.tenant_id, row.tenant.clone(), job).await {
                 Ok(Ok(j)) => {
                     if let Some(svc) = s.reg().by_id.get_mut(&id) {
                         svc.pending.insert(j.id);
@@ -327,9 +332,11 @@ fn step(svc: &mut Svc, rows: &[ReplicaRow], now: u64, leading: bool) -> Actions 
         svc.stopping.insert(job);
         acts.cancel.push(job);
     }
-    // Scale.
+    // Scale, on the requests of every router.
     let current = svc.current();
-    let wish = svc.scaler.tick(now, svc.inflight, current);
+    let wish = svc
+        .scaler
+        .tick(now, svc.inflight.saturating_add(svc.peer_inflight), current);
     svc.desired = wish.desired;
     if wish.desired > current {
         if now >= svc.retry_at {
@@ -434,4 +441,108 @@ impl Services {
             svc.ready.send_modify(|n| *n += 1);
         }
     }
+}
+
+/// Write this router's counters and take in the other routers': their
+/// requests in flight per service (counted by the leader's autoscaler, and
+/// a request held at another router wakes a service at zero), and the
+/// requests and tokens they let in per tenant since last seen (charged to
+/// this router's rate limits, so a tenant's limit holds across routers to
+/// within one tick of traffic).
+async fn exchange(s: &Services) -> Result<(), String> {
+    let rows = {
+        let reg = s.reg();
+        let mut rows: Vec<RouterCount> = reg
+            .by_id
+            .values()
+            .map(|v| RouterCount {
+                router: String::new(),
+                kind: "service".into(),
+                id: v.row.id,
+                inflight: i64::from(v.inflight),
+                requests: v.requests.min(i64::MAX as u64) as i64,
+                tokens: 0,
+                at_ms: 0,
+            })
+            .collect();
+        rows.extend(reg.tenant_counts.iter().map(|(&t, &(r, k))| RouterCount {
+            router: String::new(),
+            kind: "tenant".into(),
+            id: t,
+            inflight: 0,
+            requests: r.min(i64::MAX as u64) as i64,
+            tokens: k.min(i64::MAX as u64) as i64,
+            at_ms: 0,
+        }));
+        rows
+    };
+    let others =
+        s.0.source
+            .exchange(&super::Exchange {
+                router: s.0.router_id.clone(),
+                rows,
+            })
+            .await?;
+    let now = s.now();
+    let mut reg = s.reg();
+    let reg = &mut *reg;
+    for svc in reg.by_id.values_mut() {
+        svc.peer_inflight = 0;
+    }
+    let mut charges: Vec<(i64, u64, u64)> = Vec::new();
+    for c in others {
+        let (requests, tokens) = (c.requests.max(0) as u64, c.tokens.max(0) as u64);
+        match c.kind.as_str() {
+            "service" => {
+                let Some(svc) = reg.by_id.get_mut(&c.id) else {
+                    continue;
+                };
+                svc.peer_inflight = svc
+                    .peer_inflight
+                    .saturating_add(c.inflight.clamp(0, u32::MAX as i64) as u32);
+                let seen = svc.peer_requests.insert(c.router.clone(), requests);
+                if c.inflight > 0 || seen.is_some_and(|n| requests > n) {
+                    svc.scaler.note_request(now);
+                }
+            }
+            "tenant" => {
+                let seen = reg
+                    .peer_tenants
+                    .insert((c.router.clone(), c.id), (requests, tokens));
+                let (r0, k0) = match seen {
+                    Some((r0, k0)) if r0 <= requests && k0 <= tokens => (r0, k0),
+                    // Below the last count seen: a restarted router, all new.
+                    Some(_) => (0, 0),
+                    // At this router's first exchange, what the others
+                    // counted before is history; later, a new row is new
+                    // traffic.
+                    None if !reg.exchanged => (requests, tokens),
+                    None => (0, 0),
+                };
+                charges.push((c.id, requests - r0, tokens - k0));
+            }
+            _ => {}
+        }
+    }
+    reg.exchanged = true;
+    let mut limiter = s.0.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    for (tenant, requests, tokens) in charges {
+        if requests == 0 && tokens == 0 {
+            continue;
+        }
+        let limits = reg.limits.get(&tenant).copied().unwrap_or_default();
+        tracing::debug!(
+            tenant,
+            requests,
+            tokens,
+            ?limits,
+            "charged with other routers' traffic"
+        );
+        let key = tenant.to_string();
+        // (A router long unseen cannot block the tenant for long: a debt
+        // is at most a minute's allowance.)
+        limiter.charge_requests(&key, limits, requests, now);
+        limiter.charge(&key, limits, tokens, now);
+    }
+    Ok(())
 }

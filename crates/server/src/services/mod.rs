@@ -16,9 +16,15 @@
 //!   metered.
 //! - `tokens.rs`: answered requests' tokens become usage rows, written in
 //!   batches (never one commit per request).
+//! - `source.rs`: where the router reads services and replicas and writes
+//!   tokens and counters: the store (`suanli server`) or a server's router
+//!   API (`suanli gateway`, the same code); routers share their counters,
+//!   so the leader scales on every router's requests and each router's
+//!   rate limits count every router's traffic.
 
 mod controller;
 mod proxy;
+mod source;
 mod tokens;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -37,6 +43,9 @@ use crate::store::{ServiceRow, Store, TokenRow};
 use suanli_api::{ReplicaView, ServiceSpec};
 
 pub use proxy::routes;
+pub use source::{
+    Exchange, RouterServices, RouterSource, StoreSource, TokenOwner, FRESH_MS, MAX_ROUTER_ROWS,
+};
 
 /// How the router behaves.
 #[derive(Clone, Debug)]
@@ -77,8 +86,11 @@ impl Default for RouterConfig {
 pub struct Services(Arc<Inner>);
 
 struct Inner {
-    store: Store,
-    control: Control,
+    source: Arc<dyn RouterSource>,
+    /// The scheduling loop's handle: `None` in a gateway (it never scales).
+    control: Option<Control>,
+    /// This router's name among the routers sharing counters.
+    router_id: String,
     cfg: RouterConfig,
     start: Instant,
     reg: Mutex<Registry>,
@@ -96,6 +108,13 @@ struct Registry {
     limits: HashMap<i64, Limits>,
     /// The store's services were read at least once.
     loaded: bool,
+    /// Per tenant: requests let in and tokens charged by this router.
+    tenant_counts: HashMap<i64, (u64, u64)>,
+    /// Per (router, tenant): the other routers' counts last applied.
+    peer_tenants: HashMap<(String, i64), (u64, u64)>,
+    /// This router has exchanged counters once (what others counted before
+    /// that is history).
+    exchanged: bool,
 }
 
 /// One replica the router may send to.
@@ -123,6 +142,12 @@ struct Svc {
     stopping: HashSet<i64>,
     /// Requests of this service in the router (held or sent).
     inflight: u32,
+    /// Requests let in by this router so far.
+    requests: u64,
+    /// Requests in flight at the other routers (their last fresh counts).
+    peer_inflight: u32,
+    /// Per other router: its request count last seen.
+    peer_requests: HashMap<String, u64>,
     desired: u32,
     /// Bumped when a replica becomes ready (held requests look again).
     ready: watch::Sender<u64>,
@@ -164,6 +189,9 @@ impl Svc {
             draining: HashMap::new(),
             stopping: HashSet::new(),
             inflight: 0,
+            requests: 0,
+            peer_inflight: 0,
+            peer_requests: HashMap::new(),
             desired: 0,
             ready: watch::channel(0).0,
             last_failure: None,
@@ -225,15 +253,27 @@ pub struct LiveView {
 
 impl Services {
     /// The services of `store`; `start` runs the controller.
-    pub fn new(store: Store, control: Control, cfg: RouterConfig) -> Services {
-        let tokens = tokens::Sink::new(store.clone(), cfg.flush_every);
+    pub fn new(store: Store, control: Control, router_id: String, cfg: RouterConfig) -> Services {
+        Services::with_source(Arc::new(StoreSource(store)), Some(control), router_id, cfg)
+    }
+
+    /// A router on `source`; with `control` it may scale (when it leads),
+    /// without (a gateway) it only routes.
+    pub fn with_source(
+        source: Arc<dyn RouterSource>,
+        control: Option<Control>,
+        router_id: String,
+        cfg: RouterConfig,
+    ) -> Services {
+        let tokens = tokens::Sink::new(source.clone(), cfg.flush_every);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build_http();
         Services(Arc::new(Inner {
-            store,
+            source,
             control,
+            router_id,
             cfg,
             start: Instant::now(),
             reg: Mutex::new(Registry::default()),
@@ -284,11 +324,24 @@ impl Services {
         self.0.tokens.flush().await;
     }
 
+    /// Where this router reads and writes (the store, in a server).
+    pub fn source(&self) -> &dyn RouterSource {
+        &*self.0.source
+    }
+
     pub fn max_body_bytes(&self) -> usize {
         self.0.cfg.max_body_bytes
     }
 
     fn record(&self, row: TokenRow) {
         self.0.tokens.send(row);
+    }
+}
+
+impl Services {
+    /// Whether this router scales (it runs in the server replica that
+    /// leads the scheduling loop).
+    fn leading(&self) -> bool {
+        self.0.control.as_ref().is_some_and(|c| c.leading())
     }
 }

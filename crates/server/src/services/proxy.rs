@@ -35,12 +35,16 @@ use http_body_util::Full;
 use serde::Deserialize;
 use suanli_serve::{retryable, StreamMeter, Usage};
 
-use super::Services;
-use crate::http::AppState;
-use crate::store::{Scope, TokenRow};
+use super::{Services, TokenOwner};
+use crate::store::TokenRow;
 
-/// The routes, with their own body limit (`RouterConfig::max_body_bytes`).
-pub fn routes(max_body_bytes: usize) -> Router<AppState> {
+/// The routes, with their own body limit (`RouterConfig::max_body_bytes`),
+/// on any state that holds the [`Services`] (the server's, a gateway's).
+pub fn routes<S>(max_body_bytes: usize) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Services: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
@@ -66,7 +70,7 @@ fn bad_request(message: String) -> Response {
 }
 
 /// The caller's tenant (id, name); the model API is for tenants.
-async fn tenant(st: &AppState, headers: &HeaderMap) -> Result<(i64, String), Response> {
+async fn tenant(st: &Services, headers: &HeaderMap) -> Result<(i64, String), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -80,15 +84,15 @@ async fn tenant(st: &AppState, headers: &HeaderMap) -> Result<(i64, String), Res
             "expected Authorization: Bearer <tenant token>".into(),
         ));
     };
-    match st.store.scope_of(&crate::auth::hash_token(token)).await {
-        Ok(Some((_, Scope::Tenant { id, name }))) => Ok((id, name)),
-        Ok(Some(_)) => Err(error(
+    match st.0.source.token_owner(token).await {
+        Ok(TokenOwner::Tenant { id, name }) => Ok((id, name)),
+        Ok(TokenOwner::NotTenant) => Err(error(
             StatusCode::FORBIDDEN,
             "permission_error",
             "not_a_tenant",
             "the model API takes a tenant's token (the caller pays for its tokens)".into(),
         )),
-        Ok(None) => Err(error(
+        Ok(TokenOwner::Unknown) => Err(error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "invalid_token",
@@ -103,12 +107,12 @@ async fn tenant(st: &AppState, headers: &HeaderMap) -> Result<(i64, String), Res
     }
 }
 
-async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
+async fn models(State(st): State<Services>, headers: HeaderMap) -> Response {
     let (tenant_id, _) = match tenant(&st, &headers).await {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let reg = st.services.reg();
+    let reg = st.reg();
     let mut data: Vec<serde_json::Value> = reg
         .by_id
         .values()
@@ -127,11 +131,11 @@ async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
     axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
-async fn chat(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(State(st): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
     forward(st, headers, "/v1/chat/completions", body).await
 }
 
-async fn completions(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(State(st): State<Services>, headers: HeaderMap, body: Bytes) -> Response {
     forward(st, headers, "/v1/completions", body).await
 }
 
@@ -167,9 +171,8 @@ impl Drop for Flight {
 /// The chosen replica: id, `host:port`, and the service's secret.
 type Target = (u64, String, String);
 
-async fn forward(st: AppState, headers: HeaderMap, path: &str, body: Bytes) -> Response {
-    let s = st.services.clone();
-    let (tenant_id, _tenant) = match tenant(&st, &headers).await {
+async fn forward(s: Services, headers: HeaderMap, path: &str, body: Bytes) -> Response {
+    let (tenant_id, _tenant) = match tenant(&s, &headers).await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -234,8 +237,10 @@ async fn forward(st: AppState, headers: HeaderMap, path: &str, body: Bytes) -> R
                 .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_s));
             return resp;
         }
+        reg.tenant_counts.entry(tenant_id).or_default().0 += 1;
         let svc = reg.by_id.get_mut(&service).expect("found above");
         svc.inflight += 1;
+        svc.requests += 1;
         svc.scaler.note_request(now);
         (
             service,
@@ -500,12 +505,11 @@ impl Drop for Account {
         }
         let s = &self.flight.s;
         let now = s.now();
-        let limits = s
-            .reg()
-            .limits
-            .get(&self.tenant_id)
-            .copied()
-            .unwrap_or_default();
+        let limits = {
+            let mut reg = s.reg();
+            reg.tenant_counts.entry(self.tenant_id).or_default().1 += tokens;
+            reg.limits.get(&self.tenant_id).copied().unwrap_or_default()
+        };
         s.0.limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())

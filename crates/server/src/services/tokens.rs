@@ -2,7 +2,8 @@
 //! request's row over without waiting; one task writes them in batches (at
 //! least every `flush_every`, at once past `BATCH` rows), one transaction
 //! each, each request id once (`ON CONFLICT DO NOTHING`: a request the
-//! router sent twice is one row). A batch that fails is kept and written
+//! router sent twice is one row), to the store or, from a gateway, through
+//! the server. A batch that fails is kept and written
 //! again (rows are never dropped while the process lives); at shutdown
 //! the server flushes what is buffered. What an unclean crash can lose is
 //! the last `flush_every` of rows, in the customer's favour.
@@ -13,7 +14,10 @@ use tokio::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Store, TokenRow};
+use std::sync::Arc;
+
+use super::RouterSource;
+use crate::store::TokenRow;
 
 /// Rows per transaction at most.
 const BATCH: usize = 2_000;
@@ -26,7 +30,7 @@ enum Msg {
 pub(super) struct Sink(mpsc::UnboundedSender<Msg>);
 
 impl Sink {
-    pub(super) fn new(store: Store, every: Duration) -> Sink {
+    pub(super) fn new(store: Arc<dyn RouterSource>, every: Duration) -> Sink {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write(store, every, rx));
         Sink(tx)
@@ -46,7 +50,11 @@ impl Sink {
     }
 }
 
-async fn write(store: Store, every: Duration, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn write(
+    store: Arc<dyn RouterSource>,
+    every: Duration,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
     let mut buf: Vec<TokenRow> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     // When the oldest buffered row must be written by.
@@ -84,7 +92,7 @@ async fn write(store: Store, every: Duration, mut rx: mpsc::UnboundedReceiver<Ms
         let due = !waiting.is_empty() || closed || buf.len() >= BATCH || Instant::now() >= deadline;
         if due && !buf.is_empty() {
             let n = buf.len().min(BATCH);
-            match store.services().record_tokens(&buf[..n]).await {
+            match store.record_tokens(&buf[..n]).await {
                 Ok(_) => {
                     buf.drain(..n);
                 }

@@ -14,7 +14,10 @@ mod services;
 mod sql;
 pub mod sqlite;
 
-pub use services::{NewService, ReplicaRow, ServiceBackend, ServiceRow, TokenRow, TokenSum};
+pub use services::{
+    NewService, ReplicaRow, RouterCount, ServiceBackend, ServiceRow, TokenRow, TokenSum,
+    ROUTER_FORGET_MS,
+};
 pub use sql::SqlStore;
 
 use std::collections::BTreeMap;

@@ -11,7 +11,7 @@ use super::*;
 use suanli_api::{RateLimits, ServiceSpec};
 
 /// A service as stored.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceRow {
     pub id: i64,
     pub tenant_id: i64,
@@ -39,7 +39,7 @@ pub struct NewService {
 }
 
 /// A live replica: its job, and where its current attempt runs.
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaRow {
     pub job: i64,
     pub run: i64,
@@ -50,7 +50,7 @@ pub struct ReplicaRow {
 }
 
 /// One answered request's tokens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenRow {
     /// The router's id of the request (a retry keeps it).
     pub request_id: String,
@@ -64,6 +64,23 @@ pub struct TokenRow {
     /// Counted from the stream's chunks: the answer carried no usage.
     pub estimated: bool,
 }
+
+/// One router's counter row (`router_counts`): `kind` "service" (`id` a
+/// service: `inflight` now, `requests` so far) or "tenant" (`id` a tenant:
+/// `requests` let in and `tokens` charged so far).
+#[derive(Clone, Debug, PartialEq, Eq, FromRow, serde::Serialize, serde::Deserialize)]
+pub struct RouterCount {
+    pub router: String,
+    pub kind: String,
+    pub id: i64,
+    pub inflight: i64,
+    pub requests: i64,
+    pub tokens: i64,
+    pub at_ms: i64,
+}
+
+/// A router silent this long is forgotten.
+pub const ROUTER_FORGET_MS: i64 = 600_000;
 
 /// Tokens one tenant bought of one model over a period.
 #[derive(Clone, Debug, PartialEq, Eq, FromRow)]
@@ -162,6 +179,16 @@ pub trait ServiceBackend: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Every tenant's limits (tenants without a row have none).
     async fn limits(&self) -> Result<Vec<(i64, RateLimits)>, StoreError>;
+    /// Write `router`'s counters (one transaction, stamped `now`), forget
+    /// routers silent for `ROUTER_FORGET_MS`, and answer the other
+    /// routers' rows written since `fresh_from`.
+    async fn exchange_counts(
+        &self,
+        router: &str,
+        rows: &[RouterCount],
+        now: i64,
+        fresh_from: i64,
+    ) -> Result<Vec<RouterCount>, StoreError>;
 }
 
 const SERVICE_COLUMNS: &str = "s.id, s.tenant_id, t.name AS tenant, s.name, s.model, s.public, \
@@ -204,6 +231,7 @@ where
     for<'r> ReplicaRow: FromRow<'r, DB::Row>,
     for<'r> TokenSum: FromRow<'r, DB::Row>,
     for<'r> LimitRow: FromRow<'r, DB::Row>,
+    for<'r> RouterCount: FromRow<'r, DB::Row>,
 {
     async fn create_service(
         &self,
@@ -482,5 +510,46 @@ where
                 )
             })
             .collect())
+    }
+
+    async fn exchange_counts(
+        &self,
+        router: &str,
+        rows: &[RouterCount],
+        now: i64,
+        fresh_from: i64,
+    ) -> Result<Vec<RouterCount>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO router_counts (router, kind, id, inflight, requests, tokens, at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (router, kind, id) DO UPDATE SET \
+                 inflight = excluded.inflight, requests = excluded.requests, \
+                 tokens = excluded.tokens, at_ms = excluded.at_ms",
+            )
+            .bind(router)
+            .bind(r.kind.as_str())
+            .bind(r.id)
+            .bind(r.inflight)
+            .bind(r.requests)
+            .bind(r.tokens)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM router_counts WHERE at_ms < $1")
+            .bind(now - ROUTER_FORGET_MS)
+            .execute(&mut *tx)
+            .await?;
+        let others: Vec<RouterCount> = sqlx::query_as(
+            "SELECT router, kind, id, inflight, requests, tokens, at_ms FROM router_counts \
+             WHERE router <> $1 AND at_ms >= $2 ORDER BY router, kind, id",
+        )
+        .bind(router)
+        .bind(fresh_from)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(others)
     }
 }

@@ -306,6 +306,11 @@ impl Conn {
     }
 
     /// A POST whose answer has no body (204).
+    /// A POST whose answer has no body (204).
+    pub fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> Result<(), CliError> {
+        self.send("POST", path, Some(&Body(body))).map(|_| ())
+    }
+
     pub fn post_empty(&self, path: &str) -> Result<(), CliError> {
         self.send("POST", path, Some(&Body(&Empty {}))).map(|_| ())
     }

@@ -42,7 +42,15 @@ impl Server {
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // SUANLI_TEST_SERVER_LOG=1 shows it (debugging a test).
+        let show = std::env::var_os("SUANLI_TEST_SERVER_LOG").is_some();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("server: {l}");
+                }
+            }
+        });
         Server {
             child,
             url: format!("http://{addr}"),

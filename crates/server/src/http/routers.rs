@@ -1,0 +1,154 @@
+//! `/v1/routers/...`: what a `suanli gateway` needs from the server to run
+//! the server's own model router elsewhere (`crate::services::RouterSource`
+//! over HTTP). Admin tokens only: the answers hold every service's replica
+//! secret. Not in the OpenAPI document: an internal protocol between this
+//! server and its own gateways, versioned with the binary.
+//!
+//! - `GET /v1/routers/services`: live services and the tenants' limits.
+//! - `POST /v1/routers/replicas` `[ids]`: their live replica jobs.
+//! - `POST /v1/routers/tokens` `[rows]`: answered requests' tokens (each
+//!   request id once, as the server's own router writes them).
+//! - `POST /v1/routers/token-owner` `{"token"}`: whose token a caller sent.
+//! - `POST /v1/routers/exchange` `{router, rows}`: the gateway's counters
+//!   in, every other router's out.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::auth::{admin, Caller};
+use super::error::Problem;
+use super::state::AppState;
+use crate::services::{Exchange, RouterServices, TokenOwner, MAX_ROUTER_ROWS};
+use crate::store::{ReplicaRow, RouterCount, TokenRow};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/routers/services", get(services))
+        .route("/v1/routers/replicas", post(replicas))
+        .route("/v1/routers/tokens", post(tokens))
+        .route("/v1/routers/token-owner", post(token_owner))
+        .route("/v1/routers/exchange", post(exchange))
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
+}
+
+fn internal(e: String) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e)
+}
+
+fn too_many(field: &'static str, n: usize) -> Result<(), Problem> {
+    if n > MAX_ROUTER_ROWS {
+        return Err(Problem::invalid(
+            field,
+            format!("at most {MAX_ROUTER_ROWS} rows per call, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn services(State(st): State<AppState>, c: Caller) -> Result<Json<RouterServices>, Problem> {
+    admin(&c)?;
+    Ok(Json(
+        st.services.source().services().await.map_err(internal)?,
+    ))
+}
+
+async fn replicas(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<Vec<i64>>, JsonRejection>,
+) -> Result<Json<Vec<(i64, Vec<ReplicaRow>)>>, Problem> {
+    admin(&c)?;
+    let Json(ids) = body?;
+    too_many("services", ids.len())?;
+    let map: HashMap<i64, Vec<ReplicaRow>> = st
+        .services
+        .source()
+        .replicas(&ids)
+        .await
+        .map_err(internal)?;
+    let mut out: Vec<(i64, Vec<ReplicaRow>)> = map.into_iter().collect();
+    out.sort_by_key(|(id, _)| *id);
+    Ok(Json(out))
+}
+
+async fn tokens(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<Vec<TokenRow>>, JsonRejection>,
+) -> Result<StatusCode, Problem> {
+    admin(&c)?;
+    let Json(rows) = body?;
+    too_many("rows", rows.len())?;
+    for (i, r) in rows.iter().enumerate() {
+        if r.request_id.is_empty() || r.request_id.len() > 128 {
+            return Err(Problem::invalid(
+                "request_id",
+                format!("row {i}: a request id of 1 to 128 bytes"),
+            ));
+        }
+        if r.input_tokens < 0 || r.output_tokens < 0 {
+            return Err(Problem::invalid(
+                "input_tokens",
+                format!("row {i}: token counts cannot be negative"),
+            ));
+        }
+    }
+    st.services
+        .source()
+        .record_tokens(&rows)
+        .await
+        .map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerQuery {
+    token: String,
+}
+
+async fn token_owner(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<OwnerQuery>, JsonRejection>,
+) -> Result<Json<TokenOwner>, Problem> {
+    admin(&c)?;
+    let Json(q) = body?;
+    Ok(Json(
+        st.services
+            .source()
+            .token_owner(&q.token)
+            .await
+            .map_err(internal)?,
+    ))
+}
+
+async fn exchange(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<Exchange>, JsonRejection>,
+) -> Result<Json<Vec<RouterCount>>, Problem> {
+    admin(&c)?;
+    let Json(ex) = body?;
+    too_many("rows", ex.rows.len())?;
+    if ex.router.is_empty() || ex.router.len() > 200 || !ex.router.starts_with("gateway ") {
+        return Err(Problem::invalid(
+            "router",
+            "a gateway's name: \"gateway \" and at most 200 bytes",
+        ));
+    }
+    for r in &ex.rows {
+        if !matches!(r.kind.as_str(), "service" | "tenant") {
+            return Err(Problem::invalid("kind", "service or tenant"));
+        }
+    }
+    Ok(Json(
+        st.services.source().exchange(&ex).await.map_err(internal)?,
+    ))
+}
