@@ -8,9 +8,9 @@
 //! the response), so they are charged then and may take the token bucket
 //! below zero (as Envoy AI Gateway charges token limits after the
 //! response): the tenant's next requests wait until the debt is refilled.
-//! A debt is at most one minute's allowance (a bucket never waits longer
-//! than the window its limit speaks of). Several routers share limits by
-//! charging each other's traffic ([`Limiter::charge_requests`], `charge`).
+//! Several routers share limits by charging each other's traffic
+//! ([`Limiter::charge_shared`]; a debt from it is at most a minute's
+//! allowance).
 //! A refusal says how long to wait (`Retry-After`, whole seconds, at least 1).
 
 use std::collections::HashMap;
@@ -136,12 +136,27 @@ impl Limiter {
         Ok(())
     }
 
-    /// Charge requests let in elsewhere (by another router sharing the
-    /// limits): they take from the request bucket, which may go into debt.
-    pub fn charge_requests(&mut self, tenant: &str, limits: Limits, requests: u64, now: Ms) {
-        if let Some(rpm) = limits.requests_per_minute {
+    /// Charge what another router sharing the limits let in (requests) and
+    /// charged (tokens) since last told. Its debt is floored at one
+    /// minute's allowance: a router long unseen cannot block the tenant
+    /// here for longer than the window its limits speak of (this router's
+    /// own charges are not floored).
+    pub fn charge_shared(
+        &mut self,
+        tenant: &str,
+        limits: Limits,
+        requests: u64,
+        tokens: u64,
+        now: Ms,
+    ) {
+        let floor = |per_minute: u64| -(per_minute as i128) * 1000;
+        if let (Some(rpm), true) = (limits.requests_per_minute, requests > 0) {
             let b = refilled(&mut self.requests, tenant, rpm, now);
-            b.level = (b.level - requests as i128 * 1000).max(-(rpm as i128) * 1000);
+            b.level = (b.level - requests as i128 * 1000).max(floor(rpm).min(b.level));
+        }
+        if let (Some(tpm), true) = (limits.tokens_per_minute, tokens > 0) {
+            let b = refilled(&mut self.tokens, tenant, tpm, now);
+            b.level = (b.level - tokens as i128 * 1000).max(floor(tpm).min(b.level));
         }
     }
 
@@ -149,7 +164,7 @@ impl Limiter {
     pub fn charge(&mut self, tenant: &str, limits: Limits, tokens: u64, now: Ms) {
         if let Some(tpm) = limits.tokens_per_minute {
             let b = refilled(&mut self.tokens, tenant, tpm, now);
-            b.level = (b.level - tokens as i128 * 1000).max(-(tpm as i128) * 1000);
+            b.level -= tokens as i128 * 1000;
         }
     }
 }

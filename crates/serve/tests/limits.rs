@@ -62,16 +62,24 @@ fn other_routers_traffic_is_charged_and_debt_is_at_most_a_minute() {
     };
     let mut l = Limiter::new();
     // Another router let in 60 requests: this one's bucket is empty too.
-    l.charge_requests("a", both, 60, 0);
+    l.charge_shared("a", both, 60, 0, 0);
     let r = l.admit("a", both, 0).unwrap_err();
     assert_eq!(r.limit, "requests_per_minute");
-    // A huge charge (a router long unseen) waits a minute at most.
-    l.charge("b", both, 1_000_000, 0);
+    // A huge charge from elsewhere (a router long unseen) waits a minute at most.
+    l.charge_shared("b", both, 0, 1_000_000, 0);
     let r = l.admit("b", both, 0).unwrap_err();
     assert_eq!((r.limit, r.retry_after_s), ("tokens_per_minute", 61));
     l.admit("b", both, 60_100).unwrap();
+    // This router's own answers are charged in full: a 6,000-token answer
+    // against 600 a minute is ten minutes of debt.
+    l.admit("d", both, 0).unwrap();
+    l.charge("d", both, 6_600, 0);
+    assert_eq!(l.admit("d", both, 0).unwrap_err().retry_after_s, 601);
+    // ...and a shared charge adds nothing below the floor it is already under.
+    l.charge_shared("d", both, 0, 1_000, 0);
+    assert_eq!(l.admit("d", both, 0).unwrap_err().retry_after_s, 601);
     // No limit, no charge.
-    l.charge_requests("c", Limits::default(), 1_000, 0);
+    l.charge_shared("c", Limits::default(), 1_000, 1_000, 0);
     l.admit("c", both, 0).unwrap();
 }
 

@@ -34,7 +34,8 @@ use crate::{failure, usage, CliError};
 pub const OWNER_TTL: Duration = Duration::from_secs(10);
 /// How long an unknown token is remembered as unknown.
 const UNKNOWN_TTL: Duration = Duration::from_secs(2);
-/// Tokens remembered at most (past it, the memory starts over).
+/// Tokens remembered at most, valid and unknown apart (past it, expired
+/// entries go; unknown ones all go if none expired).
 const MAX_OWNERS: usize = 100_000;
 /// Token rows per call to the server.
 const TOKEN_ROWS_PER_CALL: usize = 2_000;
@@ -69,8 +70,17 @@ pub struct GatewayArgs {
 
 struct Remote {
     conn: Conn,
+    /// Tokens known valid (a tenant's or not), by hash.
     owners: Mutex<HashMap<String, (TokenOwner, Instant)>>,
+    /// Tokens known unknown, by hash (kept apart: a flood of made-up
+    /// tokens cannot push out the valid ones).
+    unknown: Mutex<HashMap<String, Instant>>,
+    /// Lookups at the server at once, at most.
+    lookups: tokio::sync::Semaphore,
 }
+
+/// Token lookups the gateway asks the server at once, at most.
+const MAX_LOOKUPS: usize = 16;
 
 fn text(e: CliError) -> String {
     e.msg
@@ -123,30 +133,53 @@ impl RouterSource for Remote {
         Ok(())
     }
 
-    async fn token_owner(&self, token: &str) -> Result<TokenOwner, String> {
-        let key = suanli_server::auth::hash_token(token);
-        {
+    async fn token_owner(&self, token_hash: &str) -> Result<TokenOwner, String> {
+        let cached = || {
             let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((o, at)) = owners.get(&key) {
-                let ttl = if *o == TokenOwner::Unknown {
-                    UNKNOWN_TTL
-                } else {
-                    OWNER_TTL
-                };
-                if at.elapsed() < ttl {
-                    return Ok(o.clone());
+            if let Some((o, at)) = owners.get(token_hash) {
+                if at.elapsed() < OWNER_TTL {
+                    return Some(o.clone());
                 }
             }
+            let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            unknown
+                .get(token_hash)
+                .filter(|at| at.elapsed() < UNKNOWN_TTL)
+                .map(|_| TokenOwner::Unknown)
+        };
+        if let Some(o) = cached() {
+            return Ok(o);
         }
-        let body = serde_json::json!({ "token": token });
+        let _turn = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(|e| format!("token lookups: {e}"))?;
+        // Another request may have asked while this one waited its turn.
+        if let Some(o) = cached() {
+            return Ok(o);
+        }
+        let body = serde_json::json!({ "token_hash": token_hash });
         let o = self
             .blocking(move |c| c.post::<_, TokenOwner>("/v1/routers/token-owner", &body))
             .await?;
-        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        if owners.len() >= MAX_OWNERS {
-            owners.clear();
+        let now = Instant::now();
+        if o == TokenOwner::Unknown {
+            let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            if unknown.len() >= MAX_OWNERS {
+                unknown.retain(|_, at| at.elapsed() < UNKNOWN_TTL);
+                if unknown.len() >= MAX_OWNERS {
+                    unknown.clear();
+                }
+            }
+            unknown.insert(token_hash.to_string(), now);
+        } else {
+            let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            if owners.len() >= MAX_OWNERS {
+                owners.retain(|_, (_, at)| at.elapsed() < OWNER_TTL);
+            }
+            owners.insert(token_hash.to_string(), (o.clone(), now));
         }
-        owners.insert(key, (o.clone(), Instant::now()));
         Ok(o)
     }
 
@@ -217,6 +250,8 @@ pub fn run(a: GatewayArgs) -> Result<(), CliError> {
     let remote = Remote {
         conn: a.conn,
         owners: Mutex::new(HashMap::new()),
+        unknown: Mutex::new(HashMap::new()),
+        lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
     };
     rt.block_on(async move {
         let services = Services::with_source(Arc::new(remote), None, id.clone(), cfg.clone());

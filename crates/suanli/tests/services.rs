@@ -607,6 +607,49 @@ fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
         Some(&json!({"router": "server x", "rows": []}).to_string()),
     );
     assert_eq!(code, 400, "{v}");
+    for (row, why) in [
+        (
+            json!({"kind": "service", "id": 1, "inflight": -1, "requests": 0, "tokens": 0, "at_ms": 0, "router": ""}),
+            "negative",
+        ),
+        (
+            json!({"kind": "service", "id": 1, "inflight": 2_000_000, "requests": 0, "tokens": 0, "at_ms": 0, "router": ""}),
+            "at most",
+        ),
+        (
+            json!({"kind": "job", "id": 1, "inflight": 0, "requests": 0, "tokens": 0, "at_ms": 0, "router": ""}),
+            "service or tenant",
+        ),
+    ] {
+        let (code, v, _) = call(
+            "POST",
+            &f.s.u("/v1/routers/exchange"),
+            Some(&f.admin),
+            Some(&json!({"router": "gateway x", "rows": [row]}).to_string()),
+        );
+        assert_eq!(code, 400, "{v}");
+        assert!(v.to_string().contains(why), "{v}");
+    }
+    // Whose token: asked by hash, never by secret.
+    let (code, v, _) = call(
+        "POST",
+        &f.s.u("/v1/routers/token-owner"),
+        Some(&f.admin),
+        Some(&json!({"token_hash": suanli_api::token::hash_token(&f.acme)}).to_string()),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["kind"].as_str(), v["name"].as_str()),
+        (Some("tenant"), Some("acme"))
+    );
+    let (code, v, _) = call(
+        "POST",
+        &f.s.u("/v1/routers/tokens"),
+        Some(&f.admin),
+        Some(&json!([{"request_id": "r1", "tenant_id": 1, "service_id": 1, "model": "m",
+            "at_ms": 4_000_000_000_000i64, "input_tokens": 1, "output_tokens": 1, "estimated": false}]).to_string()),
+    );
+    assert_eq!(code, 400, "{v}");
 
     let (code, out, err) = cli(
         &f.s.url,

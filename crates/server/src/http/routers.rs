@@ -8,7 +8,8 @@
 //! - `POST /v1/routers/replicas` `[ids]`: their live replica jobs.
 //! - `POST /v1/routers/tokens` `[rows]`: answered requests' tokens (each
 //!   request id once, as the server's own router writes them).
-//! - `POST /v1/routers/token-owner` `{"token"}`: whose token a caller sent.
+//! - `POST /v1/routers/token-owner` `{"token_hash"}`: whose token a caller
+//!   sent (by its hash: the secret stays at the gateway).
 //! - `POST /v1/routers/exchange` `{router, rows}`: the gateway's counters
 //!   in, every other router's out.
 
@@ -37,9 +38,27 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
 }
 
+/// The caller, refused unless an admin before any body is read.
+struct Admin;
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = Problem;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Admin, Problem> {
+        let c = Caller::from_request_parts(parts, st).await?;
+        admin(&c)?;
+        Ok(Admin)
+    }
+}
+
 fn internal(e: String) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e)
 }
+
+/// Requests in flight one router may report for one service.
+const MAX_INFLIGHT: i64 = 1_000_000;
 
 fn too_many(field: &'static str, n: usize) -> Result<(), Problem> {
     if n > MAX_ROUTER_ROWS {
@@ -51,8 +70,7 @@ fn too_many(field: &'static str, n: usize) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn services(State(st): State<AppState>, c: Caller) -> Result<Json<RouterServices>, Problem> {
-    admin(&c)?;
+async fn services(State(st): State<AppState>, _: Admin) -> Result<Json<RouterServices>, Problem> {
     Ok(Json(
         st.services.source().services().await.map_err(internal)?,
     ))
@@ -60,10 +78,9 @@ async fn services(State(st): State<AppState>, c: Caller) -> Result<Json<RouterSe
 
 async fn replicas(
     State(st): State<AppState>,
-    c: Caller,
+    _: Admin,
     body: Result<Json<Vec<i64>>, JsonRejection>,
 ) -> Result<Json<Vec<(i64, Vec<ReplicaRow>)>>, Problem> {
-    admin(&c)?;
     let Json(ids) = body?;
     too_many("services", ids.len())?;
     let map: HashMap<i64, Vec<ReplicaRow>> = st
@@ -79,10 +96,9 @@ async fn replicas(
 
 async fn tokens(
     State(st): State<AppState>,
-    c: Caller,
+    _: Admin,
     body: Result<Json<Vec<TokenRow>>, JsonRejection>,
 ) -> Result<StatusCode, Problem> {
-    admin(&c)?;
     let Json(rows) = body?;
     too_many("rows", rows.len())?;
     for (i, r) in rows.iter().enumerate() {
@@ -90,6 +106,13 @@ async fn tokens(
             return Err(Problem::invalid(
                 "request_id",
                 format!("row {i}: a request id of 1 to 128 bytes"),
+            ));
+        }
+        let now = crate::store::now_ms();
+        if r.at_ms > now + 60_000 || r.at_ms < now - 7 * 86_400_000 {
+            return Err(Problem::invalid(
+                "at_ms",
+                format!("row {i}: an answer of the last 7 days, not in the future"),
             ));
         }
         if r.input_tokens < 0 || r.output_tokens < 0 {
@@ -110,20 +133,23 @@ async fn tokens(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OwnerQuery {
-    token: String,
+    /// `suanli_api::token::hash_token` of the caller's token.
+    token_hash: String,
 }
 
 async fn token_owner(
     State(st): State<AppState>,
-    c: Caller,
+    _: Admin,
     body: Result<Json<OwnerQuery>, JsonRejection>,
 ) -> Result<Json<TokenOwner>, Problem> {
-    admin(&c)?;
     let Json(q) = body?;
+    if q.token_hash.len() > 128 {
+        return Err(Problem::invalid("token_hash", "at most 128 bytes"));
+    }
     Ok(Json(
         st.services
             .source()
-            .token_owner(&q.token)
+            .token_owner(&q.token_hash)
             .await
             .map_err(internal)?,
     ))
@@ -131,10 +157,9 @@ async fn token_owner(
 
 async fn exchange(
     State(st): State<AppState>,
-    c: Caller,
+    _: Admin,
     body: Result<Json<Exchange>, JsonRejection>,
 ) -> Result<Json<Vec<RouterCount>>, Problem> {
-    admin(&c)?;
     let Json(ex) = body?;
     too_many("rows", ex.rows.len())?;
     if ex.router.is_empty() || ex.router.len() > 200 || !ex.router.starts_with("gateway ") {
@@ -143,9 +168,24 @@ async fn exchange(
             "a gateway's name: \"gateway \" and at most 200 bytes",
         ));
     }
-    for r in &ex.rows {
+    for (i, r) in ex.rows.iter().enumerate() {
         if !matches!(r.kind.as_str(), "service" | "tenant") {
-            return Err(Problem::invalid("kind", "service or tenant"));
+            return Err(Problem::invalid(
+                "kind",
+                format!("row {i}: service or tenant"),
+            ));
+        }
+        if r.inflight < 0 || r.requests < 0 || r.tokens < 0 {
+            return Err(Problem::invalid(
+                "inflight",
+                format!("row {i}: counts cannot be negative"),
+            ));
+        }
+        if r.inflight > MAX_INFLIGHT {
+            return Err(Problem::invalid(
+                "inflight",
+                format!("row {i}: at most {MAX_INFLIGHT} requests in flight"),
+            ));
         }
     }
     Ok(Json(

@@ -21,6 +21,9 @@ use suanli_api::{JobState, ServiceSpec};
 use super::{scale_config, Endpoint, Services, Svc};
 use crate::store::{NewJob, ReplicaRow, RouterCount, ServiceRow};
 
+/// Requests in flight one other router may add to a service's count (a
+/// bad row cannot ask for more than this).
+const MAX_PEER_INFLIGHT: i64 = 1_000_000;
 /// How long a draining replica may take to finish its requests.
 const DRAIN_GRACE_MS: u64 = 120_000;
 /// How often the services are read again without a change through this replica.
@@ -482,16 +485,23 @@ async fn exchange(s: &Services) -> Result<(), String> {
                 router: s.0.router_id.clone(),
                 rows,
             })
-            .await?;
+            .await;
     let now = s.now();
     let mut reg = s.reg();
     let reg = &mut *reg;
+    // Counts not refreshed are not counted: a failed exchange forgets the
+    // other routers' requests in flight rather than scale on stale ones.
     for svc in reg.by_id.values_mut() {
         svc.peer_inflight = 0;
     }
+    let others = others?;
+    let routers: HashSet<&str> = others.iter().map(|c| c.router.as_str()).collect();
     let mut charges: Vec<(i64, u64, u64)> = Vec::new();
-    for c in others {
+    for c in &others {
         let (requests, tokens) = (c.requests.max(0) as u64, c.tokens.max(0) as u64);
+        // A router seen for the first time (just started, or back after
+        // more than `FRESH_MS` unseen): what it counted so far is history.
+        let known = reg.peers.contains(&c.router);
         match c.kind.as_str() {
             "service" => {
                 let Some(svc) = reg.by_id.get_mut(&c.id) else {
@@ -499,7 +509,7 @@ async fn exchange(s: &Services) -> Result<(), String> {
                 };
                 svc.peer_inflight = svc
                     .peer_inflight
-                    .saturating_add(c.inflight.clamp(0, u32::MAX as i64) as u32);
+                    .saturating_add(c.inflight.clamp(0, MAX_PEER_INFLIGHT) as u32);
                 let seen = svc.peer_requests.insert(c.router.clone(), requests);
                 if c.inflight > 0 || seen.is_some_and(|n| requests > n) {
                     svc.scaler.note_request(now);
@@ -511,20 +521,26 @@ async fn exchange(s: &Services) -> Result<(), String> {
                     .insert((c.router.clone(), c.id), (requests, tokens));
                 let (r0, k0) = match seen {
                     Some((r0, k0)) if r0 <= requests && k0 <= tokens => (r0, k0),
-                    // Below the last count seen: a restarted router, all new.
+                    // Below the last count seen: the router restarted
+                    // under the same name: all of it is new.
                     Some(_) => (0, 0),
-                    // At this router's first exchange, what the others
-                    // counted before is history; later, a new row is new
-                    // traffic.
-                    None if !reg.exchanged => (requests, tokens),
-                    None => (0, 0),
+                    // A known router's new tenant: new traffic.
+                    None if known => (0, 0),
+                    None => (requests, tokens),
                 };
                 charges.push((c.id, requests - r0, tokens - k0));
             }
             _ => {}
         }
     }
-    reg.exchanged = true;
+    // Forget routers no longer reporting (a restarted one has a new name).
+    reg.peer_tenants
+        .retain(|(r, _), _| routers.contains(r.as_str()));
+    for svc in reg.by_id.values_mut() {
+        svc.peer_requests
+            .retain(|r, _| routers.contains(r.as_str()));
+    }
+    reg.peers = routers.iter().map(|r| r.to_string()).collect();
     let mut limiter = s.0.limiter.lock().unwrap_or_else(|p| p.into_inner());
     for (tenant, requests, tokens) in charges {
         if requests == 0 && tokens == 0 {
@@ -538,11 +554,7 @@ async fn exchange(s: &Services) -> Result<(), String> {
             ?limits,
             "charged with other routers' traffic"
         );
-        let key = tenant.to_string();
-        // (A router long unseen cannot block the tenant for long: a debt
-        // is at most a minute's allowance.)
-        limiter.charge_requests(&key, limits, requests, now);
-        limiter.charge(&key, limits, tokens, now);
+        limiter.charge_shared(&tenant.to_string(), limits, requests, tokens, now);
     }
     Ok(())
 }

@@ -112,9 +112,8 @@ struct Registry {
     tenant_counts: HashMap<i64, (u64, u64)>,
     /// Per (router, tenant): the other routers' counts last applied.
     peer_tenants: HashMap<(String, i64), (u64, u64)>,
-    /// This router has exchanged counters once (what others counted before
-    /// that is history).
-    exchanged: bool,
+    /// The other routers reporting at the last exchange.
+    peers: HashSet<String>,
 }
 
 /// One replica the router may send to.

@@ -84,7 +84,24 @@ async fn tenant(st: &Services, headers: &HeaderMap) -> Result<(i64, String), Res
             "expected Authorization: Bearer <tenant token>".into(),
         ));
     };
-    match st.0.source.token_owner(token).await {
+    // Not even the shape of a token: no need to ask anyone.
+    let shaped = token
+        .strip_prefix(crate::auth::TOKEN_PREFIX)
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !shaped {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_token",
+            "unknown or revoked token".into(),
+        ));
+    }
+    match st
+        .0
+        .source
+        .token_owner(&crate::auth::hash_token(token))
+        .await
+    {
         Ok(TokenOwner::Tenant { id, name }) => Ok((id, name)),
         Ok(TokenOwner::NotTenant) => Err(error(
             StatusCode::FORBIDDEN,
@@ -98,12 +115,15 @@ async fn tenant(st: &Services, headers: &HeaderMap) -> Result<(i64, String), Res
             "invalid_token",
             "unknown or revoked token".into(),
         )),
-        Err(e) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "store_unavailable",
-            format!("the store: {e}"),
-        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check a caller's token");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "auth_unavailable",
+                "cannot check the token now: retry".into(),
+            ))
+        }
     }
 }
 
@@ -237,10 +257,11 @@ async fn forward(s: Services, headers: HeaderMap, path: &str, body: Bytes) -> Re
                 .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_s));
             return resp;
         }
-        reg.tenant_counts.entry(tenant_id).or_default().0 += 1;
+        let counts = reg.tenant_counts.entry(tenant_id).or_default();
+        counts.0 = counts.0.saturating_add(1);
         let svc = reg.by_id.get_mut(&service).expect("found above");
         svc.inflight += 1;
-        svc.requests += 1;
+        svc.requests = svc.requests.saturating_add(1);
         svc.scaler.note_request(now);
         (
             service,
@@ -507,7 +528,8 @@ impl Drop for Account {
         let now = s.now();
         let limits = {
             let mut reg = s.reg();
-            reg.tenant_counts.entry(self.tenant_id).or_default().1 += tokens;
+            let counts = reg.tenant_counts.entry(self.tenant_id).or_default();
+            counts.1 = counts.1.saturating_add(tokens);
             reg.limits.get(&self.tenant_id).copied().unwrap_or_default()
         };
         s.0.limiter

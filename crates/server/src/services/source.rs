@@ -61,8 +61,9 @@ pub trait RouterSource: Send + Sync {
     async fn orphan_replicas(&self) -> Result<Vec<i64>, String>;
     /// Record answered requests (each request id once).
     async fn record_tokens(&self, rows: &[TokenRow]) -> Result<(), String>;
-    /// Whose token this is.
-    async fn token_owner(&self, token: &str) -> Result<TokenOwner, String>;
+    /// Whose token this is, by its hash (`suanli_api::token::hash_token`):
+    /// the secret itself never leaves the router.
+    async fn token_owner(&self, token_hash: &str) -> Result<TokenOwner, String>;
     /// Write this router's counters; answer the other routers' fresh ones.
     async fn exchange(&self, ex: &Exchange) -> Result<Vec<RouterCount>, String>;
 }
@@ -119,8 +120,8 @@ impl RouterSource for StoreSource {
             .map_err(|e| e.to_string())
     }
 
-    async fn token_owner(&self, token: &str) -> Result<TokenOwner, String> {
-        match self.0.scope_of(&crate::auth::hash_token(token)).await {
+    async fn token_owner(&self, token_hash: &str) -> Result<TokenOwner, String> {
+        match self.0.scope_of(token_hash).await {
             Ok(Some((_, Scope::Tenant { id, name }))) => Ok(TokenOwner::Tenant { id, name }),
             Ok(Some(_)) => Ok(TokenOwner::NotTenant),
             Ok(None) => Ok(TokenOwner::Unknown),

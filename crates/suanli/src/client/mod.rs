@@ -305,12 +305,12 @@ impl Conn {
         Conn::read(path, r)
     }
 
-    /// A POST whose answer has no body (204).
-    /// A POST whose answer has no body (204).
+    /// A POST with a body whose answer has none (204).
     pub fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> Result<(), CliError> {
         self.send("POST", path, Some(&Body(body))).map(|_| ())
     }
 
+    /// A POST whose answer has no body (204).
     pub fn post_empty(&self, path: &str) -> Result<(), CliError> {
         self.send("POST", path, Some(&Body(&Empty {}))).map(|_| ())
     }
