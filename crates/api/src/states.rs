@@ -194,6 +194,9 @@ vocabulary!(
         Admin = "admin",
         Tenant = "tenant",
         Agent = "agent",
+        /// A model router outside the server (`suanli gateway`): the
+        /// router API (`/v1/routers/...`) and nothing else.
+        Router = "router",
     }
 );
 

@@ -73,8 +73,9 @@ pub struct QuotaSet {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// `admin`, `tenant` (with `tenant`) or `agent` (with `node` or not).
-    #[cfg_attr(feature = "openapi", schema(pattern = "^(admin|tenant|agent)$"))]
+    /// `admin`, `tenant` (with `tenant`), `agent` (with `node` or not) or
+    /// `router` (a gateway's: the router API only).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(admin|tenant|agent|router)$"))]
     pub scope: String,
     /// For a tenant token: its tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -209,6 +209,18 @@ async fn tokens(db: common::Db) {
     let nodes: Vec<Option<&str>> = listed.iter().map(|t| t.node.as_deref()).collect();
     assert_eq!(nodes, [None, None, None, Some("n1"), Some("n1")]);
     assert_eq!(s.scope_of("unknown").await.unwrap(), None);
+    // A gateway's token (the scope the tokens table gained in a later
+    // migration on both backends).
+    let router = s
+        .insert_token("h-router", &Scope::Router, "gw", ("test", "token.create"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.scope_of("h-router").await.unwrap(),
+        Some((router, Scope::Router))
+    );
+    s.revoke_token(router, "test").await.unwrap();
+    assert_eq!(s.scope_of("h-router").await.unwrap(), None);
     s.revoke_token(tenant, "test").await.unwrap();
     assert_eq!(s.scope_of("h-acme").await.unwrap(), None, "revoked");
     let audited = s.audit_log(0, 100).await.unwrap().len();

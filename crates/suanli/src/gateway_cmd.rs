@@ -5,7 +5,9 @@
 //! proxy, the controller following replicas and probing them, the token
 //! writer) on a [`RouterSource`] that asks the server instead of a
 //! database: services, replicas, tokens and callers' tokens go through
-//! `/v1/routers/...` with an admin token. The gateway never scales: it
+//! `/v1/routers/...` with a router token (`suanli token create --router`:
+//! the router API and nothing else, so a gateway on the network's edge
+//! holds no admin power). The gateway never scales: it
 //! shares its counters with the server (requests in flight per service,
 //! requests and tokens per tenant), so the leader scales on every router's
 //! requests — a request held at a gateway wakes a service at zero — and
@@ -225,7 +227,8 @@ pub fn run(a: GatewayArgs) -> Result<(), CliError> {
     let probe: Result<RouterServices, CliError> = a.conn.get("/v1/routers/services");
     probe.map_err(|e| {
         failure(format!(
-            "the server refused the gateway ({e}); a gateway needs an admin token"
+            "the server refused the gateway ({e}); a gateway needs a router token \
+             (suanli token create --router)"
         ))
     })?;
     let cfg = RouterConfig {

@@ -72,7 +72,7 @@ enum Cmd {
     Agent(agent_cmd::AgentArgs),
     /// A whole pool on this machine: a server, N agents, a demo tenant.
     Up(agent_cmd::UpArgs),
-    /// The model API's router outside the server (scale-out): suanli gateway --server URL --listen ADDR (admin token).
+    /// The model API's router outside the server (scale-out): suanli gateway --server URL --listen ADDR (router token).
     Gateway(gateway_cmd::GatewayArgs),
     /// A small OpenAI-compatible model server for tests and demos (port from --port or $PORT).
     MockLlm(mock_llm::MockLlmArgs),

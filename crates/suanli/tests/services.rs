@@ -587,7 +587,7 @@ fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
     let bin = TaskVisible::binary();
     let bin = bin.path.to_str().unwrap();
 
-    // A gateway needs an admin token: a tenant's is refused at start.
+    // A gateway needs a router token: a tenant's is refused at start.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
         .args(["gateway", "--listen", "127.0.0.1:0", "--server", &f.s.url])
         .env("SUANLI_TOKEN", &f.acme)
@@ -595,7 +595,15 @@ fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("admin token"), "{err}");
+    assert!(err.contains("router token"), "{err}");
+    // A router token opens the router API and nothing else.
+    let router = token_for(&f.s, &f.admin, json!({"scope": "router"}));
+    for path in ["/v1/tenants", "/v1/jobs", "/v1/nodes", "/v1/services"] {
+        let (code, v, _) = call("GET", &f.s.u(path), Some(&router), None);
+        assert_eq!(code, 403, "{path}: {v}");
+    }
+    let (code, _, _) = call("GET", &f.s.u("/v1/routers/services"), Some(&router), None);
+    assert_eq!(code, 200);
     // So are the router API's calls, and a gateway may not write a
     // server's counters.
     let (code, _, _) = call("GET", &f.s.u("/v1/routers/services"), Some(&f.acme), None);
@@ -680,7 +688,7 @@ fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let (gw, gurl) = spawn_gateway(&f, &f.admin);
+    let (gw, gurl) = spawn_gateway(&f, &router);
     let _gw = Killed(gw);
     let (code, _, _) = call("GET", &format!("{gurl}/healthz"), None, None);
     assert_eq!(code, 200);

@@ -22,6 +22,7 @@ impl Caller {
             Scope::Tenant { name, .. } => format!("tenant {name}"),
             Scope::Join => "join".to_string(),
             Scope::Node { name } => format!("node {name}"),
+            Scope::Router => "router".to_string(),
         };
         format!("token {} ({scope})", self.1)
     }
@@ -122,6 +123,6 @@ pub fn job_scope(c: &Caller) -> Result<Option<i64>, Problem> {
     match &c.0 {
         Scope::Admin => Ok(None),
         Scope::Tenant { id, .. } => Ok(Some(*id)),
-        Scope::Join | Scope::Node { .. } => Err(Problem::forbidden()),
+        Scope::Join | Scope::Node { .. } | Scope::Router => Err(Problem::forbidden()),
     }
 }

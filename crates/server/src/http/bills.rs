@@ -46,7 +46,7 @@ async fn bills(
         (Scope::Tenant { id, name }, None) => vec![(*id, name.clone())],
         (Scope::Tenant { id, name }, Some(t)) if t == name => vec![(*id, name.clone())],
         (Scope::Tenant { .. }, Some(_)) => return Err(Problem::forbidden()),
-        (Scope::Join | Scope::Node { .. }, _) => return Err(Problem::forbidden()),
+        (Scope::Join | Scope::Node { .. } | Scope::Router, _) => return Err(Problem::forbidden()),
         (Scope::Admin, Some(t)) => {
             let t = st.store.tenant_by_name(t).await?;
             vec![(t.id, t.name)]

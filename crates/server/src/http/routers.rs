@@ -1,7 +1,7 @@
 //! `/v1/routers/...`: what a `suanli gateway` needs from the server to run
 //! the server's own model router elsewhere (`crate::services::RouterSource`
-//! over HTTP). Admin tokens only: the answers hold every service's replica
-//! secret. Not in the OpenAPI document: an internal protocol between this
+//! over HTTP). Router tokens (`suanli token create --router`; admin ones
+//! too) only: the answers hold every service's replica secret. Not in the OpenAPI document: an internal protocol between this
 //! server and its own gateways, versioned with the binary.
 //!
 //! - `GET /v1/routers/services`: live services and the tenants' limits.
@@ -22,11 +22,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::auth::{admin, Caller};
+use super::auth::Caller;
 use super::error::Problem;
 use super::state::AppState;
 use crate::services::{Exchange, RouterServices, TokenOwner, MAX_ROUTER_ROWS};
-use crate::store::{ReplicaRow, RouterCount, TokenRow};
+use crate::store::{ReplicaRow, RouterCount, Scope, TokenRow};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -38,7 +38,8 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
 }
 
-/// The caller, refused unless an admin before any body is read.
+/// The caller, refused unless a router's (or an admin's) before any body
+/// is read.
 struct Admin;
 
 impl axum::extract::FromRequestParts<AppState> for Admin {
@@ -47,9 +48,10 @@ impl axum::extract::FromRequestParts<AppState> for Admin {
         parts: &mut axum::http::request::Parts,
         st: &AppState,
     ) -> Result<Admin, Problem> {
-        let c = Caller::from_request_parts(parts, st).await?;
-        admin(&c)?;
-        Ok(Admin)
+        match Caller::from_request_parts(parts, st).await?.0 {
+            Scope::Router | Scope::Admin => Ok(Admin),
+            _ => Err(Problem::forbidden()),
+        }
     }
 }
 

@@ -77,7 +77,7 @@ async fn get_tenant(
         Scope::Admin => {}
         Scope::Tenant { name: own, .. } if *own == name => {}
         Scope::Tenant { .. } => return Err(Problem::not_found()),
-        Scope::Join | Scope::Node { .. } => return Err(Problem::forbidden()),
+        Scope::Join | Scope::Node { .. } | Scope::Router => return Err(Problem::forbidden()),
     }
     let t = st.store.tenant_by_name(&name).await?;
     Ok(Json(tenant_view(&st.store, t).await?))

@@ -70,6 +70,7 @@ async fn create_token(
     }
     let scope = match (b.scope.as_str(), &b.tenant) {
         ("admin", None) => Scope::Admin,
+        ("router", None) => Scope::Router,
         ("agent", None) => match b.node {
             Some(node) => {
                 valid_name("node", &node)?;
@@ -95,7 +96,7 @@ async fn create_token(
                 "a tenant token names its tenant",
             ))
         }
-        ("admin" | "agent", Some(_)) => {
+        ("admin" | "agent" | "router", Some(_)) => {
             return Err(Problem::invalid(
                 "tenant",
                 "only tenant tokens name a tenant",
@@ -104,7 +105,7 @@ async fn create_token(
         (s, _) => {
             return Err(Problem::invalid(
                 "scope",
-                format!("scope must be admin, tenant or agent (found {s:?})"),
+                format!("scope must be admin, tenant, agent or router (found {s:?})"),
             ))
         }
     };

@@ -414,6 +414,8 @@ pub enum Scope {
     Node {
         name: String,
     },
+    /// A gateway's: the router API only.
+    Router,
 }
 
 /// A validated submission.

@@ -473,6 +473,7 @@ where
             Scope::Join => (TokenScope::Agent, None, None),
             Scope::Node { name } => (TokenScope::Agent, None, Some(name.as_str())),
             Scope::Tenant { id, .. } => (TokenScope::Tenant, Some(*id), None),
+            Scope::Router => (TokenScope::Router, None, None),
         };
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query_scalar(
@@ -502,6 +503,7 @@ where
             Scope::Tenant { name, .. } => format!("tenant {name}"),
             Scope::Join => "agent join".to_string(),
             Scope::Node { name } => format!("agent, node {name}"),
+            Scope::Router => "router".to_string(),
         };
         let target = format!("token {id} ({what})");
         audit::<DB>(&mut tx, actor, action, &target, name).await?;
@@ -521,6 +523,7 @@ where
         let Some(r) = r else { return Ok(None) };
         let s = match r.scope {
             TokenScope::Admin => Scope::Admin,
+            TokenScope::Router => Scope::Router,
             TokenScope::Agent => match r.node {
                 Some(name) => Scope::Node { name },
                 None => Scope::Join,

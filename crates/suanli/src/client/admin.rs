@@ -152,10 +152,14 @@ pub enum TokenCmd {
     Create {
         #[command(flatten)]
         conn: Conn,
-        #[arg(long, conflicts_with_all = ["admin", "agent"])]
+        #[arg(long, conflicts_with_all = ["admin", "agent", "router"])]
         tenant: Option<String>,
-        #[arg(long, conflicts_with = "agent")]
+        #[arg(long, conflicts_with_all = ["agent", "router"])]
         admin: bool,
+        /// A router token, for `suanli gateway`: the router API and nothing
+        /// else (it sees every service's replica secret and records tokens).
+        #[arg(long, conflicts_with = "agent")]
+        router: bool,
         /// An agent token: a join token (it only registers nodes that have
         /// no live credential, each registration answering that node's
         /// own credential), or with --node, one node's credential.
@@ -192,17 +196,19 @@ pub fn token(c: TokenCmd) -> Result<(), CliError> {
             tenant,
             admin,
             agent,
+            router,
             node,
             name,
             json,
         } => {
-            let scope = match (&tenant, admin, agent) {
-                (Some(_), false, false) => "tenant",
-                (None, true, false) => "admin",
-                (None, false, true) => "agent",
+            let scope = match (&tenant, admin, agent, router) {
+                (Some(_), false, false, false) => "tenant",
+                (None, true, false, false) => "admin",
+                (None, false, true, false) => "agent",
+                (None, false, false, true) => "router",
                 _ => {
                     return Err(usage(
-                        "token create needs one of --tenant NAME, --admin, --agent",
+                        "token create needs one of --tenant NAME, --admin, --agent, --router",
                     ))
                 }
             };
