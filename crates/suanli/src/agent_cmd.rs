@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use suanli_api::{NewTenant, NewToken, TokenRequest};
+use suanli_api::{NewTenant, NewToken, ScalingUpdate, ServiceCreate, TokenRequest};
 
 use crate::{failure, usage, CliError};
 
@@ -177,6 +177,10 @@ pub struct UpArgs {
     /// book, written to DATA_DIR/prices.toml].
     #[arg(long, value_name = "FILE")]
     prices: Option<PathBuf>,
+    /// Do not create the demo model service (`chat`, model `demo`: a
+    /// `suanli mock-llm` replica on a quarter of a GPU, scaled from zero).
+    #[arg(long)]
+    no_demo_service: bool,
 }
 
 /// The example price book (examples/prices.toml), for `suanli up`.
@@ -246,6 +250,39 @@ fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {
         path,
         &format!("export SUANLI_SERVER={server}\nexport SUANLI_TOKEN={token}\n"),
     )
+}
+
+/// A path of this binary that a sandboxed task can run. Tasks of a root
+/// agent run as ids of their own with a private `/tmp`: a binary under
+/// `/tmp`, or under a directory others cannot enter (`/root`), is copied
+/// to `/var/lib/suanli/up/suanli` (0755). A non-root agent runs tasks as
+/// its own user, who can run the binary where it is.
+fn task_visible(exe: &Path) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(exe.to_path_buf());
+    }
+    let others = |p: &Path, bits: u32| {
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits)
+    };
+    let private = exe.starts_with("/tmp") || exe.starts_with("/var/tmp");
+    let reachable = exe.ancestors().skip(1).all(|d| others(d, 0o001)) && others(exe, 0o005);
+    if reachable && !private {
+        return Ok(exe.to_path_buf());
+    }
+    let dir = Path::new("/var/lib/suanli/up");
+    let io = |e: std::io::Error| failure(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for d in [Path::new("/var/lib/suanli"), dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    }
+    let tmp = dir.join(format!(".suanli.{}", std::process::id()));
+    std::fs::copy(exe, &tmp).map_err(io)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    let to = dir.join("suanli");
+    std::fs::rename(&tmp, &to).map_err(io)?;
+    Ok(to)
 }
 
 /// Start a server and `--agents` agents, create the demo tenant, print how
@@ -396,6 +433,29 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     }
     write_env(&dir.join("env"), &url, &demo_tok)?;
     write_env(&dir.join("admin.env"), &url, &admin)?;
+    if !a.no_demo_service {
+        let bin = task_visible(&exe)?;
+        let svc = ServiceCreate {
+            name: "chat".to_string(),
+            model: "demo".to_string(),
+            command: vec![
+                bin.display().to_string(),
+                "mock-llm".to_string(),
+                "--model".to_string(),
+                "demo".to_string(),
+            ],
+            gpu_share: Some(0.25),
+            scaling: ScalingUpdate {
+                min: Some(0),
+                max: Some(2),
+                idle_s: Some(300),
+                ..ScalingUpdate::default()
+            },
+            ..ServiceCreate::default()
+        };
+        // Already there (a restart on the same data dir): kept as it is.
+        post::<_, serde::de::IgnoredAny>(&format!("{url}/v1/services"), &demo_tok, &svc)?;
+    }
     let d = dir.display();
     let month = {
         let now = std::time::SystemTime::now()
@@ -419,6 +479,16 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     println!("  {cli} queue --all; {cli} logs 1 --follow");
     println!("  {cli} bill --period {month}");
     println!("  (source {d}/admin.env && {cli} report economics --period {month})");
+    if !a.no_demo_service {
+        println!(
+            "  curl -s $SUANLI_SERVER/v1/chat/completions -H \"Authorization: Bearer $SUANLI_TOKEN\" \
+             -H 'Content-Type: application/json' \
+             -d '{{\"model\":\"demo\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
+        );
+        println!(
+            "  {cli} service show chat   (the demo model service: scales from zero, bills tokens)"
+        );
+    }
     println!("  prices: {}", prices.display());
     println!("Ctrl-C stops everything.");
     use std::io::Write;

@@ -724,6 +724,50 @@ fn up_brings_a_pool_and_its_printed_example_completes() {
         "{}",
         run(&format!("logs {id}"))
     );
+    // The demo model service answers the printed request: scaled from
+    // zero, a `mock-llm` replica started by an agent (a sandboxed task,
+    // so the binary is at a path such a task can run).
+    let curl = printed
+        .iter()
+        .find(|l| l.contains("/v1/chat/completions"))
+        .expect(&text)
+        .trim()
+        .to_string();
+    let has_curl = Command::new("sh")
+        .args(["-c", "command -v curl"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let answer = if has_curl {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(". {}/env && {curl}", dir.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    } else {
+        let env = std::fs::read_to_string(dir.join("env")).unwrap();
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap()
+                .to_string()
+        };
+        ureq::post(&format!("{}/v1/chat/completions", get("SUANLI_SERVER")))
+            .set("Authorization", &format!("Bearer {}", get("SUANLI_TOKEN")))
+            .timeout(Duration::from_secs(120))
+            .send_string(r#"{"model":"demo","messages":[{"role":"user","content":"hello"}]}"#)
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    let v: Value = serde_json::from_str(&answer).expect(&answer);
+    assert!(v["usage"]["completion_tokens"].as_i64().unwrap() > 0, "{v}");
+    assert!(
+        run("service show chat").contains("demo"),
+        "{}",
+        run("service show chat")
+    );
     // The printed bill and economics commands work with the demo prices.
     let bill_line = printed
         .iter()
