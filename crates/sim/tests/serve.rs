@@ -6,7 +6,7 @@ mod common;
 
 use suanli_serve::{Route, ScaleConfig};
 use suanli_sim::serve::{
-    simulate, static_peak, Perf, Policy, Request, RequestTrace, ServeParams, Signal,
+    simulate, static_peak, Perf, Policy, Request, RequestTrace, ServeParams, Signal, Sleep,
 };
 
 fn params() -> ServeParams {
@@ -18,6 +18,7 @@ fn params() -> ServeParams {
         signal: Signal::Requests,
         replica_max_inflight: 32,
         price_gpu_hour: 2.0,
+        sleep: None,
     }
 }
 
@@ -129,6 +130,57 @@ fn a_service_at_zero_starts_cold_for_its_first_request_and_goes_back_to_zero() {
     );
     let at_zero = r.series.iter().filter(|s| s.replicas == 0).count();
     assert!(at_zero > 100, "{at_zero} ticks at zero");
+}
+
+#[test]
+fn a_sleeping_replica_wakes_for_the_next_request_and_is_charged_its_share() {
+    let cfg = ScaleConfig {
+        min: 0,
+        max: 4,
+        idle_ms: 30_000,
+        ..ScaleConfig::default()
+    };
+    let reqs = [(0, 500, 5), (0, 500, 5), (0, 500, 5), (600_000, 500, 5)];
+    let run = |sleep: Option<Sleep>| {
+        let p = ServeParams { sleep, ..params() };
+        simulate(&trace(&reqs), &p, &Policy::Autoscale(cfg.clone())).unwrap()
+    };
+    let sleep = |keep_s: u64, share: f64| {
+        Some(Sleep {
+            wake_us: 1_000_000,
+            keep_us: keep_s * 1_000_000,
+            gpu_share: share,
+        })
+    };
+    let p = params();
+    let cold = p.perf.cold_start_us();
+    // Asleep at zero, the replica wakes in a second for the fourth request
+    // instead of starting cold.
+    let r = run(sleep(3600, 0.1));
+    assert_eq!((r.launches, r.wakes), (1, 1), "{r:?}");
+    let first = (cold + p.perf.prefill_us(1500)) as f64 / 1e3;
+    let fourth = (1_000_000 + p.perf.prefill_us(500)) as f64 / 1e3;
+    assert_eq!(r.ttft_sorted, vec![fourth, first, first, first]);
+    // Sleeping costs its share of the GPU: between nothing and all of it.
+    let free = run(sleep(3600, 0.0));
+    let whole = run(sleep(3600, 1.0));
+    assert!(free.gpu_hours < r.gpu_hours && r.gpu_hours < whole.gpu_hours);
+    assert!(whole.gpu_hours > 0.99 * whole.span_s / 3600.0, "{whole:?}");
+    let asleep_h = whole.gpu_hours - free.gpu_hours;
+    assert!((r.gpu_hours - free.gpu_hours - 0.1 * asleep_h).abs() < 1e-9);
+    // Asleep past the keep period, it stops: the fourth starts cold again.
+    let r = run(sleep(60, 0.1));
+    assert_eq!((r.launches, r.wakes), (2, 0), "{r:?}");
+    assert_eq!(
+        r.ttft_sorted[0],
+        ((cold + p.perf.prefill_us(500)) as f64 / 1e3)
+    );
+    // A share outside [0, 1] is refused.
+    let bad = ServeParams {
+        sleep: sleep(60, 1.5),
+        ..params()
+    };
+    assert!(simulate(&trace(&reqs), &bad, &Policy::Autoscale(cfg.clone())).is_err());
 }
 
 /// A bursty synthetic trace: quiet minutes, then bursts of long prompts.

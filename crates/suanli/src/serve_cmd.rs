@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use suanli_serve::{Route, ScaleConfig};
 use suanli_sim::serve::{
-    report, simulate, static_peak, Perf, Policy, RequestTrace, ServeParams, Signal,
+    report, simulate, static_peak, Perf, Policy, RequestTrace, ServeParams, Signal, Sleep,
 };
 
 use crate::{failure, usage, CliError};
@@ -88,6 +88,24 @@ pub struct SimServeArgs {
     /// Autoscale with --min 0: idle seconds before scaling to zero.
     #[arg(long, default_value_t = 120.0)]
     idle_s: f64,
+    /// Scaled-down replicas sleep instead of stopping (vLLM's sleep mode,
+    /// level 1: weights in host memory; the GPUs go back but for
+    /// --sleep-gpu-share) and scale-ups wake them first, in --wake-s.
+    #[arg(long)]
+    sleep: bool,
+    /// With --sleep: seconds from asleep to ready [default: 0.5 s plus the
+    /// weights of one GPU copied back at 25 GB/s, PCIe 4.0 x16].
+    #[arg(long)]
+    wake_s: Option<f64>,
+    /// With --sleep: a replica asleep this long stops.
+    #[arg(long, default_value_t = 600.0)]
+    sleep_keep_s: f64,
+    /// With --sleep: the share of its GPUs a sleeping replica is charged for.
+    #[arg(long, default_value_t = 0.1)]
+    sleep_gpu_share: f64,
+    /// The autoscaler's tick, ms (the live router ticks every 500 ms).
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
     /// Write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -163,15 +181,44 @@ pub fn sim(a: SimServeArgs) -> Result<(), CliError> {
             },
         });
     }
+    if !(a.sleep_gpu_share.is_finite() && (0.0..=1.0).contains(&a.sleep_gpu_share)) {
+        return Err(usage(format!(
+            "--sleep-gpu-share: must be within 0..=1, got {}",
+            a.sleep_gpu_share
+        )));
+    }
+    if a.tick_ms == 0 || a.tick_ms > 60_000 {
+        return Err(usage(format!(
+            "--tick-ms: must be 1..=60000, got {}",
+            a.tick_ms
+        )));
+    }
+    let sleep = if a.sleep {
+        let wake_s = match a.wake_s {
+            Some(w) => w,
+            None => 0.5 + perf.weight_bytes() / perf.gpus as f64 / 25e9,
+        };
+        Some(Sleep {
+            wake_us: ms("wake-s", wake_s)? * 1000,
+            keep_us: ms("sleep-keep-s", a.sleep_keep_s)? * 1000,
+            gpu_share: a.sleep_gpu_share,
+        })
+    } else {
+        if a.wake_s.is_some() {
+            return Err(usage("--wake-s: only with --sleep"));
+        }
+        None
+    };
     let trace = RequestTrace::read_spec(&a.trace).map_err(failure)?;
     let params = ServeParams {
         perf: perf.clone(),
         route: a.route,
         slo_ttft_ms: a.slo_ttft_ms,
-        tick_ms: 1000,
+        tick_ms: a.tick_ms,
         signal: a.signal,
         replica_max_inflight: a.replica_max_inflight,
         price_gpu_hour: a.price_gpu_hour,
+        sleep,
     };
     println!(
         "trace {}: {} requests over {:.0} s",
@@ -231,6 +278,8 @@ pub fn sim(a: SimServeArgs) -> Result<(), CliError> {
         "replica_max_inflight": a.replica_max_inflight,
         "slo_ttft_ms": a.slo_ttft_ms,
         "price_gpu_hour": a.price_gpu_hour,
+        "sleep": params.sleep,
+        "tick_ms": a.tick_ms,
     });
     if let Some(path) = &a.json {
         std::fs::write(path, report::to_json(&a.trace, &setup, &results))

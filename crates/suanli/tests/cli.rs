@@ -822,6 +822,14 @@ fn sim_serve_compares_policies_and_names_bad_input() {
     bad(&["--start-s", "1e300"], 2, "--start-s");
     bad(&["--mfu", "0.000001"], 2, "--mfu");
     bad(&["--slo-ttft-ms=0"], 2, "--slo-ttft-ms");
+    bad(&["--wake-s", "1"], 2, "--wake-s: only with --sleep");
+    bad(&["--sleep", "--wake-s=-1"], 2, "--wake-s");
+    bad(
+        &["--sleep", "--sleep-gpu-share", "2"],
+        2,
+        "--sleep-gpu-share",
+    );
+    bad(&["--tick-ms", "0"], 2, "--tick-ms");
     std::fs::write(
         &trace,
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 10:00:00,12x,3\n",

@@ -11,6 +11,14 @@
 //! taking traffic and stop when their last request is answered. A replica
 //! holds its GPUs from launch to stop, which is what GPU-hours count.
 //!
+//! With [`Sleep`] (vLLM's sleep mode, level 1: weights offloaded to host
+//! memory, the KV cache dropped, the process, CUDA context and graphs
+//! kept), a removed replica sleeps instead of stopping: it gives its GPUs
+//! back but for a share (`gpu_share`: what a sleeping process keeps, and
+//! the price of getting the GPU back), and a scale-up wakes a sleeping
+//! replica (`wake_us`: the weights copied back) before it starts one cold.
+//! A replica asleep for `keep_us` stops.
+//!
 //! Events at one instant run in the order they were scheduled, so a run is
 //! a function of its inputs (no randomness, no wall clock but `wall_s`).
 
@@ -70,6 +78,17 @@ impl std::str::FromStr for Signal {
     }
 }
 
+/// Replicas sleep instead of stopping (see the module).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sleep {
+    /// From asleep to ready.
+    pub wake_us: u64,
+    /// Asleep this long, a replica stops.
+    pub keep_us: u64,
+    /// The share of its GPUs a sleeping replica is charged for, in [0, 1].
+    pub gpu_share: f64,
+}
+
 /// What every policy of one comparison shares.
 #[derive(Clone, Debug)]
 pub struct ServeParams {
@@ -87,6 +106,8 @@ pub struct ServeParams {
     pub replica_max_inflight: u32,
     /// Price of one GPU-hour, for the cost column.
     pub price_gpu_hour: f64,
+    /// Scaled-down replicas sleep instead of stopping.
+    pub sleep: Option<Sleep>,
 }
 
 /// Percentiles of a latency, ms (nearest rank).
@@ -141,6 +162,8 @@ pub struct ServeResult {
     pub replicas_mean: f64,
     /// Replicas started (cold starts, and the ones ready at the start).
     pub launches: u32,
+    /// Sleeping replicas woken.
+    pub wakes: u32,
     pub span_s: f64,
     pub wall_s: f64,
     #[serde(skip)]
@@ -169,6 +192,7 @@ enum State {
     Starting,
     Ready,
     Draining,
+    Asleep,
     Stopped,
 }
 
@@ -180,8 +204,16 @@ struct Run {
 
 struct Replica {
     state: State,
-    launched: u64,
-    stopped: u64,
+    /// When the current state began.
+    since: u64,
+    /// GPU-microseconds charged so far (per GPU of the replica).
+    charged: f64,
+    /// Asleep when it asleep since (a waking replica goes back to sleep
+    /// when no longer wanted).
+    slept: bool,
+    /// When the current start or wake ends (an earlier `Ready` event of a
+    /// wake that was called off is stale).
+    ready_at: u64,
     waiting: VecDeque<u32>,
     prefill: Vec<u32>,
     running: Vec<Run>,
@@ -194,7 +226,15 @@ impl Replica {
         self.waiting.len() + self.prefill.len() + self.running.len()
     }
     fn holds_gpus(&self) -> bool {
-        self.state != State::Stopped
+        !matches!(self.state, State::Stopped | State::Asleep)
+    }
+    /// The share of its GPUs the replica is charged for in its state.
+    fn weight(&self, sleep: Option<&Sleep>) -> f64 {
+        match self.state {
+            State::Stopped => 0.0,
+            State::Asleep => sleep.map_or(0.0, |s| s.gpu_share),
+            _ => 1.0,
+        }
     }
     fn active(&self) -> bool {
         matches!(self.state, State::Starting | State::Ready)
@@ -217,6 +257,7 @@ struct Sim<'a> {
     arrived: usize,
     scaler: Option<Autoscaler>,
     launches: u32,
+    wakes: u32,
     peak: u32,
     series: Vec<ServePoint>,
 }
@@ -234,6 +275,14 @@ pub fn simulate(
     }
     if params.tick_ms == 0 {
         return Err("--tick-ms: must be positive".into());
+    }
+    if let Some(z) = &params.sleep {
+        if !(z.gpu_share.is_finite() && (0.0..=1.0).contains(&z.gpu_share)) {
+            return Err(format!(
+                "--sleep-gpu-share: must be within 0..=1, got {}",
+                z.gpu_share
+            ));
+        }
     }
     if !(params.slo_ttft_ms.is_finite() && params.slo_ttft_ms > 0.0) {
         return Err(format!(
@@ -265,6 +314,7 @@ pub fn simulate(
         arrived: 0,
         scaler,
         launches: 0,
+        wakes: 0,
         peak: 0,
         series: Vec::new(),
     };
@@ -292,18 +342,17 @@ pub fn simulate(
     }
     // The run ends with its last answer: replicas stop there.
     let end = s.done.iter().copied().max().unwrap_or(0);
-    for r in &mut s.reps {
-        if r.holds_gpus() {
-            r.stopped = end.max(r.launched);
-            r.state = State::Stopped;
+    for r in 0..s.reps.len() {
+        if s.reps[r].state != State::Stopped {
+            s.stop(end.max(s.reps[r].since), r);
         }
     }
-    let gpu_us: u128 = s
+    let gpu_us: f64 = s
         .reps
         .iter()
-        .map(|r| (r.stopped - r.launched) as u128 * params.perf.gpus as u128)
+        .map(|r| r.charged * params.perf.gpus as f64)
         .sum();
-    let gpu_hours = gpu_us as f64 / 3.6e9;
+    let gpu_hours = gpu_us / 3.6e9;
     let mut ttft: Vec<f64> = (0..n)
         .map(|i| (s.first[i] - trace.requests[i].at_us) as f64 / 1e3)
         .collect();
@@ -330,6 +379,7 @@ pub fn simulate(
             0.0
         },
         launches: s.launches,
+        wakes: s.wakes,
         span_s,
         wall_s: wall.elapsed().as_secs_f64(),
         series: s.series,
@@ -380,8 +430,10 @@ impl Sim<'_> {
         let id = self.reps.len() as u32;
         self.reps.push(Replica {
             state: if warm { State::Ready } else { State::Starting },
-            launched: now,
-            stopped: 0,
+            since: now,
+            charged: 0.0,
+            slept: false,
+            ready_at: now + if warm { 0 } else { self.cold_us },
             waiting: VecDeque::new(),
             prefill: Vec::new(),
             running: Vec::new(),
@@ -396,9 +448,27 @@ impl Sim<'_> {
         self.peak = self.peak.max(holding);
     }
 
+    /// Move replica `r` to `state` at `now`, charging the state it leaves.
+    fn set(&mut self, now: u64, r: usize, state: State) {
+        let w = self.reps[r].weight(self.p.sleep.as_ref());
+        let rep = &mut self.reps[r];
+        rep.charged += now.saturating_sub(rep.since) as f64 * w;
+        rep.since = now;
+        rep.state = state;
+    }
+
     fn stop(&mut self, now: u64, r: usize) {
-        self.reps[r].state = State::Stopped;
-        self.reps[r].stopped = now;
+        self.set(now, r, State::Stopped);
+    }
+
+    /// A replica no longer wanted: it sleeps when replicas may, else stops.
+    fn retire(&mut self, now: u64, r: usize) {
+        if self.p.sleep.is_some() {
+            self.reps[r].slept = true;
+            self.set(now, r, State::Asleep);
+        } else {
+            self.stop(now, r);
+        }
     }
 
     fn active(&self) -> u32 {
@@ -447,7 +517,7 @@ impl Sim<'_> {
     }
 
     fn ready(&mut self, now: u64, r: usize) {
-        if self.reps[r].state != State::Starting {
+        if self.reps[r].state != State::Starting || now < self.reps[r].ready_at {
             return;
         }
         self.reps[r].state = State::Ready;
@@ -474,6 +544,13 @@ impl Sim<'_> {
     }
 
     fn tick(&mut self, now: u64) {
+        if let Some(keep) = self.p.sleep.as_ref().map(|z| z.keep_us) {
+            for r in 0..self.reps.len() {
+                if self.reps[r].state == State::Asleep && now >= self.reps[r].since + keep {
+                    self.stop(now, r);
+                }
+            }
+        }
         let over = self.arrived == self.reqs.len() && self.inflight == 0;
         if let (Some(s), false) = (&mut self.scaler, over) {
             let current = self.reps.iter().filter(|r| r.active()).count() as u32;
@@ -509,6 +586,25 @@ impl Sim<'_> {
                     current += 1;
                 }
             }
+            // Then sleeping ones wake, the most recently asleep first.
+            if let Some(wake) = self.p.sleep.as_ref().map(|z| z.wake_us) {
+                let mut asleep: Vec<usize> = (0..self.reps.len())
+                    .filter(|&r| self.reps[r].state == State::Asleep)
+                    .collect();
+                asleep.sort_by_key(|&r| std::cmp::Reverse((self.reps[r].since, r)));
+                for r in asleep {
+                    if current >= desired {
+                        break;
+                    }
+                    self.set(now, r, State::Starting);
+                    self.reps[r].ready_at = now + wake;
+                    self.push(now + wake, Ev::Ready(r as u32));
+                    self.wakes += 1;
+                    current += 1;
+                }
+                let holding = self.reps.iter().filter(|r| r.holds_gpus()).count() as u32;
+                self.peak = self.peak.max(holding);
+            }
             for _ in current..desired {
                 self.launch(now, false);
             }
@@ -522,7 +618,12 @@ impl Sim<'_> {
                 return;
             }
             if self.reps[r].state == State::Starting {
-                self.stop(now, r);
+                // A waking replica goes back to sleep; a cold one stops.
+                if self.reps[r].slept {
+                    self.retire(now, r);
+                } else {
+                    self.stop(now, r);
+                }
                 surplus -= 1;
             }
         }
@@ -533,7 +634,7 @@ impl Sim<'_> {
         ready.sort_by_key(|&r| (self.reps[r].outstanding(), std::cmp::Reverse(r)));
         for r in ready.into_iter().take(surplus as usize) {
             if self.reps[r].outstanding() == 0 {
-                self.stop(now, r);
+                self.retire(now, r);
             } else {
                 self.reps[r].state = State::Draining;
             }
@@ -615,7 +716,7 @@ impl Sim<'_> {
             }
         }
         if self.reps[r].state == State::Draining && self.reps[r].outstanding() == 0 {
-            self.stop(now, r);
+            self.retire(now, r);
         } else {
             self.start_iter(now, r);
         }

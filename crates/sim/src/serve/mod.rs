@@ -9,6 +9,8 @@ pub mod perf;
 pub mod report;
 pub mod trace;
 
-pub use engine::{simulate, static_peak, Percentiles, Policy, ServeParams, ServeResult, Signal};
+pub use engine::{
+    simulate, static_peak, Percentiles, Policy, ServeParams, ServeResult, Signal, Sleep,
+};
 pub use perf::Perf;
 pub use trace::{Request, RequestTrace};
