@@ -253,37 +253,61 @@ fn write_env(path: &Path, server: &str, token: &str) -> Result<(), CliError> {
 }
 
 /// A path of this binary that a sandboxed task can run. Tasks of a root
-/// agent run as ids of their own with a private `/tmp`: a binary under
-/// `/tmp`, or under a directory others cannot enter (`/root`), is copied
-/// to `/var/lib/suanli/up/suanli` (0755). A non-root agent runs tasks as
-/// its own user, who can run the binary where it is.
-fn task_visible(exe: &Path) -> Result<PathBuf, CliError> {
-    use std::os::unix::fs::PermissionsExt;
+/// agent run as ids of their own, with a private `/tmp` and `/dev/shm`, and
+/// may not enter the directory the binary is in: as root, the binary is
+/// copied to [`UP_BIN_DIR`] (root's own, 0755, checked not to be a link
+/// nor writable by anyone else, down to `/`; the copy is written to a new
+/// file, never through a link, then renamed into place). A non-root agent
+/// runs tasks as its own user, who can run the binary where it is.
+fn task_visible(exe: &Path) -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(exe.to_path_buf());
     }
-    let others = |p: &Path, bits: u32| {
-        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits)
+    let dir = Path::new(UP_BIN_DIR);
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    for d in dir.ancestors() {
+        let m = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{}: not a directory of root's that only root may write to",
+                d.display()
+            ));
+        }
+    }
+    let tmp = dir.join(format!(
+        ".suanli.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let copy = || -> std::io::Result<()> {
+        let mut from = std::fs::File::open(exe)?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.flush()?;
+        to.sync_all()?;
+        std::fs::rename(&tmp, dir.join("suanli"))
     };
-    let private = exe.starts_with("/tmp") || exe.starts_with("/var/tmp");
-    let reachable = exe.ancestors().skip(1).all(|d| others(d, 0o001)) && others(exe, 0o005);
-    if reachable && !private {
-        return Ok(exe.to_path_buf());
-    }
-    let dir = Path::new("/var/lib/suanli/up");
-    let io = |e: std::io::Error| failure(format!("{}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    for d in [Path::new("/var/lib/suanli"), dir] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
-    }
-    let tmp = dir.join(format!(".suanli.{}", std::process::id()));
-    std::fs::copy(exe, &tmp).map_err(io)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
-    let to = dir.join("suanli");
-    std::fs::rename(&tmp, &to).map_err(io)?;
-    Ok(to)
+    copy().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot copy {} to {}: {e}", exe.display(), dir.display())
+    })?;
+    Ok(dir.join("suanli"))
 }
+
+/// Where `up` (as root) puts the binary its demo service's replicas run.
+const UP_BIN_DIR: &str = "/var/lib/suanli-up-bin";
 
 /// Start a server and `--agents` agents, create the demo tenant, print how
 /// to use them, and wait for Ctrl-C or SIGTERM.
@@ -433,8 +457,18 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     }
     write_env(&dir.join("env"), &url, &demo_tok)?;
     write_env(&dir.join("admin.env"), &url, &admin)?;
-    if !a.no_demo_service {
-        let bin = task_visible(&exe)?;
+    let demo_bin = if a.no_demo_service {
+        None
+    } else {
+        match task_visible(&exe) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("suanli up: no demo model service: {e}");
+                None
+            }
+        }
+    };
+    if let Some(bin) = &demo_bin {
         let svc = ServiceCreate {
             name: "chat".to_string(),
             model: "demo".to_string(),
@@ -479,7 +513,7 @@ pub fn up(a: UpArgs) -> Result<(), CliError> {
     println!("  {cli} queue --all; {cli} logs 1 --follow");
     println!("  {cli} bill --period {month}");
     println!("  (source {d}/admin.env && {cli} report economics --period {month})");
-    if !a.no_demo_service {
+    if demo_bin.is_some() {
         println!(
             "  curl -s $SUANLI_SERVER/v1/chat/completions -H \"Authorization: Bearer $SUANLI_TOKEN\" \
              -H 'Content-Type: application/json' \

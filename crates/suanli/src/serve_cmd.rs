@@ -97,12 +97,13 @@ pub struct SimServeArgs {
     /// weights of one GPU copied back at 25 GB/s, PCIe 4.0 x16].
     #[arg(long)]
     wake_s: Option<f64>,
-    /// With --sleep: a replica asleep this long stops.
-    #[arg(long, default_value_t = 600.0)]
-    sleep_keep_s: f64,
-    /// With --sleep: the share of its GPUs a sleeping replica is charged for.
-    #[arg(long, default_value_t = 0.1)]
-    sleep_gpu_share: f64,
+    /// With --sleep: a replica asleep this long stops [default: 600].
+    #[arg(long)]
+    sleep_keep_s: Option<f64>,
+    /// With --sleep: the share of its GPUs a sleeping replica is charged
+    /// for [default: 0.1].
+    #[arg(long)]
+    sleep_gpu_share: Option<f64>,
     /// The autoscaler's tick, ms (the live router ticks every 500 ms).
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
@@ -181,10 +182,10 @@ pub fn sim(a: SimServeArgs) -> Result<(), CliError> {
             },
         });
     }
-    if !(a.sleep_gpu_share.is_finite() && (0.0..=1.0).contains(&a.sleep_gpu_share)) {
+    let share = a.sleep_gpu_share.unwrap_or(0.1);
+    if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
         return Err(usage(format!(
-            "--sleep-gpu-share: must be within 0..=1, got {}",
-            a.sleep_gpu_share
+            "--sleep-gpu-share: must be within 0..=1, got {share}"
         )));
     }
     if a.tick_ms == 0 || a.tick_ms > 60_000 {
@@ -200,12 +201,18 @@ pub fn sim(a: SimServeArgs) -> Result<(), CliError> {
         };
         Some(Sleep {
             wake_us: ms("wake-s", wake_s)? * 1000,
-            keep_us: ms("sleep-keep-s", a.sleep_keep_s)? * 1000,
-            gpu_share: a.sleep_gpu_share,
+            keep_us: ms("sleep-keep-s", a.sleep_keep_s.unwrap_or(600.0))? * 1000,
+            gpu_share: share,
         })
     } else {
-        if a.wake_s.is_some() {
-            return Err(usage("--wake-s: only with --sleep"));
+        for (flag, set) in [
+            ("--wake-s", a.wake_s.is_some()),
+            ("--sleep-keep-s", a.sleep_keep_s.is_some()),
+            ("--sleep-gpu-share", a.sleep_gpu_share.is_some()),
+        ] {
+            if set {
+                return Err(usage(format!("{flag}: only with --sleep")));
+            }
         }
         None
     };

@@ -830,6 +830,11 @@ fn sim_serve_compares_policies_and_names_bad_input() {
         "--sleep-gpu-share",
     );
     bad(&["--tick-ms", "0"], 2, "--tick-ms");
+    bad(
+        &["--sleep-keep-s", "5"],
+        2,
+        "--sleep-keep-s: only with --sleep",
+    );
     std::fs::write(
         &trace,
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 10:00:00,12x,3\n",

@@ -11,6 +11,14 @@ use common::agent::{spawn_agent, wait_for};
 use common::*;
 use serde_json::{json, Value};
 
+/// The tests here run one at a time: each times replicas' cold starts and
+/// probes on a 2-core machine, which the other's processes would slow.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Fixture {
     beta: String,
     agent: Child,
@@ -146,6 +154,7 @@ fn token_usage(f: &Fixture, token: &str) -> (i64, i64, i64) {
 
 #[test]
 fn a_service_scales_from_zero_routes_meters_limits_and_gives_its_gpus_back() {
+    let _serial = serial();
     let f = fixture("services");
     let bin = TaskVisible::binary();
     let bin = bin.path.to_str().unwrap();
@@ -583,6 +592,7 @@ impl Drop for Killed {
 
 #[test]
 fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
+    let _serial = serial();
     let f = fixture("gateway");
     let bin = TaskVisible::binary();
     let bin = bin.path.to_str().unwrap();

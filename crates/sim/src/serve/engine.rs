@@ -4,7 +4,7 @@
 //! Requests arrive from the trace; the router (`suanli_serve::Picker`)
 //! sends each to a ready replica, or holds it while none is ready. Each
 //! replica runs iterations as [`super::perf`] prices them. Every tick
-//! (1 s) the autoscaler (`suanli_serve::Autoscaler`, the live router's own)
+//! (`tick_ms`, 1 s by default) the autoscaler (`suanli_serve::Autoscaler`, the live router's own)
 //! sees the requests in flight and the replica count and answers how many
 //! replicas the service wants: new ones start cold and take traffic once
 //! ready; removed ones that were starting stop at once, ready ones stop
@@ -342,10 +342,15 @@ pub fn simulate(
     }
     // The run ends with its last answer: replicas stop there.
     let end = s.done.iter().copied().max().unwrap_or(0);
+    let keep = params.sleep.as_ref().map_or(u64::MAX, |z| z.keep_us);
     for r in 0..s.reps.len() {
-        if s.reps[r].state != State::Stopped {
-            s.stop(end.max(s.reps[r].since), r);
-        }
+        let rep = &s.reps[r];
+        let at = match rep.state {
+            State::Stopped => continue,
+            State::Asleep => end.min(rep.since.saturating_add(keep)),
+            _ => end,
+        };
+        s.stop(at.max(rep.since), r);
     }
     let gpu_us: f64 = s
         .reps
@@ -520,7 +525,7 @@ impl Sim<'_> {
         if self.reps[r].state != State::Starting || now < self.reps[r].ready_at {
             return;
         }
-        self.reps[r].state = State::Ready;
+        self.set(now, r, State::Ready);
         self.dispatch_held(now);
     }
 
@@ -544,10 +549,13 @@ impl Sim<'_> {
     }
 
     fn tick(&mut self, now: u64) {
+        // Sleepers past their keep period stop, charged to the instant it
+        // ended (not to this tick).
         if let Some(keep) = self.p.sleep.as_ref().map(|z| z.keep_us) {
             for r in 0..self.reps.len() {
-                if self.reps[r].state == State::Asleep && now >= self.reps[r].since + keep {
-                    self.stop(now, r);
+                let at = self.reps[r].since + keep;
+                if self.reps[r].state == State::Asleep && at <= now {
+                    self.stop(at, r);
                 }
             }
         }
@@ -582,7 +590,7 @@ impl Sim<'_> {
             // before any replica starts cold.
             for r in 0..self.reps.len() {
                 if current < desired && self.reps[r].state == State::Draining {
-                    self.reps[r].state = State::Ready;
+                    self.set(now, r, State::Ready);
                     current += 1;
                 }
             }
@@ -636,7 +644,7 @@ impl Sim<'_> {
             if self.reps[r].outstanding() == 0 {
                 self.retire(now, r);
             } else {
-                self.reps[r].state = State::Draining;
+                self.set(now, r, State::Draining);
             }
         }
     }
