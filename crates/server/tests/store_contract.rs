@@ -1093,6 +1093,14 @@ async fn services_replicas_tokens_and_limits(db: common::Db) {
     w.extend(insert(2, a.id, job("batch", 1, 1), 100));
     s.commit(w).await.unwrap();
     let live = sv.live_replicas(chat.id).await.unwrap();
+    let all = sv.all_live_replicas().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .filter(|(s, _)| *s == chat.id)
+            .map(|(_, r)| r.clone())
+            .collect::<Vec<_>>(),
+        live
+    );
     assert_eq!(live.len(), 1);
     assert_eq!(
         (live[0].job, live[0].state, live[0].node.clone()),

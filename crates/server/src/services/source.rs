@@ -90,15 +90,19 @@ impl RouterSource for StoreSource {
     }
 
     async fn replicas(&self, services: &[i64]) -> Result<HashMap<i64, Vec<ReplicaRow>>, String> {
-        let mut out = HashMap::new();
-        for &id in services {
-            let rows = self
-                .0
-                .services()
-                .live_replicas(id)
-                .await
-                .map_err(|e| e.to_string())?;
-            out.insert(id, rows);
+        // One read for all, whatever the number of services.
+        let mut out: HashMap<i64, Vec<ReplicaRow>> =
+            services.iter().map(|&id| (id, Vec::new())).collect();
+        for (service, row) in self
+            .0
+            .services()
+            .all_live_replicas()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if let Some(v) = out.get_mut(&service) {
+                v.push(row);
+            }
         }
         Ok(out)
     }

@@ -65,6 +65,17 @@ pub struct TokenRow {
     pub estimated: bool,
 }
 
+/// A live replica with its service (`all_live_replicas`).
+#[derive(FromRow)]
+pub(crate) struct ServiceReplicaRow {
+    service_id: i64,
+    job: i64,
+    run: i64,
+    state: JobState,
+    node: Option<String>,
+    addr: Option<String>,
+}
+
 /// One router's counter row (`router_counts`): `kind` "service" (`id` a
 /// service: `inflight` now, `requests` so far) or "tenant" (`id` a tenant:
 /// `requests` let in and `tokens` charged so far).
@@ -155,6 +166,9 @@ pub trait ServiceBackend: Send + Sync {
     async fn delete_service(&self, id: i64, actor: &str) -> Result<(), StoreError>;
     /// Replicas of `service` that are not over (pending or running).
     async fn live_replicas(&self, service: i64) -> Result<Vec<ReplicaRow>, StoreError>;
+    /// Every live service's live replicas, by service, in one read (the
+    /// router's tick).
+    async fn all_live_replicas(&self) -> Result<Vec<(i64, ReplicaRow)>, StoreError>;
     /// Replica jobs alive at some time in [from, to), with their model.
     async fn replica_models(&self, from: i64, to: i64) -> Result<Vec<(i64, String)>, StoreError>;
     /// Live replica jobs of deleted services (to be stopped).
@@ -232,6 +246,7 @@ where
     for<'r> TokenSum: FromRow<'r, DB::Row>,
     for<'r> LimitRow: FromRow<'r, DB::Row>,
     for<'r> RouterCount: FromRow<'r, DB::Row>,
+    for<'r> ServiceReplicaRow: FromRow<'r, DB::Row>,
 {
     async fn create_service(
         &self,
@@ -374,6 +389,34 @@ where
         .bind(service)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn all_live_replicas(&self) -> Result<Vec<(i64, ReplicaRow)>, StoreError> {
+        let rows: Vec<ServiceReplicaRow> = sqlx::query_as(
+            "SELECT r.service_id, j.id AS job, j.run, j.state, n.name AS node, n.addr \
+             FROM replicas r JOIN services s ON s.id = r.service_id \
+             JOIN jobs j ON j.id = r.job_id \
+             LEFT JOIN tasks k ON k.job_id = j.id AND k.run = j.run AND k.idx = 0 \
+             LEFT JOIN nodes n ON n.id = k.node_id \
+             WHERE s.deleted_ms IS NULL AND j.ended_ms IS NULL ORDER BY r.service_id, j.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.service_id,
+                    ReplicaRow {
+                        job: r.job,
+                        run: r.run,
+                        state: r.state,
+                        node: r.node,
+                        addr: r.addr,
+                    },
+                )
+            })
+            .collect())
     }
 
     async fn replica_models(&self, from: i64, to: i64) -> Result<Vec<(i64, String)>, StoreError> {
