@@ -618,6 +618,31 @@ fn a_gateway_routes_with_the_server_s_state_and_shares_its_counters() {
     // server's counters.
     let (code, _, _) = call("GET", &f.s.u("/v1/routers/services"), Some(&f.acme), None);
     assert_eq!(code, 403);
+    // A node agent's token neither.
+    let (code, _, _) = call(
+        "GET",
+        &f.s.u("/v1/routers/services"),
+        Some(&f.p.agent),
+        None,
+    );
+    assert_eq!(code, 403);
+    // Bad flags are named, before the gateway asks the server anything.
+    for (args, want) in [
+        (&["--listen", "0.0.0.0:0"][..], "--insecure-http"),
+        (&["--max-body-mib", "0"][..], "--max-body-mib"),
+        (&["--hold-s", "0"][..], "--hold-s"),
+        (&["--route", "fastest"][..], "--route"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+            .args(["gateway", "--server", &f.s.url])
+            .args(args)
+            .env("SUANLI_TOKEN", &f.admin)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
     let (code, v, _) = call(
         "POST",
         &f.s.u("/v1/routers/exchange"),
