@@ -270,15 +270,7 @@ pub fn run(a: GatewayArgs) -> Result<(), CliError> {
             .map_err(|e| failure(format!("listen: {e}")))?;
         eprintln!("gateway listening on {addr} ({id})");
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            })
+            .with_graceful_shutdown(crate::stop_signal())
             .await
             .map_err(|e| failure(format!("serve: {e}")))?;
         // The last answers' tokens reach the server before the gateway ends.

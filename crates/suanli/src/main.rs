@@ -265,6 +265,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves at SIGINT or SIGTERM (the graceful end of a long-running
+/// command's HTTP server: `mock-llm`, `gateway`).
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// An error with the exit code it maps to.
 #[derive(Debug)]
 pub struct CliError {

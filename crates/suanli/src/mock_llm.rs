@@ -130,15 +130,7 @@ pub fn run(a: MockLlmArgs) -> Result<(), CliError> {
             .map_err(|e| failure(format!("listen on {addr}: {e}")))?;
         eprintln!("mock-llm listening on {addr}");
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            })
+            .with_graceful_shutdown(crate::stop_signal())
             .await
             .map_err(|e| failure(format!("serve: {e}")))
     })
